@@ -1,0 +1,7 @@
+"""fused-unet: Triton kernels that fuse the hot paths of a U-Net, with autograd, drop-in modules and a U-Net."""
+from fused_unet import functional, nn
+from fused_unet.dispatch import backend, describe, force_eager, interpreter_enabled
+from fused_unet.models import ReferenceUNet, UNet
+
+__version__ = "0.1.0"
+__all__ = ["UNet", "ReferenceUNet", "backend", "describe", "force_eager", "interpreter_enabled", "functional", "nn"]

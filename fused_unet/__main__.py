@@ -1,0 +1,3 @@
+from fused_unet.cli import main
+
+raise SystemExit(main())

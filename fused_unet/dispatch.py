@@ -1,0 +1,55 @@
+"""The backend rule: CUDA tensor -> Triton kernels; CPU tensor with TRITON_INTERPRET=1 -> the same Triton
+kernels, interpreted; CPU otherwise -> the eager PyTorch fallback (``fused_unet.eager``)."""
+import contextlib
+import importlib.util
+import os
+import sys
+
+import torch
+
+BACKENDS = ("triton", "triton-interpreter", "eager")
+_DESCRIPTIONS = {
+    "triton": "Triton kernels, compiled for the GPU",
+    "triton-interpreter": "the same Triton kernels, run by the Triton interpreter on the CPU (slow; for checking)",
+    "eager": "eager PyTorch fallback (torch.nn.functional; no fused kernels)",
+}
+_forced_eager = 0
+
+
+def interpreter_enabled():
+    """Whether the kernels run (or, once imported, will run) under the Triton interpreter."""
+    configs = sys.modules.get("fused_unet.kernels.configs")
+    if configs is not None:  # decided when the kernels were decorated; later changes to the variable do not count
+        return configs.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available():
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend(tensor_or_device):
+    """``"triton"``, ``"triton-interpreter"`` or ``"eager"``: what fused ops do with this tensor / device."""
+    device = tensor_or_device.device if isinstance(tensor_or_device, torch.Tensor) else torch.device(tensor_or_device)
+    if _forced_eager or not triton_available():
+        return "eager"
+    if interpreter_enabled():
+        return "triton-interpreter"
+    return "triton" if device.type == "cuda" else "eager"
+
+
+def describe(tensor_or_device):
+    """One line for logs and headers, e.g. ``triton-interpreter (the same Triton kernels, ...)``."""
+    name = backend(tensor_or_device)
+    return f"{name} ({_DESCRIPTIONS[name]})"
+
+
+@contextlib.contextmanager
+def force_eager():
+    """Run every fused op through the eager fallback inside this block (e.g. fast CPU training)."""
+    global _forced_eager
+    _forced_eager += 1
+    try:
+        yield
+    finally:
+        _forced_eager -= 1

@@ -1,0 +1,6 @@
+"""Triton kernels and their launchers, shipped as ``fused_unet.kernels``.
+
+This package itself imports nothing from Triton: ``checks`` is plain PyTorch, so the eager fallback and
+input validation work on machines without Triton. ``conv`` and ``pool`` import Triton and decorate their
+kernels when first imported, which is when ``TRITON_INTERPRET`` is read.
+"""

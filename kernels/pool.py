@@ -1,0 +1,92 @@
+"""2x2 stride-2 max-pool (floor mode, NaN-propagating like nn.MaxPool2d) with a 1-byte argmax."""
+import torch
+import triton
+import triton.language as tl
+
+from .configs import configs
+
+
+@triton.jit
+def _pool_window(offs, C, H_OUT, W_OUT):
+    # Channels innermost: neighbouring lanes read neighbouring addresses of channels_last tensors.
+    c = offs % C
+    ow = (offs // C) % W_OUT
+    oh = (offs // (C * W_OUT)) % H_OUT
+    img = offs // (C * W_OUT * H_OUT)
+    return img, c, oh, ow
+
+
+@triton.autotune(configs=configs("max_pool2x2"), key=["C", "H_OUT", "W_OUT"])
+@triton.jit
+def max_pool2x2_kernel(
+    x_ptr, y_ptr, argmax_ptr, TOTAL, C, H_OUT, W_OUT,
+    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < TOTAL
+    img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
+    base = x_ptr + img * sxn + c * sxc + (2 * oh) * sxh + (2 * ow) * sxw
+    # Compare in fp32 (exact for every input dtype): the interpreter's bf16 comparisons are unreliable.
+    best = tl.load(base, mask=valid, other=0.0).to(tl.float32)
+    arg = tl.zeros((BLOCK,), dtype=tl.int32)
+    for q in tl.static_range(1, 4):
+        v = tl.load(base + (q // 2) * sxh + (q % 2) * sxw, mask=valid, other=0.0).to(tl.float32)
+        # Same scan as PyTorch: a strictly larger value or a NaN takes the window.
+        take = (v > best) | (v != v)
+        best = tl.where(take, v, best)
+        arg = tl.where(take, q, arg)
+    y_off = img * syn + c * syc + oh * syh + ow * syw
+    tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=valid)
+    tl.store(argmax_ptr + y_off, arg.to(tl.uint8), mask=valid)
+
+
+@triton.autotune(configs=configs("max_pool2x2_backward"), key=["C", "H_OUT", "W_OUT"])
+@triton.jit
+def max_pool2x2_backward_kernel(
+    grad_y_ptr, argmax_ptr, grad_x_ptr, TOTAL, C, H_OUT, W_OUT,
+    sgn, sgc, sgh, sgw, san, sac, sah, saw, sxn, sxc, sxh, sxw,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = offs < TOTAL
+    img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
+    g = tl.load(grad_y_ptr + img * sgn + c * sgc + oh * sgh + ow * sgw, mask=valid, other=0.0)
+    arg = tl.load(argmax_ptr + img * san + c * sac + oh * sah + ow * saw, mask=valid, other=0).to(tl.int32)
+    base = grad_x_ptr + img * sxn + c * sxc + (2 * oh) * sxh + (2 * ow) * sxw
+    # Windows do not overlap: every input pixel of a window is written exactly once, no atomics.
+    for q in tl.static_range(4):
+        tl.store(base + (q // 2) * sxh + (q % 2) * sxw, tl.where(arg == q, g, 0.0).to(g.dtype), mask=valid)
+
+
+def _like_input(x, shape, dtype):
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    return torch.empty(shape, device=x.device, dtype=dtype, memory_format=fmt)
+
+
+def max_pool2x2_forward(x):
+    """(pooled, argmax uint8 in 0..3 = dy*2+dx); output keeps x's memory format, odd rows/cols are dropped."""
+    batch, c, h, w = x.shape
+    shape = (batch, c, h // 2, w // 2)
+    y = _like_input(x, shape, x.dtype)
+    argmax = torch.empty_like(y, dtype=torch.uint8)
+    total = y.numel()
+    if total:
+        max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
+            x, y, argmax, total, c, h // 2, w // 2, *x.stride(), *y.stride())
+    return y, argmax
+
+
+def max_pool2x2_backward(grad_y, argmax, input_shape):
+    """dL/dx of max_pool2x2_forward; the odd last row/column (never pooled) gets zero."""
+    batch, c, h, w = input_shape
+    grad_x = torch.empty(input_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=torch.channels_last)
+    if h % 2 or w % 2:
+        grad_x.zero_()
+    total = argmax.numel()
+    if total:
+        max_pool2x2_backward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
+            grad_y, argmax, grad_x, total, c, h // 2, w // 2, *grad_y.stride(), *argmax.stride(),
+            *grad_x.stride())
+    return grad_x

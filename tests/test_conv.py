@@ -1,0 +1,102 @@
+"""conv2d (+bias, +ReLU): forward, input-grad, weight-grad and bias-grad against float64 eager PyTorch."""
+import pytest
+import torch
+
+from conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, gpu_only, make_tensor
+from fused_unet import eager, functional as FF
+
+# (batch, C_in, H, W, C_out, kernel): odd and even H/W, batch 1 and 3, C_in 1 and 3, channels not multiples of 16.
+SHAPES = [(1, 1, 7, 9, 5, 3), (3, 3, 17, 13, 20, 3), (2, 4, 16, 16, 8, 1), (1, 6, 5, 4, 3, 5), (2, 40, 6, 7, 33, 3)]
+
+
+def _inputs(shape, dtype, layout="contiguous", bias=True):
+    n, c_in, h, w, c_out, k = shape
+    x = make_tensor((n, c_in, h, w), dtype, layout, requires_grad=True)
+    weight = make_tensor((c_out, c_in, k, k), dtype, requires_grad=True, scale=(c_in * k * k) ** -0.5)
+    b = make_tensor((c_out,), dtype, requires_grad=True) if bias else None
+    return x, weight, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias,relu", [(True, True), (False, False), (True, False), (False, True)])
+def test_conv2d_matches_float64(shape, dtype, bias, relu):
+    x, weight, b = _inputs(shape, dtype, bias=bias)
+    check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=relu),
+                          lambda x, w, b: eager.conv2d(x, w, b, relu=relu), [x, weight, b], dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_conv2d_any_input_layout(layout, dtype):
+    x, weight, b = _inputs((2, 3, 9, 11, 7, 3), dtype, layout)
+    out = check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=True),
+                                lambda x, w, b: eager.conv2d(x, w, b, relu=True), [x, weight, b], dtype)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_conv2d_non_contiguous_weight_and_grad_output():
+    x, weight, b = _inputs((2, 5, 6, 7, 4, 3), torch.float32)
+    w_t = weight.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()  # same values, odd strides
+    out = FF.conv2d(x, w_t, b, relu=True)
+    grad = torch.randn(out.shape[::-1], device=DEVICE).permute(3, 2, 1, 0)  # a non-contiguous upstream gradient
+    gx, gw = torch.autograd.grad(out, [x, w_t], grad)
+    xr, wr = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = eager.conv2d(xr, wr, b.detach().double(), relu=True)
+    rgx, rgw = torch.autograd.grad(ref, [xr, wr], grad.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gx.double(), rgx, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gw.double(), rgw, atol=1e-4, rtol=1e-4)
+
+
+def test_conv2d_only_some_inputs_need_grad():
+    x, weight, b = _inputs((1, 3, 5, 5, 4, 3), torch.float32)
+    x.requires_grad_(False)
+    out = FF.conv2d(x, weight, b, relu=True)
+    gw, = torch.autograd.grad(out.sum(), [weight])
+    ref = eager.conv2d(x.double(), weight.detach().double().requires_grad_(), b.double(), relu=True)
+    assert gw.shape == weight.shape and out.shape == ref.shape
+
+
+def test_conv2d_weight_grad_is_deterministic():
+    x, weight, b = _inputs((3, 8, 19, 21, 12, 3), torch.float32)
+    out = FF.conv2d(x, weight, b, relu=True)
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, [weight, b], grad, retain_graph=True)
+    second = torch.autograd.grad(out, [weight, b], grad)
+    for a, c in zip(first, second):
+        assert torch.equal(a, c)
+
+
+def test_conv2d_relu_keeps_nan_like_torch():
+    x = torch.zeros(1, 1, 3, 3, device=DEVICE)
+    x[0, 0, 1, 1] = float("nan")
+    weight = torch.ones(1, 1, 1, 1, device=DEVICE)
+    out = FF.conv2d(x, weight, relu=True)
+    assert out[0, 0, 1, 1].isnan() and (out.nan_to_num() == 0).all()
+
+
+def test_conv2d_empty_batch():
+    out = FF.conv2d(torch.randn(0, 3, 4, 4, device=DEVICE), torch.randn(2, 3, 3, 3, device=DEVICE))
+    assert out.shape == (0, 2, 4, 4)
+
+
+@gpu_only
+def test_conv2d_tf32_follows_cudnn_flag():
+    x, weight, b = _inputs((2, 64, 16, 16, 64, 3), torch.float32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=True),
+                              lambda x, w, b: eager.conv2d(x, w, b, relu=True), [x, weight, b], "tf32")
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+
+
+@gpu_only
+def test_conv2d_under_bf16_autocast():
+    x, weight, b = _inputs((2, 16, 16, 16, 32, 3), torch.float32)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = FF.conv2d(x, weight, b, relu=True)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32

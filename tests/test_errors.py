@@ -1,0 +1,49 @@
+"""Bad input gets a ValueError/TypeError that names the argument and what was expected."""
+import pytest
+import torch
+
+from conftest import DEVICE
+from fused_unet import functional as FF
+
+
+def t(*shape, dtype=torch.float32, device=DEVICE):
+    return torch.randn(shape, device=device).to(dtype) if dtype.is_floating_point else torch.ones(shape, dtype=dtype, device=device)
+
+
+CONV_CASES = [
+    (lambda: FF.conv2d([[1.0]], t(2, 3, 3, 3)), TypeError, "x must be a torch.Tensor"),
+    (lambda: FF.conv2d(t(3, 8, 8), t(2, 3, 3, 3)), ValueError, r"x must be 4-D \[N, C, H, W\]"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3)), ValueError, "weight must be 4-D"),
+    (lambda: FF.conv2d(t(1, 4, 8, 8), t(2, 3, 3, 3)), ValueError, "weight expects 3 input channels"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8, dtype=torch.int32), t(2, 3, 3, 3)), TypeError, "x must be float32, float16"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8, dtype=torch.float64), t(2, 3, 3, 3, dtype=torch.float64)), TypeError,
+     "x must be float32"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3, dtype=torch.float16)), TypeError, "weight has dtype torch.float16"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3, device="meta")), ValueError, "weight is on meta.*mixed devices"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 2, 2)), ValueError, "odd square kernel"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 5)), ValueError, "odd square kernel"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), stride=2), ValueError, "stride must be 1"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), padding=0), ValueError, "padding must be 'same' or 1"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(3)), ValueError, r"bias must have shape \[2\]"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(2, dtype=torch.int64)), TypeError, "bias must be float32"),
+    (lambda: FF.conv2d(t(1, 0, 8, 8), t(2, 0, 3, 3)), ValueError, "x must have at least one channel"),
+]
+OTHER_CASES = [
+    (lambda: FF.max_pool2x2(t(3, 8, 8)), ValueError, "x must be 4-D"),
+    (lambda: FF.max_pool2x2(t(1, 3, 8, 8, dtype=torch.uint8)), TypeError, "x must be float32"),
+    (lambda: FF.max_pool2x2(t(1, 3, 1, 8)), ValueError, "at least 2x2"),
+    (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(4, 2, 2, 2)), ValueError, "weight expects 4 input channels"),
+    (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(3, 2, 3, 3)), ValueError, "2x2 kernel"),
+    (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(3, 2, 2, 2), t(3)), ValueError, r"bias must have shape \[2\]"),
+    (lambda: FF.up_concat(t(1, 3, 4, 4), t(1, 2, 7, 8), t(3, 2, 2, 2)), ValueError, r"skip must have spatial size \(8, 8\)"),
+    (lambda: FF.up_concat(t(1, 3, 4, 4), t(2, 2, 8, 8), t(3, 2, 2, 2)), ValueError, "skip has batch 2"),
+    (lambda: FF.up_concat(t(1, 3, 4, 4), t(1, 2, 8, 8, dtype=torch.float16), t(3, 2, 2, 2)), TypeError,
+     "skip has dtype"),
+    (lambda: FF.up_concat(t(1, 3, 4, 4), t(1, 2, 8, 8, device="meta"), t(3, 2, 2, 2)), ValueError, "skip is on meta"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", CONV_CASES + OTHER_CASES)
+def test_bad_input_raises_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -1,0 +1,103 @@
+"""Drop-in modules: same state_dict/repr/init as the torch module, fused results, fallback with one warning."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import DEVICE, make_tensor
+import fused_unet
+from fused_unet import nn as fnn
+
+
+def _same_params(fused, plain):
+    plain.load_state_dict(fused.state_dict())
+    return plain
+
+
+def test_conv2d_is_a_drop_in_nn_conv2d():
+    torch.manual_seed(0)
+    fused = fnn.Conv2d(3, 8, 3, padding=1, device=DEVICE)
+    torch.manual_seed(0)
+    plain = nn.Conv2d(3, 8, 3, padding=1, device=DEVICE)
+    assert isinstance(fused, nn.Conv2d)
+    assert repr(fused) == repr(plain)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fused.parameters(), plain.parameters()))  # same init
+    x = make_tensor((2, 3, 7, 6))
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_conv2d_activation_and_same_padding():
+    fused = fnn.Conv2d(4, 5, 3, padding="same", activation="relu", device=DEVICE)
+    plain = _same_params(fused, nn.Conv2d(4, 5, 3, padding="same", device=DEVICE))
+    assert "activation='relu'" in repr(fused)
+    x = make_tensor((1, 4, 5, 5))
+    torch.testing.assert_close(fused(x), torch.relu(plain(x)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fnn.Conv2d(4, 5, 3, activation="gelu")
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1), dict(padding=0), dict(dilation=2, padding=2),
+                                    dict(groups=2, padding=1), dict(padding=1, padding_mode="reflect")])
+def test_conv2d_unsupported_config_falls_back_with_one_warning(kwargs):
+    fused = fnn.Conv2d(4, 6, 3, activation="relu", device=DEVICE, **kwargs)
+    plain = _same_params(fused, nn.Conv2d(4, 6, 3, device=DEVICE, **kwargs))
+    x = make_tensor((1, 4, 8, 8))
+    with pytest.warns(UserWarning, match="using the torch.nn forward"):
+        out = fused(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused(x)  # warned once per module
+    torch.testing.assert_close(out, torch.relu(plain(x)))
+
+
+def test_conv2d_float64_input_falls_back():
+    fused = fnn.Conv2d(2, 3, 3, padding=1, device=DEVICE).double()
+    with pytest.warns(UserWarning, match="dtype torch.float64"):
+        assert fused(make_tensor((1, 2, 4, 4), torch.float64)).dtype == torch.float64
+
+
+def test_max_pool2d_drop_in():
+    fused, plain = fnn.MaxPool2d(2), nn.MaxPool2d(2)
+    assert repr(fused) == repr(plain) and isinstance(fused, nn.MaxPool2d)
+    x = make_tensor((2, 3, 7, 9))
+    torch.testing.assert_close(fused(x), plain(x))
+    odd = fnn.MaxPool2d(3, stride=1)
+    with pytest.warns(UserWarning, match="kernel_size 3"):
+        torch.testing.assert_close(odd(x), nn.MaxPool2d(3, stride=1)(x))
+
+
+def test_conv_transpose2d_drop_in_and_fallback():
+    fused = fnn.ConvTranspose2d(4, 3, 2, stride=2, device=DEVICE)
+    plain = _same_params(fused, nn.ConvTranspose2d(4, 3, 2, stride=2, device=DEVICE))
+    assert repr(fused) == repr(plain) and list(fused.state_dict()) == list(plain.state_dict())
+    x = make_tensor((2, 4, 3, 5))
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
+    wide = fnn.ConvTranspose2d(4, 3, 3, stride=2, device=DEVICE)
+    with pytest.warns(UserWarning, match="kernel_size"):
+        wide(x)
+
+
+def test_up_concat_module():
+    up = fnn.UpConcat(6, 3, 2, stride=2, device=DEVICE)
+    plain = _same_params(up, nn.ConvTranspose2d(6, 3, 2, stride=2, device=DEVICE))
+    x, skip = make_tensor((1, 6, 4, 3)), make_tensor((1, 3, 8, 6))
+    torch.testing.assert_close(up(x, skip), torch.cat([torch.relu(plain(x)), skip], 1), atol=1e-5, rtol=1e-5)
+
+
+def test_backend_rule_and_force_eager():
+    assert fused_unet.backend("cpu") in ("triton-interpreter", "eager")
+    assert fused_unet.backend(torch.zeros(1, device=DEVICE)) in ("triton", "triton-interpreter")
+    with fused_unet.force_eager():
+        assert fused_unet.backend(DEVICE) == "eager"
+        assert "eager PyTorch fallback" in fused_unet.describe(DEVICE)
+    assert fused_unet.backend(DEVICE) != "eager"
+
+
+def test_eager_fallback_gives_the_same_answer():
+    conv = fnn.Conv2d(3, 4, 3, padding=1, activation="relu", device=DEVICE)
+    x = make_tensor((1, 3, 6, 6))
+    with fused_unet.force_eager():
+        eager_out = conv(x)
+    torch.testing.assert_close(conv(x), eager_out, atol=1e-5, rtol=1e-5)
