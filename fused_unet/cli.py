@@ -161,6 +161,42 @@ def cmd_info(args):
     return 0
 
 
+def cmd_doctor(args):
+    from tqdm import tqdm
+
+    from fused_unet import doctor
+
+    env = doctor.environment()
+    print(f"python {env['python']}  |  torch {env['torch']}  |  triton {env['triton'] or 'not installed'}  |  "
+          f"CUDA {env['cuda']}")
+    print("GPUs: " + (", ".join(f"{g['name']} ({g['capability']})" for g in env["gpus"]) or "none"))
+    print(f"TRITON_INTERPRET: {'on' if env['interpreter'] else 'off'}")
+    for device, name in env["backends"].items():
+        print(f"  {device}: {name}")
+    report = {"environment": env}
+    status = 0
+    archs = [a.strip() for a in args.aot.split(",") if a.strip() and a.strip() != "none"]
+    if archs:
+        print(f"\nahead-of-time compile for {', '.join(archs)} (no GPU needed) ...")
+        bar = tqdm(total=len(doctor.registry_jobs([a for a in archs if a in doctor.ARCHS])), disable=None,
+                   desc="compiling")
+        results, unsupported = doctor.run_aot(archs, jobs=args.jobs, progress=lambda r: bar.update())
+        bar.close()
+        for arch, reason in unsupported.items():
+            print(f"{arch}: cannot be targeted: {reason}")
+        print(doctor.format_table(results))
+        problems = [p for r in results for p in doctor.problems(r)]
+        print(f"\n{len(results)} compiles, {len(problems)} problems")
+        for problem in problems:
+            print(f"  FAIL {problem}")
+        report.update(results=results, unsupported=unsupported, problems=problems)
+        status = 1 if problems or unsupported else 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return status
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fused-unet", description="Fused Triton U-Net kernels: demo and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +223,16 @@ def build_parser():
     info = sub.add_parser("info", help="versions and which backend each device gets",
                           description="Print versions and the backend (triton / triton-interpreter / eager) per device.")
     info.set_defaults(func=cmd_info)
+
+    doctor = sub.add_parser("doctor", help="environment + ahead-of-time compile of every kernel for NVIDIA GPUs",
+                            description="Print the environment and backends, then compile every registered kernel "
+                                        "configuration ahead of time (no GPU needed) and report tensor-core MMA, "
+                                        "registers, spills, shared memory and occupancy. Exits 1 when any kernel "
+                                        "fails to compile, spills, overflows shared memory or lacks MMA.")
+    doctor.add_argument("--aot", default="sm_90,sm_80", help="comma-separated targets, or 'none' (default: %(default)s)")
+    doctor.add_argument("--json", help="also write the full report to this JSON file")
+    doctor.add_argument("--jobs", type=int, default=None, help="compile processes (default: all cores)")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

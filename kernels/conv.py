@@ -13,12 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import INTERPRETED, WEIGHT_GRAD_PIXEL_CHUNK, configs
+from .configs import INTERPRETED, WEIGHT_GRAD_PIXEL_CHUNK, configs, prune_by_precision
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-@triton.autotune(configs=configs("conv2d_implicit_gemm"), key=["C_IN", "C_OUT", "H_OUT", "W_OUT", "KH", "STRIDE"])
+@triton.autotune(configs=configs("conv2d_implicit_gemm"), prune_configs_by={"early_config_prune": prune_by_precision(
+    "conv2d_implicit_gemm")}, key=["C_IN", "C_OUT", "H_OUT", "W_OUT", "KH", "STRIDE", "INPUT_PRECISION"])
 @triton.jit
 def conv2d_implicit_gemm_kernel(
     x_ptr, w_ptr, bias_ptr, mask_ptr, y_ptr,
@@ -49,30 +50,35 @@ def conv2d_implicit_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r in range(KH):
+    x_img = img * sxn
+    m_img = img * smn
+    c_blocks = tl.cdiv(C_IN, BLOCK_K)
+    # One flat loop over (tap, channel block), so the software pipeliner overlaps loads across taps; the
+    # per-tap coordinates and border mask are [BLOCK_M] vectors, cheap next to the MMA.
+    for it in range(0, KH * KW * c_blocks):
+        tap = it // c_blocks
+        kk = (it - tap * c_blocks) * BLOCK_K + offs_k
+        r = tap // KW
+        s = tap - r * KW
         ih = oh * STRIDE + r - PAD
-        for s in range(KW):
-            iw = ow * STRIDE + s - PAD
-            # Tap coordinates and the border mask are computed once per tap, not per channel block.
-            pix_ok = m_valid & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
-            x_row = img * sxn + ih * sxh + iw * sxw
-            m_row = img * smn + ih * smh + iw * smw
-            if FLIP_WEIGHT:
-                w_tap = (KH - 1 - r) * swh + (KW - 1 - s) * sww
-            else:
-                w_tap = (r + phase_h) * swh + (s + phase_w) * sww
-            for k0 in range(0, C_IN, BLOCK_K):
-                kk = k0 + offs_k
-                k_ok = kk < C_IN
-                a_mask = pix_ok[:, None] & k_ok[None, :]
-                a = tl.load(x_ptr + x_row[:, None] + kk[None, :] * sxc, mask=a_mask, other=0.0).to(DOT_DTYPE)
-                if RELU_MASK_INPUT:
-                    # ReLU backward folded into the load: zero the gradient where the saved output is <= 0.
-                    out = tl.load(mask_ptr + m_row[:, None] + kk[None, :] * smc, mask=a_mask, other=0.0)
-                    a = tl.where(out.to(tl.float32) <= 0.0, 0.0, a).to(DOT_DTYPE)
-                b = tl.load(w_ptr + w_tap + kk[:, None] * swk + offs_n[None, :] * swn,
-                            mask=k_ok[:, None] & n_valid[None, :], other=0.0).to(DOT_DTYPE)
-                acc += tl.dot(a, b, input_precision=INPUT_PRECISION)
+        iw = ow * STRIDE + s - PAD
+        pix_ok = m_valid & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
+        k_ok = kk < C_IN
+        a_mask = pix_ok[:, None] & k_ok[None, :]
+        a = tl.load(x_ptr + (x_img + ih * sxh + iw * sxw)[:, None] + kk[None, :] * sxc, mask=a_mask,
+                    other=0.0).to(DOT_DTYPE)
+        if RELU_MASK_INPUT:
+            # ReLU backward folded into the load: zero the gradient where the saved output is <= 0.
+            out = tl.load(mask_ptr + (m_img + ih * smh + iw * smw)[:, None] + kk[None, :] * smc, mask=a_mask,
+                          other=0.0)
+            a = tl.where(out.to(tl.float32) <= 0.0, 0.0, a).to(DOT_DTYPE)
+        if FLIP_WEIGHT:
+            w_tap = (KH - 1 - r) * swh + (KW - 1 - s) * sww
+        else:
+            w_tap = (r + phase_h) * swh + (s + phase_w) * sww
+        b = tl.load(w_ptr + w_tap + kk[:, None] * swk + offs_n[None, :] * swn,
+                    mask=k_ok[:, None] & n_valid[None, :], other=0.0).to(DOT_DTYPE)
+        acc += tl.dot(a, b, input_precision=INPUT_PRECISION)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
@@ -83,7 +89,8 @@ def conv2d_implicit_gemm_kernel(
              mask=m_valid[:, None] & n_valid[None, :])
 
 
-@triton.autotune(configs=configs("conv2d_weight_grad"), key=["C_A", "C_B", "H_A", "W_A", "KH", "STRIDE"])
+@triton.autotune(configs=configs("conv2d_weight_grad"), prune_configs_by={"early_config_prune": prune_by_precision(
+    "conv2d_weight_grad")}, key=["C_A", "C_B", "H_A", "W_A", "KH", "STRIDE", "INPUT_PRECISION"])
 @triton.jit
 def conv2d_weight_grad_kernel(
     a_ptr, b_ptr, mask_ptr, dw_ptr, db_ptr,
@@ -243,6 +250,12 @@ def _weight_grad_split(num_pix, c_a, c_b, taps, device):
     return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
 
 
+def _k_contiguous(weight):
+    """A logical [C_out, C_in, KH, KW] weight stored [C_out, KH, KW, C_in] (channels_last): the GEMM's K runs
+    along contiguous channels, so weight tiles load as vectors. Free when the weight already is."""
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
 def _empty_channels_last(batch, channels, height, width, like):
     return torch.empty((batch, channels, height, width), device=like.device, dtype=like.dtype,
                        memory_format=torch.channels_last)
@@ -255,7 +268,7 @@ def conv2d_forward(x, weight, bias=None, relu=False):
     batch, _, h, w = x.shape
     k = weight.shape[2]
     y = _empty_channels_last(batch, weight.shape[0], h, w, x)
-    return _implicit_gemm(x, weight, y, bias=bias, relu=relu, pad=k // 2)
+    return _implicit_gemm(x, _k_contiguous(weight), y, bias=bias, relu=relu, pad=k // 2)
 
 
 def conv2d_input_grad(grad_out, weight, out=None):
@@ -264,7 +277,8 @@ def conv2d_input_grad(grad_out, weight, out=None):
     k = weight.shape[2]
     grad_x = _empty_channels_last(batch, weight.shape[1], h, w, grad_out)
     # Input-grad is the same conv with weights transposed [C_in, C_out] and taps flipped.
-    return _implicit_gemm(grad_out, weight.transpose(0, 1), grad_x, relu_mask=out, pad=k - 1 - k // 2,
+    return _implicit_gemm(grad_out, _k_contiguous(weight.transpose(0, 1)), grad_x, relu_mask=out,
+                          pad=k - 1 - k // 2,
                           flip_weight=True)
 
 
@@ -282,14 +296,14 @@ def conv_transpose2x2_forward(x, weight, bias=None, relu=False, out=None):
     batch, _, h, w = x.shape
     if out is None:
         out = _empty_channels_last(batch, weight.shape[1], 2 * h, 2 * w, x)
-    return _implicit_gemm(x, weight.transpose(0, 1), out, bias=bias, relu=relu, upsample=2)
+    return _implicit_gemm(x, _k_contiguous(weight.transpose(0, 1)), out, bias=bias, relu=relu, upsample=2)
 
 
 def conv_transpose2x2_input_grad(grad_out, weight, out=None):
     """dL/dx of conv_transpose2x2_forward: a stride-2 2x2 conv of grad_out with the same weights."""
     batch, _, h2, w2 = grad_out.shape
     grad_x = _empty_channels_last(batch, weight.shape[0], h2 // 2, w2 // 2, grad_out)
-    return _implicit_gemm(grad_out, weight, grad_x, relu_mask=out, stride=2)
+    return _implicit_gemm(grad_out, _k_contiguous(weight), grad_x, relu_mask=out, stride=2)
 
 
 def conv_transpose2x2_weight_grad(grad_out, x, weight, out=None, bias_grad=True):

@@ -1,0 +1,265 @@
+"""``fused-unet doctor``: the environment, and an ahead-of-time compile of every registered kernel
+configuration for NVIDIA targets — no GPU needed — with a static resource report.
+
+Each job compiles one (kernel, launch variant, dtype, block config) for one architecture with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and reads the result: the PTX (tensor-core
+MMA: ``wgmma`` on sm_90, ``mma.sync`` on sm_80) and the cubin's resource usage from the ``cuobjdump`` that
+ships with Triton (registers, stack/local memory = spills, static shared memory) plus Triton's dynamic
+shared memory. What is compiled (see ``fused_unet.kernels.configs``):
+  * every launch variant of every site, with the first GPU config, in fp16 — every flag combination compiles;
+  * the heaviest variant of every site in every dtype with every GPU config — the resource table.
+A GEMM kernel must use tensor-core MMA in every dtype but IEEE fp32, which has no tensor-core instruction.
+"""
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+
+import torch
+
+ARCHS = {"sm_90": 90, "sm_80": 80}
+# Per-SM limits used for the occupancy estimate: registers, warps, blocks, shared memory per SM and per block.
+ARCH_LIMITS = {
+    90: dict(regs=65536, warps=64, blocks=32, smem_sm=228 * 1024, smem_block=227 * 1024),
+    80: dict(regs=65536, warps=64, blocks=32, smem_sm=164 * 1024, smem_block=163 * 1024),
+}
+EXPECTED_MMA = {90: "wgmma", 80: "mma.sync"}
+# Pointer element types by argument name; every other pointer has the job's tensor dtype.
+_POINTER_TYPES = {"dw_ptr": "*fp32", "db_ptr": "*fp32", "argmax_ptr": "*u8"}
+# The launch of a U-Net layer: channels_last tensors, K-contiguous weights and channel counts that are multiples
+# of 16. Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple of 16 gets a
+# divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the same
+# specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
+_TYPICAL_LAUNCH = {
+    "conv2d_implicit_gemm": dict(
+        ones=("sxc", "smc", "syc", "swk"),
+        multiples_of_16=("sxn", "sxh", "sxw", "swn", "swh", "sww", "smn", "smh", "smw", "syn", "syh", "syw",
+                         "C_IN", "C_OUT")),
+    "conv2d_weight_grad": dict(
+        ones=("sac", "sbc", "smc"),
+        multiples_of_16=("san", "sah", "saw", "sbn", "sbh", "sbw", "smn", "smh", "smw", "C_A", "C_B",
+                         "PIX_PER_SPLIT")),
+    "max_pool2x2": dict(ones=("sxc", "syc"), multiples_of_16=("sxn", "sxh", "sxw", "syn", "syh", "syw", "C")),
+    "max_pool2x2_backward": dict(
+        ones=("sgc", "sac", "sxc"),
+        multiples_of_16=("sgn", "sgh", "sgw", "san", "sah", "saw", "sxn", "sxh", "sxw", "C")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    kernel: str
+    site: str
+    variant: int
+    dtype: str
+    config: int
+    arch: str
+
+
+def environment():
+    """Versions, GPU, interpreter state and the backend of each device."""
+    from fused_unet import dispatch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    gpus = [dict(index=i, name=torch.cuda.get_device_name(i),
+                 capability="sm_%d%d" % torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+    devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus]
+    return dict(python=platform.python_version(), torch=torch.__version__, triton=triton_version,
+                cuda=torch.version.cuda, gpus=gpus, interpreter=dispatch.interpreter_enabled(),
+                backends={d: dispatch.backend(d) for d in devices})
+
+
+def registry_jobs(archs):
+    """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the one registry in kernels/configs.py."""
+    from fused_unet.kernels import configs
+
+    dtypes = [d[0] for d in configs.DTYPE_VARIANTS]
+    jobs = []
+    for arch in archs:
+        for kernel, sites in configs.LAUNCH_VARIANTS.items():
+            kernel_dtypes = dtypes if kernel in configs.GEMM_KERNELS else [d for d in dtypes if d != "tf32"]
+            for site, variants in sites.items():
+                jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
+                jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
+                         for c in range(len(configs.gpu_configs(kernel, d))) if (d, c) != ("fp16", 0)]
+    return jobs
+
+
+def _worker_init():
+    # Compile real kernels even when the parent runs under the interpreter: the kernels are imported here
+    # first, so this process decorates them as JITFunctions.
+    os.environ.pop("TRITON_INTERPRET", None)
+
+
+def _cuobjdump():
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+def _ast_source(fn, signature, constexprs, attrs):
+    """The one place that knows the ASTSource API (the same from triton 3.6 to 3.9)."""
+    from triton.compiler import ASTSource
+
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+
+
+def _resource_usage(cubin):
+    tool = _cuobjdump()
+    if tool is None:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    return {k.lower(): int(v) for k, v in fields.items()}
+
+
+def _occupancy(cc, regs, warps, smem):
+    lim = ARCH_LIMITS[cc]
+    regs_per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    blocks = min(lim["blocks"], lim["warps"] // warps, lim["regs"] // (regs_per_warp * warps),
+                 lim["smem_sm"] // (smem + 1024))
+    return blocks, blocks * warps
+
+
+def compile_job(job):
+    """Compile one job; return a dict of what was found (never raises)."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    from fused_unet.kernels import configs, conv, pool
+
+    kernels = {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
+               "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
+               "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel}
+    cfg = configs.gpu_configs(job.kernel, job.dtype)[job.config]
+    _, _, dot, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
+    fn = kernels[job.kernel].fn
+    launch = _TYPICAL_LAUNCH[job.kernel]
+    constexprs = {**configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant], **cfg.kwargs,
+                  **{name: 1 for name in launch["ones"]}}
+    if job.kernel in configs.GEMM_KERNELS:
+        constexprs.update(DOT_DTYPE=getattr(tl, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dot]),
+                          INPUT_PRECISION=precision)
+    tensor_type = "*" + {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}[job.dtype]
+    signature, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = _POINTER_TYPES.get(name, tensor_type)
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        else:
+            signature[name] = "i32"
+            if name in launch["multiples_of_16"]:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, triton=triton.__version__)
+    cc = ARCHS[job.arch]
+    try:
+        compiled = triton.compile(_ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
+                                  options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    except Exception as error:  # report, never raise: one bad configuration must not hide the others
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return dict(result, ok=False, error=f"{type(error).__name__}: {first_line[:300]}")
+    ptx = compiled.asm["ptx"]
+    usage = _resource_usage(compiled.asm["cubin"])
+    shared = compiled.metadata.shared + usage.get("shared", 0)
+    mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
+    blocks, warps = _occupancy(cc, usage.get("reg", 0), cfg.num_warps, shared)
+    return dict(result, ok=True, error=None, mma=mma, regs=usage.get("reg"),
+                spill_bytes=usage.get("stack", 0) + usage.get("local", 0), shared_bytes=shared,
+                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in configs.GEMM_KERNELS)
+
+
+def _config_text(cfg):
+    blocks = ",".join(f"{k[6:] if k.startswith('BLOCK_') else k}{v}" for k, v in cfg.kwargs.items())
+    return f"{blocks} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def problems(result):
+    """Why this result fails the check ([] when it passes)."""
+    name = f"{result['kernel']}/{result['site']}#{result['variant']} {result['dtype']} [{result['config_text']}] " \
+           f"{result['arch']}"
+    if not result["ok"]:
+        return [f"{name}: does not compile: {result['error']}"]
+    found = []
+    cc = ARCHS[result["arch"]]
+    if result["spill_bytes"]:
+        found.append(f"{name}: spills {result['spill_bytes']} bytes to local memory ({result['regs']} registers)")
+    if result["shared_bytes"] > ARCH_LIMITS[cc]["smem_block"]:
+        found.append(f"{name}: needs {result['shared_bytes']} bytes of shared memory, more than "
+                     f"{ARCH_LIMITS[cc]['smem_block']}")
+    # IEEE fp32 has no tensor-core instruction on any NVIDIA GPU; TF32 is the tensor-core fp32 path.
+    if result["gemm"] and result["dtype"] != "fp32" and result["mma"] != EXPECTED_MMA[cc]:
+        found.append(f"{name}: no {EXPECTED_MMA[cc]} tensor-core MMA (found: {result['mma']})")
+    return found
+
+
+def arch_supported(arch):
+    """None when the installed Triton can target ``arch``, else the reason it cannot."""
+    if arch not in ARCHS:
+        return f"unknown architecture {arch!r} (known: {', '.join(ARCHS)})"
+    try:
+        from triton.backends import backends
+
+        if "nvidia" not in backends:
+            return "the installed triton has no NVIDIA backend"
+    except ImportError as error:
+        return f"triton is not installed ({error})"
+    return None
+
+
+def run_aot(archs, jobs=None, progress=None):
+    """Compile the registry for ``archs`` in worker processes; returns (results, unsupported {arch: reason})."""
+    unsupported = {a: r for a in archs if (r := arch_supported(a))}
+    todo = registry_jobs([a for a in archs if a not in unsupported])
+    workers = jobs or os.cpu_count() or 1
+    results = []
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init) as pool:
+        for result in pool.map(compile_job, todo, chunksize=4):
+            results.append(result)
+            if progress:
+                progress(result)
+    return results, unsupported
+
+
+def format_table(results):
+    """One table per kernel and architecture; flag-variant jobs are folded into a count per site."""
+    lines = []
+    key = lambda r: (r["arch"], r["kernel"])  # noqa: E731
+    for arch, kernel in sorted({key(r) for r in results}, key=lambda k: (k[0] != "sm_90", k)):
+        rows = [r for r in results if key(r) == (arch, kernel)]
+        lines.append(f"\n{kernel} — {arch}")
+        lines.append(f"  {'site':<30} {'dtype':<5} {'config':<22} {'ok':<3} {'mma':<8} {'regs':>4} {'spill':>5} "
+                     f"{'smem KiB':>8} {'blocks/SM':>9} {'warps/SM':>8}")
+        for r in rows:
+            if r["variant"] != 0:
+                continue
+            if not r["ok"]:
+                lines.append(f"  {r['site']:<30} {r['dtype']:<5} {r['config_text']:<22} NO  {r['error']}")
+                continue
+            lines.append(f"  {r['site']:<30} {r['dtype']:<5} {r['config_text']:<22} {'yes':<3} "
+                         f"{r['mma'] if r['gemm'] else '-':<8} {r['regs']:>4} {r['spill_bytes']:>5} "
+                         f"{r['shared_bytes'] / 1024:>8.1f} {r['blocks_per_sm']:>9} {r['warps_per_sm']:>8}")
+        for site in dict.fromkeys(r["site"] for r in rows):
+            flags = [r for r in rows if r["site"] == site and r["variant"] != 0]
+            if flags:
+                ok = sum(r["ok"] for r in flags)
+                lines.append(f"  {site}: {ok}/{len(flags)} other flag variants compile (fp16, first config)")
+    return "\n".join(lines)
