@@ -197,6 +197,133 @@ def cmd_doctor(args):
     return status
 
 
+def _bench_settings(args):
+    from fused_unet.benchmark import Settings
+
+    return Settings(base_channels=args.base_channels, depth=args.depth, size=args.size,
+                    batch_sizes=tuple(args.batch_sizes), dtype=args.dtype, contenders=tuple(args.contenders),
+                    mode=args.mode, warmup=args.warmup, iters=args.iters, max_batch=args.max_batch)
+
+
+def cmd_bench(args):
+    from fused_unet import benchmark
+
+    if args.compare:
+        a, b = (json.loads(Path(f).read_text()) for f in args.compare)
+        print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n" + benchmark.compare(a, b))
+        return 0
+    s = _bench_settings(args)
+    if not torch.cuda.is_available():
+        print("No CUDA GPU here: throughput, memory and batch-size numbers need one (run this command on a GPU).")
+        if not args.cpu_smoke:
+            print("--cpu-smoke runs a tiny configuration through the Triton interpreter and compares the "
+                  "saved-activation memory of the fused and eager models, which is meaningful on a CPU.")
+            return 0
+        _enable_interpreter_for_cpu_check(torch.device("cpu"))
+        print("CPU smoke (Triton interpreter for the fused model; not throughput numbers):")
+        benchmark.cpu_smoke(s)
+        return 0
+    import fused_unet
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(s.contenders), desc="contenders", disable=None)
+
+    def progress(message):
+        if message.endswith(": building") and bar.n < bar.total and message != f"{s.contenders[0]}: building":
+            bar.update()
+        tqdm.write(message)
+
+    print(f"backend of the fused contenders: {fused_unet.describe('cuda')}")
+    results = benchmark.run(s, "cuda", progress)
+    bar.update(bar.total - bar.n)
+    bar.close()
+    out = Path(args.out) if args.out else benchmark.default_out_dir(results["gpu"]["name"])
+    files = benchmark.write(results, out)
+    print("\n" + benchmark.table(results))
+    print(f"\nwrote {', '.join(str(out / f) for f in files)}")
+    return 0
+
+
+def cmd_profile(args):
+    from fused_unet import ReferenceUNet, UNet, perf
+
+    s = _bench_settings(args)
+    model_args = (3, 2, s.base_channels, s.depth)
+    batch = s.batch_sizes[0]
+    x = torch.zeros(batch, 3, s.size, s.size)
+    costs = perf.layer_costs(ReferenceUNet(*model_args), x, torch.bfloat16 if s.dtype == "bf16" else
+                             torch.float16 if s.dtype == "fp16" else torch.float32)
+    train = s.mode == "train"
+    title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
+             f"{s.dtype}")
+    if not torch.cuda.is_available():
+        print("No CUDA GPU here: the FLOP / byte model alone (no times). Bytes are what a fused kernel must move "
+              "(input + weights + output); training counts backward as 2x forward.")
+        print(perf.format_profile(perf.profile_table(costs, train=train), title))
+        return 0
+    from fused_unet.benchmark import DTYPES
+
+    device = torch.device("cuda")
+    peak_tflops = perf.matmul_peak_tflops(device, torch.float16 if s.dtype == "fp16" else torch.bfloat16)
+    peak_gbps = perf.copy_peak_gbps(device)
+    amp = DTYPES[s.dtype] if s.dtype != "fp32" else None
+    report = dict(gpu=perf.gpu_info(device), torch=torch.__version__, matmul_peak_tflops=peak_tflops,
+                  copy_peak_gbps=peak_gbps, settings=dataclasses_asdict(s), models={})
+    print(f"{report['gpu']['name']}: matmul peak {peak_tflops:.0f} TFLOP/s, copy {peak_gbps:.0f} GB/s")
+    for name, cls in (("fused", UNet), ("eager-cl-amp", ReferenceUNet)):
+        torch.manual_seed(0)
+        model = cls(*model_args).to(device, memory_format=torch.channels_last)
+        xd = torch.randn(batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
+        yd = torch.randint(0, 2, (batch, s.size, s.size), device=device)
+        times = perf.profile_layers(model, xd, yd, amp)
+        rows = perf.profile_table(costs, times, peak_tflops, peak_gbps, train=train)
+        print("\n" + perf.format_profile(rows, f"{name}: {title}"))
+        report["models"][name] = rows
+        if args.trace:
+            trace = Path(args.trace).with_suffix(f".{name}.json")
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                perf.profile_layers(model, xd, yd, amp, steps=1)
+            prof.export_chrome_trace(str(trace))
+            print(f"wrote Chrome trace {trace}")
+    if args.doctor_json:
+        static = json.loads(Path(args.doctor_json).read_text())
+        print("\nstatic report (fused-unet doctor) of the kernels the fused model launches:")
+        for r in static.get("results", []):
+            if r.get("ok") and r["variant"] == 0 and r["arch"] == report["gpu"]["capability"] and r["dtype"] == s.dtype:
+                print(f"  {r['kernel']}/{r['site']} [{r['config_text']}]: {r['regs']} regs, "
+                      f"{r['shared_bytes'] / 1024:.0f} KiB smem, {r['blocks_per_sm']} blocks/SM, mma {r['mma']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def dataclasses_asdict(obj):
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def _add_model_args(parser, batch_default):
+    from fused_unet.benchmark import CONTENDERS, DTYPES
+
+    parser.add_argument("--base-channels", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512, help="image height and width (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_default)
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
+                        help="autocast dtype of the fused and *-amp / compile contenders (fp32: no autocast)")
+    parser.add_argument("--mode", choices=("train", "infer"), default="train",
+                        help="train: forward + backward + optimizer step; infer: forward only")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS,
+                        default=["fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune"])
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--no-max-batch", dest="max_batch", action="store_false",
+                        help="skip the search for the largest batch that fits")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fused-unet", description="Fused Triton U-Net kernels: demo and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +360,30 @@ def build_parser():
     doctor.add_argument("--json", help="also write the full report to this JSON file")
     doctor.add_argument("--jobs", type=int, default=None, help="compile processes (default: all cores)")
     doctor.set_defaults(func=cmd_doctor)
+
+    bench = sub.add_parser("bench", help="img/s, peak memory, TFLOP/s and the largest batch: fused vs eager vs compile",
+                           description="Benchmark the fused U-Net against eager PyTorch (NCHW fp32; channels_last + "
+                                       "autocast) and torch.compile on a CUDA GPU: img/s (median, p20-p80), ms/iter, "
+                                       "peak memory, TFLOP/s and %% of the measured matmul peak, and the largest batch "
+                                       "that fits. Writes JSON + Markdown (+ PNG plots with matplotlib) to "
+                                       "bench/results/<gpu>/ unless --out says otherwise.")
+    _add_model_args(bench, [16])
+    bench.add_argument("--out", help="output folder (default: bench/results/<gpu-name>/)")
+    bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print the ratios B/A of two results")
+    bench.add_argument("--cpu-smoke", action="store_true",
+                       help="without a GPU: run a tiny configuration through the Triton interpreter and compare "
+                            "saved-activation memory (use small --size / --base-channels)")
+    bench.set_defaults(func=cmd_bench)
+
+    profile = sub.add_parser("profile", help="per-layer time, FLOPs, bytes and %% of roofline of one training step",
+                             description="Per-layer breakdown of one training step, fused vs eager-cl-amp: time "
+                                         "(CUDA events), FLOPs, bytes moved, arithmetic intensity and %% of the "
+                                         "roofline, sorted by time lost. Without a GPU: the FLOP / byte model only.")
+    _add_model_args(profile, [8])
+    profile.add_argument("--trace", help="also export a Chrome trace per model (FILE.<model>.json)")
+    profile.add_argument("--json", help="write the per-layer rows to this JSON file")
+    profile.add_argument("--doctor-json", help="a `fused-unet doctor --json` report to show next to the times")
+    profile.set_defaults(func=cmd_profile)
     return parser
 
 

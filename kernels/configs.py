@@ -13,32 +13,58 @@ import triton
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _version(text):
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:2])
+
+
+if INTERPRETED and _version(triton.__version__) < (3, 7):
+    import numpy
+
+    if _version(numpy.__version__) >= (2, 4):
+        # Triton 3.6's interpreter turns 1-element arrays into ints with int(), which NumPy 2.4 made an error.
+        raise RuntimeError(f"the Triton {triton.__version__} interpreter does not run with NumPy {numpy.__version__}: "
+                           "install numpy<2.4, or triton>=3.8 (TRITON_INTERPRET=1 is set)")
+
+
 def _cfg(num_warps=4, num_stages=3, **blocks):
     return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
 
 
-# GPU autotune lists per kernel and precision class: "tensor_core" (fp16, bf16, tf32) and "fp32" (IEEE fp32,
-# FMA only: smaller tiles, or the accumulators spill). Every entry passes `fused-unet doctor` on sm_90 and sm_80
-# (compiles, no spills, tensor-core MMA where expected).
+# GPU autotune lists per kernel and precision class: "16bit" (fp16, bf16 tensor cores), "tf32" (fp32 operands on
+# tensor cores: twice the register and shared-memory footprint) and "fp32" (IEEE fp32: FMA only, small tiles).
+# Every entry passes `fused-unet doctor` on sm_90 and sm_80 with Triton 3.6 and 3.9 (compiles, no spills,
+# tensor-core MMA where expected).
 GPU_CONFIGS = {
     "conv2d_implicit_gemm": {
-        "tensor_core": [
+        "16bit": [
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
             _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
             _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
             _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
         ],
+        "tf32": [
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+            _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
+        ],
         "fp32": [
-            _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
     },
     "conv2d_weight_grad": {
-        "tensor_core": [
+        "16bit": [
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
             _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+            _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
+        ],
+        "tf32": [
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
         "fp32": [
@@ -62,8 +88,8 @@ WEIGHT_GRAD_PIXEL_CHUNK = 256
 
 
 def precision_class(dtype_name):
-    """The GPU config list a dtype of DTYPE_VARIANTS uses ("fp32" = IEEE fp32, FMA only)."""
-    return "fp32" if dtype_name == "fp32" else "tensor_core"
+    """The GPU config list a dtype name of DTYPE_VARIANTS uses."""
+    return {"fp16": "16bit", "bf16": "16bit"}.get(dtype_name, dtype_name)
 
 
 def gpu_configs(kernel, dtype_name):
@@ -83,8 +109,9 @@ def prune_by_precision(kernel):
     def prune(candidates, named_args, **kwargs):
         if INTERPRETED or "any" in GPU_CONFIGS[kernel]:
             return candidates
-        ieee_fp32 = kwargs.get("INPUT_PRECISION") == "ieee" and str(kwargs.get("DOT_DTYPE")) == "fp32"
-        keep = GPU_CONFIGS[kernel]["fp32" if ieee_fp32 else "tensor_core"]
+        fp32_operands = str(kwargs.get("DOT_DTYPE")) == "fp32"
+        name = ("tf32" if kwargs.get("INPUT_PRECISION") == "tf32" else "fp32") if fp32_operands else "16bit"
+        keep = GPU_CONFIGS[kernel][name]
         return [cfg for cfg in candidates if cfg in keep]
 
     return prune

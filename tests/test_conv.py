@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, gpu_only, make_tensor
+from tests.conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, gpu_only, make_tensor
 from fused_unet import eager, functional as FF
 
 # (batch, C_in, H, W, C_out, kernel): odd and even H/W, batch 1 and 3, C_in 1 and 3, channels not multiples of 16.

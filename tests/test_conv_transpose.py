@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, make_tensor
+from tests.conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
 
 # (batch, C_in, H, W, C_out)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import DEVICE
+from tests.conftest import DEVICE
 import fused_unet
 from fused_unet import doctor
 from fused_unet.kernels import configs, conv, pool

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE
+from tests.conftest import DEVICE
 from fused_unet import functional as FF
 
 

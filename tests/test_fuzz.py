@@ -5,7 +5,7 @@ import torch
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from conftest import check_against_float64, make_tensor  # noqa: E402
+from tests.conftest import check_against_float64, make_tensor  # noqa: E402
 from fused_unet import eager, functional as FF  # noqa: E402
 
 

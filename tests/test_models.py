@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, gpu_only
+from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, gpu_only
 from fused_unet import ReferenceUNet, UNet
 
 

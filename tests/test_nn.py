@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DEVICE, make_tensor
+from tests.conftest import DEVICE, make_tensor
 import fused_unet
 from fused_unet import nn as fnn
 

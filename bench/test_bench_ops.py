@@ -1,0 +1,59 @@
+"""Per-op and per-block timings: fused kernels vs eager PyTorch (channels_last, autocast on the GPU)."""
+import pytest
+import torch
+
+import fused_unet
+from fused_unet import eager, functional as FF, perf
+
+ON_GPU = torch.cuda.is_available()  # bench/conftest.py switched the interpreter on otherwise
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+# (batch, channels, size): the encoder level of a base-64 U-Net at 512^2 on a GPU; tiny on the CPU.
+SHAPE = (8, 64, 512) if ON_GPU else (1, 16, 16)
+DTYPE = torch.bfloat16 if ON_GPU else torch.float32
+
+
+def _t(*shape):
+    return torch.randn(shape, device=DEVICE, dtype=DTYPE).contiguous(
+        memory_format=torch.channels_last) if len(shape) == 4 else torch.randn(shape, device=DEVICE, dtype=DTYPE)
+
+
+def _ops():
+    n, c, s = SHAPE
+    x, w, b = _t(n, c, s, s), _t(c, c, 3, 3) * (9 * c) ** -0.5, _t(c)
+    small, wt, skip = _t(n, 2 * c, s // 2, s // 2), _t(2 * c, c, 2, 2) * (2 * c) ** -0.5, _t(n, c, s, s)
+    w2 = _t(c, 2 * c, 3, 3) * (18 * c) ** -0.5
+    return {
+        "conv_relu": (lambda: FF.conv2d(x, w, b, relu=True), lambda: eager.conv2d(x, w, b, relu=True)),
+        "conv_relu_pool": (lambda: FF.max_pool2x2(FF.conv2d(x, w, b, relu=True)),
+                           lambda: eager.max_pool2x2(eager.conv2d(x, w, b, relu=True))),
+        "max_pool": (lambda: FF.max_pool2x2(x), lambda: eager.max_pool2x2(x)),
+        "conv_transpose": (lambda: FF.conv_transpose2x2(small, wt, b, relu=True),
+                           lambda: eager.conv_transpose2x2(small, wt, b, relu=True)),
+        "up_concat_conv": (lambda: FF.conv2d(FF.up_concat(small, skip, wt, b), w2, b, relu=True),
+                           lambda: eager.conv2d(eager.up_concat(small, skip, wt, b), w2, b, relu=True)),
+    }
+
+
+def _run(benchmark, fn):
+    def call():
+        out = fn()
+        if ON_GPU:
+            torch.cuda.synchronize()
+        return out
+
+    if ON_GPU:
+        benchmark.extra_info.update(cuda_event_ms=perf.cuda_time_ms(fn), dtype=str(DTYPE), shape=list(SHAPE),
+                                    gpu=torch.cuda.get_device_name())
+    return benchmark.pedantic(call, rounds=20 if ON_GPU else 1, warmup_rounds=5 if ON_GPU else 0)
+
+
+@pytest.mark.parametrize("contender", ["fused", "eager-cl"])
+@pytest.mark.parametrize("op", list(_ops()))
+def test_op_forward(benchmark, op, contender):
+    benchmark.group = f"op:{op}"
+    if contender == "fused":
+        assert fused_unet.backend(DEVICE) != "eager"
+    fused, plain = _ops()[op]
+    out = _run(benchmark, fused if contender == "fused" else plain)
+    assert torch.isfinite(out.float()).all()

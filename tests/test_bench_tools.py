@@ -1,0 +1,66 @@
+"""The measurement tools that work without a GPU: FLOP/byte model, saved-activation bytes, result tables,
+--compare, and the CPU behaviour of `fused-unet bench` / `profile`."""
+import json
+
+import pytest
+import torch
+
+from fused_unet import ReferenceUNet, UNet, benchmark, perf
+from fused_unet.cli import main
+from fused_unet.utils import saved_activation_bytes
+from tests.conftest import DEVICE
+
+
+def test_layer_costs_count_conv_flops():
+    model = ReferenceUNet(3, 2, base_channels=4, depth=1)
+    rows = perf.layer_costs(model, torch.zeros(2, 3, 8, 8))
+    first = rows[0]
+    assert first["name"] == "encoder.0.conv1" and first["flops"] == 2 * 2 * 8 * 8 * 4 * 3 * 9
+    assert first["bytes"] == (2 * 3 * 64 + 4 * 3 * 9 + 4 + 2 * 4 * 64) * 4
+    pool = next(r for r in rows if r["kind"] == "max_pool2d")
+    assert pool["calls"] == 1
+    up = next(r for r in rows if r["kind"] == "conv_transpose2d")
+    assert up["flops"] == 2 * 2 * 4 * 4 * 8 * 4 * 4
+    assert benchmark.flops_per_image(benchmark.Settings(base_channels=4, depth=1, size=8, mode="infer")) * 2 == \
+        sum(r["flops"] for r in rows)
+
+
+def test_fused_unet_saves_less_for_backward_than_eager():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16, device=DEVICE)
+    fused = saved_activation_bytes(UNet(3, 2, base_channels=4, depth=2).to(DEVICE), x)
+    eager = saved_activation_bytes(ReferenceUNet(3, 2, base_channels=4, depth=2).to(DEVICE), x)
+    assert 0 < fused < eager
+
+
+def _fake_results(img_per_s, peak):
+    run = dict(batch=16, ms_median=10.0, ms_p20=9.0, ms_p80=11.0, img_per_s=img_per_s, img_per_s_p20=img_per_s - 1,
+               img_per_s_p80=img_per_s + 1, peak_memory_gib=peak, tflops=100.0, pct_of_matmul_peak=12.5)
+    return dict(settings=benchmark.Settings().__dict__, gpu=dict(name="Test GPU"), torch="x", triton="y",
+                date="2026-01-01", matmul_peak_tflops=800.0, matmul_peak_dtype="bfloat16", copy_peak_gbps=3000.0,
+                contenders={"fused": dict(runs=[run], error=None, max_batch=64),
+                            "fused-compile": dict(runs=[], error="Unsupported: x", max_batch=None)})
+
+
+def test_table_and_compare(tmp_path, capsys):
+    a, b = _fake_results(100.0, 10.0), _fake_results(150.0, 5.0)
+    text = benchmark.table(a)
+    assert "| fused | 16 | 100.0 (99.0–101.0)" in text and "failed: Unsupported" in text
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "| fused | 16 | 100.0 | 150.0 | 1.50 | 0.50 | 1.00 |" in capsys.readouterr().out
+    files = benchmark.write(a, tmp_path / "out")
+    assert (tmp_path / "out" / files[0]).exists() and files[1].endswith(".md")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_bench_and_profile_without_gpu(capsys):
+    assert main(["bench"]) == 0
+    assert "need one" in capsys.readouterr().out
+    assert main(["profile", "--size", "64", "--batch-sizes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOP / byte model alone" in out and "encoder.0.conv1" in out and "total" in out
+    assert main(["bench", "--cpu-smoke", "--size", "16", "--base-channels", "4", "--depth", "1",
+                 "--batch-sizes", "1"]) == 0
+    assert "saved-activation memory, fused / eager" in capsys.readouterr().out
