@@ -106,9 +106,11 @@ def _fits(c, s, batch, device):
         make_step(c, s, x, y)()
         torch.cuda.synchronize()
         return True
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return False
     finally:
+        if c.optimizer is not None:
+            c.optimizer.zero_grad(set_to_none=True)
         _release()
 
 
@@ -145,20 +147,21 @@ def measure(c, s, batch, device, train_flops_per_image, peak_tflops):
 
 
 def flops_per_image(s):
-    model = ReferenceUNet(s.in_channels, s.num_classes, s.base_channels, s.depth)
-    forward = sum(r["flops"] for r in perf.layer_costs(model, torch.zeros(1, s.in_channels, s.size, s.size)))
+    model = ReferenceUNet(s.in_channels, s.num_classes, s.base_channels, s.depth).to("meta")
+    x = torch.zeros(1, s.in_channels, s.size, s.size, device="meta")  # shapes only: no memory, no compute
+    forward = sum(r["flops"] for r in perf.layer_costs(model, x))
     # Training: the backward of a conv costs two forwards (input-grad and weight-grad).
     return forward * (3 if s.mode == "train" else 1)
 
 
-def run(s, device, progress=print):
+def run(s, device, log=print, contender_done=lambda: None):
     """Run every contender x batch; a contender that fails (e.g. torch.compile of our kernels) is recorded."""
     import triton
 
     device = torch.device(device)
     gpu = perf.gpu_info(device)
     peak_dtype = torch.float16 if s.dtype == "fp16" else torch.bfloat16
-    progress(f"probing {gpu['name']}: {s.dtype if s.dtype != 'fp32' else 'bf16'} matmul peak and copy bandwidth")
+    log(f"probing {gpu['name']}: {s.dtype if s.dtype != 'fp32' else 'bf16'} matmul peak and copy bandwidth")
     peak_tflops = perf.matmul_peak_tflops(device, peak_dtype)
     peak_gbps = perf.copy_peak_gbps(device)
     per_image = flops_per_image(s)
@@ -168,7 +171,7 @@ def run(s, device, progress=print):
         matmul_peak_tflops=peak_tflops, matmul_peak_dtype=str(peak_dtype).removeprefix("torch."),
         copy_peak_gbps=peak_gbps, flops_per_image=per_image, contenders={})
     for name in s.contenders:
-        progress(f"{name}: building")
+        log(f"{name}: building")
         entry = results["contenders"][name] = dict(runs=[], error=None, max_batch=None)
         try:
             c = build_contender(name, s, device)
@@ -176,17 +179,18 @@ def run(s, device, progress=print):
                 started = time.time()
                 run_ = measure(c, s, batch, device, per_image, peak_tflops)
                 entry["runs"].append(run_)
-                progress(f"{name}: batch {batch}: {run_['img_per_s']:.1f} img/s, {run_['ms_median']:.2f} ms, "
+                log(f"{name}: batch {batch}: {run_['img_per_s']:.1f} img/s, {run_['ms_median']:.2f} ms, "
                          f"{run_['peak_memory_gib']:.2f} GiB ({time.time() - started:.0f}s)")
             if s.max_batch:
                 entry["max_batch"] = largest_batch(c, s, device, max(s.batch_sizes))
-                progress(f"{name}: largest batch {entry['max_batch']}")
+                log(f"{name}: largest batch {entry['max_batch']}")
         except Exception as error:  # one contender failing (compile of custom kernels, OOM) must not stop the rest
             entry["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
-            progress(f"{name}: FAILED {entry['error']}")
+            log(f"{name}: FAILED {entry['error']}")
         finally:
             c = None
             _release()
+            contender_done()
     return results
 
 
@@ -237,15 +241,17 @@ def plot(results, out_dir):
     except ImportError:
         return []
     written = []
-    for key, label, filename in (("img_per_s", "images / s", "img_per_s.png"),
-                                 ("peak_memory_gib", "peak memory (GiB)", "peak_memory.png")):
+    s = results["settings"]
+    stem = f"{s['mode']}-{s['size']}-{s['dtype']}"
+    for key, label, filename in (("img_per_s", "images / s", f"{stem}-img_per_s.png"),
+                                 ("peak_memory_gib", "peak memory (GiB)", f"{stem}-peak_memory.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, entry in results["contenders"].items():
             if entry["runs"]:
                 ax.plot([r["batch"] for r in entry["runs"]], [r[key] for r in entry["runs"]], marker="o", label=name)
         ax.set_xlabel("batch")
         ax.set_ylabel(label)
-        ax.set_title(f"{results['gpu']['name']} — {results['settings']['mode']}, {results['settings']['dtype']}")
+        ax.set_title(f"{results['gpu']['name']} — {s['mode']}, {s['size']}x{s['size']}, {s['dtype']}")
         ax.legend()
         fig.tight_layout()
         fig.savefig(Path(out_dir) / filename)

@@ -1,6 +1,7 @@
 """The ``fused-unet`` command (also ``python -m fused_unet``)."""
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -212,6 +213,10 @@ def cmd_bench(args):
         a, b = (json.loads(Path(f).read_text()) for f in args.compare)
         print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n" + benchmark.compare(a, b))
         return 0
+    if args.plot:
+        written = benchmark.plot(json.loads(Path(args.plot).read_text()), Path(args.plot).parent)
+        print(f"wrote {', '.join(written)}" if written else "plots need matplotlib: pip install -e '.[bench]'")
+        return 0 if written else 1
     s = _bench_settings(args)
     if not torch.cuda.is_available():
         print("No CUDA GPU here: throughput, memory and batch-size numbers need one (run this command on a GPU).")
@@ -226,17 +231,9 @@ def cmd_bench(args):
     import fused_unet
     from tqdm import tqdm
 
-    bar = tqdm(total=len(s.contenders), desc="contenders", disable=None)
-
-    def progress(message):
-        if message.endswith(": building") and bar.n < bar.total and message != f"{s.contenders[0]}: building":
-            bar.update()
-        tqdm.write(message)
-
     print(f"backend of the fused contenders: {fused_unet.describe('cuda')}")
-    results = benchmark.run(s, "cuda", progress)
-    bar.update(bar.total - bar.n)
-    bar.close()
+    with tqdm(total=len(s.contenders), desc="contenders", disable=None) as bar:
+        results = benchmark.run(s, "cuda", log=tqdm.write, contender_done=lambda: bar.update())
     out = Path(args.out) if args.out else benchmark.default_out_dir(results["gpu"]["name"])
     files = benchmark.write(results, out)
     print("\n" + benchmark.table(results))
@@ -250,8 +247,8 @@ def cmd_profile(args):
     s = _bench_settings(args)
     model_args = (3, 2, s.base_channels, s.depth)
     batch = s.batch_sizes[0]
-    x = torch.zeros(batch, 3, s.size, s.size)
-    costs = perf.layer_costs(ReferenceUNet(*model_args), x, torch.bfloat16 if s.dtype == "bf16" else
+    x = torch.zeros(batch, 3, s.size, s.size, device="meta")  # the cost model needs shapes only
+    costs = perf.layer_costs(ReferenceUNet(*model_args).to("meta"), x, torch.bfloat16 if s.dtype == "bf16" else
                              torch.float16 if s.dtype == "fp16" else torch.float32)
     train = s.mode == "train"
     title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
@@ -268,7 +265,7 @@ def cmd_profile(args):
     peak_gbps = perf.copy_peak_gbps(device)
     amp = DTYPES[s.dtype] if s.dtype != "fp32" else None
     report = dict(gpu=perf.gpu_info(device), torch=torch.__version__, matmul_peak_tflops=peak_tflops,
-                  copy_peak_gbps=peak_gbps, settings=dataclasses_asdict(s), models={})
+                  copy_peak_gbps=peak_gbps, settings=dataclasses.asdict(s), models={})
     print(f"{report['gpu']['name']}: matmul peak {peak_tflops:.0f} TFLOP/s, copy {peak_gbps:.0f} GB/s")
     for name, cls in (("fused", UNet), ("eager-cl-amp", ReferenceUNet)):
         torch.manual_seed(0)
@@ -297,12 +294,6 @@ def cmd_profile(args):
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
-
-
-def dataclasses_asdict(obj):
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def _add_model_args(parser, batch_default):
@@ -370,6 +361,7 @@ def build_parser():
     _add_model_args(bench, [16])
     bench.add_argument("--out", help="output folder (default: bench/results/<gpu-name>/)")
     bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print the ratios B/A of two results")
+    bench.add_argument("--plot", metavar="RESULTS.json", help="(re)draw the PNG plots of a results file beside it")
     bench.add_argument("--cpu-smoke", action="store_true",
                        help="without a GPU: run a tiny configuration through the Triton interpreter and compare "
                             "saved-activation memory (use small --size / --base-channels)")

@@ -5,25 +5,43 @@ from torch.autograd.function import once_differentiable
 from fused_unet.kernels import conv, pool
 
 
-class Conv2dBiasReLU(torch.autograd.Function):
-    """Stride-1 'same' conv + bias (+ ReLU). Saves x, weight and, with ReLU, its own output (the mask)."""
+def _conv_backward(ctx, grad_y, x, weight, out, input_grad, weight_grad):
+    """Input-grad and weight/bias-grad of a conv-like Function whose inputs are (x, ..., weight, bias, relu)."""
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = input_grad(grad_y, weight, out)
+    if ctx.needs_input_grad[-3] or ctx.needs_input_grad[-2]:
+        grad_w, grad_b = weight_grad(grad_y, x, weight, out, bias_grad=ctx.needs_input_grad[-2])
+    return grad_x, grad_w, grad_b
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, relu):
-        y = conv.conv2d_forward(x, weight, bias, relu)
-        ctx.save_for_backward(x, weight, y if relu else None)
-        return y
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        x, weight, out = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = conv.conv2d_input_grad(grad_y, weight, out)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_w, grad_b = conv.conv2d_weight_grad(grad_y, x, weight, out, bias_grad=ctx.needs_input_grad[2])
-        return grad_x, grad_w, grad_b, None
+def _conv_function(name, doc, forward_launcher, input_grad, weight_grad):
+    """A conv-like op (+ bias, + ReLU) as an autograd Function. It saves x, weight and, with ReLU, its own output,
+    whose sign is the ReLU mask the backward kernels apply while loading the gradient."""
+
+    class ConvFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, relu):
+            y = forward_launcher(x, weight, bias, relu)
+            ctx.save_for_backward(x, weight, y if relu else None)
+            return y
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, grad_y):
+            x, weight, out = ctx.saved_tensors
+            return (*_conv_backward(ctx, grad_y, x, weight, out, input_grad, weight_grad), None)
+
+    ConvFunction.__name__ = ConvFunction.__qualname__ = name
+    ConvFunction.__doc__ = doc
+    return ConvFunction
+
+
+Conv2dBiasReLU = _conv_function("Conv2dBiasReLU", "Stride-1 'same' conv + bias (+ ReLU).", conv.conv2d_forward,
+                                conv.conv2d_input_grad, conv.conv2d_weight_grad)
+ConvTranspose2x2 = _conv_function("ConvTranspose2x2", "2x2 stride-2 transposed conv + bias (+ ReLU).",
+                                  conv.conv_transpose2x2_forward, conv.conv_transpose2x2_input_grad,
+                                  conv.conv_transpose2x2_weight_grad)
 
 
 class MaxPool2x2(torch.autograd.Function):
@@ -41,32 +59,6 @@ class MaxPool2x2(torch.autograd.Function):
     def backward(ctx, grad_y):
         (argmax,) = ctx.saved_tensors
         return pool.max_pool2x2_backward(grad_y, argmax, ctx.input_shape)
-
-
-def _conv_transpose2x2_backward(ctx, grad_up, x, weight, out):
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = conv.conv_transpose2x2_input_grad(grad_up, weight, out)
-    if ctx.needs_input_grad[-3] or ctx.needs_input_grad[-2]:
-        grad_w, grad_b = conv.conv_transpose2x2_weight_grad(grad_up, x, weight, out,
-                                                            bias_grad=ctx.needs_input_grad[-2])
-    return grad_x, grad_w, grad_b
-
-
-class ConvTranspose2x2(torch.autograd.Function):
-    """2x2 stride-2 transposed conv + bias (+ ReLU). Saves x, weight and, with ReLU, its output."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, relu):
-        y = conv.conv_transpose2x2_forward(x, weight, bias, relu)
-        ctx.save_for_backward(x, weight, y if relu else None)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        x, weight, out = ctx.saved_tensors
-        return (*_conv_transpose2x2_backward(ctx, grad_y, x, weight, out), None)
 
 
 class UpConcat(torch.autograd.Function):
@@ -91,6 +83,7 @@ class UpConcat(torch.autograd.Function):
         x, weight, buf = ctx.saved_tensors
         c_up = ctx.c_up
         out = buf[:, :c_up] if buf is not None else None
-        grad_x, grad_w, grad_b = _conv_transpose2x2_backward(ctx, grad_buf[:, :c_up], x, weight, out)
+        grad_x, grad_w, grad_b = _conv_backward(ctx, grad_buf[:, :c_up], x, weight, out,
+                                                conv.conv_transpose2x2_input_grad, conv.conv_transpose2x2_weight_grad)
         grad_skip = grad_buf[:, c_up:] if ctx.needs_input_grad[1] else None
         return grad_x, grad_skip, grad_w, grad_b, None

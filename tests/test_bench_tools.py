@@ -64,3 +64,10 @@ def test_bench_and_profile_without_gpu(capsys):
     assert main(["bench", "--cpu-smoke", "--size", "16", "--base-channels", "4", "--depth", "1",
                  "--batch-sizes", "1"]) == 0
     assert "saved-activation memory, fused / eager" in capsys.readouterr().out
+
+
+def test_plots_from_a_results_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "r.json").write_text(json.dumps(_fake_results(100.0, 10.0)))
+    assert main(["bench", "--plot", str(tmp_path / "r.json")]) == 0
+    assert any(p.suffix == ".png" for p in tmp_path.iterdir())
