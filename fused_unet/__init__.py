@@ -2,6 +2,8 @@
 from fused_unet import functional, nn
 from fused_unet.dispatch import backend, describe, force_eager, interpreter_enabled
 from fused_unet.models import ReferenceUNet, UNet
+from fused_unet.swap import swap_modules
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "ReferenceUNet", "backend", "describe", "force_eager", "interpreter_enabled", "functional", "nn"]
+__all__ = ["UNet", "ReferenceUNet", "backend", "describe", "force_eager", "interpreter_enabled", "functional", "nn",
+           "swap_modules"]

@@ -79,7 +79,13 @@ class _UNetBase(nn.Module):
 
 
 class UNet(_UNetBase):
-    """The classic U-Net (padding 1) with every conv, pool and up-sampling in fused_unet's kernels."""
+    """The classic U-Net (padding 1) with every conv, pool and up-sampling in fused_unet's kernels. Its conv
+    weights are stored channels_last ([C_out, kh, kw, C_in] in memory), the layout the kernels read, so the
+    forward pass does not re-lay them out; values and state_dict keys are those of ReferenceUNet."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _conv_relu(c_in, c_out):
