@@ -3,7 +3,6 @@ kernels, interpreted; CPU otherwise -> the eager PyTorch fallback (``fused_unet.
 import contextlib
 import importlib.util
 import os
-import sys
 
 import torch
 
@@ -17,10 +16,8 @@ _forced_eager = 0
 
 
 def interpreter_enabled():
-    """Whether the kernels run (or, once imported, will run) under the Triton interpreter."""
-    configs = sys.modules.get("fused_unet.kernels.configs")
-    if configs is not None:  # decided when the kernels were decorated; later changes to the variable do not count
-        return configs.INTERPRETED
+    """Whether the kernels run under the Triton interpreter. Triton reads TRITON_INTERPRET when the kernels are
+    first imported (the first fused call), so the variable must not change after that."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 

@@ -262,52 +262,86 @@ def _empty_channels_last(batch, channels, height, width, like):
 
 
 # ---- public launchers: arguments were validated by fused_unet.kernels.checks ------------------------------
+# Each *_output function allocates what its launcher returns; torch.compile's fake ops call it for the shape.
+
+def conv2d_output(x, weight):
+    return _empty_channels_last(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], x)
+
 
 def conv2d_forward(x, weight, bias=None, relu=False):
     """Stride-1 'same' conv (+bias, +ReLU); output in channels_last memory format."""
-    batch, _, h, w = x.shape
     k = weight.shape[2]
-    y = _empty_channels_last(batch, weight.shape[0], h, w, x)
-    return _implicit_gemm(x, _k_contiguous(weight), y, bias=bias, relu=relu, pad=k // 2)
+    return _implicit_gemm(x, _k_contiguous(weight), conv2d_output(x, weight), bias=bias, relu=relu, pad=k // 2)
+
+
+def conv2d_input_grad_output(grad_out, weight):
+    return _empty_channels_last(grad_out.shape[0], weight.shape[1], grad_out.shape[2], grad_out.shape[3], grad_out)
 
 
 def conv2d_input_grad(grad_out, weight, out=None):
     """dL/dx of conv2d_forward; ``out`` (the saved ReLU output) masks grad_out while it is loaded."""
-    batch, _, h, w = grad_out.shape
     k = weight.shape[2]
-    grad_x = _empty_channels_last(batch, weight.shape[1], h, w, grad_out)
     # Input-grad is the same conv with weights transposed [C_in, C_out] and taps flipped.
-    return _implicit_gemm(grad_out, _k_contiguous(weight.transpose(0, 1)), grad_x, relu_mask=out,
-                          pad=k - 1 - k // 2,
-                          flip_weight=True)
+    return _implicit_gemm(grad_out, _k_contiguous(weight.transpose(0, 1)), conv2d_input_grad_output(grad_out, weight),
+                          relu_mask=out, pad=k - 1 - k // 2, flip_weight=True)
+
+
+def weight_grad_output(weight, bias_channels):
+    """(dL/dweight, dL/dbias) as the weight-grad launchers return them ([0] when no bias-grad was asked for)."""
+    return torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty((bias_channels,))
+
+
+def _in_weight_dtype(dw, db, weight):
+    return dw.to(weight.dtype), (db.to(weight.dtype) if db is not None else weight.new_empty((0,)))
 
 
 def conv2d_weight_grad(grad_out, x, weight, out=None, bias_grad=True):
-    """(dL/dweight, dL/dbias or None) of conv2d_forward, in the weight's dtype."""
+    """(dL/dweight, dL/dbias) of conv2d_forward in the weight's dtype; dL/dbias is empty unless ``bias_grad``."""
     k = weight.shape[2]
     dw, db = _weight_grad(grad_out, x, weight.shape, stride=1, pad=k // 2, relu_mask=out, mask_operand=1,
                           bias_operand=1 if bias_grad else 0)
-    return dw.to(weight.dtype), (db.to(weight.dtype) if db is not None else None)
+    return _in_weight_dtype(dw, db, weight)
+
+
+def conv_transpose2x2_output(x, weight):
+    return _empty_channels_last(x.shape[0], weight.shape[1], 2 * x.shape[2], 2 * x.shape[3], x)
 
 
 def conv_transpose2x2_forward(x, weight, bias=None, relu=False, out=None):
     """2x2 stride-2 transposed conv (+bias, +ReLU) as a GEMM with a depth-to-space store.
     ``out`` may be a strided view, e.g. a channel slice of a preallocated concat buffer."""
-    batch, _, h, w = x.shape
     if out is None:
-        out = _empty_channels_last(batch, weight.shape[1], 2 * h, 2 * w, x)
+        out = conv_transpose2x2_output(x, weight)
     return _implicit_gemm(x, _k_contiguous(weight.transpose(0, 1)), out, bias=bias, relu=relu, upsample=2)
+
+
+def conv_transpose2x2_input_grad_output(grad_out, weight):
+    return _empty_channels_last(grad_out.shape[0], weight.shape[0], grad_out.shape[2] // 2, grad_out.shape[3] // 2,
+                                grad_out)
 
 
 def conv_transpose2x2_input_grad(grad_out, weight, out=None):
     """dL/dx of conv_transpose2x2_forward: a stride-2 2x2 conv of grad_out with the same weights."""
-    batch, _, h2, w2 = grad_out.shape
-    grad_x = _empty_channels_last(batch, weight.shape[0], h2 // 2, w2 // 2, grad_out)
-    return _implicit_gemm(grad_out, _k_contiguous(weight), grad_x, relu_mask=out, stride=2)
+    return _implicit_gemm(grad_out, _k_contiguous(weight), conv_transpose2x2_input_grad_output(grad_out, weight),
+                          relu_mask=out, stride=2)
 
 
 def conv_transpose2x2_weight_grad(grad_out, x, weight, out=None, bias_grad=True):
-    """(dL/dweight, dL/dbias or None) of conv_transpose2x2_forward, in the weight's dtype."""
+    """(dL/dweight, dL/dbias) of conv_transpose2x2_forward; dL/dbias is empty unless ``bias_grad``."""
     dw, db = _weight_grad(x, grad_out, weight.shape, stride=2, pad=0, relu_mask=out, mask_operand=2,
                           bias_operand=2 if bias_grad else 0)
-    return dw.to(weight.dtype), (db.to(weight.dtype) if db is not None else None)
+    return _in_weight_dtype(dw, db, weight)
+
+
+def up_concat_output(x, skip, weight):
+    return _empty_channels_last(x.shape[0], weight.shape[1] + skip.shape[1], 2 * x.shape[2], 2 * x.shape[3], x)
+
+
+def up_concat_forward(x, skip, weight, bias=None, relu=True):
+    """cat([act(conv_transpose2x2(x)), skip], 1) without torch.cat: the transposed conv stores into the first
+    channel slice of one channels_last buffer and the skip is copied into the second."""
+    buf = up_concat_output(x, skip, weight)
+    c_up = weight.shape[1]
+    conv_transpose2x2_forward(x, weight, bias, relu, out=buf[:, :c_up])
+    buf[:, c_up:].copy_(skip)
+    return buf

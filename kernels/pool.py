@@ -59,18 +59,18 @@ def max_pool2x2_backward_kernel(
         tl.store(base + (q // 2) * sxh + (q % 2) * sxw, tl.where(arg == q, g, 0.0).to(g.dtype), mask=valid)
 
 
-def _like_input(x, shape, dtype):
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-    return torch.empty(shape, device=x.device, dtype=dtype, memory_format=fmt)
+def max_pool2x2_output(x):
+    """(pooled, argmax) as max_pool2x2_forward returns them, unfilled; pooled keeps x's memory format."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    y = torch.empty((x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2), device=x.device, dtype=x.dtype,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return y, torch.empty_like(y, dtype=torch.uint8)
 
 
 def max_pool2x2_forward(x):
     """(pooled, argmax uint8 in 0..3 = dy*2+dx); output keeps x's memory format, odd rows/cols are dropped."""
     batch, c, h, w = x.shape
-    shape = (batch, c, h // 2, w // 2)
-    y = _like_input(x, shape, x.dtype)
-    argmax = torch.empty_like(y, dtype=torch.uint8)
+    y, argmax = max_pool2x2_output(x)
     total = y.numel()
     if total:
         max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
@@ -78,10 +78,14 @@ def max_pool2x2_forward(x):
     return y, argmax
 
 
+def max_pool2x2_backward_output(grad_y, input_shape):
+    return torch.empty(input_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=torch.channels_last)
+
+
 def max_pool2x2_backward(grad_y, argmax, input_shape):
     """dL/dx of max_pool2x2_forward; the odd last row/column (never pooled) gets zero."""
     batch, c, h, w = input_shape
-    grad_x = torch.empty(input_shape, device=grad_y.device, dtype=grad_y.dtype, memory_format=torch.channels_last)
+    grad_x = max_pool2x2_backward_output(grad_y, input_shape)
     if h % 2 or w % 2:
         grad_x.zero_()
     total = argmax.numel()
