@@ -4,7 +4,6 @@ import dataclasses
 import datetime
 import gc
 import json
-import math
 import platform
 import time
 from pathlib import Path

@@ -4,7 +4,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -143,22 +142,22 @@ def cmd_demo(args):
     return 0
 
 
-def cmd_info(args):
+def _print_environment():
     import fused_unet
+    from fused_unet import doctor
 
-    try:
-        import triton
+    env = doctor.environment()
+    print(f"fused-unet {fused_unet.__version__}  |  python {env['python']}  |  torch {env['torch']}  |  "
+          f"triton {env['triton'] or 'not installed'}  |  CUDA {env['cuda']}")
+    print("GPUs: " + (", ".join(f"{g['name']} ({g['capability']})" for g in env["gpus"]) or "none"))
+    print(f"TRITON_INTERPRET: {'on' if env['interpreter'] else 'off'}")
+    for device in env["backends"]:
+        print(f"  {device}: {fused_unet.describe(device)}")
+    return env
 
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    print(f"fused-unet {fused_unet.__version__}  |  python {platform.python_version()}  |  torch {torch.__version__}"
-          f"  |  triton {triton_version}  |  CUDA {torch.version.cuda}")
-    print(f"TRITON_INTERPRET: {'on' if fused_unet.interpreter_enabled() else 'off'}")
-    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    for name in devices:
-        label = torch.cuda.get_device_name(name) if name.startswith("cuda") else platform.processor() or "CPU"
-        print(f"  {name} ({label}): {fused_unet.describe(name)}")
+
+def cmd_info(args):
+    _print_environment()
     return 0
 
 
@@ -167,14 +166,7 @@ def cmd_doctor(args):
 
     from fused_unet import doctor
 
-    env = doctor.environment()
-    print(f"python {env['python']}  |  torch {env['torch']}  |  triton {env['triton'] or 'not installed'}  |  "
-          f"CUDA {env['cuda']}")
-    print("GPUs: " + (", ".join(f"{g['name']} ({g['capability']})" for g in env["gpus"]) or "none"))
-    print(f"TRITON_INTERPRET: {'on' if env['interpreter'] else 'off'}")
-    for device, name in env["backends"].items():
-        print(f"  {device}: {name}")
-    report = {"environment": env}
+    report = {"environment": _print_environment()}
     status = 0
     archs = [a.strip() for a in args.aot.split(",") if a.strip() and a.strip() != "none"]
     if archs:

@@ -9,6 +9,8 @@ UPSAMPLE 2: depth-to-space store) and its input-grad (STRIDE 2, 2x2 taps).
 ``conv2d_weight_grad_kernel`` computes dw[m, n, tap] = sum_p a[p, m] * b[p * STRIDE + tap - PAD, n]
 over a split of the pixels into a workspace, reduced afterwards in a fixed order (deterministic).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -241,11 +243,16 @@ def _weight_grad(a, b, weight_shape, *, stride, pad, relu_mask=None, mask_operan
     return dw.sum(0), (db.sum((0, 1)) if bias_operand else None)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _weight_grad_split(num_pix, c_a, c_b, taps, device):
     """How many pixel chunks to split the weight-grad reduction into: enough programs to fill the GPU."""
     if INTERPRETED or device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device)
     tiles = triton.cdiv(c_a, 64) * triton.cdiv(c_b, 64) * taps
     return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
 
