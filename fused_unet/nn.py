@@ -24,7 +24,7 @@ class _FusedMixin:
     def _input_unsupported(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
-        if x.dtype not in SUPPORTED_DTYPES and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
             return f"dtype {x.dtype} is not one of float32/float16/bfloat16"
         return None
 

@@ -27,6 +27,10 @@ CONV_CASES = [
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(3)), ValueError, r"bias must have shape \[2\]"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(2, dtype=torch.int64)), TypeError, "bias must be float32"),
     (lambda: FF.conv2d(t(1, 0, 8, 8), t(2, 0, 3, 3)), ValueError, "x must have at least one channel"),
+    (lambda: FF.conv2d(t(1, 2**16, 2**8, 2**8, device="meta"), t(2, 2**16, 1, 1, device="meta")), ValueError,
+     "exceeds 2\\^31"),
+    (lambda: FF.conv2d(t(2**14, 1, 2**9, 2**9, device="meta"), t(2, 1, 1, 1, device="meta")), ValueError,
+     "N\\*H\\*W pixels"),
 ]
 OTHER_CASES = [
     (lambda: FF.max_pool2x2(t(3, 8, 8)), ValueError, "x must be 4-D"),
