@@ -184,7 +184,8 @@ def run(s, device, log=print, contender_done=lambda: None):
                 entry["max_batch"] = largest_batch(c, s, device, max(s.batch_sizes))
                 log(f"{name}: largest batch {entry['max_batch']}")
         except Exception as error:  # one contender failing (compile of custom kernels, OOM) must not stop the rest
-            entry["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            entry["error"] = f"{type(error).__name__}: {first_line[:300]}"
             log(f"{name}: FAILED {entry['error']}")
         finally:
             c = None

@@ -93,8 +93,10 @@ def cmd_demo(args):
     train_on_cpu = device.type == "cpu"
     training_backend = "eager" if train_on_cpu else fused_unet.backend(device)
     print(f"device: {device}  |  torch {torch.__version__}")
-    print(f"training backend: {fused_unet.describe(device) if not train_on_cpu else 'eager (eager PyTorch fallback; CPU training is too slow through the Triton interpreter)'}")
-    print(f"data: {args.train_images} train / {args.val_images} val images, {args.size}x{args.size}, classes {CLASS_NAMES}")
+    cpu_note = "eager (eager PyTorch fallback; CPU training is too slow through the Triton interpreter)"
+    print(f"training backend: {cpu_note if train_on_cpu else fused_unet.describe(device)}")
+    print(f"data: {args.train_images} train / {args.val_images} val images, {args.size}x{args.size}, "
+          f"classes {CLASS_NAMES}")
     history = []
     started = time.time()
     for epoch in range(1, args.epochs + 1):
@@ -119,7 +121,8 @@ def cmd_demo(args):
         print(f"epoch {epoch:2d}  loss {np.mean(losses):.4f}  val mean IoU {miou:.3f}")
     print(f"trained in {time.time() - started:.1f}s with backend {training_backend}")
 
-    result = {"device": str(device), "training_backend": training_backend, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    result = {"device": str(device), "training_backend": training_backend, "settings": settings,
               "history": history, "chance_mean_iou": 1.0 / num_classes}
     if args.check:
         check_backend = fused_unet.backend(device)
