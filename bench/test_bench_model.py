@@ -2,14 +2,14 @@
 import pytest
 import torch
 
+from bench.conftest import FULL, ON_GPU
 from fused_unet import benchmark as fb, perf
 
-ON_GPU = torch.cuda.is_available()  # bench/conftest.py switched the interpreter on otherwise
 DEVICE = "cuda" if ON_GPU else "cpu"
 
-SETTINGS = (fb.Settings(base_channels=64, depth=4, size=512, batch_sizes=(8,), dtype="bf16") if ON_GPU
-            else fb.Settings(base_channels=4, depth=2, size=16, batch_sizes=(1,), dtype="fp32"))
-CONTENDERS = ["fused", "eager", "eager-cl-amp"] + (["compile", "compile-max-autotune", "fused-compile"] if ON_GPU else [])
+SETTINGS = (fb.Settings(base_channels=64, depth=4, size=512, batch_sizes=(8,), dtype="bf16") if FULL
+            else fb.Settings(base_channels=4, depth=2, size=16, batch_sizes=(1,), dtype="bf16" if ON_GPU else "fp32"))
+CONTENDERS = ["fused", "eager", "eager-cl-amp"] + (["compile", "compile-max-autotune", "fused-compile"] if FULL else [])
 
 
 @pytest.mark.parametrize("mode", ["infer", "train"])
@@ -20,7 +20,7 @@ def test_model_step(benchmark, contender, mode):
     c = fb.build_contender(contender, s, DEVICE)
     x, y = fb.make_inputs(s, s.batch_sizes[0], DEVICE, c.channels_last)
     step = fb.make_step(c, s, x, y)
-    if ON_GPU:
+    if FULL:
         step()  # compile / autotune outside the timings
         benchmark.extra_info.update(cuda_event_ms=perf.cuda_time_ms(step), gpu=torch.cuda.get_device_name(),
                                     settings=s.__dict__ | {"batch_sizes": list(s.batch_sizes)})
@@ -30,4 +30,4 @@ def test_model_step(benchmark, contender, mode):
         if ON_GPU:
             torch.cuda.synchronize()
 
-    benchmark.pedantic(call, rounds=10 if ON_GPU else 1, warmup_rounds=3 if ON_GPU else 0)
+    benchmark.pedantic(call, rounds=10 if FULL else 1, warmup_rounds=3 if FULL else 0)

@@ -2,14 +2,14 @@
 import pytest
 import torch
 
+from bench.conftest import FULL, ON_GPU
 import fused_unet
 from fused_unet import eager, functional as FF, perf
 
-ON_GPU = torch.cuda.is_available()  # bench/conftest.py switched the interpreter on otherwise
 DEVICE = "cuda" if ON_GPU else "cpu"
 
-# (batch, channels, size): the encoder level of a base-64 U-Net at 512^2 on a GPU; tiny on the CPU.
-SHAPE = (8, 64, 512) if ON_GPU else (1, 16, 16)
+# (batch, channels, size): the encoder level of a base-64 U-Net at 512^2 for real runs; tiny for the smoke run.
+SHAPE = (8, 64, 512) if FULL else (1, 16, 16)
 DTYPE = torch.bfloat16 if ON_GPU else torch.float32
 
 
@@ -42,10 +42,10 @@ def _run(benchmark, fn):
             torch.cuda.synchronize()
         return out
 
-    if ON_GPU:
+    if FULL:
         benchmark.extra_info.update(cuda_event_ms=perf.cuda_time_ms(fn), dtype=str(DTYPE), shape=list(SHAPE),
                                     gpu=torch.cuda.get_device_name())
-    return benchmark.pedantic(call, rounds=20 if ON_GPU else 1, warmup_rounds=5 if ON_GPU else 0)
+    return benchmark.pedantic(call, rounds=20 if FULL else 1, warmup_rounds=5 if FULL else 0)
 
 
 @pytest.mark.parametrize("contender", ["fused", "eager-cl"])

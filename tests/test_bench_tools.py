@@ -1,6 +1,7 @@
 """The measurement tools that work without a GPU: FLOP/byte model, saved-activation bytes, result tables,
 --compare, and the CPU behaviour of `fused-unet bench` / `profile`."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,3 +72,15 @@ def test_plots_from_a_results_file(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(_fake_results(100.0, 10.0)))
     assert main(["bench", "--plot", str(tmp_path / "r.json")]) == 0
     assert any(p.suffix == ".png" for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,expected", [
+    ((), False), (("-q",), False), (("tests/test_conv.py",), False), (("bench/",), True),
+    (("-q", "bench/test_bench_ops.py::test_op_forward"), True)])
+def test_full_benchmarks_only_when_bench_is_named(args, expected):
+    from types import SimpleNamespace
+
+    from bench.conftest import _names_bench
+
+    root = Path(__file__).resolve().parents[1]
+    assert _names_bench(SimpleNamespace(invocation_params=SimpleNamespace(args=args, dir=root))) is expected
