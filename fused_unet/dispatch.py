@@ -2,9 +2,10 @@
 kernels, interpreted; CPU otherwise -> the eager PyTorch fallback (``fused_unet.eager``)."""
 import contextlib
 import importlib.util
-import os
 
 import torch
+
+from fused_unet.kernels import interpreter_requested
 
 BACKENDS = ("triton", "triton-interpreter", "eager")
 _DESCRIPTIONS = {
@@ -18,7 +19,7 @@ _forced_eager = 0
 def interpreter_enabled():
     """Whether the kernels run under the Triton interpreter. Triton reads TRITON_INTERPRET when the kernels are
     first imported (the first fused call), so the variable must not change after that."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreter_requested()
 
 
 def triton_available():

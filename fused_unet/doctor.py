@@ -147,15 +147,14 @@ def compile_job(job):
                "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
                "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel}
     cfg = configs.gpu_configs(job.kernel, job.dtype)[job.config]
-    _, _, dot, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
+    _, element_type, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
     fn = kernels[job.kernel].fn
     launch = _TYPICAL_LAUNCH[job.kernel]
     constexprs = {**configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant], **cfg.kwargs,
                   **{name: 1 for name in launch["ones"]}}
     if job.kernel in configs.GEMM_KERNELS:
-        constexprs.update(DOT_DTYPE=getattr(tl, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dot]),
-                          INPUT_PRECISION=precision)
-    tensor_type = "*" + {"fp32": "fp32", "tf32": "fp32", "fp16": "fp16", "bf16": "bf16"}[job.dtype]
+        constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
+    tensor_type = "*" + element_type
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:

@@ -6,11 +6,12 @@ number of programs times loop iterations, not with block size.
 """
 import functools
 import itertools
-import os
 
 import triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+from . import interpreter_requested
+
+INTERPRETED = interpreter_requested()
 
 
 def _version(text):
@@ -152,8 +153,7 @@ LAUNCH_VARIANTS = {
     "max_pool2x2_backward": {"max_pool2x2_backward": [{}]},
 }
 
-# Tensor dtypes the GPU path launches with: (name, torch dtype name, DOT_DTYPE, INPUT_PRECISION).
-DTYPE_VARIANTS = [("fp32", "float32", "fp32", "ieee"), ("tf32", "float32", "fp32", "tf32"),
-                  ("fp16", "float16", "fp16", "ieee"), ("bf16", "bfloat16", "bf16", "ieee")]
+# Tensor dtypes the GPU path launches with: (name, Triton element type of tensors and DOT_DTYPE, INPUT_PRECISION).
+DTYPE_VARIANTS = [("fp32", "fp32", "ieee"), ("tf32", "fp32", "tf32"), ("fp16", "fp16", "ieee"), ("bf16", "bf16", "ieee")]
 # Kernels whose main loop is a tl.dot: the AOT check requires tensor-core MMA in them.
 GEMM_KERNELS = ("conv2d_implicit_gemm", "conv2d_weight_grad")
