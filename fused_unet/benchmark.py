@@ -35,6 +35,15 @@ class Settings:
     max_batch_limit: int = 1024
 
 
+def matmul_peak_dtype(s):
+    """The dtype whose matmul peak is the 100% of ``% of peak``: fp16 for fp16 runs, bf16 otherwise."""
+    return torch.float16 if s.dtype == "fp16" else torch.bfloat16
+
+
+def _stem(settings):
+    return f"{settings['mode']}-{settings['size']}-{settings['dtype']}"
+
+
 @dataclasses.dataclass
 class Contender:
     name: str
@@ -159,8 +168,8 @@ def run(s, device, log=print, contender_done=lambda: None):
 
     device = torch.device(device)
     gpu = perf.gpu_info(device)
-    peak_dtype = torch.float16 if s.dtype == "fp16" else torch.bfloat16
-    log(f"probing {gpu['name']}: {s.dtype if s.dtype != 'fp32' else 'bf16'} matmul peak and copy bandwidth")
+    peak_dtype = matmul_peak_dtype(s)
+    log(f"probing {gpu['name']}: {str(peak_dtype).removeprefix('torch.')} matmul peak and copy bandwidth")
     peak_tflops = perf.matmul_peak_tflops(device, peak_dtype)
     peak_gbps = perf.copy_peak_gbps(device)
     per_image = flops_per_image(s)
@@ -179,7 +188,7 @@ def run(s, device, log=print, contender_done=lambda: None):
                 run_ = measure(c, s, batch, device, per_image, peak_tflops)
                 entry["runs"].append(run_)
                 log(f"{name}: batch {batch}: {run_['img_per_s']:.1f} img/s, {run_['ms_median']:.2f} ms, "
-                         f"{run_['peak_memory_gib']:.2f} GiB ({time.time() - started:.0f}s)")
+                    f"{run_['peak_memory_gib']:.2f} GiB ({time.time() - started:.0f}s)")
             if s.max_batch:
                 entry["max_batch"] = largest_batch(c, s, device, max(s.batch_sizes))
                 log(f"{name}: largest batch {entry['max_batch']}")
@@ -195,7 +204,7 @@ def run(s, device, log=print, contender_done=lambda: None):
 
 
 def table(results):
-    """A Markdown table of every contender x batch, with the ratio to the first contender."""
+    """A Markdown table of every contender x batch (a failed contender gets one row with its error)."""
     s = results["settings"]
     lines = [f"U-Net base {s['base_channels']}, depth {s['depth']}, {s['size']}x{s['size']}, {s['mode']}, "
              f"{s['dtype']} — {results['gpu']['name']}, torch {results['torch']}, triton {results['triton']}, "
@@ -242,7 +251,7 @@ def plot(results, out_dir):
         return []
     written = []
     s = results["settings"]
-    stem = f"{s['mode']}-{s['size']}-{s['dtype']}"
+    stem = _stem(s)
     for key, label, filename in (("img_per_s", "images / s", f"{stem}-img_per_s.png"),
                                  ("peak_memory_gib", "peak memory (GiB)", f"{stem}-peak_memory.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -268,7 +277,7 @@ def default_out_dir(gpu_name):
 def write(results, out_dir):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{results['settings']['mode']}-{results['settings']['size']}-{results['settings']['dtype']}"
+    stem = _stem(results["settings"])
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (out_dir / f"{stem}.md").write_text(table(results) + "\n")
     return [f"{stem}.json", f"{stem}.md"] + plot(results, out_dir)

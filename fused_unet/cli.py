@@ -238,13 +238,13 @@ def cmd_bench(args):
 
 def cmd_profile(args):
     from fused_unet import ReferenceUNet, UNet, perf
+    from fused_unet.benchmark import DTYPES, matmul_peak_dtype
 
     s = _bench_settings(args)
     model_args = (3, 2, s.base_channels, s.depth)
     batch = s.batch_sizes[0]
     x = torch.zeros(batch, 3, s.size, s.size, device="meta")  # the cost model needs shapes only
-    costs = perf.layer_costs(ReferenceUNet(*model_args).to("meta"), x, torch.bfloat16 if s.dtype == "bf16" else
-                             torch.float16 if s.dtype == "fp16" else torch.float32)
+    costs = perf.layer_costs(ReferenceUNet(*model_args).to("meta"), x, DTYPES[s.dtype])
     train = s.mode == "train"
     title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
              f"{s.dtype}")
@@ -253,10 +253,8 @@ def cmd_profile(args):
               "(input + weights + output); training counts backward as 2x forward.")
         print(perf.format_profile(perf.profile_table(costs, train=train), title))
         return 0
-    from fused_unet.benchmark import DTYPES
-
     device = torch.device("cuda")
-    peak_tflops = perf.matmul_peak_tflops(device, torch.float16 if s.dtype == "fp16" else torch.bfloat16)
+    peak_tflops = perf.matmul_peak_tflops(device, matmul_peak_dtype(s))
     peak_gbps = perf.copy_peak_gbps(device)
     amp = DTYPES[s.dtype] if s.dtype != "fp32" else None
     report = dict(gpu=perf.gpu_info(device), torch=torch.__version__, matmul_peak_tflops=peak_tflops,
