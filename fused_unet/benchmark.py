@@ -25,6 +25,8 @@ class Settings:
     in_channels: int = 3
     num_classes: int = 2
     size: int = 512
+    up_mode: str = "transpose"
+    norm: str = "none"
     batch_sizes: tuple = (16,)
     dtype: str = "bf16"
     contenders: tuple = ("fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune")
@@ -33,6 +35,12 @@ class Settings:
     iters: int = 20
     max_batch: bool = True
     max_batch_limit: int = 1024
+
+
+def model_kwargs(s):
+    """The UNet / ReferenceUNet arguments of settings ``s``."""
+    return dict(in_channels=s.in_channels, num_classes=s.num_classes, base_channels=s.base_channels, depth=s.depth,
+                up_mode=s.up_mode, norm=None if s.norm == "none" else s.norm)
 
 
 def matmul_peak_dtype(s):
@@ -56,11 +64,10 @@ class Contender:
 def build_contender(name, s, device):
     """The model of one contender, all with the same initial weights. Autocast uses ``s.dtype`` (none for fp32)."""
     torch.manual_seed(0)
-    args = (s.in_channels, s.num_classes, s.base_channels, s.depth)
-    reference = ReferenceUNet(*args)
+    reference = ReferenceUNet(**model_kwargs(s))
     amp = s.dtype != "fp32"
     if name in ("fused", "fused-compile"):
-        model = UNet(*args)
+        model = UNet(**model_kwargs(s))
         model.load_state_dict(reference.state_dict())
     else:
         model = reference
@@ -155,7 +162,7 @@ def measure(c, s, batch, device, train_flops_per_image, peak_tflops):
 
 
 def flops_per_image(s):
-    model = ReferenceUNet(s.in_channels, s.num_classes, s.base_channels, s.depth).to("meta")
+    model = ReferenceUNet(**model_kwargs(s)).to("meta")
     x = torch.zeros(1, s.in_channels, s.size, s.size, device="meta")  # shapes only: no memory, no compute
     forward = sum(r["flops"] for r in perf.layer_costs(model, x))
     # Training: the backward of a conv costs two forwards (input-grad and weight-grad).
@@ -292,8 +299,7 @@ def cpu_smoke(s, log=print):
     rows = []
     for name in ("fused", "eager"):
         torch.manual_seed(0)
-        args = (s.in_channels, s.num_classes, s.base_channels, s.depth)
-        model = (UNet if name == "fused" else ReferenceUNet)(*args)
+        model = (UNet if name == "fused" else ReferenceUNet)(**model_kwargs(s))
         x, y = make_inputs(s, s.batch_sizes[0], "cpu", name == "fused")
         started = time.time()
         F.cross_entropy(model(x), y).backward()
@@ -307,3 +313,15 @@ def cpu_smoke(s, log=print):
     log(f"saved-activation memory, fused / eager: {rows[-1]['ratio']:.2f}x (fp32, batch {s.batch_sizes[0]}, "
         f"{s.size}x{s.size}, base {s.base_channels}, depth {s.depth})")
     return rows
+
+
+def saved_activations(s):
+    """What one training forward of the fused and the eager U-Net saves for backward (bytes), measured on meta
+    tensors (shapes only: any size, no GPU) in dtype ``s.dtype``, batch ``s.batch_sizes[0]``."""
+    from fused_unet.utils import saved_activation_bytes
+
+    dtype = DTYPES[s.dtype]
+    x = torch.empty(s.batch_sizes[0], s.in_channels, s.size, s.size, device="meta", dtype=dtype, requires_grad=True)
+    saved = {name: saved_activation_bytes(cls(**model_kwargs(s)).to("meta", dtype), x)
+             for name, cls in (("fused", UNet), ("eager", ReferenceUNet))}
+    return dict(saved, ratio=saved["fused"] / saved["eager"])

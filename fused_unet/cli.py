@@ -56,8 +56,7 @@ def check_against_reference(model, images, masks):
     from fused_unet import ReferenceUNet
 
     device = next(model.parameters()).device
-    reference = ReferenceUNet(model.in_channels, model.num_classes, model.encoder[0].conv1.out_channels,
-                              model.depth, model.encoder[0].conv2 is not None).to(device, torch.float64)
+    reference = ReferenceUNet(**model.config).to(device, torch.float64)
     reference.load_state_dict(model.state_dict())
     model.zero_grad()
     images, masks = images.to(device), masks.to(device)
@@ -87,7 +86,8 @@ def cmd_demo(args):
     num_classes = len(CLASS_NAMES)
     train_x, train_y = make_shapes_dataset(args.train_images, args.size, seed=args.seed)
     val_x, val_y = make_shapes_dataset(args.val_images, args.size, seed=args.seed + 1)
-    model = fused_unet.UNet(3, num_classes, args.base_channels, args.depth).to(device)
+    model = fused_unet.UNet(3, num_classes, args.base_channels, args.depth, up_mode=args.up_mode,
+                            norm=None if args.norm == "none" else args.norm).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     train_on_cpu = device.type == "cpu"
@@ -196,9 +196,11 @@ def cmd_doctor(args):
 def _bench_settings(args):
     from fused_unet.benchmark import Settings
 
-    return Settings(base_channels=args.base_channels, depth=args.depth, size=args.size,
-                    batch_sizes=tuple(args.batch_sizes), dtype=args.dtype, contenders=tuple(args.contenders),
-                    mode=args.mode, warmup=args.warmup, iters=args.iters, max_batch=args.max_batch)
+    return Settings(base_channels=args.base_channels, depth=args.depth, size=args.size, up_mode=args.up_mode,
+                    norm=args.norm, batch_sizes=tuple(args.batch_sizes), dtype=args.dtype,
+                    contenders=tuple(getattr(args, "contenders", ())), mode=args.mode,
+                    warmup=getattr(args, "warmup", 5), iters=getattr(args, "iters", 20),
+                    max_batch=getattr(args, "max_batch", False))
 
 
 def cmd_bench(args):
@@ -238,13 +240,13 @@ def cmd_bench(args):
 
 def cmd_profile(args):
     from fused_unet import ReferenceUNet, UNet, perf
-    from fused_unet.benchmark import DTYPES, matmul_peak_dtype
+    from fused_unet.benchmark import DTYPES, matmul_peak_dtype, model_kwargs
 
     s = _bench_settings(args)
-    model_args = (3, 2, s.base_channels, s.depth)
+    model_args = model_kwargs(s)
     batch = s.batch_sizes[0]
     x = torch.zeros(batch, 3, s.size, s.size, device="meta")  # the cost model needs shapes only
-    costs = perf.layer_costs(ReferenceUNet(*model_args).to("meta"), x, DTYPES[s.dtype])
+    costs = perf.layer_costs(ReferenceUNet(**model_args).to("meta"), x, DTYPES[s.dtype])
     train = s.mode == "train"
     title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
              f"{s.dtype}")
@@ -289,17 +291,31 @@ def cmd_profile(args):
     return 0
 
 
-def _add_model_args(parser, batch_default):
-    from fused_unet.benchmark import CONTENDERS, DTYPES
+def _add_unet_args(parser):
+    from fused_unet.models import UP_MODES
+
+    parser.add_argument("--up-mode", choices=UP_MODES, default="transpose", help="decoder up-sampling")
+    parser.add_argument("--norm", choices=("none", "batch"), default="none", help="BatchNorm after every 3x3 conv")
+
+
+def _add_shape_args(parser, batch_default, size_default=512):
+    from fused_unet.benchmark import DTYPES
 
     parser.add_argument("--base-channels", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--size", type=int, default=512, help="image height and width (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=size_default, help="image height and width (default: %(default)s)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_default)
+    _add_unet_args(parser)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
                         help="autocast dtype of the fused and *-amp / compile contenders (fp32: no autocast)")
     parser.add_argument("--mode", choices=("train", "infer"), default="train",
                         help="train: forward + backward + optimizer step; infer: forward only")
+
+
+def _add_model_args(parser, batch_default):
+    from fused_unet.benchmark import CONTENDERS
+
+    _add_shape_args(parser, batch_default)
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS,
                         default=["fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune"])
     parser.add_argument("--warmup", type=int, default=5)
@@ -323,6 +339,7 @@ def build_parser():
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--base-channels", type=int, default=16)
     demo.add_argument("--depth", type=int, default=2)
+    _add_unet_args(demo)
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -369,7 +386,26 @@ def build_parser():
     profile.add_argument("--json", help="write the per-layer rows to this JSON file")
     profile.add_argument("--doctor-json", help="a `fused-unet doctor --json` report to show next to the times")
     profile.set_defaults(func=cmd_profile)
+
+    memory = sub.add_parser("memory", help="activation memory saved for backward: fused vs eager (no GPU needed)",
+                            description="Bytes one training forward saves for backward, fused UNet vs eager "
+                                        "ReferenceUNet, measured shape-only on meta tensors (any size, no GPU).")
+    _add_shape_args(memory, [2], size_default=256)
+    memory.set_defaults(func=cmd_memory, dtype="fp32", mode="train")
     return parser
+
+
+def cmd_memory(args):
+    from fused_unet import benchmark
+
+    s = _bench_settings(args)
+    saved = benchmark.saved_activations(s)
+    print(f"saved for backward, U-Net base {s.base_channels}, depth {s.depth}, up {s.up_mode}, norm {s.norm}, "
+          f"{s.size}x{s.size}, batch {s.batch_sizes[0]}, {s.dtype} (shapes only, on meta tensors):")
+    print(f"  fused UNet          {saved['fused'] / 2**20:9.1f} MiB\n"
+          f"  eager ReferenceUNet {saved['eager'] / 2**20:9.1f} MiB\n"
+          f"  fused / eager       {saved['ratio']:9.3f}x")
+    return 0
 
 
 def main(argv=None):

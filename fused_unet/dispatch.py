@@ -1,5 +1,7 @@
 """The backend rule: CUDA tensor -> Triton kernels; CPU tensor with TRITON_INTERPRET=1 -> the same Triton
-kernels, interpreted; CPU otherwise -> the eager PyTorch fallback (``fused_unet.eager``)."""
+kernels, interpreted; CPU otherwise -> the eager PyTorch fallback (``fused_unet.eager``). Meta tensors run the
+fused autograd Functions shape-only (each launch's output allocation, no data): what they save for backward
+can be measured for any size without a GPU (``fused_unet.utils.saved_activation_bytes``)."""
 import contextlib
 import importlib.util
 
@@ -7,11 +9,12 @@ import torch
 
 from fused_unet.kernels import interpreter_requested
 
-BACKENDS = ("triton", "triton-interpreter", "eager")
+BACKENDS = ("triton", "triton-interpreter", "eager", "meta")
 _DESCRIPTIONS = {
     "triton": "Triton kernels, compiled for the GPU",
     "triton-interpreter": "the same Triton kernels, run by the Triton interpreter on the CPU (slow; for checking)",
     "eager": "eager PyTorch fallback (torch.nn.functional; no fused kernels)",
+    "meta": "the fused autograd Functions on meta tensors: shapes and saved tensors only, no data",
 }
 _forced_eager = 0
 
@@ -27,10 +30,13 @@ def triton_available():
 
 
 def backend(tensor_or_device):
-    """``"triton"``, ``"triton-interpreter"`` or ``"eager"``: what fused ops do with this tensor / device."""
+    """``"triton"``, ``"triton-interpreter"``, ``"eager"`` or ``"meta"``: what fused ops do with this tensor /
+    device."""
     device = tensor_or_device.device if isinstance(tensor_or_device, torch.Tensor) else torch.device(tensor_or_device)
     if _forced_eager or not triton_available():
         return "eager"
+    if device.type == "meta":
+        return "meta"
     if interpreter_enabled():
         return "triton-interpreter"
     return "triton" if device.type == "cuda" else "eager"

@@ -6,7 +6,7 @@ Each job compiles one (kernel, launch variant, dtype, block config) for one arch
 MMA: ``wgmma`` on sm_90, ``mma.sync`` on sm_80) and the cubin's resource usage from the ``cuobjdump`` that
 ships with Triton (registers, stack/local memory = spills, static shared memory) plus Triton's dynamic
 shared memory. What is compiled (see ``fused_unet.kernels.configs``):
-  * every launch variant of every site, with the first GPU config, in fp16 — every flag combination compiles;
+  * every launch variant of every site (each choice of each flag axis), with the first GPU config, in fp16;
   * the heaviest variant of every site in every dtype with every GPU config — the resource table.
 A GEMM kernel must use tensor-core MMA in every dtype but IEEE fp32, which has no tensor-core instruction.
 """
@@ -30,25 +30,44 @@ ARCH_LIMITS = {
 }
 EXPECTED_MMA = {90: "wgmma", 80: "mma.sync"}
 # Pointer element types by argument name; every other pointer has the job's tensor dtype.
-_POINTER_TYPES = {"dw_ptr": "*fp32", "db_ptr": "*fp32", "argmax_ptr": "*u8"}
+_POINTER_TYPES = {"argmax_ptr": "*u8", "pool_argmax_ptr": "*u8",
+                  **{name: "*fp32" for name in ("dw_ptr", "db_ptr", "stats_ptr", "partial_ptr", "scale_ptr",
+                                                "shift_ptr", "in_scale_ptr", "in_shift_ptr", "in2_scale_ptr",
+                                                "in2_shift_ptr")}}
+# Scalar arguments that are Python floats at run time (every other scalar is an int).
+_FLOAT_ARGS = ("SCALE_H", "SCALE_W", "NEG_SLOPE", "IN_NEG_SLOPE")
 # The launch of a U-Net layer: channels_last tensors, K-contiguous weights and channel counts that are multiples
 # of 16. Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple of 16 gets a
 # divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the same
 # specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
 _TYPICAL_LAUNCH = {
     "conv2d_implicit_gemm": dict(
-        ones=("sxc", "smc", "syc", "swk"),
-        multiples_of_16=("sxn", "sxh", "sxw", "swn", "swh", "sww", "smn", "smh", "smw", "syn", "syh", "syw",
-                         "C_IN", "C_OUT")),
+        ones=("sxc", "s2c", "soc", "sgc", "sac", "syc", "spc", "swk"),
+        multiples_of_16=("sxn", "sxh", "sxw", "s2n", "s2h", "s2w", "swn", "swh", "sww", "son", "soh", "sow",
+                         "sgn", "sgh", "sgw", "san", "sah", "saw", "syn", "syh", "syw", "spn", "sph", "spw",
+                         "C_IN", "C_IN2", "C_OUT", "K_OFF2")),
     "conv2d_weight_grad": dict(
-        ones=("sac", "sbc", "smc"),
-        multiples_of_16=("san", "sah", "saw", "sbn", "sbh", "sbw", "smn", "smh", "smw", "C_A", "C_B",
-                         "PIX_PER_SPLIT")),
+        ones=("sgc", "sxc", "soc", "spc", "sac"),
+        multiples_of_16=("sgn", "sgh", "sgw", "sxn", "sxh", "sxw", "son", "soh", "sow", "spn", "sph", "spw",
+                         "san", "sah", "saw", "C_A", "C_B", "C_B_TOTAL", "PIX_PER_SPLIT")),
     "max_pool2x2": dict(ones=("sxc", "syc"), multiples_of_16=("sxn", "sxh", "sxw", "syn", "syh", "syw", "C")),
     "max_pool2x2_backward": dict(
         ones=("sgc", "sac", "sxc"),
         multiples_of_16=("sgn", "sgh", "sgw", "san", "sah", "saw", "sxn", "sxh", "sxw", "C")),
+    "batch_norm_act_backward": dict(
+        ones=("sgc", "syc", "sdc"),
+        multiples_of_16=("sgn", "sgh", "sgw", "syn", "syh", "syw", "sdn", "sdh", "sdw", "C")),
 }
+
+
+def kernels():
+    """The registered kernels by name (imports Triton and decorates them: call after TRITON_INTERPRET is set)."""
+    from fused_unet.kernels import conv, norm, pool
+
+    return {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
+            "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
+            "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel,
+            "batch_norm_act_backward": norm.batch_norm_act_backward_kernel}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +110,7 @@ def registry_jobs(archs):
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
-                         for c in range(len(configs.gpu_configs(kernel, d))) if (d, c) != ("fp16", 0)]
+                         for c in range(len(configs.gpu_configs(kernel, d, variants[0]))) if (d, c) != ("fp16", 0)]
     return jobs
 
 
@@ -141,16 +160,14 @@ def compile_job(job):
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
 
-    from fused_unet.kernels import configs, conv, pool
+    from fused_unet.kernels import configs
 
-    kernels = {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
-               "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
-               "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel}
-    cfg = configs.gpu_configs(job.kernel, job.dtype)[job.config]
+    variant = configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
+    cfg = configs.gpu_configs(job.kernel, job.dtype, variant)[job.config]
     _, element_type, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
-    fn = kernels[job.kernel].fn
+    fn = kernels()[job.kernel].fn
     launch = _TYPICAL_LAUNCH[job.kernel]
-    constexprs = {**configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant], **cfg.kwargs,
+    constexprs = {**variant, **cfg.kwargs,
                   **{name: 1 for name in launch["ones"]}}
     if job.kernel in configs.GEMM_KERNELS:
         constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
@@ -162,6 +179,8 @@ def compile_job(job):
         elif name.endswith("_ptr"):
             signature[name] = _POINTER_TYPES.get(name, tensor_type)
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in _FLOAT_ARGS:
+            signature[name] = "fp32"
         else:
             signature[name] = "i32"
             if name in launch["multiples_of_16"]:

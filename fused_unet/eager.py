@@ -3,19 +3,63 @@ import torch
 import torch.nn.functional as F
 
 
-def conv2d(x, weight, bias=None, relu=False):
-    y = F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
-    return F.relu(y) if relu else y
+def activate(y, activation=None, negative_slope=0.01):
+    if activation == "relu":
+        return F.relu(y)
+    if activation == "leaky_relu":
+        return F.leaky_relu(y, negative_slope)
+    return y
+
+
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01):
+    return activate(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2), activation, negative_slope)
+
+
+def batch_statistics_workspace(y):
+    """The (count, mean, sum of squared deviations) per channel of y, as one row of the workspace the fused
+    conv's epilogue writes ([1, 3, C], fp32)."""
+    flat = y.float().transpose(0, 1).reshape(y.shape[1], -1)
+    mean = flat.mean(1)
+    count = torch.full_like(mean, flat.shape[1])
+    return torch.stack([count, mean, ((flat - mean[:, None]) ** 2).sum(1)]).unsqueeze(0)
+
+
+def conv2d_stats(x, weight, bias=None):
+    y = conv2d(x, weight, bias)
+    return y, batch_statistics_workspace(y)
+
+
+def pending_norm(y, scale, shift, activation=None, negative_slope=0.01):
+    """act(y * scale + shift) per channel, in y's dtype: a batch norm (scale, shift from its statistics) and its
+    activation, as the fused kernels apply them while reading y."""
+    view = (1, -1, 1, 1)
+    return activate(y * scale.view(view) + shift.view(view), activation, negative_slope).to(y.dtype)
+
+
+def conv2d_pool(x, weight, bias=None, activation=None, negative_slope=0.01):
+    y = conv2d(x, weight, bias, activation, negative_slope)
+    return y, F.max_pool2d(y, 2)
 
 
 def max_pool2x2(x):
     return F.max_pool2d(x, 2)
 
 
-def conv_transpose2x2(x, weight, bias=None, relu=False):
-    y = F.conv_transpose2d(x, weight, bias, stride=2)
-    return F.relu(y) if relu else y
+def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):
+    return activate(F.conv_transpose2d(x, weight, bias, stride=2), activation, negative_slope)
 
 
-def up_concat(x, skip, weight, bias=None, relu=True):
-    return torch.cat([conv_transpose2x2(x, weight, bias, relu), skip], dim=1)
+def upsample_pad(up, height, width, up_mode=None, align_corners=False):
+    """``up`` up-sampled x2 (``up_mode`` "nearest" / "bilinear"), then zero-padded centred to [height, width]:
+    the ``F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])`` of popular U-Nets for odd sizes."""
+    if up_mode is not None:
+        up = F.interpolate(up, scale_factor=2, mode=up_mode, align_corners=align_corners if up_mode == "bilinear"
+                           else None)
+    dh, dw = height - up.shape[2], width - up.shape[3]
+    return F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])
+
+
+def concat_conv2d(up, skip, weight, bias=None, activation=None, negative_slope=0.01, up_mode=None,
+                  align_corners=False, up_first=True):
+    up = upsample_pad(up, skip.shape[2], skip.shape[3], up_mode, align_corners)
+    return conv2d(torch.cat([up, skip] if up_first else [skip, up], dim=1), weight, bias, activation, negative_slope)

@@ -1,10 +1,36 @@
 """The functional API: validate, apply autocast, then run the fused autograd Function or the eager twin
-(see ``fused_unet.dispatch`` for the rule). Every op is differentiable w.r.t. every tensor input."""
+(see ``fused_unet.dispatch`` for the rule). Every op is differentiable w.r.t. every tensor input.
+``activation`` is None, "relu" or "leaky_relu" (``negative_slope`` >= 0, as in ``F.leaky_relu``).
+
+Batch norm in training mode: ``conv2d_stats`` / ``concat_conv2d_stats`` return the pre-norm output and its
+batch statistics (written by the conv's epilogue), ``batch_norm`` turns them into a ``Normalized``: the tensor
+``act(y * scale + shift)``, never stored. Every op here accepts a ``Normalized`` input and applies its norm and
+activation while reading ``y``; ``Normalized.materialize()`` computes it with PyTorch ops for anything else."""
+from typing import NamedTuple, Optional
+
 import torch
 
 from fused_unet import eager
 from fused_unet.dispatch import backend
 from fused_unet.kernels import checks
+
+
+class Normalized(NamedTuple):
+    """A conv's pre-norm output ``y`` whose batch norm and activation are pending: it stands for
+    ``act(y * scale + shift)`` (``scale``, ``shift``: fp32, one per channel)."""
+    y: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    activation: Optional[str] = None
+    negative_slope: float = 0.01
+
+    def materialize(self):
+        """The tensor this stands for, computed with PyTorch ops (differentiable)."""
+        return eager.pending_norm(*self)
+
+    @property
+    def shape(self):
+        return self.y.shape
 
 
 def _functions():
@@ -28,38 +54,130 @@ def _autocast(*tensors):
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
 
 
-def conv2d(x, weight, bias=None, relu=False, *, stride=1, padding="same"):
-    """``relu(conv2d(x, weight, bias, padding=k//2))`` for an odd square kernel, stride 1, groups 1.
-    x: [N, C_in, H, W] (any strides), weight: [C_out, C_in, k, k]; returns channels_last [N, C_out, H, W]."""
-    x, weight, bias = _autocast(x, weight, bias)
-    checks.check_conv2d(x, weight, bias, stride, padding)
+def _split(x, name="x"):
+    """(tensor, scale, shift, activation, negative_slope) of a plain tensor or a Normalized, validated."""
+    if not isinstance(x, Normalized):
+        return x, None, None, None, 0.0
+    checks.check_pending(name, *x)
+    return x.y, x.scale, x.shift, x.activation, float(x.negative_slope)
+
+
+def _plain(x):
+    return x.materialize() if isinstance(x, Normalized) else x
+
+
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same"):
+    """``act(conv2d(x, weight, bias, padding=k//2))`` for an odd square kernel, stride 1, groups 1.
+    x: [N, C_in, H, W] (any strides) or a Normalized, weight: [C_out, C_in, k, k]; returns channels_last
+    [N, C_out, H, W]."""
+    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False)
+
+
+def conv2d_stats(x, weight, bias=None):
+    """``(y, stats)``: the 'same' conv of x (plain or Normalized) and, for the batch norm that follows it, y's
+    per-channel statistics (per row tile; see ``batch_norm``)."""
+    return _conv2d(x, weight, bias, None, 0.01, 1, "same", stats=True)
+
+
+def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats):
+    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, weight, bias = _autocast(x_t, weight, bias)
+    checks.check_conv2d(x_t, weight, bias, stride, padding)
+    checks.check_activation(activation, negative_slope)
+    if backend(x_t) == "eager":
+        plain = _autocast(_plain(x))[0]
+        return eager.conv2d_stats(plain, weight, bias) if stats else eager.conv2d(plain, weight, bias, activation,
+                                                                                  negative_slope)
+    return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
+                                            in_act, in_slope, stats)
+
+
+def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
+    """``(y, max_pool2d(y, 2))`` with ``y = conv2d(x, weight, bias, activation)``: one kernel writes both (the
+    encoder's skip and its pooled output). H and W >= 2; odd sizes drop the last row/column like MaxPool2d.
+    A Normalized x is materialised first."""
+    x, weight, bias = _autocast(_plain(x), weight, bias)
+    checks.check_conv2d(x, weight, bias)
+    checks.check_pool_size(x)
+    checks.check_activation(activation, negative_slope)
     if backend(x) == "eager":
-        return eager.conv2d(x, weight, bias, relu)
-    return _functions().Conv2dBiasReLU.apply(x, weight, bias, bool(relu))
+        return eager.conv2d_pool(x, weight, bias, activation, negative_slope)
+    return _functions().Conv2dBiasActPool.apply(x, weight, bias, activation, float(negative_slope))
+
+
+def concat_conv2d(up, skip, weight, bias=None, activation="relu", negative_slope=0.01, *, up_mode=None,
+                  align_corners=False, up_first=True):
+    """``conv2d(cat([pad(upsample(up)), skip], 1), weight, bias, activation)`` (``[skip, up]`` with
+    ``up_first=False``) without materialising the concatenation or the up-sampled tensor: the kernel reads both
+    tensors (plain or Normalized). ``up_mode``: None (``up`` is already up-sampled, e.g. by a transposed conv),
+    "nearest" or "bilinear" (x2, ``align_corners`` as in F.interpolate). An up-sampled ``up`` smaller than
+    ``skip`` (odd sizes) is zero-padded centred, like ``F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])``."""
+    return _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, False)
+
+
+def concat_conv2d_stats(up, skip, weight, bias=None, *, up_mode=None, align_corners=False, up_first=True):
+    """``(y, stats)`` of ``concat_conv2d`` without activation, for the batch norm that follows it."""
+    return _concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first, True)
+
+
+def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, stats):
+    up_t, up_scale, up_shift, up_act, up_slope = _split(up, "up")
+    skip_t, skip_scale, skip_shift, skip_act, skip_slope = _split(skip, "skip")
+    if up_scale is not None and skip_scale is not None and (up_act, up_slope) != (skip_act, skip_slope):
+        raise ValueError(f"up and skip are Normalized with different activations ({up_act}, {up_slope}) and "
+                         f"({skip_act}, {skip_slope}); the fused concatenation applies one")
+    in_act, in_slope = (up_act, up_slope) if up_scale is not None else (skip_act, skip_slope)
+    up_t, skip_t, weight, bias = _autocast(up_t, skip_t, weight, bias)
+    checks.check_concat_conv2d(up_t, skip_t, weight, bias, up_mode, align_corners)
+    checks.check_activation(activation, negative_slope)
+    if backend(up_t) == "eager":
+        up, skip = _autocast(_plain(up), _plain(skip))
+        if stats:
+            y = eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first)
+            return y, eager.batch_statistics_workspace(y)
+        return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
+    return _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight,
+                                                  bias, activation, float(negative_slope), up_mode, align_corners,
+                                                  bool(up_first), in_act, in_slope, stats)
+
+
+def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
+               activation=None, negative_slope=0.01):
+    """Training-mode batch norm of a ``conv2d_stats`` / ``concat_conv2d_stats`` output: the Normalized
+    ``act((y - mean) / sqrt(var + eps) * weight + bias)`` with y's batch mean and biased variance. Updates
+    ``running_mean`` / ``running_var`` in place like ``nn.BatchNorm2d`` (``momentum``: the weight of this batch;
+    the running variance takes the unbiased variance)."""
+    checks.check_activation(activation, negative_slope)
+    channels = y.shape[1]
+    weight = weight if weight is not None else torch.ones(channels, device=y.device)
+    bias = bias if bias is not None else torch.zeros(channels, device=y.device)
+    scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
+    if running_mean is not None:
+        count = y.numel() // channels
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            unbiased = var * count / max(count - 1, 1)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return Normalized(y, scale, shift, activation, float(negative_slope))
 
 
 def max_pool2x2(x):
-    """``max_pool2d(x, 2)``: floor mode, NaN propagates; keeps x's memory format."""
-    checks.check_max_pool2x2(x)
-    if backend(x) == "eager":
-        return eager.max_pool2x2(x)
-    return _functions().MaxPool2x2.apply(x)
+    """``max_pool2d(x, 2)``: floor mode, NaN propagates; keeps x's memory format. x may be a Normalized."""
+    x_t, scale, shift, in_act, in_slope = _split(x)
+    checks.check_max_pool2x2(x_t)
+    if backend(x_t) == "eager":
+        return eager.max_pool2x2(_plain(x))
+    return _functions().MaxPool2x2.apply(x_t, scale, shift, in_act, in_slope)
 
 
-def conv_transpose2x2(x, weight, bias=None, relu=False):
-    """``relu(conv_transpose2d(x, weight, bias, stride=2))`` for weight [C_in, C_out, 2, 2]."""
-    x, weight, bias = _autocast(x, weight, bias)
-    checks.check_conv_transpose2x2(x, weight, bias)
-    if backend(x) == "eager":
-        return eager.conv_transpose2x2(x, weight, bias, relu)
-    return _functions().ConvTranspose2x2.apply(x, weight, bias, bool(relu))
-
-
-def up_concat(x, skip, weight, bias=None, relu=True):
-    """``cat([relu(conv_transpose2x2(x, weight, bias)), skip], dim=1)`` without calling torch.cat.
-    skip: [N, C_skip, 2H, 2W]; returns channels_last [N, C_out + C_skip, 2H, 2W]."""
-    x, skip, weight, bias = _autocast(x, skip, weight, bias)
-    checks.check_up_concat(x, skip, weight, bias)
-    if backend(x) == "eager":
-        return eager.up_concat(x, skip, weight, bias, relu)
-    return _functions().UpConcat.apply(x, skip, weight, bias, bool(relu))
+def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):
+    """``act(conv_transpose2d(x, weight, bias, stride=2))`` for weight [C_in, C_out, 2, 2]; x may be a
+    Normalized."""
+    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, weight, bias = _autocast(x_t, weight, bias)
+    checks.check_conv_transpose2x2(x_t, weight, bias)
+    checks.check_activation(activation, negative_slope)
+    if backend(x_t) == "eager":
+        return eager.conv_transpose2x2(_autocast(_plain(x))[0], weight, bias, activation, negative_slope)
+    return _functions().ConvTranspose2x2BiasAct.apply(x_t, scale, shift, weight, bias, activation,
+                                                      float(negative_slope), in_act, in_slope)

@@ -1,89 +1,240 @@
-"""torch.autograd.Functions of the fused ops: what each saves for backward and which kernels run."""
+"""torch.autograd.Functions of the fused ops: what each saves for backward and which kernels run.
+
+What is saved is the least backward needs, and never a copy: the activation's output instead of its input (its
+sign is the mask), the pool's 1-byte argmax, a virtual concatenation's two sources (which exist anyway) and,
+for an input whose batch norm + activation are pending (read through ``in_scale``, ``in_shift``), the pre-norm
+tensor itself: the normalised one is recomputed by the kernels that need it, never stored."""
 import torch
 from torch.autograd.function import once_differentiable
 
 from fused_unet import ops
-from fused_unet.kernels import conv, pool
+from fused_unet.kernels import conv, norm, pool
 
 
-def _launcher(name):
-    """The launcher ``name``; while torch.compile traces, its opaque custom-op twin in fused_unet.ops."""
-    if torch.compiler.is_compiling():
+def _launcher(name, like):
+    """The launcher ``name``; while torch.compile traces, or for meta tensors like ``like``, its custom-op twin in
+    fused_unet.ops (opaque to the tracer; shape-only on meta tensors)."""
+    if torch.compiler.is_compiling() or like.device.type == "meta":
         return getattr(ops, name)
-    return getattr(conv, name, None) or getattr(pool, name)
+    for module in (conv, pool, norm):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(name)
 
 
-def _conv_backward(ctx, grad_y, x, weight, out, prefix):
-    """Input-grad and weight/bias-grad of a conv-like Function whose inputs are (x, ..., weight, bias, relu)."""
-    grad_x = grad_w = grad_b = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _launcher(f"{prefix}_input_grad")(grad_y, weight, out)
-    if ctx.needs_input_grad[-3] or ctx.needs_input_grad[-2]:
-        grad_w, grad_b = _launcher(f"{prefix}_weight_grad")(grad_y, x, weight, out, ctx.needs_input_grad[-2])
-    return grad_x, grad_w, grad_b if ctx.needs_input_grad[-2] else None
+def _needs(ctx, *indices):
+    return any(ctx.needs_input_grad[i] for i in indices)
 
 
-def _conv_function(name, doc, prefix):
-    """A conv-like op (+ bias, + ReLU) as an autograd Function. It saves x, weight and, with ReLU, its own output,
-    whose sign is the ReLU mask the backward kernels apply while loading the gradient."""
-
-    class ConvFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, weight, bias, relu):
-            y = _launcher(f"{prefix}_forward")(x, weight, bias, relu)
-            ctx.save_for_backward(x, weight, y if relu else None)
-            return y
-
-        @staticmethod
-        @once_differentiable
-        def backward(ctx, grad_y):
-            x, weight, out = ctx.saved_tensors
-            return (*_conv_backward(ctx, grad_y, x, weight, out, prefix), None)
-
-    ConvFunction.__name__ = ConvFunction.__qualname__ = name
-    ConvFunction.__doc__ = doc
-    return ConvFunction
+def _through_pending_norm(ctx, grad_z, x, scale, shift, index):
+    """(dL/dx, dL/dscale, dL/dshift) from dL/dz, z the input as the kernel read it: x itself, or
+    act(x * scale + shift) when its batch norm was pending (inputs ``index``, ``index + 1``, ``index + 2``)."""
+    if grad_z is None or scale is None:
+        return grad_z, None, None
+    dx, dscale, dshift = _launcher("batch_norm_act_input_grad", grad_z)(grad_z, x, scale, shift, *ctx.in_act)
+    return dx if ctx.needs_input_grad[index] else None, dscale, dshift
 
 
-Conv2dBiasReLU = _conv_function("Conv2dBiasReLU", "Stride-1 'same' conv + bias (+ ReLU).", "conv2d")
-ConvTranspose2x2 = _conv_function("ConvTranspose2x2", "2x2 stride-2 transposed conv + bias (+ ReLU).",
-                                  "conv_transpose2x2")
+def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_negative_slope=0.0):
+    """Save ``tensors`` and, with an activation, its output ``y`` (the mask of the activation's backward)."""
+    ctx.save_for_backward(*tensors, y if activation else None)
+    ctx.act = (activation, negative_slope)
+    ctx.in_act = (in_activation, in_negative_slope)
 
 
-class MaxPool2x2(torch.autograd.Function):
-    """2x2 stride-2 max-pool. Saves only the 1-byte argmax per output."""
+class Conv2dBiasAct(torch.autograd.Function):
+    """Stride-1 'same' conv + bias (+ activation) of x, or of act(x * in_scale + in_shift) (a pending batch norm).
+    ``stats``: no activation; returns (y, per-tile batch statistics of y) for the batch norm that follows."""
 
     @staticmethod
-    def forward(ctx, x):
-        y, argmax = _launcher("max_pool2x2_forward")(x)
-        ctx.save_for_backward(argmax)
-        ctx.input_shape = list(x.shape)
+    def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
+                in_negative_slope, stats):
+        pending = (in_scale, in_shift, in_activation, in_negative_slope)
+        if stats:
+            y, workspace = _launcher("conv2d_stats_forward", x)(x, weight, bias, *pending)
+            ctx.mark_non_differentiable(workspace)
+            result = y, workspace
+        else:
+            y = result = _launcher("conv2d_forward", x)(x, weight, bias, activation, negative_slope, *pending)
+        _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
+              in_activation=in_activation, in_negative_slope=in_negative_slope)
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_stats=None):
+        x, in_scale, in_shift, weight, out = ctx.saved_tensors
+        grad_z = grad_w = grad_b = None
+        if _needs(ctx, 0, 1, 2):
+            grad_z = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
+        if _needs(ctx, 3, 4):
+            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
+                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], None, None, None, None, False, True,
+                in_scale, in_shift, None, None, *ctx.in_act)
+        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
+                _only(ctx, 4, grad_b), None, None, None, None, None)
+
+
+def _only(ctx, index, grad):
+    return grad if ctx.needs_input_grad[index] else None
+
+
+class Conv2dBiasActPool(torch.autograd.Function):
+    """(y, max_pool2d(y, 2)) of y = act(conv2d(x) + bias), one kernel. Saves x, weight, y (which is also what the
+    skip connection keeps alive) and the pool's 1-byte argmax; backward scatters the pooled gradient into y's
+    gradient while the conv's backward kernels load it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation, negative_slope):
+        y, pooled, argmax = _launcher("conv2d_pool_forward", x)(x, weight, bias, activation, negative_slope)
+        _save(ctx, x, weight, argmax, y=y, activation=activation, negative_slope=negative_slope)
+        return y, pooled
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_pooled):
+        x, weight, argmax, out = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act, grad_pooled, argmax)
+        if _needs(ctx, 1, 2):
+            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
+                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[2], grad_pooled, argmax)
+        return grad_x, _only(ctx, 1, grad_w), _only(ctx, 2, grad_b), None, None
+
+
+def _upsample_backward(grad, up, up_mode, align_corners):
+    """The adjoint of a x2 up-sampling of ``up`` (PyTorch's own backward kernels)."""
+    size = [2 * up.shape[2], 2 * up.shape[3]]
+    if up_mode == "nearest":
+        return torch.ops.aten.upsample_nearest2d_backward(grad, size, list(up.shape), 2.0, 2.0)
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, size, list(up.shape), align_corners, 2.0, 2.0)
+
+
+class ConcatConv2dBiasAct(torch.autograd.Function):
+    """act(conv2d(cat([pad(upsample(up)), skip], 1)) + bias) (or [skip, up]) without the concatenation: saves
+    up, skip (both exist anyway) and weight, plus the output with an activation. Either source may carry a
+    pending batch norm (its scale and shift); ``stats`` as in Conv2dBiasAct."""
+
+    @staticmethod
+    def forward(ctx, up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, bias, activation, negative_slope,
+                up_mode, align_corners, up_first, in_activation, in_negative_slope, stats):
+        layout = (up_mode, align_corners, up_first)
+        pending = (up_scale, up_shift, skip_scale, skip_shift, in_activation, in_negative_slope)
+        if stats:
+            y, workspace = _launcher("concat_conv2d_stats_forward", up)(up, skip, weight, bias, *layout, *pending)
+            ctx.mark_non_differentiable(workspace)
+            result = y, workspace
+        else:
+            y = result = _launcher("concat_conv2d_forward", up)(up, skip, weight, bias, activation, negative_slope,
+                                                                 *layout, *pending)
+        _save(ctx, up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, y=y, activation=activation,
+              negative_slope=negative_slope, in_activation=in_activation, in_negative_slope=in_negative_slope)
+        ctx.layout = layout
+        return result
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_stats=None):
+        up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, out = ctx.saved_tensors
+        up_mode, align_corners, up_first = ctx.layout
+        grad_up = grad_skip = grad_w = grad_b = None
+        if _needs(ctx, 0, 1, 2, 3, 4, 5):
+            grad_cat = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
+            c_up, c_skip = up.shape[1], skip.shape[1]
+            up_channels = slice(0, c_up) if up_first else slice(c_skip, c_skip + c_up)
+            grad_skip = grad_cat[:, c_up:] if up_first else grad_cat[:, :c_skip]
+            factor = 1 if up_mode is None else 2
+            h_up, w_up = factor * up.shape[2], factor * up.shape[3]
+            top, left = (skip.shape[2] - h_up) // 2, (skip.shape[3] - w_up) // 2
+            grad_up = grad_cat[:, up_channels, top:top + h_up, left:left + w_up]
+            if up_mode is not None:
+                grad_up = _upsample_backward(grad_up, up, up_mode, align_corners)
+        if _needs(ctx, 6, 7):
+            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
+                grad_y, up, weight, out, *ctx.act, ctx.needs_input_grad[7], None, None, skip, up_mode, align_corners,
+                up_first, up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)
+        return (*_through_pending_norm(ctx, grad_up, up, up_scale, up_shift, 0),
+                *_through_pending_norm(ctx, grad_skip, skip, skip_scale, skip_shift, 3),
+                _only(ctx, 6, grad_w), _only(ctx, 7, grad_b), *[None] * 8)
+
+
+class ConvTranspose2x2BiasAct(torch.autograd.Function):
+    """2x2 stride-2 transposed conv + bias (+ activation), of x or of x's pending batch norm + activation."""
+
+    @staticmethod
+    def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
+                in_negative_slope):
+        y = _launcher("conv_transpose2x2_forward", x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
+                                                      in_activation, in_negative_slope)
+        _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
+              in_activation=in_activation, in_negative_slope=in_negative_slope)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        (argmax,) = ctx.saved_tensors
-        return _launcher("max_pool2x2_backward")(grad_y, argmax, ctx.input_shape)
+        x, in_scale, in_shift, weight, out = ctx.saved_tensors
+        grad_z = grad_w = grad_b = None
+        if _needs(ctx, 0, 1, 2):
+            grad_z = _launcher("conv_transpose2x2_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
+        if _needs(ctx, 3, 4):
+            grad_w, grad_b = _launcher("conv_transpose2x2_weight_grad", grad_y)(
+                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], in_scale, in_shift, *ctx.in_act)
+        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
+                _only(ctx, 4, grad_b), None, None, None, None)
 
 
-class UpConcat(torch.autograd.Function):
-    """cat([relu(conv_transpose2x2(x)), skip], dim=1) in one channels_last buffer, without torch.cat. Saves x,
-    weight and, with ReLU, the buffer (its first channels are the ReLU output); the skip's gradient is a view."""
+class MaxPool2x2(torch.autograd.Function):
+    """2x2 stride-2 max-pool of x or of x's pending batch norm + activation. Saves the 1-byte argmax per output
+    (and, with a pending norm, x, scale and shift, which the pending norm's backward needs)."""
 
     @staticmethod
-    def forward(ctx, x, skip, weight, bias, relu):
-        buf = _launcher("up_concat_forward")(x, skip, weight, bias, relu)
-        ctx.save_for_backward(x, weight, buf if relu else None)
-        ctx.c_up = weight.shape[1]
-        return buf
+    def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope):
+        y, argmax = _launcher("max_pool2x2_forward", x)(x, in_scale, in_shift, in_activation, in_negative_slope)
+        pending = (x, in_scale, in_shift) if in_scale is not None else (None, None, None)
+        ctx.save_for_backward(argmax, *pending)
+        ctx.input_shape = list(x.shape)
+        ctx.in_act = (in_activation, in_negative_slope)
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_buf):
-        x, weight, buf = ctx.saved_tensors
-        c_up = ctx.c_up
-        out = buf[:, :c_up] if buf is not None else None
-        grad_x, grad_w, grad_b = _conv_backward(ctx, grad_buf[:, :c_up], x, weight, out, "conv_transpose2x2")
-        grad_skip = grad_buf[:, c_up:] if ctx.needs_input_grad[1] else None
-        return grad_x, grad_skip, grad_w, grad_b, None
+    def backward(ctx, grad_y):
+        argmax, x, in_scale, in_shift = ctx.saved_tensors
+        grad_z = _launcher("max_pool2x2_backward", grad_y)(grad_y, argmax, ctx.input_shape)
+        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None)
+
+
+class BatchNormScaleShift(torch.autograd.Function):
+    """Per-channel (scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
+    wrote: scale = gamma / sqrt(var + eps), shift = beta - mean * scale (fp32), plus (mean, biased var) for the
+    running statistics. Backward turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and the part of dL/dy
+    that flows through the batch mean and variance (a per-channel a * y + b); saves y (already alive), mean
+    and 1/std."""
+
+    @staticmethod
+    def forward(ctx, y, stats, gamma, beta, eps):
+        mean, var, count = norm.batch_statistics(stats)
+        invstd = torch.rsqrt(var + eps)
+        scale = gamma.double() * invstd
+        shift = beta.double() - mean * scale
+        ctx.save_for_backward(y, gamma, mean, invstd)
+        ctx.count = count
+        ctx.mark_non_differentiable(mean, var)
+        return scale.float(), shift.float(), mean.float(), var.float()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_scale, grad_shift, grad_mean, grad_var):
+        y, gamma, mean, invstd = ctx.saved_tensors
+        grad_scale, grad_shift = grad_scale.double(), grad_shift.double()
+        grad_scale_total = grad_scale - mean * grad_shift  # scale also enters shift = beta - mean * scale
+        grad_invstd = grad_scale_total * gamma.double()
+        grad_var = -0.5 * grad_invstd * invstd ** 3
+        grad_mean = -gamma.double() * invstd * grad_shift
+        a = 2 * grad_var / ctx.count
+        b = grad_mean / ctx.count - a * mean
+        view = (1, -1, 1, 1)
+        grad_y = (y.float() * a.float().view(view) + b.float().view(view)).to(y.dtype)
+        return grad_y, None, (grad_scale_total * invstd).to(gamma.dtype), grad_shift.to(gamma.dtype), None

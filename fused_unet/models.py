@@ -4,52 +4,77 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fused_unet import eager
 from fused_unet import nn as fnn
+
+UP_MODES = ("transpose", "bilinear", "nearest")
 
 
 class ConvBlock(nn.Module):
-    """(conv3x3 + ReLU) x2, or x1 when ``double_conv=False``."""
+    """Two convs (``conv2`` None: one); the decoder's first conv takes (up, skip), an encoder's last returns
+    (skip, pooled)."""
 
-    def __init__(self, make_conv_relu, in_channels, out_channels, double_conv):
+    def __init__(self, conv1, conv2=None):
         super().__init__()
-        self.conv1 = make_conv_relu(in_channels, out_channels)
-        self.conv2 = make_conv_relu(out_channels, out_channels) if double_conv else None
+        self.conv1, self.conv2 = conv1, conv2
 
-    def forward(self, x):
-        x = self.conv1(x)
+    def forward(self, *inputs):
+        x = self.conv1(*inputs)
         return self.conv2(x) if self.conv2 is not None else x
 
 
 class DecoderLevel(nn.Module):
-    """Up-sample x2 with a transposed conv (+ReLU), concatenate ``[up, skip]``, then the conv block."""
+    """Up-sample x2 (a transposed conv + activation as ``up``, or bilinear / nearest inside the next conv), then
+    the conv block, whose first conv reads ``[up, skip]`` as one concatenation."""
 
-    def __init__(self, make_conv_relu, make_up_concat, in_channels, out_channels, double_conv):
+    def __init__(self, up, block):
         super().__init__()
-        self.up = make_up_concat(in_channels, out_channels)
-        self.block = ConvBlock(make_conv_relu, 2 * out_channels, out_channels, double_conv)
+        self.up, self.block = up, block
 
     def forward(self, x, skip):
-        return self.block(self.up(x, skip))
+        return self.block(self.up(x) if self.up is not None else x, skip)
 
 
 class _UNetBase(nn.Module):
-    def __init__(self, in_channels=3, num_classes=2, base_channels=64, depth=4, double_conv=True):
+    def __init__(self, in_channels=3, num_classes=2, base_channels=64, depth=4, double_conv=True,
+                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("base_channels", base_channels), ("depth", depth)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        if up_mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+        if activation not in ("relu", "leaky_relu"):
+            raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+        if norm not in (None, "batch"):
+            raise ValueError(f"norm must be None or 'batch', got {norm!r}")
+        self.in_channels, self.num_classes, self.depth, self.up_mode = in_channels, num_classes, depth, up_mode
+        # The constructor's arguments: ReferenceUNet(**unet.config) is the same network in plain torch.nn.
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, depth=depth,
+                           double_conv=double_conv, up_mode=up_mode, activation=activation,
+                           negative_slope=negative_slope, norm=norm)
+        self.act = dict(activation=activation, negative_slope=negative_slope)
+        # conv -> BatchNorm2d -> activation; the conv's bias is then redundant (the norm's shift replaces it).
+        self.conv_options = dict(self.act, norm=norm, bias=norm is None)
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
-            ConvBlock(self._conv_relu, c_in, c_out, double_conv)
+            ConvBlock(self._conv(c_in, c_out), self._conv_pool(c_out, c_out)) if double_conv
+            else ConvBlock(self._conv_pool(c_in, c_out))
             for c_in, c_out in zip([in_channels] + widths[:depth - 1], widths[:depth]))
-        self.pool = self._pool()
-        self.bottleneck = ConvBlock(self._conv_relu, widths[depth - 1], widths[depth], double_conv)
-        self.decoder = nn.ModuleList(
-            DecoderLevel(self._conv_relu, self._up_concat, widths[i + 1], widths[i], double_conv)
-            for i in reversed(range(depth)))
+        self.bottleneck = ConvBlock(self._conv(widths[depth - 1], widths[depth]),
+                                    self._conv(widths[depth], widths[depth]) if double_conv else None)
+        self.decoder = nn.ModuleList(self._decoder_level(widths[i + 1], widths[i], double_conv)
+                                     for i in reversed(range(depth)))
         self.head = self._head(widths[0], num_classes)
+
+    def _decoder_level(self, c_in, c_out, double_conv):
+        if self.up_mode == "transpose":
+            up, c_cat, up_mode = self._up(c_in, c_out), 2 * c_out, None
+        else:
+            up, c_cat, up_mode = None, c_in + c_out, self.up_mode
+        return DecoderLevel(up, ConvBlock(self._concat_conv(c_cat, c_out, up_mode),
+                                          self._conv(c_out, c_out) if double_conv else None))
 
     def forward(self, x):
         """x: [N, in_channels, H, W], any H, W >= 1 -> logits [N, num_classes, H, W]. H and W are zero-padded
@@ -61,9 +86,8 @@ class _UNetBase(nn.Module):
         x = F.pad(x, (0, -w % multiple, 0, -h % multiple))
         skips = []
         for level in self.encoder:
-            x = level(x)
-            skips.append(x)
-            x = self.pool(x)
+            skip, x = level(x)
+            skips.append(skip)
         x = self.bottleneck(x)
         for level, skip in zip(self.decoder, reversed(skips)):
             x = level(x, skip)
@@ -79,55 +103,91 @@ class _UNetBase(nn.Module):
 
 
 class UNet(_UNetBase):
-    """The classic U-Net (padding 1) with every conv, pool and up-sampling in fused_unet's kernels. Its conv
-    weights are stored channels_last ([C_out, kh, kw, C_in] in memory), the layout the kernels read, so the
-    forward pass does not re-lay them out; values and state_dict keys are those of ReferenceUNet."""
+    """The classic U-Net (padding 1) with every layer in fused_unet's kernels: each encoder level's last conv
+    also writes the pooled output, each decoder level's first conv reads [up, skip] without a concatenation
+    (``up_mode`` "transpose": a 2x2 transposed conv + activation; "bilinear" / "nearest": up-sampled inside
+    that conv). ``norm="batch"``: conv -> BatchNorm2d -> activation in every 3x3 conv; in training the
+    normalised tensors are never stored, each consumer kernel normalises its input as it reads it. Conv
+    weights are stored channels_last ([C_out, kh, kw, C_in] in memory), the layout the kernels read; values
+    and state_dict keys are those of ReferenceUNet with the same options."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.to(memory_format=torch.channels_last)
+        for module in self.modules():
+            if isinstance(module, fnn.Conv2d):
+                module.defer_norm = True  # every consumer of a conv's output here is a fused layer
 
-    @staticmethod
-    def _conv_relu(c_in, c_out):
-        return fnn.Conv2d(c_in, c_out, 3, padding=1, activation="relu")
+    def _conv(self, c_in, c_out):
+        return fnn.Conv2d(c_in, c_out, 3, padding=1, **self.conv_options)
 
-    @staticmethod
-    def _pool():
-        return fnn.MaxPool2d(2)
+    def _conv_pool(self, c_in, c_out):
+        return fnn.Conv2dReLUPool(c_in, c_out, 3, padding=1, **self.conv_options)
 
-    @staticmethod
-    def _up_concat(c_in, c_out):
-        return fnn.UpConcat(c_in, c_out, 2, stride=2, activation="relu")
+    def _up(self, c_in, c_out):
+        return fnn.ConvTranspose2d(c_in, c_out, 2, stride=2, **self.act)
+
+    def _concat_conv(self, c_in, c_out, up_mode):
+        return fnn.UpConcatConv2d(c_in, c_out, 3, up_mode=up_mode, **self.conv_options)
 
     @staticmethod
     def _head(c_in, num_classes):
         return fnn.Conv2d(c_in, num_classes, 1)
 
 
-class ReferenceConvReLU(nn.Conv2d):
+class ReferenceConvAct(nn.Conv2d):
+    """conv (-> BatchNorm2d as ``bn``) -> activation."""
+
+    def __init__(self, *args, activation, negative_slope, norm=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = dict(activation=activation, negative_slope=negative_slope)
+        self.bn = nn.BatchNorm2d(self.out_channels) if norm else None
+
     def forward(self, x):
-        return F.relu(super().forward(x))
+        y = super().forward(x)
+        return eager.activate(self.bn(y) if self.bn is not None else y, **self.act)
 
 
-class ReferenceUpConcat(nn.ConvTranspose2d):
-    def forward(self, x, skip):
-        return torch.cat([F.relu(super().forward(x)), skip], dim=1)
+class ReferenceConvActPool(ReferenceConvAct):
+    def forward(self, x):
+        y = super().forward(x)
+        return y, F.max_pool2d(y, 2)
+
+
+class ReferenceConcatConvAct(ReferenceConvAct):
+    def __init__(self, *args, up_mode, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.up_mode = up_mode
+
+    def forward(self, up, skip):
+        up = eager.upsample_pad(up, skip.shape[2], skip.shape[3], self.up_mode)
+        return super().forward(torch.cat([up, skip], dim=1))
+
+
+class ReferenceConvTransposeAct(nn.ConvTranspose2d):
+    def __init__(self, *args, activation, negative_slope, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = dict(activation=activation, negative_slope=negative_slope)
+
+    def forward(self, x):
+        return eager.activate(super().forward(x), **self.act)
 
 
 class ReferenceUNet(_UNetBase):
-    """The same network in plain torch.nn (cuDNN / CPU kernels); state_dict keys identical to ``UNet``."""
+    """The same network in plain torch.nn (cuDNN / CPU kernels: conv, activation, max-pool, F.interpolate,
+    torch.cat); state_dict keys identical to ``UNet`` with the same options."""
 
-    @staticmethod
-    def _conv_relu(c_in, c_out):
-        return ReferenceConvReLU(c_in, c_out, 3, padding=1)
+    def _conv(self, c_in, c_out):
+        return ReferenceConvAct(c_in, c_out, 3, padding=1, **self.conv_options)
 
-    @staticmethod
-    def _pool():
-        return nn.MaxPool2d(2)
+    def _conv_pool(self, c_in, c_out):
+        return ReferenceConvActPool(c_in, c_out, 3, padding=1, **self.conv_options)
 
-    @staticmethod
-    def _up_concat(c_in, c_out):
-        return ReferenceUpConcat(c_in, c_out, 2, stride=2)
+    def _up(self, c_in, c_out):
+        return ReferenceConvTransposeAct(c_in, c_out, 2, stride=2, **self.act)
+
+    def _concat_conv(self, c_in, c_out, up_mode):
+        return ReferenceConcatConvAct(c_in, c_out, 3, padding=1, up_mode=up_mode, **self.conv_options)
 
     @staticmethod
     def _head(c_in, num_classes):

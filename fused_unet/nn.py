@@ -1,31 +1,59 @@
 """Drop-in modules. Each subclasses the torch module it replaces (same state_dict, init and repr) and runs
-the fused op; a configuration the kernels do not cover falls back to the parent's forward with one warning."""
+the fused op; a configuration the kernels do not cover falls back to the parent's forward with one warning.
+``activation``: None, "relu" or "leaky_relu" (with ``negative_slope``), applied in the kernel's epilogue.
+
+``norm="batch"`` (the convs): an ``nn.BatchNorm2d`` child ``bn`` between the conv and its activation, so the
+state_dict is that of a Conv2d plus a BatchNorm2d (``bn.weight``, ``bn.running_mean``, ...). In eval mode it is
+folded into the conv's weight and bias (exact). In training mode the conv's epilogue writes the batch
+statistics, running statistics update like ``nn.BatchNorm2d``'s, and the output is a
+``fused_unet.functional.Normalized``: with ``defer_norm=True`` (what ``UNet`` sets) it is returned as is and
+the next fused layer applies norm + activation while reading it; otherwise it is materialised."""
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fused_unet import functional
-from fused_unet.kernels.checks import SUPPORTED_DTYPES
+from fused_unet import eager, functional
+from fused_unet.functional import Normalized
+from fused_unet.kernels.checks import ACTIVATIONS, SUPPORTED_DTYPES, UP_MODES
 
-ACTIVATIONS = (None, "relu")
+NORMS = (None, "batch")
 
 
-def _check_activation(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return activation
+def _tensor(x):
+    return x.y if isinstance(x, Normalized) else x
+
+
+def _plain(x):
+    return x.materialize() if isinstance(x, Normalized) else x
 
 
 class _FusedMixin:
-    """The fallback bookkeeping shared by every module: why a call is unsupported, warned once per module."""
+    """Activation settings and the fallback bookkeeping shared by every module: why a call is unsupported,
+    warned once per module."""
+
+    def _set_activation(self, activation, negative_slope):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation, self.negative_slope = activation, float(negative_slope)
+
+    @staticmethod
+    def _adopt(module):
+        """Give a torch module whose class was just swapped for this one the fused module's own settings."""
+        module.activation, module.negative_slope, module.bn, module.defer_norm = None, 0.01, None, False
 
     def _input_unsupported(self, x):
+        x = _tensor(x)
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
         if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
             return f"dtype {x.dtype} is not one of float32/float16/bfloat16"
+        return None
+
+    def _activation_unsupported(self):
+        if getattr(self, "activation", None) == "leaky_relu" and not self.negative_slope >= 0:
+            return f"negative_slope {self.negative_slope} < 0 (fused: >= 0)"
         return None
 
     def _fallback(self, reason):
@@ -35,19 +63,69 @@ class _FusedMixin:
                           stacklevel=3)
 
     def _activate(self, y):
-        return F.relu(y) if self.activation == "relu" else y
+        return eager.activate(y, self.activation, self.negative_slope)
+
+    def _act_args(self):
+        return dict(activation=self.activation, negative_slope=self.negative_slope)
 
     def _extra(self, base):
-        return base if self.activation is None else f"{base}, activation={self.activation!r}"
+        if self.activation is None:
+            return base
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f"{base}, activation={self.activation!r}{slope}"
 
 
 class Conv2d(_FusedMixin, nn.Conv2d):
-    """``nn.Conv2d`` (+ optional fused ReLU). Fused for odd square kernels, stride 1, padding k//2 or 'same',
-    dilation 1, groups 1, zero padding mode; output is channels_last."""
+    """``nn.Conv2d`` (+ optional batch norm and fused activation). Fused for odd square kernels, stride 1,
+    padding k//2 or 'same', dilation 1, groups 1, zero padding mode; output is channels_last. Accepts a
+    ``Normalized`` input (its pending norm is applied while reading it)."""
 
-    def __init__(self, *args, activation=None, **kwargs):
+    def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.activation = _check_activation(activation)
+        self._set_activation(activation, negative_slope)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+        self.bn = nn.BatchNorm2d(self.out_channels, eps, momentum, **factory) if norm else None
+        self.defer_norm = False
+
+    def _batch_statistics(self):
+        """Whether this call normalises with the batch's statistics (training, or no running statistics)."""
+        return self.bn is not None and (self.bn.training or not self.bn.track_running_stats)
+
+    def _folded(self):
+        """(weight, bias) with the eval-mode batch norm folded in: exact, and differentiable in every parameter."""
+        if self.bn is None or self._batch_statistics():
+            return self.weight, self.bias
+        bn = self.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        scale = scale * bn.weight if bn.affine else scale
+        shift = -bn.running_mean * scale
+        shift = shift + bn.bias if bn.affine else shift
+        if self.bias is not None:
+            shift = shift + self.bias * scale
+        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(self.weight.dtype)
+        return weight, shift.to(self.weight.dtype)
+
+    def _normalize(self, y, stats):
+        """The training-mode batch norm + activation of the pre-norm output ``y``, like nn.BatchNorm2d's
+        (momentum, cumulative average when momentum is None, num_batches_tracked)."""
+        bn = self.bn
+        update = bn.training and bn.track_running_stats
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if update and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        return functional.batch_norm(y, stats, bn.weight, bn.bias, bn.running_mean if update else None,
+                                     bn.running_var if update else None, factor, bn.eps, **self._act_args())
+
+    def _finish(self, z):
+        return z if self.defer_norm else z.materialize()
+
+    def _reference(self, x):
+        """The torch.nn computation (the fallback)."""
+        y = nn.Conv2d.forward(self, _plain(x))
+        return self._activate(self.bn(y) if self.bn is not None else y)
 
     def _config_unsupported(self):
         k = self.kernel_size
@@ -57,17 +135,75 @@ class Conv2d(_FusedMixin, nn.Conv2d):
             return f"stride {self.stride}, dilation {self.dilation}, groups {self.groups} (fused: 1, 1, 1)"
         if self.padding not in ("same", (k[0] // 2, k[1] // 2)) or self.padding_mode != "zeros":
             return f"padding {self.padding!r} ({self.padding_mode}) is not the zero 'same' padding {k[0] // 2}"
-        return None
+        return self._activation_unsupported()
 
     def forward(self, x):
         reason = self._config_unsupported() or self._input_unsupported(x)
         if reason:
             self._fallback(reason)
-            return self._activate(super().forward(x))
-        return functional.conv2d(x, self.weight, self.bias, relu=self.activation == "relu")
+            return self._reference(x)
+        if self._batch_statistics():
+            return self._finish(self._normalize(*functional.conv2d_stats(x, self.weight, self.bias)))
+        return functional.conv2d(x, *self._folded(), **self._act_args())
 
     def extra_repr(self):
         return self._extra(super().extra_repr())
+
+
+class Conv2dReLUPool(Conv2d):
+    """The last conv of an encoder level: returns ``(y, max_pool2d(y, 2))`` with ``y = act(conv(x))``, both written
+    by one kernel (``y`` is the skip connection). Same parameters and state_dict as ``nn.Conv2d``; ``activation``
+    defaults to "relu" ("leaky_relu" and None work too). With ``norm="batch"`` in training mode the pool is a
+    second kernel (the statistics exist only once the conv has run) that reads y with its norm applied."""
+
+    def __init__(self, *args, activation="relu", **kwargs):
+        super().__init__(*args, activation=activation, **kwargs)
+
+    def forward(self, x):
+        reason = self._config_unsupported() or self._input_unsupported(x)
+        if reason:
+            self._fallback(reason)
+            y = self._reference(x)
+            return y, F.max_pool2d(y, 2)
+        if self._batch_statistics():
+            # The statistics exist only once the whole conv ran: the pool reads y with the norm applied.
+            z = self._normalize(*functional.conv2d_stats(x, self.weight, self.bias))
+            return self._finish(z), functional.max_pool2x2(z)
+        return functional.conv2d_pool(x, *self._folded(), **self._act_args())
+
+
+class UpConcatConv2d(Conv2d):
+    """The first conv of a decoder level: ``act(conv(cat([up, skip], 1)))`` (``up_first=False``: ``[skip, up]``)
+    without building the concatenation. ``up_mode`` None takes ``up`` at the skip's resolution (e.g. from a
+    transposed conv); "nearest" / "bilinear" up-sample it x2 inside the conv's loads. An up-sampled ``up`` smaller
+    than the skip (odd sizes) is zero-padded centred. ``in_channels`` is up's plus skip's channels; padding defaults
+    to k//2. Same parameters and state_dict as ``nn.Conv2d``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, *, up_mode=None, align_corners=False, up_first=True,
+                 activation="relu", padding=None, **kwargs):
+        if up_mode not in UP_MODES:
+            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+        k = nn.modules.utils._pair(kernel_size)[0]
+        super().__init__(in_channels, out_channels, kernel_size, padding=k // 2 if padding is None else padding,
+                         activation=activation, **kwargs)
+        self.up_mode, self.align_corners, self.up_first = up_mode, bool(align_corners), bool(up_first)
+
+    def forward(self, up, skip):
+        reason = self._config_unsupported() or self._input_unsupported(up) or self._input_unsupported(skip)
+        if reason:
+            self._fallback(reason)
+            up, skip = _plain(up), _plain(skip)
+            up = eager.upsample_pad(up, skip.shape[2], skip.shape[3], self.up_mode, self.align_corners)
+            return self._reference(torch.cat([up, skip] if self.up_first else [skip, up], 1))
+        layout = dict(up_mode=self.up_mode, align_corners=self.align_corners, up_first=self.up_first)
+        if self._batch_statistics():
+            return self._finish(self._normalize(*functional.concat_conv2d_stats(up, skip, self.weight, self.bias,
+                                                                                **layout)))
+        return functional.concat_conv2d(up, skip, *self._folded(), **self._act_args(), **layout)
+
+    def extra_repr(self):
+        up = f", up_mode={self.up_mode!r}" + (", align_corners=True" if self.align_corners else "")
+        return super().extra_repr() + up + ("" if self.up_first else ", up_first=False")
 
 
 class MaxPool2d(_FusedMixin, nn.MaxPool2d):
@@ -88,23 +224,23 @@ class MaxPool2d(_FusedMixin, nn.MaxPool2d):
         reason = self._config_unsupported() or self._input_unsupported(x)
         if reason:
             self._fallback(reason)
-            return super().forward(x)
+            return super().forward(_plain(x))
         return functional.max_pool2x2(x)
 
 
 class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (+ optional fused ReLU), fused for kernel 2, stride 2, no padding, groups 1."""
+    """``nn.ConvTranspose2d`` (+ optional fused activation), fused for kernel 2, stride 2, no padding, groups 1."""
 
-    def __init__(self, *args, activation=None, **kwargs):
+    def __init__(self, *args, activation=None, negative_slope=0.01, **kwargs):
         super().__init__(*args, **kwargs)
-        self.activation = _check_activation(activation)
+        self._set_activation(activation, negative_slope)
 
     def _config_unsupported(self):
         if self.kernel_size != (2, 2) or self.stride != (2, 2):
             return f"kernel_size {self.kernel_size}, stride {self.stride} (fused: 2, 2)"
         if self.padding != (0, 0) or self.output_padding != (0, 0) or self.dilation != (1, 1) or self.groups != 1:
             return "padding, output_padding, dilation or groups are set"
-        return None
+        return self._activation_unsupported()
 
     def forward(self, x, output_size=None):
         reason = self._config_unsupported() or self._input_unsupported(x)
@@ -112,23 +248,8 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
             reason = reason or "output_size is given"
         if reason:
             self._fallback(reason)
-            return self._activate(super().forward(x, output_size))
-        return functional.conv_transpose2x2(x, self.weight, self.bias, relu=self.activation == "relu")
+            return self._activate(super().forward(_plain(x), output_size))
+        return functional.conv_transpose2x2(x, self.weight, self.bias, **self._act_args())
 
     def extra_repr(self):
         return self._extra(super().extra_repr())
-
-
-class UpConcat(ConvTranspose2d):
-    """The decoder's up step: ``cat([act(conv_transpose(x)), skip], dim=1)``, fused into one buffer (no torch.cat).
-    Same parameters and state_dict as ``nn.ConvTranspose2d``; ``activation`` defaults to ``"relu"``."""
-
-    def __init__(self, *args, activation="relu", **kwargs):
-        super().__init__(*args, activation=activation, **kwargs)
-
-    def forward(self, x, skip):
-        reason = self._config_unsupported() or self._input_unsupported(x) or self._input_unsupported(skip)
-        if reason:
-            self._fallback(reason)
-            return torch.cat([self._activate(nn.ConvTranspose2d.forward(self, x)), skip], dim=1)
-        return functional.up_concat(x, skip, self.weight, self.bias, relu=self.activation == "relu")

@@ -1,10 +1,10 @@
 """The launchers as ``torch.library`` custom ops, so that ``torch.compile`` treats each kernel launch as one
 opaque op with a known output (it cannot trace Triton's launch machinery, interpreted or autotuned). The
-autograd Functions call these while torch.compile traces them, and the launchers directly otherwise.
-Each op's fake (shape-only) implementation is the allocation its launcher makes."""
+autograd Functions call these while torch.compile traces them (or on meta tensors), the launchers directly
+otherwise. Each op's fake (shape-only) implementation is the allocation its launcher makes."""
 import torch
 
-from fused_unet.kernels import conv, pool
+from fused_unet.kernels import conv, norm, pool
 
 
 def _op(launcher, schema, fake):
@@ -14,27 +14,50 @@ def _op(launcher, schema, fake):
 
 
 def _weight_grad_fake(channel_dim):
-    return lambda grad_out, x, weight, out, bias_grad: conv.weight_grad_output(
+    return lambda grad_out, x, weight, out, activation, negative_slope, bias_grad, *rest: conv.weight_grad_output(
         weight, weight.shape[channel_dim] if bias_grad else 0)
 
 
-_CONV = "(Tensor x, Tensor weight, Tensor? bias, bool relu) -> Tensor"
-_INPUT_GRAD = "(Tensor grad_out, Tensor weight, Tensor? out) -> Tensor"
-_WEIGHT_GRAD = "(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, bool bias_grad) -> (Tensor, Tensor)"
+_ACT = "str? activation, float negative_slope"
+_PENDING = "Tensor? in_scale=None, Tensor? in_shift=None, str? in_activation=None, float in_negative_slope=0.0"
+_CONCAT = ("str? up_mode, bool align_corners, bool up_first, Tensor? up_scale=None, Tensor? up_shift=None, "
+           "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0")
+_WEIGHT_GRAD = f"(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, {_ACT}, bool bias_grad"
 
-conv2d_forward = _op(conv.conv2d_forward, _CONV, lambda x, weight, bias, relu: conv.conv2d_output(x, weight))
-conv2d_input_grad = _op(conv.conv2d_input_grad, _INPUT_GRAD,
-                        lambda grad_out, weight, out: conv.conv2d_input_grad_output(grad_out, weight))
-conv2d_weight_grad = _op(conv.conv2d_weight_grad, _WEIGHT_GRAD, _weight_grad_fake(0))
-conv_transpose2x2_forward = _op(conv.conv_transpose2x2_forward, _CONV,
-                                lambda x, weight, bias, relu: conv.conv_transpose2x2_output(x, weight))
+conv2d_forward = _op(conv.conv2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
+                     lambda x, weight, *rest: conv.conv2d_output(x, weight))
+conv2d_stats_forward = _op(conv.conv2d_stats_forward,
+                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}) -> (Tensor, Tensor)",
+                           lambda x, weight, *rest: conv.conv2d_stats_output(x, weight))
+conv2d_pool_forward = _op(conv.conv2d_pool_forward,
+                          f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}) -> (Tensor, Tensor, Tensor)",
+                          lambda x, weight, *rest: conv.conv2d_pool_output(x, weight))
+concat_conv2d_forward = _op(
+    conv.concat_conv2d_forward, f"(Tensor up, Tensor skip, Tensor weight, Tensor? bias, {_ACT}, {_CONCAT}) -> Tensor",
+    lambda up, skip, weight, *rest: conv.conv2d_output(skip, weight))
+concat_conv2d_stats_forward = _op(
+    conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor skip, Tensor weight, Tensor? bias, {_CONCAT}) -> "
+    "(Tensor, Tensor)", lambda up, skip, weight, *rest: conv.conv2d_stats_output(skip, weight))
+conv2d_input_grad = _op(
+    conv.conv2d_input_grad, f"(Tensor grad_out, Tensor weight, Tensor? out, {_ACT}, Tensor? grad_pooled=None, "
+    "Tensor? argmax=None) -> Tensor", lambda grad_out, weight, *rest: conv.conv2d_input_grad_output(grad_out, weight))
+conv2d_weight_grad = _op(
+    conv.conv2d_weight_grad, f"{_WEIGHT_GRAD}, Tensor? grad_pooled=None, Tensor? argmax=None, Tensor? skip=None, "
+    "str? up_mode=None, bool align_corners=False, bool up_first=True, Tensor? in_scale=None, Tensor? in_shift=None, "
+    "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0) -> "
+    "(Tensor, Tensor)", _weight_grad_fake(0))
+conv_transpose2x2_forward = _op(conv.conv_transpose2x2_forward,
+                                f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
+                                lambda x, weight, *rest: conv.conv_transpose2x2_output(x, weight))
 conv_transpose2x2_input_grad = _op(
-    conv.conv_transpose2x2_input_grad, _INPUT_GRAD,
-    lambda grad_out, weight, out: conv.conv_transpose2x2_input_grad_output(grad_out, weight))
-conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad, _WEIGHT_GRAD, _weight_grad_fake(1))
-up_concat_forward = _op(conv.up_concat_forward,
-                        "(Tensor x, Tensor skip, Tensor weight, Tensor? bias, bool relu) -> Tensor",
-                        lambda x, skip, weight, bias, relu: conv.up_concat_output(x, skip, weight))
-max_pool2x2_forward = _op(pool.max_pool2x2_forward, "(Tensor x) -> (Tensor, Tensor)", pool.max_pool2x2_output)
+    conv.conv_transpose2x2_input_grad, f"(Tensor grad_out, Tensor weight, Tensor? out, {_ACT}) -> Tensor",
+    lambda grad_out, weight, *rest: conv.conv_transpose2x2_input_grad_output(grad_out, weight))
+conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
+                                    f"{_WEIGHT_GRAD}, {_PENDING}) -> (Tensor, Tensor)", _weight_grad_fake(1))
+max_pool2x2_forward = _op(pool.max_pool2x2_forward, f"(Tensor x, {_PENDING}) -> (Tensor, Tensor)",
+                          lambda x, *rest: pool.max_pool2x2_output(x))
 max_pool2x2_backward = _op(pool.max_pool2x2_backward, "(Tensor grad_y, Tensor argmax, int[] input_shape) -> Tensor",
                            lambda grad_y, argmax, input_shape: pool.max_pool2x2_backward_output(grad_y, input_shape))
+batch_norm_act_input_grad = _op(
+    norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}) -> "
+    "(Tensor, Tensor, Tensor)", lambda grad, y, scale, *rest: norm.batch_norm_act_input_grad_output(grad, scale))

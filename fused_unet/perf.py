@@ -20,7 +20,8 @@ def layer_costs(model, x, dtype=None):
     def hook(name):
         def record(module, inputs, output):
             inp = inputs[0]
-            out = output
+            outs = output if isinstance(output, tuple) else (output,)  # a conv+pool returns (y, pooled)
+            out = outs[0]
             if isinstance(module, nn.ConvTranspose2d):
                 n, c_in, h, w = inp.shape
                 flops = 2 * n * h * w * c_in * module.out_channels * module.kernel_size[0] * module.kernel_size[1]
@@ -33,9 +34,12 @@ def layer_costs(model, x, dtype=None):
             else:
                 flops = 3 * out.numel()  # three comparisons per 2x2 window
                 kind = "max_pool2d"
+            if len(outs) > 1:
+                flops += 3 * outs[1].numel()
+                kind += " + max_pool2d"
             weights = sum(p.numel() for p in module.parameters(recurse=False))
-            others = sum(t.numel() for t in inputs[1:] if isinstance(t, torch.Tensor))  # the up-concat's skip
-            moved = (inp.numel() + others + weights + out.numel()) * size
+            others = sum(t.numel() for t in inputs[1:] if isinstance(t, torch.Tensor))  # a concat's skip
+            moved = (inp.numel() + others + weights + sum(o.numel() for o in outs)) * size
             if any(r["name"] == name for r in rows):
                 # A module called more than once (the shared pool): one row with the sum of its calls.
                 row = next(r for r in rows if r["name"] == name)
@@ -171,19 +175,19 @@ def profile_table(costs, times=None, peak_tflops=None, peak_gbps=None, train=Tru
 
 def format_profile(rows, title):
     timed = "ms" in rows[0] if rows else False
-    head = f"{'layer':<32} {'kind':<17} {'GFLOP':>8} {'MB':>8} {'FLOP/B':>7}"
+    head = f"{'layer':<32} {'kind':<24} {'GFLOP':>8} {'MB':>8} {'FLOP/B':>7}"
     if timed:
         head += f" {'fwd ms':>7} {'bwd ms':>7} {'roof ms':>7} {'% roof':>6} {'TFLOP/s':>7} {'lost ms':>7}"
     lines = [title, head]
     for r in rows:
-        line = f"{r['name']:<32} {r['kind']:<17} {r['flops'] / 1e9:>8.2f} {r['bytes'] / 1e6:>8.1f} {r['intensity']:>7.1f}"
+        line = f"{r['name']:<32} {r['kind']:<24} {r['flops'] / 1e9:>8.2f} {r['bytes'] / 1e6:>8.1f} {r['intensity']:>7.1f}"
         if timed:
             line += (f" {r['fwd_ms']:>7.3f} {r['bwd_ms']:>7.3f} {r['roofline_ms']:>7.3f} {r['pct_of_roofline']:>5.0f}%"
                      f" {r['tflops']:>7.1f} {r['lost_ms']:>7.3f}")
         lines.append(line)
     total_flops = sum(r["flops"] for r in rows)
     total_bytes = sum(r["bytes"] for r in rows)
-    lines.append(f"{'total':<32} {'':<17} {total_flops / 1e9:>8.2f} {total_bytes / 1e6:>8.1f} "
+    lines.append(f"{'total':<32} {'':<24} {total_flops / 1e9:>8.2f} {total_bytes / 1e6:>8.1f} "
                  f"{total_flops / max(total_bytes, 1):>7.1f}" + (f" {sum(r['fwd_ms'] for r in rows):>7.3f} "
                                                                  f"{sum(r['bwd_ms'] for r in rows):>7.3f}" if timed else ""))
     return "\n".join(lines)

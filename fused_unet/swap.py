@@ -11,8 +11,9 @@ _SWAPS = {nn.Conv2d: fnn.Conv2d, nn.MaxPool2d: fnn.MaxPool2d, nn.ConvTranspose2d
 def swap_modules(model, fuse_relu=True):
     """Replace, in place, every ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.ConvTranspose2d`` of ``model`` by its
     ``fused_unet.nn`` subclass — same parameters, buffers, hooks and state_dict keys — and, with ``fuse_relu``,
-    fold an ``nn.ReLU`` that directly follows a conv inside an ``nn.Sequential`` into that conv (the ReLU becomes
-    ``nn.Identity``). Configurations the kernels do not cover keep running the torch forward (one warning each).
+    fold an ``nn.ReLU`` or ``nn.LeakyReLU`` (slope >= 0) that directly follows a conv inside an ``nn.Sequential``
+    into that conv's epilogue (the activation module becomes ``nn.Identity``). Configurations the kernels do not
+    cover keep running the torch forward (one warning each).
     Returns ``model`` and a count of what was swapped."""
     counts = {"Conv2d": 0, "MaxPool2d": 0, "ConvTranspose2d": 0, "ReLU fused": 0}
     for module in model.modules():
@@ -20,7 +21,7 @@ def swap_modules(model, fuse_relu=True):
         if fused is not None:
             module.__class__ = fused  # the fused class only adds behaviour, so the instance keeps all its state
             if fused is not fnn.MaxPool2d:
-                module.activation = None
+                fused._adopt(module)
             counts[fused.__name__] += 1
     if fuse_relu:
         for module in model.modules():
@@ -34,8 +35,14 @@ def _fuse_relus(seq):
     names = list(seq._modules)
     for first, second in zip(names, names[1:]):
         conv, act = seq._modules[first], seq._modules[second]
-        if isinstance(conv, (fnn.Conv2d, fnn.ConvTranspose2d)) and conv.activation is None and type(act) is nn.ReLU:
+        if not isinstance(conv, (fnn.Conv2d, fnn.ConvTranspose2d)) or conv.activation is not None:
+            continue
+        if type(act) is nn.ReLU:
             conv.activation = "relu"
-            seq._modules[second] = nn.Identity()
-            fused += 1
+        elif type(act) is nn.LeakyReLU and act.negative_slope >= 0:
+            conv.activation, conv.negative_slope = "leaky_relu", act.negative_slope
+        else:
+            continue
+        seq._modules[second] = nn.Identity()
+        fused += 1
     return fused

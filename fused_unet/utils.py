@@ -1,22 +1,25 @@
 """Small measurement helpers."""
+import contextlib
+
 import torch
 
 
 def saved_activation_bytes(model, x, *, autocast_dtype=None):
     """Bytes of the tensors autograd saves for backward in one forward of ``model(x)``: each storage counted
-    once, parameters excluded (measured with ``torch.autograd.graph.saved_tensors_hooks``)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    once, parameters excluded (measured with ``torch.autograd.graph.saved_tensors_hooks``). Works on meta
+    tensors too (model and ``x`` on the meta device): the fused layers then run shape-only, so any size can be
+    measured without a GPU."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
     storages = {}
 
     def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
+        storage = t.untyped_storage()  # its _cdata names the storage itself: views share it, meta tensors too
+        if storage._cdata not in params:
+            storages[storage._cdata] = storage.nbytes()
         return t
 
-    enabled = autocast_dtype is not None
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
+    autocast = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, autocast_dtype)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         out = model(x)
     del out
     return sum(storages.values())

@@ -6,7 +6,11 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_INT32 = 2**31 - 1
 
 
-def check_tensor(name, t, ndim, *, dtype_like=None, device_like=None):
+ACTIVATIONS = (None, "relu", "leaky_relu")
+UP_MODES = (None, "nearest", "bilinear")
+
+
+def check_tensor(name, t, ndim, *, dtype_like=None, device_like=None, like_name="the input x"):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != ndim:
@@ -15,9 +19,9 @@ def check_tensor(name, t, ndim, *, dtype_like=None, device_like=None):
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if dtype_like is not None and t.dtype != dtype_like.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but the input x has {dtype_like.dtype}; cast them to one dtype")
+        raise TypeError(f"{name} has dtype {t.dtype} but {like_name} has {dtype_like.dtype}; cast them to one dtype")
     if device_like is not None and t.device != device_like.device:
-        raise ValueError(f"{name} is on {t.device} but the input x is on {device_like.device}; mixed devices")
+        raise ValueError(f"{name} is on {t.device} but {like_name} is on {device_like.device}; mixed devices")
     if ndim == 4 and t.shape[1] == 0:
         raise ValueError(f"{name} must have at least one channel, got shape {tuple(t.shape)}")
     if ndim == 4 and max(t.shape[1] * t.shape[2] * t.shape[3], t.shape[0] * t.shape[2] * t.shape[3]) > MAX_INT32:
@@ -32,6 +36,22 @@ def check_bias(bias, channels, x):
         raise ValueError(f"bias must have shape [{channels}] (one per output channel), got {tuple(bias.shape)}")
 
 
+def check_activation(activation, negative_slope):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
+    if activation == "leaky_relu" and not negative_slope >= 0:
+        raise ValueError(f"negative_slope must be >= 0 for the fused leaky_relu (its backward reads the sign of the "
+                         f"output), got {negative_slope}")
+
+
+def _check_odd_kernel(weight):
+    kh, kw = weight.shape[2], weight.shape[3]
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"weight must have an odd square kernel (1x1, 3x3, ...), got {kh}x{kw}")
+
+
 def check_conv2d(x, weight, bias, stride=1, padding="same"):
     """Stride-1 'same' convolution with an odd square kernel, groups 1."""
     check_tensor("x", x, 4)
@@ -39,8 +59,7 @@ def check_conv2d(x, weight, bias, stride=1, padding="same"):
     c_out, c_in, kh, kw = weight.shape
     if c_in != x.shape[1]:
         raise ValueError(f"weight expects {c_in} input channels ([C_out, C_in, k, k]) but x has {x.shape[1]}")
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"weight must have an odd square kernel (1x1, 3x3, ...), got {kh}x{kw}")
+    _check_odd_kernel(weight)
     if stride != 1:
         raise ValueError(f"stride must be 1, got {stride}")
     if padding not in ("same", kh // 2):
@@ -60,17 +79,47 @@ def check_conv_transpose2x2(x, weight, bias):
     check_bias(bias, c_out, x)
 
 
-def check_up_concat(x, skip, weight, bias):
-    check_conv_transpose2x2(x, weight, bias)
-    check_tensor("skip", skip, 4, dtype_like=x, device_like=x)
-    if skip.shape[0] != x.shape[0]:
-        raise ValueError(f"skip has batch {skip.shape[0]} but x has batch {x.shape[0]}")
-    expected = (2 * x.shape[2], 2 * x.shape[3])
-    if tuple(skip.shape[2:]) != expected:
-        raise ValueError(f"skip must have spatial size {expected} (twice x's), got {tuple(skip.shape[2:])}")
+def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):
+    """'same' conv of cat([up, skip], 1): up (up-sampled x2 when up_mode is set) fits inside the skip."""
+    check_tensor("up", up, 4)
+    check_tensor("skip", skip, 4, dtype_like=up, device_like=up, like_name="up")
+    check_tensor("weight", weight, 4, dtype_like=up, device_like=up, like_name="up")
+    if up_mode not in UP_MODES:
+        raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+    if skip.shape[0] != up.shape[0]:
+        raise ValueError(f"skip has batch {skip.shape[0]} but up has batch {up.shape[0]}")
+    factor = 1 if up_mode is None else 2
+    up_size = (factor * up.shape[2], factor * up.shape[3])
+    if up_size[0] > skip.shape[2] or up_size[1] > skip.shape[3]:
+        raise ValueError(f"up{' up-sampled x2' if factor == 2 else ''} has spatial size {up_size}, larger than the "
+                         f"skip's {tuple(skip.shape[2:])}; it is zero-padded (centred) to the skip's size, not cropped")
+    c_in = up.shape[1] + skip.shape[1]
+    if weight.shape[1] != c_in:
+        raise ValueError(f"weight expects {weight.shape[1]} input channels ([C_out, C_in, k, k]) but up has "
+                         f"{up.shape[1]} and skip {skip.shape[1]} ({c_in} concatenated)")
+    _check_odd_kernel(weight)
+    check_bias(bias, weight.shape[0], up)
+
+
+def check_pending(name, y, scale, shift, activation, negative_slope):
+    """A Normalized input: y plus one fp32 scale and shift per channel."""
+    check_tensor(f"{name}.y", y, 4)
+    for part, t in (("scale", scale), ("shift", shift)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != y.shape[1] or t.dtype != torch.float32:
+            raise ValueError(f"{name}.{part} must be a float32 tensor of shape [{y.shape[1]}] (one per channel of "
+                             f"{name}.y), got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        if t.device != y.device:
+            raise ValueError(f"{name}.{part} is on {t.device} but {name}.y is on {y.device}; mixed devices")
+    check_activation(activation, negative_slope)
 
 
 def check_max_pool2x2(x):
     check_tensor("x", x, 4)
+    check_pool_size(x)
+
+
+def check_pool_size(x):
     if x.shape[2] < 2 or x.shape[3] < 2:
         raise ValueError(f"x must be at least 2x2 for a 2x2 max-pool, got spatial size {tuple(x.shape[2:])}")

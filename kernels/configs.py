@@ -5,7 +5,6 @@ GPU: a short autotune list per kernel. Interpreter: a single large-block config,
 number of programs times loop iterations, not with block size.
 """
 import functools
-import itertools
 
 import triton
 
@@ -47,12 +46,12 @@ GPU_CONFIGS = {
         "tf32": [
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=2),
             _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=3),
-            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
         ],
         "fp32": [
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
         ],
@@ -74,6 +73,8 @@ GPU_CONFIGS = {
         ],
     },
     "max_pool2x2": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
+    # One BLOCK_P only: the launcher sizes its per-tile workspace from it.
+    "batch_norm_act_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
 }
 
@@ -81,6 +82,7 @@ INTERPRETER_CONFIGS = {
     "conv2d_implicit_gemm": [_cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32)],
     "conv2d_weight_grad": [_cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256)],
     "max_pool2x2": [_cfg(BLOCK=4096)],
+    "batch_norm_act_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
 }
 
@@ -93,9 +95,18 @@ def precision_class(dtype_name):
     return {"fp16": "16bit", "bf16": "16bit"}.get(dtype_name, dtype_name)
 
 
-def gpu_configs(kernel, dtype_name):
+def gpu_configs(kernel, dtype_name, flags=None):
+    """The GPU configs of ``kernel`` for a dtype name of DTYPE_VARIANTS (and a launch's constexpr ``flags``)."""
     classes = GPU_CONFIGS[kernel]
-    return classes.get("any") or classes[precision_class(dtype_name)]
+    listed = classes.get("any") or classes[precision_class(dtype_name)]
+    return [cfg for cfg in listed if fits(cfg, flags or {})]
+
+
+def fits(cfg, flags):
+    """Whether a launch with constexpr ``flags`` may use ``cfg``. Bilinear up-sampling computes on its four
+    loaded corner tiles, so the pipeliner keeps them in registers: more than two stages spill (fused-unet doctor,
+    sm_90, 16-bit)."""
+    return not (flags.get("UP_MODE", 0) >= 2 and cfg.num_stages > 2)
 
 
 def configs(kernel):
@@ -103,6 +114,11 @@ def configs(kernel):
     if INTERPRETED:
         return INTERPRETER_CONFIGS[kernel]
     return [cfg for group in GPU_CONFIGS[kernel].values() for cfg in group]
+
+
+def min_block(kernel, name):
+    """The smallest value of block size ``name`` any configuration of ``kernel`` may launch with here."""
+    return min(cfg.kwargs[name] for cfg in configs(kernel))
 
 
 def prune_by_precision(kernel):
@@ -113,45 +129,76 @@ def prune_by_precision(kernel):
         fp32_operands = str(kwargs.get("DOT_DTYPE")) == "fp32"
         name = ("tf32" if kwargs.get("INPUT_PRECISION") == "tf32" else "fp32") if fp32_operands else "16bit"
         keep = GPU_CONFIGS[kernel][name]
-        return [cfg for cfg in candidates if cfg in keep]
+        return [cfg for cfg in candidates if cfg in keep and fits(cfg, kwargs)]
 
     return prune
 
 
-def _expand(*choices):
-    """Every combination of one partial constexpr dict from each list, merged."""
-    return [functools.reduce(lambda a, b: {**a, **b}, combo, {}) for combo in itertools.product(*choices)]
+def _one_at_a_time(*axes):
+    """The variants of a launch site given its axes (lists of partial constexpr dicts, heaviest first): all
+    first values merged, then each other value of each axis with the rest at their first."""
+    def merge(parts):
+        return functools.reduce(lambda a, b: {**a, **b}, parts, {})
+
+    firsts = [axis[0] for axis in axes]
+    return [merge(firsts)] + [merge(firsts[:i] + [value] + firsts[i + 1:]) for i, axis in enumerate(axes)
+                              for value in axis[1:]]
+
+
+def _fixed(**flags):
+    return [flags]
 
 
 _TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0)]
-_EPILOGUE = [dict(HAS_BIAS=bias, RELU=relu) for bias in (True, False) for relu in (True, False)]
-_MASKED = [dict(RELU_MASK_INPUT=True), dict(RELU_MASK_INPUT=False)]
+_BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
+_ACTS = [dict(ACT=2), dict(ACT=1), dict(ACT=0)]
+_ACT_GRADS = [dict(ACT_GRAD=2), dict(ACT_GRAD=1), dict(ACT_GRAD=0)]
+_POOL_GRADS = [dict(POOL_GRAD=True), dict(POOL_GRAD=False)]
+_UP_MODES = [dict(UP_MODE=3), dict(UP_MODE=2), dict(UP_MODE=1), dict(UP_MODE=0)]
+_IN_ACTS = [dict(IN_ACT=2), dict(IN_ACT=1), dict(IN_ACT=0)]
+# A source read with its pending batch norm + activation, or as stored.
+_IN_NORM = [dict(NORM_INPUT=True, IN_ACT=act) for act in (2, 1, 0)] + [dict(NORM_INPUT=False, IN_ACT=0)]
+_FORWARD = dict(STRIDE=1, UPSAMPLE=1, FLIP_WEIGHT=False, ACT_GRAD=0, POOL_GRAD=False, FUSE_POOL=False)
+_ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=0, NORM_INPUT2=False)
+_INPUT_GRAD = dict(UPSAMPLE=1, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=False, NORM_INPUT=False, IN_ACT=0,
+                   **_ONE_SOURCE)
 
-# Every constexpr specialisation the launchers produce, per kernel and launch site. Block sizes come from the
-# config lists above and dtypes from DTYPE_VARIANTS. Kernel sizes are shapes, not choices: the U-Net's 3x3 and
-# 1x1 stand for every odd size. The first variant of each site has every optional feature on (the heaviest).
-# The ahead-of-time compile check (fused-unet doctor) reads this; a test checks that real launches stay inside it.
-LAUNCH_VARIANTS = {
+# The constexpr specialisations the launchers produce, per kernel and launch site, as axes of choices (heaviest
+# first): the ahead-of-time compile check (fused-unet doctor) compiles every choice of every axis, one at a time
+# from the heaviest variant (a full product would be thousands of compiles); a test checks that every real launch
+# takes each flag from its axis. Block sizes come from the config lists above and dtypes from DTYPE_VARIANTS.
+# Kernel sizes are shapes, not choices: the U-Net's 3x3 and 1x1 stand for every odd size.
+LAUNCH_AXES = {
     "conv2d_implicit_gemm": {
-        "conv2d_forward": _expand([dict(STRIDE=1, UPSAMPLE=1, FLIP_WEIGHT=False, RELU_MASK_INPUT=False)],
-                                  _TAPS, _EPILOGUE),
-        "conv2d_input_grad": _expand([dict(STRIDE=1, UPSAMPLE=1, FLIP_WEIGHT=True, HAS_BIAS=False, RELU=False)],
-                                     _TAPS, _MASKED),
-        "conv_transpose2x2_forward": _expand(
-            [dict(KH=1, KW=1, PAD=0, STRIDE=1, UPSAMPLE=2, FLIP_WEIGHT=False, RELU_MASK_INPUT=False)], _EPILOGUE),
-        "conv_transpose2x2_input_grad": _expand(
-            [dict(KH=2, KW=2, PAD=0, STRIDE=2, UPSAMPLE=1, FLIP_WEIGHT=False, HAS_BIAS=False, RELU=False)], _MASKED),
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _TAPS, _BIAS, _ACTS, _IN_NORM],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=0), _TAPS, _BIAS, _IN_NORM],
+        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
+                                       IN_ACT=0), _TAPS, _BIAS, _ACTS],
+        "concat_conv2d_forward": [
+            _fixed(**_FORWARD, **_TAPS[0], TWO_SOURCES=True), _UP_MODES, _BIAS,
+            [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=0, STATS=True)],
+            [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
+            _IN_ACTS],
+        "conv2d_input_grad": [_fixed(STRIDE=1, FLIP_WEIGHT=True, **_INPUT_GRAD), _TAPS, _ACT_GRADS, _POOL_GRADS],
+        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, UPSAMPLE=2), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
+                                             PAD=0), _BIAS, _ACTS, _IN_NORM],
+        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, FLIP_WEIGHT=False, POOL_GRAD=False,
+                                                **_INPUT_GRAD), _ACT_GRADS],
     },
     "conv2d_weight_grad": {
-        "conv2d_weight_grad": _expand([dict(STRIDE=1)], _TAPS, [dict(RELU_MASK_OPERAND=1), dict(RELU_MASK_OPERAND=0)],
-                                      [dict(BIAS_GRAD_OPERAND=1), dict(BIAS_GRAD_OPERAND=0)]),
-        "conv_transpose2x2_weight_grad": _expand(
-            [dict(KH=2, KW=2, PAD=0, STRIDE=2)], [dict(RELU_MASK_OPERAND=2), dict(RELU_MASK_OPERAND=0)],
-            [dict(BIAS_GRAD_OPERAND=2), dict(BIAS_GRAD_OPERAND=0)]),
+        # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
+        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _ACT_GRADS, _UP_MODES, _POOL_GRADS[::-1],
+                               [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)], _IN_NORM],
+        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, POOL_GRAD=False,
+                                                 UP_MODE=0), _ACT_GRADS,
+                                          [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)], _IN_NORM],
     },
-    "max_pool2x2": {"max_pool2x2_forward": [{}]},
-    "max_pool2x2_backward": {"max_pool2x2_backward": [{}]},
+    "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in (2, 1, 0)] + [dict(NORM=False, ACT=0)]]},
+    "max_pool2x2_backward": {"max_pool2x2_backward": [[{}]]},
+    "batch_norm_act_backward": {"batch_norm_act_input_grad": [_ACTS]},
 }
+LAUNCH_VARIANTS = {kernel: {site: _one_at_a_time(*axes) for site, axes in sites.items()}
+                   for kernel, sites in LAUNCH_AXES.items()}
 
 # Tensor dtypes the GPU path launches with: (name, Triton element type of tensors and DOT_DTYPE, INPUT_PRECISION).
 DTYPE_VARIANTS = [("fp32", "fp32", "ieee"), ("tf32", "fp32", "tf32"), ("fp16", "fp16", "ieee"), ("bf16", "bf16", "ieee")]

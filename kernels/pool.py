@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from .configs import configs
+from .conv import ACTIVATIONS, _activation
 
 
 @triton.jit
@@ -19,19 +20,28 @@ def _pool_window(offs, C, H_OUT, W_OUT):
 @triton.autotune(configs=configs("max_pool2x2"), key=["C", "H_OUT", "W_OUT"])
 @triton.jit
 def max_pool2x2_kernel(
-    x_ptr, y_ptr, argmax_ptr, TOTAL, C, H_OUT, W_OUT,
+    x_ptr, scale_ptr, shift_ptr, y_ptr, argmax_ptr, TOTAL, C, H_OUT, W_OUT, NEG_SLOPE,
     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    BLOCK: tl.constexpr,
+    NORM: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """NORM: x is a conv's pre-norm output; pool act(x * scale + shift), its pending batch norm + activation."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < TOTAL
     img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
     base = x_ptr + img * sxn + c * sxc + (2 * oh) * sxh + (2 * ow) * sxw
+    if NORM:
+        scale = tl.load(scale_ptr + c, mask=valid, other=0.0)
+        shift = tl.load(shift_ptr + c, mask=valid, other=0.0)
     # Compare in fp32 (exact for every input dtype): the interpreter's bf16 comparisons are unreliable.
     best = tl.load(base, mask=valid, other=0.0).to(tl.float32)
+    if NORM:
+        best = _activation(best * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
     arg = tl.zeros((BLOCK,), dtype=tl.int32)
     for q in tl.static_range(1, 4):
         v = tl.load(base + (q // 2) * sxh + (q % 2) * sxw, mask=valid, other=0.0).to(tl.float32)
+        if NORM:
+            # Rounded to the tensor dtype first, as the normalised tensor would be stored: ties break the same.
+            v = _activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
         # Same scan as PyTorch: a strictly larger value or a NaN takes the window.
         take = (v > best) | (v != v)
         best = tl.where(take, v, best)
@@ -67,14 +77,18 @@ def max_pool2x2_output(x):
     return y, torch.empty_like(y, dtype=torch.uint8)
 
 
-def max_pool2x2_forward(x):
-    """(pooled, argmax uint8 in 0..3 = dy*2+dx); output keeps x's memory format, odd rows/cols are dropped."""
+def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_negative_slope=0.0):
+    """(pooled, argmax uint8 in 0..3 = dy*2+dx); output keeps x's memory format, odd rows/cols are dropped.
+    ``in_scale`` / ``in_shift``: x's pending batch norm, applied with ``in_activation`` before pooling."""
     batch, c, h, w = x.shape
     y, argmax = max_pool2x2_output(x)
     total = y.numel()
+    norm = in_scale is not None
     if total:
         max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
-            x, y, argmax, total, c, h // 2, w // 2, *x.stride(), *y.stride())
+            x, in_scale if norm else x, in_shift if norm else x, y, argmax, total, c, h // 2, w // 2,
+            float(in_negative_slope), *x.stride(), *y.stride(), NORM=norm,
+            ACT=ACTIVATIONS[in_activation if norm else None])
     return y, argmax
 
 

@@ -13,15 +13,21 @@ def _cases():
     y = torch.relu(make_tensor((2, 4, 5, 6)))
     xt, wt = make_tensor((2, 4, 3, 2)), make_tensor((4, 3, 2, 2))
     yt = torch.relu(make_tensor((2, 3, 6, 4)))
-    skip = make_tensor((2, 2, 6, 4))
+    up, skip, wc = make_tensor((2, 2, 2, 3)), make_tensor((2, 1, 5, 6)), make_tensor((4, 3, 3, 3))
     pooled, argmax = ops.max_pool2x2_forward(x)
+    y_pooled, y_argmax = ops.max_pool2x2_forward(y)
     return [
-        (ops.conv2d_forward, (x, w, b, True)), (ops.conv2d_forward, (x, w, None, False)),
-        (ops.conv2d_input_grad, (y, w, y)), (ops.conv2d_weight_grad, (y, x, w, y, True)),
-        (ops.conv2d_weight_grad, (y, x, w, None, False)),
-        (ops.conv_transpose2x2_forward, (xt, wt, b[:3], True)), (ops.conv_transpose2x2_input_grad, (yt, wt, yt)),
-        (ops.conv_transpose2x2_weight_grad, (yt, xt, wt, yt, True)),
-        (ops.up_concat_forward, (xt, skip, wt, None, True)),
+        (ops.conv2d_forward, (x, w, b, "relu", 0.0)), (ops.conv2d_forward, (x, w, None, None, 0.0)),
+        (ops.conv2d_pool_forward, (x, w, b, "leaky_relu", 0.1)),
+        (ops.concat_conv2d_forward, (up, skip, wc, b, "relu", 0.0, "bilinear", False, False)),
+        (ops.conv2d_input_grad, (y, w, y, "relu", 0.0, None, None)),
+        (ops.conv2d_input_grad, (y, w, y, "relu", 0.0, y_pooled, y_argmax)),
+        (ops.conv2d_weight_grad, (y, x, w, y, "relu", 0.0, True, None, None, None, None, False, True)),
+        (ops.conv2d_weight_grad, (y, x, w, None, None, 0.0, False, y_pooled, y_argmax, None, None, False, True)),
+        (ops.conv2d_weight_grad, (y, up, wc, y, "relu", 0.0, True, None, None, skip, "nearest", False, True)),
+        (ops.conv_transpose2x2_forward, (xt, wt, b[:3], "relu", 0.0)),
+        (ops.conv_transpose2x2_input_grad, (yt, wt, yt, "relu", 0.0)),
+        (ops.conv_transpose2x2_weight_grad, (yt, xt, wt, yt, "relu", 0.0, True)),
         (ops.max_pool2x2_forward, (x,)), (ops.max_pool2x2_backward, (pooled, argmax, list(x.shape))),
     ]
 
@@ -32,10 +38,11 @@ def test_custom_ops_pass_opcheck(case):
     torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
-def test_compiled_fused_unet_is_one_graph_and_matches_reference():
+@pytest.mark.parametrize("up_mode", ["transpose", "bilinear"])
+def test_compiled_fused_unet_is_one_graph_and_matches_reference(up_mode):
     torch.manual_seed(0)
-    model = fused_unet.UNet(3, 2, base_channels=4, depth=1).to(DEVICE)
-    reference = fused_unet.ReferenceUNet(3, 2, base_channels=4, depth=1).to(DEVICE, torch.float64)
+    model = fused_unet.UNet(3, 2, base_channels=4, depth=1, up_mode=up_mode).to(DEVICE)
+    reference = fused_unet.ReferenceUNet(3, 2, base_channels=4, depth=1, up_mode=up_mode).to(DEVICE, torch.float64)
     reference.load_state_dict(model.state_dict())
     x = make_tensor((2, 3, 8, 10), requires_grad=True)
     explained = torch._dynamo.explain(model)(x)

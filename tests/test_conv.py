@@ -1,4 +1,4 @@
-"""conv2d (+bias, +ReLU): forward, input-grad, weight-grad and bias-grad against float64 eager PyTorch."""
+"""conv2d (+bias, +activation): forward, input-grad, weight-grad and bias-grad against float64 eager PyTorch."""
 import pytest
 import torch
 
@@ -19,30 +19,30 @@ def _inputs(shape, dtype, layout="contiguous", bias=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("bias,relu", [(True, True), (False, False), (True, False), (False, True)])
-def test_conv2d_matches_float64(shape, dtype, bias, relu):
+@pytest.mark.parametrize("bias,activation", [(True, "relu"), (False, None), (True, "leaky_relu"), (False, "relu")])
+def test_conv2d_matches_float64(shape, dtype, bias, activation):
     x, weight, b = _inputs(shape, dtype, bias=bias)
-    check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=relu),
-                          lambda x, w, b: eager.conv2d(x, w, b, relu=relu), [x, weight, b], dtype)
+    check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, activation, 0.2),
+                          lambda x, w, b: eager.conv2d(x, w, b, activation, 0.2), [x, weight, b], dtype)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_conv2d_any_input_layout(layout, dtype):
     x, weight, b = _inputs((2, 3, 9, 11, 7, 3), dtype, layout)
-    out = check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=True),
-                                lambda x, w, b: eager.conv2d(x, w, b, relu=True), [x, weight, b], dtype)
+    out = check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
+                                lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, weight, b], dtype)
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_conv2d_non_contiguous_weight_and_grad_output():
     x, weight, b = _inputs((2, 5, 6, 7, 4, 3), torch.float32)
     w_t = weight.detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()  # same values, odd strides
-    out = FF.conv2d(x, w_t, b, relu=True)
+    out = FF.conv2d(x, w_t, b, "relu")
     grad = torch.randn(out.shape[::-1], device=DEVICE).permute(3, 2, 1, 0)  # a non-contiguous upstream gradient
     gx, gw = torch.autograd.grad(out, [x, w_t], grad)
     xr, wr = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-    ref = eager.conv2d(xr, wr, b.detach().double(), relu=True)
+    ref = eager.conv2d(xr, wr, b.detach().double(), "relu")
     rgx, rgw = torch.autograd.grad(ref, [xr, wr], grad.double())
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gx.double(), rgx, atol=1e-4, rtol=1e-4)
@@ -52,15 +52,15 @@ def test_conv2d_non_contiguous_weight_and_grad_output():
 def test_conv2d_only_some_inputs_need_grad():
     x, weight, b = _inputs((1, 3, 5, 5, 4, 3), torch.float32)
     x.requires_grad_(False)
-    out = FF.conv2d(x, weight, b, relu=True)
+    out = FF.conv2d(x, weight, b, "relu")
     gw, = torch.autograd.grad(out.sum(), [weight])
-    ref = eager.conv2d(x.double(), weight.detach().double().requires_grad_(), b.double(), relu=True)
+    ref = eager.conv2d(x.double(), weight.detach().double().requires_grad_(), b.double(), "relu")
     assert gw.shape == weight.shape and out.shape == ref.shape
 
 
 def test_conv2d_weight_grad_is_deterministic():
     x, weight, b = _inputs((3, 8, 19, 21, 12, 3), torch.float32)
-    out = FF.conv2d(x, weight, b, relu=True)
+    out = FF.conv2d(x, weight, b, "relu")
     grad = torch.randn_like(out)
     first = torch.autograd.grad(out, [weight, b], grad, retain_graph=True)
     second = torch.autograd.grad(out, [weight, b], grad)
@@ -68,12 +68,13 @@ def test_conv2d_weight_grad_is_deterministic():
         assert torch.equal(a, c)
 
 
-def test_conv2d_relu_keeps_nan_like_torch():
-    x = torch.zeros(1, 1, 3, 3, device=DEVICE)
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_conv2d_activation_keeps_nan_like_torch(activation):
+    x = torch.full((1, 1, 3, 3), -1.0, device=DEVICE)
     x[0, 0, 1, 1] = float("nan")
     weight = torch.ones(1, 1, 1, 1, device=DEVICE)
-    out = FF.conv2d(x, weight, relu=True)
-    assert out[0, 0, 1, 1].isnan() and (out.nan_to_num() == 0).all()
+    out = FF.conv2d(x, weight, None, activation, 0.5)
+    torch.testing.assert_close(out, eager.conv2d(x, weight, None, activation, 0.5), equal_nan=True)
 
 
 def test_conv2d_empty_batch():
@@ -86,8 +87,8 @@ def test_conv2d_tf32_follows_cudnn_flag():
     x, weight, b = _inputs((2, 64, 16, 16, 64, 3), torch.float32)
     torch.backends.cudnn.allow_tf32 = True
     try:
-        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, relu=True),
-                              lambda x, w, b: eager.conv2d(x, w, b, relu=True), [x, weight, b], "tf32")
+        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
+                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, weight, b], "tf32")
     finally:
         torch.backends.cudnn.allow_tf32 = False
 
@@ -96,7 +97,7 @@ def test_conv2d_tf32_follows_cudnn_flag():
 def test_conv2d_under_bf16_autocast():
     x, weight, b = _inputs((2, 16, 16, 16, 32, 3), torch.float32)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = FF.conv2d(x, weight, b, relu=True)
+        out = FF.conv2d(x, weight, b, "relu")
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import DEVICE
 import fused_unet
 from fused_unet import doctor
-from fused_unet.kernels import configs, conv, pool
+from fused_unet.kernels import configs
 
 pytest.importorskip("triton.backends.nvidia")
 
@@ -36,10 +36,7 @@ def test_problems_are_reported():
 
 def _record_launches(monkeypatch):
     seen = []
-    kernels = {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
-               "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
-               "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel}
-    for name, kernel in kernels.items():
+    for name, kernel in doctor.kernels().items():
         original = kernel.run
 
         def run(*args, _name=name, _original=original, **kwargs):
@@ -50,17 +47,26 @@ def _record_launches(monkeypatch):
     return seen
 
 
-def test_registry_covers_every_launch_of_the_unet(monkeypatch):
+def _declared(kernel, launched):
+    """Whether a launch's constexprs take, on every axis of some site of ``kernel``, one of the axis's choices."""
+    return any(all(any(all(launched[k] == v for k, v in choice.items()) for choice in axis) for axis in axes)
+               for axes in configs.LAUNCH_AXES[kernel].values())
+
+
+@pytest.mark.parametrize("options", [dict(), dict(up_mode="bilinear", norm="batch", activation="leaky_relu")])
+def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     seen = _record_launches(monkeypatch)
-    model = fused_unet.UNet(3, 2, base_channels=4, depth=1).to(DEVICE)
+    model = fused_unet.UNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE)
     x = torch.randn(1, 3, 8, 8, device=DEVICE, requires_grad=True)
     model(x).sum().backward()
-    assert {name for name, _ in seen} == set(configs.LAUNCH_VARIANTS)
+    model.eval()
+    model(x).sum().backward()
+    expected = set(configs.LAUNCH_AXES) - ({"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward"}
+                                           if "norm" not in options else set())
+    assert {name for name, _ in seen} == expected
     for name, kwargs in seen:
-        declared = [v for site in configs.LAUNCH_VARIANTS[name].values() for v in site]
-        launched = {k: kwargs[k] for k in declared[0]} if declared[0] else {}
-        assert any(all(launched[k] == v for k, v in variant.items()) for variant in declared), \
-            f"{name} launched with {launched}, which kernels/configs.py LAUNCH_VARIANTS does not declare"
+        launched = {k: v for k, v in kwargs.items() if k.isupper() and not k.startswith("BLOCK")}
+        assert _declared(name, launched), f"{name} launched with {launched}, not declared in LAUNCH_AXES"
 
 
 def test_doctor_cli_without_aot(tmp_path, capsys):

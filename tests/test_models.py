@@ -2,16 +2,13 @@
 import pytest
 import torch
 
-from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, gpu_only
+from tests.conftest import DEVICE, compare_step, gpu_only, model_triplet
 from fused_unet import ReferenceUNet, UNet
 
 
 def _pair(dtype=torch.float32, **kwargs):
     torch.manual_seed(0)
-    model = UNet(**kwargs).to(DEVICE, dtype)
-    reference = ReferenceUNet(**kwargs).to(DEVICE, torch.float64)
-    reference.load_state_dict(model.state_dict())
-    return model, reference
+    return model_triplet(UNet(**kwargs).to(DEVICE, dtype), ReferenceUNet(**kwargs).to(DEVICE))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=gpu_only)])
@@ -20,19 +17,10 @@ def _pair(dtype=torch.float32, **kwargs):
     (dict(in_channels=1, num_classes=3, base_channels=4, depth=3, double_conv=False), (17, 13)),
 ])
 def test_unet_matches_reference_forward_and_backward(kwargs, size, dtype):
-    model, reference = _pair(dtype, **kwargs)
+    models = _pair(dtype, **kwargs)
     x = torch.randn(2, kwargs["in_channels"], *size, device=DEVICE)
-    x_fused = x.to(dtype).requires_grad_()
-    x_ref = x_fused.detach().double().requires_grad_()
-    out, ref = model(x_fused), reference(x_ref)
-    assert out.shape == ref.shape == (2, kwargs["num_classes"], *size)
-    grad = torch.randn(out.shape, device=DEVICE).to(dtype)
-    out.backward(grad)
-    ref.backward(grad.double())
-    assert_close(out, ref, dtype, "logits", MODEL_TOLERANCE_FACTOR)
-    assert_close(x_fused.grad, x_ref.grad, dtype, "grad x", MODEL_TOLERANCE_FACTOR)
-    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
-        assert_close(p.grad, r.grad, dtype, f"grad {name}", MODEL_TOLERANCE_FACTOR)
+    grad = torch.randn(2, kwargs["num_classes"], *size, device=DEVICE)
+    compare_step(models, x, grad)
 
 
 def test_state_dict_round_trip_both_ways():
@@ -62,7 +50,8 @@ def test_any_size_works_including_1x1():
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(depth=0), "depth"), (dict(base_channels=-1), "base_channels"),
-                                          (dict(in_channels=1.5), "in_channels")])
+                                          (dict(in_channels=1.5), "in_channels"), (dict(up_mode="bicubic"), "up_mode"),
+                                          (dict(activation="gelu"), "activation")])
 def test_bad_model_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UNet(**kwargs)
@@ -72,3 +61,19 @@ def test_bad_model_input():
     model = UNet(3, 2, base_channels=4, depth=1)
     with pytest.raises(ValueError, match=r"x must be \[N, 3, H, W\]"):
         model(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kwargs", [dict(up_mode="bilinear"), dict(up_mode="nearest"),
+                                    dict(activation="leaky_relu", negative_slope=0.2)])
+def test_unet_options_match_reference(kwargs, dtype):
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=4, depth=2, **kwargs)
+    test_unet_matches_reference_forward_and_backward(kwargs, (12, 10), dtype)
+
+
+@pytest.mark.parametrize("up_mode", ["bilinear", "nearest"])
+def test_state_dict_keys_match_for_every_up_mode(up_mode):
+    model = UNet(3, 2, base_channels=4, depth=2, up_mode=up_mode)
+    reference = ReferenceUNet(3, 2, base_channels=4, depth=2, up_mode=up_mode)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert not any(".up." in key for key in model.state_dict())

@@ -3,11 +3,12 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import DEVICE, make_tensor
 import fused_unet
-from fused_unet import nn as fnn
+from fused_unet import eager, nn as fnn
 
 
 def _same_params(fused, plain):
@@ -79,11 +80,43 @@ def test_conv_transpose2d_drop_in_and_fallback():
         wide(x)
 
 
-def test_up_concat_module():
-    up = fnn.UpConcat(6, 3, 2, stride=2, device=DEVICE)
-    plain = _same_params(up, nn.ConvTranspose2d(6, 3, 2, stride=2, device=DEVICE))
-    x, skip = make_tensor((1, 6, 4, 3)), make_tensor((1, 3, 8, 6))
-    torch.testing.assert_close(up(x, skip), torch.cat([torch.relu(plain(x)), skip], 1), atol=1e-5, rtol=1e-5)
+def test_conv2d_relu_pool_module_returns_skip_and_pooled():
+    fused = fnn.Conv2dReLUPool(3, 4, 3, padding=1, device=DEVICE)
+    plain = _same_params(fused, nn.Conv2d(3, 4, 3, padding=1, device=DEVICE))
+    assert isinstance(fused, nn.Conv2d) and list(fused.state_dict()) == list(plain.state_dict())
+    x = make_tensor((2, 3, 7, 5))
+    skip, pooled = fused(x)
+    ref = torch.relu(plain(x))
+    torch.testing.assert_close(skip, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pooled, F.max_pool2d(ref, 2), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        fused(make_tensor((1, 3, 1, 4)))
+
+
+@pytest.mark.parametrize("up_mode", [None, "nearest", "bilinear"])
+@pytest.mark.parametrize("up_first", [True, False])
+def test_up_concat_conv2d_module(up_mode, up_first):
+    up_hw = (3, 2) if up_mode else (6, 4)
+    fused = fnn.UpConcatConv2d(5, 4, up_mode=up_mode, up_first=up_first, device=DEVICE)
+    plain = _same_params(fused, nn.Conv2d(5, 4, 3, padding=1, device=DEVICE))
+    assert f"up_mode={up_mode!r}" in repr(fused) and list(fused.state_dict()) == list(plain.state_dict())
+    up, skip = make_tensor((2, 2, *up_hw)), make_tensor((2, 3, 7, 5))
+    ref = eager.upsample_pad(up, 7, 5, up_mode)
+    ref = torch.relu(plain(torch.cat([ref, skip] if up_first else [skip, ref], 1)))
+    torch.testing.assert_close(fused(up, skip), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="up_mode must be one of"):
+        fnn.UpConcatConv2d(5, 4, up_mode="bicubic")
+
+
+def test_leaky_relu_module_and_negative_slope_fallback():
+    fused = fnn.Conv2d(3, 4, 3, padding=1, activation="leaky_relu", negative_slope=0.2, device=DEVICE)
+    plain = _same_params(fused, nn.Conv2d(3, 4, 3, padding=1, device=DEVICE))
+    assert "activation='leaky_relu', negative_slope=0.2" in repr(fused)
+    x = make_tensor((1, 3, 5, 5))
+    torch.testing.assert_close(fused(x), F.leaky_relu(plain(x), 0.2), atol=1e-5, rtol=1e-5)
+    fused.negative_slope = -0.5
+    with pytest.warns(UserWarning, match="negative_slope -0.5 < 0"):
+        torch.testing.assert_close(fused(x), F.leaky_relu(plain(x), -0.5), atol=1e-5, rtol=1e-5)
 
 
 def test_backend_rule_and_force_eager():

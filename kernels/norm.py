@@ -1,0 +1,79 @@
+"""Batch norm around the fused convs: the statistics the conv epilogue wrote, and the backward of a pending
+batch norm + activation that a consumer kernel applied while reading its input.
+
+A conv followed by ``nn.BatchNorm2d`` and an activation stores only its pre-norm output ``y`` (plus per-tile
+statistics); every consumer reads ``z = act(y * scale + shift)`` on the fly. Backward splits the batch norm
+in two: each consumer returns dL/dy through ``z`` (``scale`` held fixed) and dL/dscale, dL/dshift; the
+statistics' own backward (how scale and shift depend on y's mean and variance) is per-channel arithmetic.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .configs import configs
+from .conv import ACTIVATIONS, _activation, _activation_grad
+
+
+def batch_statistics(stats):
+    """(mean, biased variance, count) per channel from a stats workspace [tiles, 3 (count, mean, M2), C],
+    combined in a fixed order in float64 (Chan et al.'s parallel variance: no cancellation)."""
+    stats = stats.double()
+    count, mean_t, m2_t = stats[:, 0], stats[:, 1], stats[:, 2]
+    n = count.sum(0)
+    mean = (count * mean_t).sum(0) / n
+    m2 = (m2_t + count * (mean_t - mean) ** 2).sum(0)
+    return mean, m2 / n, n
+
+
+@triton.autotune(configs=configs("batch_norm_act_backward"), key=["C"])
+@triton.jit
+def batch_norm_act_backward_kernel(
+    g_ptr, y_ptr, scale_ptr, shift_ptr, dy_ptr, partial_ptr, PIXELS, C, H, W, NEG_SLOPE,
+    sgn, sgc, sgh, sgw, syn, syc, syh, syw, sdn, sdc, sdh, sdw,
+    ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """With u = y * scale + shift and g = dL/d act(u): dy = act'(u) g scale, and per program the partial sums of
+    act'(u) g y (-> dL/dscale) and act'(u) g (-> dL/dshift) into its own workspace row [2, C] (no atomics)."""
+    pid_p = tl.program_id(0)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = offs_p < PIXELS
+    c_ok = offs_c < C
+    mask = p_ok[:, None] & c_ok[None, :]
+    w = offs_p % W
+    h = (offs_p // W) % H
+    img = (offs_p // (W * H)).to(tl.int64)
+    g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
+    y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
+    shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
+    y = y.to(tl.float32)
+    out = _activation(y * scale + shift, NEG_SLOPE, ACT)
+    g = tl.where(mask, _activation_grad(g.to(tl.float32), out, NEG_SLOPE, ACT), 0.0)
+    tl.store(dy_ptr + (img * sdn + h * sdh + w * sdw)[:, None] + offs_c[None, :] * sdc,
+             (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
+    row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c
+    tl.store(row, tl.sum(g * y, axis=0), mask=c_ok)
+    tl.store(row + C, tl.sum(g, axis=0), mask=c_ok)
+
+
+def batch_norm_act_input_grad_output(grad, scale):
+    dy = torch.empty(grad.shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
+    return dy, torch.empty_like(scale), torch.empty_like(scale)
+
+
+def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0):
+    """(dL/dy, dL/dscale, dL/dshift) for z = act(y * scale + shift) read by a consumer, from dL/dz ``grad``
+    (any strides). dL/dscale and dL/dshift are fp32, summed over per-tile partials in a fixed order."""
+    batch, c, h, w = y.shape
+    dy, _, _ = batch_norm_act_input_grad_output(grad, scale)
+    pixels = batch * h * w
+    block_p = configs("batch_norm_act_backward")[0].kwargs["BLOCK_P"]
+    partial = torch.zeros((max(1, triton.cdiv(pixels, block_p)), 2, c), device=y.device, dtype=torch.float32)
+    if pixels:
+        batch_norm_act_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]),
+                                                     triton.cdiv(c, meta["BLOCK_C"]))](
+            grad, y, scale, shift, dy, partial, pixels, c, h, w, float(negative_slope),
+            *grad.stride(), *y.stride(), *dy.stride(), ACT=ACTIVATIONS[activation])
+    sums = partial.sum(0)
+    return dy, sums[0], sums[1]
