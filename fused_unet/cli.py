@@ -56,7 +56,7 @@ def check_against_reference(model, images, masks):
     from fused_unet import ReferenceUNet
 
     device = next(model.parameters()).device
-    reference = ReferenceUNet(**model.config).to(device, torch.float64)
+    reference = ReferenceUNet(**model.config).to(device, torch.float64).train(model.training)
     reference.load_state_dict(model.state_dict())
     model.zero_grad()
     images, masks = images.to(device), masks.to(device)

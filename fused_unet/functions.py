@@ -63,20 +63,27 @@ class Conv2dBiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
-        x, in_scale, in_shift, weight, out = ctx.saved_tensors
-        grad_z = grad_w = grad_b = None
-        if _needs(ctx, 0, 1, 2):
-            grad_z = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
-        if _needs(ctx, 3, 4):
-            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
-                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], None, None, None, None, False, True,
-                in_scale, in_shift, None, None, *ctx.in_act)
-        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
-                _only(ctx, 4, grad_b), None, None, None, None, None)
+        return (*_one_source_backward(ctx, grad_y, "conv2d"), None, None, None, None, None)
 
 
 def _only(ctx, index, grad):
     return grad if ctx.needs_input_grad[index] else None
+
+
+def _one_source_backward(ctx, grad_y, prefix):
+    """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
+    weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out)."""
+    x, in_scale, in_shift, weight, out = ctx.saved_tensors
+    grad_z = grad_w = grad_b = None
+    if _needs(ctx, 0, 1, 2):
+        grad_z = _launcher(f"{prefix}_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
+    if _needs(ctx, 3, 4):
+        in_activation, in_negative_slope = ctx.in_act
+        grad_w, grad_b = _launcher(f"{prefix}_weight_grad", grad_y)(
+            grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], in_scale=in_scale, in_shift=in_shift,
+            in_activation=in_activation, in_negative_slope=in_negative_slope)
+    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
+            _only(ctx, 4, grad_b))
 
 
 class Conv2dBiasActPool(torch.autograd.Function):
@@ -174,15 +181,7 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, in_scale, in_shift, weight, out = ctx.saved_tensors
-        grad_z = grad_w = grad_b = None
-        if _needs(ctx, 0, 1, 2):
-            grad_z = _launcher("conv_transpose2x2_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
-        if _needs(ctx, 3, 4):
-            grad_w, grad_b = _launcher("conv_transpose2x2_weight_grad", grad_y)(
-                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], in_scale, in_shift, *ctx.in_act)
-        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
-                _only(ctx, 4, grad_b), None, None, None, None)
+        return (*_one_source_backward(ctx, grad_y, "conv_transpose2x2"), None, None, None, None)
 
 
 class MaxPool2x2(torch.autograd.Function):

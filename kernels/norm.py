@@ -75,5 +75,4 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
                                                      triton.cdiv(c, meta["BLOCK_C"]))](
             grad, y, scale, shift, dy, partial, pixels, c, h, w, float(negative_slope),
             *grad.stride(), *y.stride(), *dy.stride(), ACT=ACTIVATIONS[activation])
-    sums = partial.sum(0)
-    return dy, sums[0], sums[1]
+    return dy, partial[:, 0].sum(0), partial[:, 1].sum(0)

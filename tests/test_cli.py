@@ -28,9 +28,10 @@ def test_info_names_the_backends():
     assert "cpu" in result.stdout and "TRITON_INTERPRET" in result.stdout
 
 
-def test_tiny_demo_trains_checks_and_writes_a_png(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--norm", "batch", "--up-mode", "bilinear"]])
+def test_tiny_demo_trains_checks_and_writes_a_png(tmp_path, options):
     result = run("demo", "--epochs", "1", "--train-images", "16", "--val-images", "4", "--size", "16",
-                 "--base-channels", "4", "--depth", "1", "--out", str(tmp_path), "--device", "cpu",
+                 "--base-channels", "4", "--depth", "1", "--out", str(tmp_path), "--device", "cpu", *options,
                  env={"TRITON_INTERPRET": ""})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training backend: eager" in result.stdout
@@ -39,3 +40,11 @@ def test_tiny_demo_trains_checks_and_writes_a_png(tmp_path):
     assert (tmp_path / "predictions.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["check"]["ok"] and len(metrics["history"]) == 1
+
+
+def test_memory_command_reports_fused_and_eager_bytes():
+    result = run("memory", "--base-channels", "8", "--depth", "2", "--size", "64", "--norm", "batch")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fused UNet" in result.stdout and "eager ReferenceUNet" in result.stdout and "norm batch" in result.stdout
+    ratio = float(result.stdout.split("fused / eager")[1].split("x")[0])
+    assert 0 < ratio <= 0.5

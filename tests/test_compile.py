@@ -16,6 +16,8 @@ def _cases():
     up, skip, wc = make_tensor((2, 2, 2, 3)), make_tensor((2, 1, 5, 6)), make_tensor((4, 3, 3, 3))
     pooled, argmax = ops.max_pool2x2_forward(x)
     y_pooled, y_argmax = ops.max_pool2x2_forward(y)
+    scale, shift = make_tensor((3,)).abs() + 0.5, make_tensor((3,))  # a pending batch norm of x
+    norm = dict(in_scale=scale, in_shift=shift, in_activation="leaky_relu", in_negative_slope=0.1)
     return [
         (ops.conv2d_forward, (x, w, b, "relu", 0.0)), (ops.conv2d_forward, (x, w, None, None, 0.0)),
         (ops.conv2d_pool_forward, (x, w, b, "leaky_relu", 0.1)),
@@ -29,20 +31,28 @@ def _cases():
         (ops.conv_transpose2x2_input_grad, (yt, wt, yt, "relu", 0.0)),
         (ops.conv_transpose2x2_weight_grad, (yt, xt, wt, yt, "relu", 0.0, True)),
         (ops.max_pool2x2_forward, (x,)), (ops.max_pool2x2_backward, (pooled, argmax, list(x.shape))),
+        (ops.conv2d_stats_forward, (x, w, b), norm), (ops.conv2d_forward, (x, w, b, "relu", 0.0), norm),
+        (ops.concat_conv2d_stats_forward, (up, skip, wc, None, "nearest", False, True),
+         dict(up_scale=scale[:2], up_shift=shift[:2], in_activation="relu")),
+        (ops.conv2d_weight_grad, (y, x, w, y, "relu", 0.0, True), norm),
+        (ops.conv_transpose2x2_forward, (make_tensor((2, 3, 3, 2)), wt[:3], None, None, 0.0), norm),
+        (ops.max_pool2x2_forward, (x,), norm),
+        (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_cases())))
 def test_custom_ops_pass_opcheck(case):
-    op, args = _cases()[case]
-    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    op, args, *kwargs = _cases()[case]
+    torch.library.opcheck(op, args, *kwargs,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
-@pytest.mark.parametrize("up_mode", ["transpose", "bilinear"])
-def test_compiled_fused_unet_is_one_graph_and_matches_reference(up_mode):
+@pytest.mark.parametrize("options", [dict(up_mode="transpose"), dict(up_mode="bilinear", norm="batch")])
+def test_compiled_fused_unet_is_one_graph_and_matches_reference(options):
     torch.manual_seed(0)
-    model = fused_unet.UNet(3, 2, base_channels=4, depth=1, up_mode=up_mode).to(DEVICE)
-    reference = fused_unet.ReferenceUNet(3, 2, base_channels=4, depth=1, up_mode=up_mode).to(DEVICE, torch.float64)
+    model = fused_unet.UNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE)
+    reference = fused_unet.ReferenceUNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE, torch.float64)
     reference.load_state_dict(model.state_dict())
     x = make_tensor((2, 3, 8, 10), requires_grad=True)
     explained = torch._dynamo.explain(model)(x)

@@ -9,7 +9,7 @@ from tests.conftest import check_against_float64, make_tensor  # noqa: E402
 from fused_unet import eager, functional as FF  # noqa: E402
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(n=st.integers(1, 2), c_in=st.integers(1, 9), c_out=st.integers(1, 9), h=st.integers(1, 9),
        w=st.integers(1, 9), k=st.sampled_from([1, 3, 5]), activation=st.sampled_from([None, "relu", "leaky_relu"]),
        layout=st.sampled_from(["contiguous", "channels_last", "strided"]))
@@ -21,7 +21,7 @@ def test_conv2d_random_shapes(n, c_in, c_out, h, w, k, activation, layout):
                           lambda x, w, b: eager.conv2d(x, w, b, activation, 0.1), [x, weight, b], torch.float32)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(n=st.integers(1, 2), c_up=st.integers(1, 6), c_skip=st.integers(1, 6), c_out=st.integers(1, 6),
        h=st.integers(1, 5), w=st.integers(1, 5), extra=st.tuples(st.integers(0, 1), st.integers(0, 1)),
        up_mode=st.sampled_from([None, "nearest", "bilinear"]), align_corners=st.booleans(), up_first=st.booleans(),
