@@ -5,9 +5,17 @@ import statistics
 import torch
 from torch import nn
 
+from fused_unet.functional import Normalized
+
 
 def _elem(dtype):
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _tensors(value):
+    """The tensors a layer takes or returns: a pending batch norm (Normalized) counts as its stored ``y``."""
+    values = value if isinstance(value, tuple) and not isinstance(value, Normalized) else (value,)
+    return tuple(v.y if isinstance(v, Normalized) else v for v in values)
 
 
 def layer_costs(model, x, dtype=None):
@@ -19,8 +27,8 @@ def layer_costs(model, x, dtype=None):
 
     def hook(name):
         def record(module, inputs, output):
-            inp = inputs[0]
-            outs = output if isinstance(output, tuple) else (output,)  # a conv+pool returns (y, pooled)
+            inp = _tensors(inputs[0])[0]
+            outs = _tensors(output)  # a conv+pool returns (y, pooled)
             out = outs[0]
             if isinstance(module, nn.ConvTranspose2d):
                 n, c_in, h, w = inp.shape
@@ -38,7 +46,7 @@ def layer_costs(model, x, dtype=None):
                 flops += 3 * outs[1].numel()
                 kind += " + max_pool2d"
             weights = sum(p.numel() for p in module.parameters(recurse=False))
-            others = sum(t.numel() for t in inputs[1:] if isinstance(t, torch.Tensor))  # a concat's skip
+            others = sum(_tensors(t)[0].numel() for t in inputs[1:])  # a concat's skip
             moved = (inp.numel() + others + weights + sum(o.numel() for o in outs)) * size
             if any(r["name"] == name for r in rows):
                 # A module called more than once (the shared pool): one row with the sum of its calls.

@@ -26,6 +26,14 @@ def test_layer_costs_count_conv_flops():
         sum(r["flops"] for r in rows)
 
 
+@pytest.mark.parametrize("options", [dict(), dict(norm="batch", up_mode="bilinear")])
+def test_layer_costs_of_fused_and_reference_models_agree(options):
+    x = torch.zeros(2, 3, 16, 16, device="meta")
+    fused = perf.layer_costs(UNet(3, 2, base_channels=4, depth=2, **options).to("meta"), x)
+    reference = perf.layer_costs(ReferenceUNet(3, 2, base_channels=4, depth=2, **options).to("meta"), x)
+    assert [r["flops"] for r in fused] == [r["flops"] for r in reference]
+
+
 def test_fused_unet_saves_less_for_backward_than_eager():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 16, 16, device=DEVICE)
