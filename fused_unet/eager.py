@@ -15,18 +15,12 @@ def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01):
     return activate(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2), activation, negative_slope)
 
 
-def batch_statistics_workspace(y):
-    """The (count, mean, sum of squared deviations) per channel of y, as one row of the workspace the fused
-    conv's epilogue writes ([1, 3, C], fp32)."""
-    flat = y.float().transpose(0, 1).reshape(y.shape[1], -1)
-    mean = flat.mean(1)
-    count = torch.full_like(mean, flat.shape[1])
-    return torch.stack([count, mean, ((flat - mean[:, None]) ** 2).sum(1)]).unsqueeze(0)
-
-
-def conv2d_stats(x, weight, bias=None):
-    y = conv2d(x, weight, bias)
-    return y, batch_statistics_workspace(y)
+def batch_norm_scale_shift(y, weight, bias, eps):
+    """(scale, shift, mean, biased var) per channel of a training-mode batch norm of y, fp32, differentiable."""
+    y = y.float()
+    mean, var = y.mean(dim=(0, 2, 3)), y.var(dim=(0, 2, 3), unbiased=False)
+    scale = weight.float() * torch.rsqrt(var + eps)
+    return scale, bias.float() - mean * scale, mean.detach(), var.detach()
 
 
 def pending_norm(y, scale, shift, activation=None, negative_slope=0.01):

@@ -75,7 +75,8 @@ def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride
 
 def conv2d_stats(x, weight, bias=None):
     """``(y, stats)``: the 'same' conv of x (plain or Normalized) and, for the batch norm that follows it, y's
-    per-channel statistics (per row tile; see ``batch_norm``)."""
+    per-channel statistics (per row tile; see ``batch_norm``; None on the eager backend, which computes them
+    from y)."""
     return _conv2d(x, weight, bias, None, 0.01, 1, "same", stats=True)
 
 
@@ -86,8 +87,9 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats)
     checks.check_activation(activation, negative_slope)
     if backend(x_t) == "eager":
         plain = _autocast(_plain(x))[0]
-        return eager.conv2d_stats(plain, weight, bias) if stats else eager.conv2d(plain, weight, bias, activation,
-                                                                                  negative_slope)
+        # The eager batch norm computes its statistics from y itself: no workspace.
+        return (eager.conv2d(plain, weight, bias), None) if stats else eager.conv2d(plain, weight, bias, activation,
+                                                                                    negative_slope)
     return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
                                             in_act, in_slope, stats)
 
@@ -133,8 +135,7 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
     if backend(up_t) == "eager":
         up, skip = _autocast(_plain(up), _plain(skip))
         if stats:
-            y = eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first)
-            return y, eager.batch_statistics_workspace(y)
+            return eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first), None
         return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
     return _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight,
                                                   bias, activation, float(negative_slope), up_mode, align_corners,
@@ -151,7 +152,10 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     channels = y.shape[1]
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
-    scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
+    if backend(y) == "eager":
+        scale, shift, mean, var = eager.batch_norm_scale_shift(y, weight, bias, eps)
+    else:
+        scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
     if running_mean is not None:
         count = y.numel() // channels
         with torch.no_grad():

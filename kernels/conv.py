@@ -4,7 +4,9 @@
     y[p, n] = act(bias[n] + sum_{tap, k} src[p * STRIDE + tap - PAD, k] * w[n, k, tap])
 and stores it at (UPSAMPLE * p + phase). ``src`` is one tensor, or two read as one virtual channel
 concatenation (TWO_SOURCES), the first optionally up-sampled x2 on the fly (UP_MODE) and placed at an
-offset (zero padding around it). One kernel serves the conv forward (STRIDE 1, 'same'), the conv+pool
+offset (zero padding around it), each optionally a conv's pre-norm output whose batch norm + activation
+are applied as it is read (NORM_INPUT, NORM_INPUT2, IN_ACT). The epilogue adds bias and activation (ACT),
+or writes batch statistics instead (STATS). One kernel serves the conv forward (STRIDE 1, 'same'), the conv+pool
 forward (FUSE_POOL: each 2x2 window is four neighbouring GEMM rows, pooled in the epilogue), the conv
 input-grad (weights transposed and flipped; the activation-grad and the pool's scatter folded into the
 load: ACT_GRAD, POOL_GRAD), the 2x2/s2 transposed-conv forward (1x1 taps, UPSAMPLE 2: depth-to-space

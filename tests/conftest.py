@@ -38,6 +38,12 @@ def _kernels_really_run():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    # Every test draws the same data whatever ran before it: a failure reproduces with the test alone.
+    torch.manual_seed(0)
+
+
 def make_tensor(shape, dtype=torch.float32, layout="contiguous", requires_grad=False, scale=1.0, device=DEVICE):
     """A random tensor in one of three memory layouts: NCHW-contiguous, channels_last, or a strided view."""
     if layout == "strided" and len(shape) == 4:

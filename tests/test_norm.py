@@ -168,3 +168,24 @@ def test_bad_pending_norm_is_rejected():
         FF.conv2d(bad, make_tensor((2, 3, 3, 3)))
     with pytest.raises(ValueError, match="norm must be one of"):
         fnn.Conv2d(3, 4, 3, norm="group")
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_eager_backend_batch_norm_matches_batchnorm2d(momentum):
+    torch.manual_seed(0)
+    fused = fnn.Conv2dReLUPool(3, 4, 3, padding=1, norm="batch", momentum=momentum, bias=False, device=DEVICE)
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False, device=DEVICE)
+    bn = nn.BatchNorm2d(4, momentum=momentum, device=DEVICE)
+    conv.weight.data.copy_(fused.weight)
+    with fused_unet.force_eager():
+        for _ in range(2):
+            x = make_tensor((2, 3, 6, 8))
+            y, pooled = fused(x)
+            ref = F.relu(bn(conv(x)))
+            (y.sum() + pooled.sum()).backward()
+            (ref.sum() + F.max_pool2d(ref, 2).sum()).backward()
+            torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.weight.grad, conv.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused.bn.weight.grad, bn.weight.grad, atol=1e-4, rtol=1e-4)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fused.bn, name), getattr(bn, name), atol=1e-6, rtol=1e-5)
