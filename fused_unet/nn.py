@@ -98,13 +98,14 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         if self.bn is None or self._batch_statistics():
             return self.weight, self.bias
         bn = self.bn
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        scale = scale * bn.weight if bn.affine else scale
-        shift = -bn.running_mean * scale
-        shift = shift + bn.bias if bn.affine else shift
+        # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes; rounded once at the end.
+        scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+        scale = scale * bn.weight.float() if bn.affine else scale
+        shift = -bn.running_mean.float() * scale
+        shift = shift + bn.bias.float() if bn.affine else shift
         if self.bias is not None:
-            shift = shift + self.bias * scale
-        weight = (self.weight * scale.view(-1, 1, 1, 1)).to(self.weight.dtype)
+            shift = shift + self.bias.float() * scale
+        weight = (self.weight.float() * scale.view(-1, 1, 1, 1)).to(self.weight.dtype)
         return weight, shift.to(self.weight.dtype)
 
     def _normalize(self, y, stats):

@@ -214,8 +214,11 @@ def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, H_SRC, W_SRC, O
     return acc
 
 
-@triton.autotune(configs=configs("conv2d_implicit_gemm"), prune_configs_by={"early_config_prune": prune_by_precision(
-    "conv2d_implicit_gemm")}, key=["C_IN", "C_IN2", "C_OUT", "H_OUT", "W_OUT", "KH", "STRIDE", "INPUT_PRECISION"])
+# The autotune keys hold the shapes and every flag that changes which config is best (or allowed: configs.fits).
+@triton.autotune(configs=configs("conv2d_implicit_gemm"),
+                 prune_configs_by={"early_config_prune": prune_by_precision("conv2d_implicit_gemm")},
+                 key=["C_IN", "C_IN2", "C_OUT", "H_OUT", "W_OUT", "KH", "STRIDE", "UPSAMPLE", "FLIP_WEIGHT", "UP_MODE",
+                      "FUSE_POOL", "INPUT_PRECISION"])
 @triton.jit
 def conv2d_implicit_gemm_kernel(
     x_ptr, x2_ptr, w_ptr, bias_ptr, out_ptr, pool_grad_ptr, argmax_ptr, y_ptr, pool_ptr, pool_argmax_ptr,
@@ -293,8 +296,9 @@ def conv2d_implicit_gemm_kernel(
         tl.store(pool_argmax_ptr + p_off[:, None] + offs_n[None, :] * spc, arg.to(tl.uint8), mask=p_mask)
 
 
-@triton.autotune(configs=configs("conv2d_weight_grad"), prune_configs_by={"early_config_prune": prune_by_precision(
-    "conv2d_weight_grad")}, key=["C_A", "C_B", "H_A", "W_A", "KH", "STRIDE", "INPUT_PRECISION"])
+@triton.autotune(configs=configs("conv2d_weight_grad"),
+                 prune_configs_by={"early_config_prune": prune_by_precision("conv2d_weight_grad")},
+                 key=["C_A", "C_B", "H_A", "W_A", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "INPUT_PRECISION"])
 @triton.jit
 def conv2d_weight_grad_kernel(
     g_ptr, x_ptr, out_ptr, pool_grad_ptr, argmax_ptr, in_scale_ptr, in_shift_ptr, dw_ptr, db_ptr,
