@@ -61,3 +61,40 @@ def test_op_forward(benchmark, op, contender):
     out = _run(benchmark, fused if contender == "fused" else plain)
     for t in out if isinstance(out, tuple) else (out,):
         assert torch.isfinite(t.float()).all()
+
+
+def _level(kind, norm, fused):
+    """One U-Net level as a module: the encoder level (conv, conv + pool) or the decoder level (transposed conv,
+    concatenating conv, conv) at SHAPE, fused (``UNet``'s modules) or eager (``ReferenceUNet``'s)."""
+    n, c, s = SHAPE
+    cls = fused_unet.UNet if fused else fused_unet.ReferenceUNet
+    model = cls(c, 2, base_channels=c, depth=1, norm=norm)  # c input channels: the encoder level maps c -> c
+    level = model.encoder[0] if kind == "encoder" else model.decoder[0]
+    return level.to(DEVICE, DTYPE, memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+@pytest.mark.parametrize("contender", ["fused", "eager-cl"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_level_train_step(benchmark, kind, contender, norm):
+    """Forward + backward of one level; on a GPU also its peak memory above the inputs (time: see _run)."""
+    benchmark.group = f"level:{kind}:{norm or 'plain'}"
+    n, c, s = SHAPE
+    level = _level(kind, norm, contender == "fused")
+    x = _t(n, c, s, s) if kind == "encoder" else _t(n, 2 * c, s // 2, s // 2)
+    skip = _t(n, c, s, s)
+
+    def step():
+        out = level(x) if kind == "encoder" else level(x, skip)
+        loss = sum(o.float().sum() for o in (out if isinstance(out, tuple) else (out,))
+                   if isinstance(o, torch.Tensor))
+        loss.backward()
+
+    if FULL:
+        step()  # autotune outside the measurement
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        benchmark.extra_info["peak_memory_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    _run(benchmark, step)
