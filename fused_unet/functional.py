@@ -62,7 +62,8 @@ def _split(x, name="x"):
     return x.y, x.scale, x.shift, x.activation, float(x.negative_slope)
 
 
-def _plain(x):
+def materialize(x):
+    """x itself, or the tensor a Normalized stands for (computed with PyTorch ops)."""
     return x.materialize() if isinstance(x, Normalized) else x
 
 
@@ -86,7 +87,7 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats)
     checks.check_conv2d(x_t, weight, bias, stride, padding)
     checks.check_activation(activation, negative_slope)
     if backend(x_t) == "eager":
-        plain = _autocast(_plain(x))[0]
+        plain = _autocast(materialize(x))[0]
         # The eager batch norm computes its statistics from y itself: no workspace.
         return (eager.conv2d(plain, weight, bias), None) if stats else eager.conv2d(plain, weight, bias, activation,
                                                                                     negative_slope)
@@ -98,7 +99,7 @@ def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
     """``(y, max_pool2d(y, 2))`` with ``y = conv2d(x, weight, bias, activation)``: one kernel writes both (the
     encoder's skip and its pooled output). H and W >= 2; odd sizes drop the last row/column like MaxPool2d.
     A Normalized x is materialised first."""
-    x, weight, bias = _autocast(_plain(x), weight, bias)
+    x, weight, bias = _autocast(materialize(x), weight, bias)
     checks.check_conv2d(x, weight, bias)
     checks.check_pool_size(x)
     checks.check_activation(activation, negative_slope)
@@ -133,7 +134,7 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
     checks.check_concat_conv2d(up_t, skip_t, weight, bias, up_mode, align_corners)
     checks.check_activation(activation, negative_slope)
     if backend(up_t) == "eager":
-        up, skip = _autocast(_plain(up), _plain(skip))
+        up, skip = _autocast(materialize(up), materialize(skip))
         if stats:
             return eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first), None
         return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
@@ -170,7 +171,7 @@ def max_pool2x2(x):
     x_t, scale, shift, in_act, in_slope = _split(x)
     checks.check_max_pool2x2(x_t)
     if backend(x_t) == "eager":
-        return eager.max_pool2x2(_plain(x))
+        return eager.max_pool2x2(materialize(x))
     return _functions().MaxPool2x2.apply(x_t, scale, shift, in_act, in_slope)
 
 
@@ -182,6 +183,6 @@ def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01
     checks.check_conv_transpose2x2(x_t, weight, bias)
     checks.check_activation(activation, negative_slope)
     if backend(x_t) == "eager":
-        return eager.conv_transpose2x2(_autocast(_plain(x))[0], weight, bias, activation, negative_slope)
+        return eager.conv_transpose2x2(_autocast(materialize(x))[0], weight, bias, activation, negative_slope)
     return _functions().ConvTranspose2x2BiasAct.apply(x_t, scale, shift, weight, bias, activation,
                                                       float(negative_slope), in_act, in_slope)

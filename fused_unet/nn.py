@@ -25,10 +25,6 @@ def _tensor(x):
     return x.y if isinstance(x, Normalized) else x
 
 
-def _plain(x):
-    return x.materialize() if isinstance(x, Normalized) else x
-
-
 class _FusedMixin:
     """Activation settings and the fallback bookkeeping shared by every module: why a call is unsupported,
     warned once per module."""
@@ -125,7 +121,7 @@ class Conv2d(_FusedMixin, nn.Conv2d):
 
     def _reference(self, x):
         """The torch.nn computation (the fallback)."""
-        y = nn.Conv2d.forward(self, _plain(x))
+        y = nn.Conv2d.forward(self, functional.materialize(x))
         return self._activate(self.bn(y) if self.bn is not None else y)
 
     def _config_unsupported(self):
@@ -193,7 +189,7 @@ class UpConcatConv2d(Conv2d):
         reason = self._config_unsupported() or self._input_unsupported(up) or self._input_unsupported(skip)
         if reason:
             self._fallback(reason)
-            up, skip = _plain(up), _plain(skip)
+            up, skip = functional.materialize(up), functional.materialize(skip)
             up = eager.upsample_pad(up, skip.shape[2], skip.shape[3], self.up_mode, self.align_corners)
             return self._reference(torch.cat([up, skip] if self.up_first else [skip, up], 1))
         layout = dict(up_mode=self.up_mode, align_corners=self.align_corners, up_first=self.up_first)
@@ -225,7 +221,7 @@ class MaxPool2d(_FusedMixin, nn.MaxPool2d):
         reason = self._config_unsupported() or self._input_unsupported(x)
         if reason:
             self._fallback(reason)
-            return super().forward(_plain(x))
+            return super().forward(functional.materialize(x))
         return functional.max_pool2x2(x)
 
 
@@ -249,7 +245,7 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
             reason = reason or "output_size is given"
         if reason:
             self._fallback(reason)
-            return self._activate(super().forward(_plain(x), output_size))
+            return self._activate(super().forward(functional.materialize(x), output_size))
         return functional.conv_transpose2x2(x, self.weight, self.bias, **self._act_args())
 
     def extra_repr(self):
