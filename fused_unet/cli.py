@@ -196,11 +196,10 @@ def cmd_doctor(args):
 def _bench_settings(args):
     from fused_unet.benchmark import Settings
 
-    return Settings(base_channels=args.base_channels, depth=args.depth, size=args.size, up_mode=args.up_mode,
-                    norm=args.norm, batch_sizes=tuple(args.batch_sizes), dtype=args.dtype,
-                    contenders=tuple(getattr(args, "contenders", ())), mode=args.mode,
-                    warmup=getattr(args, "warmup", 5), iters=getattr(args, "iters", 20),
-                    max_batch=getattr(args, "max_batch", False))
+    # The settings this command has arguments for; the rest keep Settings' defaults.
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
+    values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
+    return Settings(**values)
 
 
 def cmd_bench(args):

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation
+from .conv import ACTIVATIONS, _activation, _take_larger
 
 
 @triton.jit
@@ -15,6 +15,17 @@ def _pool_window(offs, C, H_OUT, W_OUT):
     oh = (offs // (C * W_OUT)) % H_OUT
     img = offs // (C * W_OUT * H_OUT)
     return img, c, oh, ow
+
+
+@triton.jit
+def _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM: tl.constexpr, ACT: tl.constexpr):
+    """Element q (= dy*2 + dx) of each window in fp32 (exact for every input dtype; the interpreter's bf16
+    comparisons are unreliable). NORM: normalised, activated and rounded to y's dtype first, as the normalised
+    tensor would be stored, so ties break the same."""
+    v = tl.load(base + (q // 2) * sxh + (q % 2) * sxw, mask=valid, other=0.0).to(tl.float32)
+    if NORM:
+        v = _activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
+    return v
 
 
 @triton.autotune(configs=configs("max_pool2x2"), key=["C", "H_OUT", "W_OUT"])
@@ -32,20 +43,14 @@ def max_pool2x2_kernel(
     if NORM:
         scale = tl.load(scale_ptr + c, mask=valid, other=0.0)
         shift = tl.load(shift_ptr + c, mask=valid, other=0.0)
-    # Compare in fp32 (exact for every input dtype): the interpreter's bf16 comparisons are unreliable.
-    best = tl.load(base, mask=valid, other=0.0).to(tl.float32)
-    if NORM:
-        best = _activation(best * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        scale = 1.0
+        shift = 0.0
+    best = _window_value(base, 0, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM, ACT)
     arg = tl.zeros((BLOCK,), dtype=tl.int32)
     for q in tl.static_range(1, 4):
-        v = tl.load(base + (q // 2) * sxh + (q % 2) * sxw, mask=valid, other=0.0).to(tl.float32)
-        if NORM:
-            # Rounded to the tensor dtype first, as the normalised tensor would be stored: ties break the same.
-            v = _activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
-        # Same scan as PyTorch: a strictly larger value or a NaN takes the window.
-        take = (v > best) | (v != v)
-        best = tl.where(take, v, best)
-        arg = tl.where(take, q, arg)
+        best, arg = _take_larger(best, arg, _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr,
+                                                          NORM, ACT), q)
     y_off = img * syn + c * syc + oh * syh + ow * syw
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=valid)
     tl.store(argmax_ptr + y_off, arg.to(tl.uint8), mask=valid)
