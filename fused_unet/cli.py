@@ -181,11 +181,17 @@ def cmd_doctor(args):
         for arch, reason in unsupported.items():
             print(f"{arch}: cannot be targeted: {reason}")
         print(doctor.format_table(results))
+        verdicts = doctor.main_loop_verdicts(results)
+        references = doctor.compile_references("sm_90") if "sm_90" in archs else []
+        print(doctor.format_main_loops(verdicts, references))
         problems = [p for r in results for p in doctor.problems(r)]
+        problems += [f"main loop {v['name']}: ceiling {v['ceiling']} below {v['target']} or slow loads"
+                     for v in verdicts if not v["ok"]]
         print(f"\n{len(results)} compiles, {len(problems)} problems")
         for problem in problems:
             print(f"  FAIL {problem}")
-        report.update(results=results, unsupported=unsupported, problems=problems)
+        report.update(results=results, unsupported=unsupported, problems=problems, main_loops=verdicts,
+                      references=references)
         status = 1 if problems or unsupported else 0
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 
@@ -42,14 +43,15 @@ _FLOAT_ARGS = ("SCALE_H", "SCALE_W", "NEG_SLOPE", "IN_NEG_SLOPE")
 # specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
 _TYPICAL_LAUNCH = {
     "conv2d_implicit_gemm": dict(
-        ones=("sxc", "s2c", "soc", "sgc", "sac", "syc", "spc", "swk"),
-        multiples_of_16=("sxn", "sxh", "sxw", "s2n", "s2h", "s2w", "swn", "swh", "sww", "son", "soh", "sow",
-                         "sgn", "sgh", "sgw", "san", "sah", "saw", "syn", "syh", "syw", "spn", "sph", "spw",
-                         "C_IN", "C_IN2", "C_OUT", "K_OFF2")),
+        ones=("sxc", "s2c", "syc", "spc"),
+        multiples_of_16=("sxn", "sxh", "sxw", "s2n", "s2h", "s2w", "swn", "swt", "syn", "syh", "syw", "spn", "sph",
+                         "spw", "C_IN", "C_IN2", "C_OUT", "K_OFF", "K_OFF2")),
     "conv2d_weight_grad": dict(
-        ones=("sgc", "sxc", "soc", "spc", "sac"),
-        multiples_of_16=("sgn", "sgh", "sgw", "sxn", "sxh", "sxw", "son", "soh", "sow", "spn", "sph", "spw",
-                         "san", "sah", "saw", "C_A", "C_B", "C_B_TOTAL", "PIX_PER_SPLIT")),
+        ones=("sxc",),
+        multiples_of_16=("sxn", "sxh", "sxw", "C_A", "C_B", "C_B_TOTAL", "B_OFF", "PIX_PER_SPLIT")),
+    "conv_output_grad": dict(
+        ones=("sgc", "soc", "spc", "sac"),
+        multiples_of_16=("sgn", "sgh", "sgw", "son", "soh", "sow", "spn", "sph", "spw", "san", "sah", "saw", "C")),
     "max_pool2x2": dict(ones=("sxc", "syc"), multiples_of_16=("sxn", "sxh", "sxw", "syn", "syh", "syw", "C")),
     "max_pool2x2_backward": dict(
         ones=("sgc", "sac", "sxc"),
@@ -62,10 +64,10 @@ _TYPICAL_LAUNCH = {
 
 def kernels():
     """The registered kernels by name (imports Triton and decorates them: call after TRITON_INTERPRET is set)."""
-    from fused_unet.kernels import conv, norm, pool
+    from fused_unet.kernels import conv, grad, norm, pool
 
     return {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
-            "conv2d_weight_grad": conv.conv2d_weight_grad_kernel,
+            "conv2d_weight_grad": conv.conv2d_weight_grad_kernel, "conv_output_grad": grad.conv_output_grad_kernel,
             "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel,
             "batch_norm_act_backward": norm.batch_norm_act_backward_kernel}
 
@@ -111,7 +113,12 @@ def registry_jobs(archs):
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
                          for c in range(len(configs.gpu_configs(kernel, d, variants[0]))) if (d, c) != ("fp16", 0)]
-    return jobs
+        for target in configs.MAIN_LOOP_TARGETS:
+            flags = configs.target_flags(target)
+            variant = configs.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(flags)
+            jobs += [Job(target["kernel"], target["site"], variant, "fp16", c, arch)
+                     for c in range(len(configs.gpu_configs(target["kernel"], "fp16", flags)))]
+    return list(dict.fromkeys(jobs))
 
 
 def _worker_init():
@@ -165,13 +172,38 @@ def compile_job(job):
     variant = configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
     cfg = configs.gpu_configs(job.kernel, job.dtype, variant)[job.config]
     _, element_type, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
-    fn = kernels()[job.kernel].fn
+    fn = kernels()[job.kernel]
+    while not isinstance(fn, triton.runtime.JITFunction):  # through @triton.autotune / @triton.heuristics
+        fn = fn.fn
     launch = _TYPICAL_LAUNCH[job.kernel]
     constexprs = {**variant, **cfg.kwargs,
                   **{name: 1 for name in launch["ones"]}}
     if job.kernel in configs.GEMM_KERNELS:
         constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
-    tensor_type = "*" + element_type
+    result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages, triton=triton.__version__)
+    cc = ARCHS[job.arch]
+    compiled = _compile(fn, constexprs, launch["multiples_of_16"], "*" + element_type, cc, cfg)
+    if isinstance(compiled, str):
+        return dict(result, ok=False, error=compiled)
+    ptx = compiled.asm["ptx"]
+    usage = _resource_usage(compiled.asm["cubin"])
+    if job.kernel in configs.GEMM_KERNELS:
+        result.update(main_loop_report(compiled, cc, job.dtype))
+    shared = compiled.metadata.shared + usage.get("shared", 0)
+    mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
+    blocks, warps = _occupancy(cc, usage.get("reg", 0), cfg.num_warps, shared)
+    return dict(result, ok=True, error=None, mma=mma, regs=usage.get("reg"),
+                spill_bytes=usage.get("stack", 0) + usage.get("local", 0), shared_bytes=shared,
+                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in configs.GEMM_KERNELS)
+
+
+def _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg):
+    """triton.compile of ``fn`` for ``cc`` with a launch's specialisation: pointers 16-byte aligned, the named
+    integers multiples of 16, the constexprs given. The compiled kernel, or the error's first line."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
     signature, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -183,25 +215,53 @@ def compile_job(job):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
-            if name in launch["multiples_of_16"]:
+            if name in multiples_of_16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
-                  num_stages=cfg.num_stages, triton=triton.__version__)
-    cc = ARCHS[job.arch]
     try:
-        compiled = triton.compile(_ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
-                                  options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        return triton.compile(_ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
+                              options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     except Exception as error:  # report, never raise: one bad configuration must not hide the others
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return dict(result, ok=False, error=f"{type(error).__name__}: {first_line[:300]}")
-    ptx = compiled.asm["ptx"]
-    usage = _resource_usage(compiled.asm["cubin"])
-    shared = compiled.metadata.shared + usage.get("shared", 0)
-    mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
-    blocks, warps = _occupancy(cc, usage.get("reg", 0), cfg.num_warps, shared)
-    return dict(result, ok=True, error=None, mma=mma, regs=usage.get("reg"),
-                spill_bytes=usage.get("stack", 0) + usage.get("local", 0), shared_bytes=shared,
-                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in configs.GEMM_KERNELS)
+        return f"{type(error).__name__}: {first_line[:300]}"
+
+
+# Yardsticks compiled beside ours (fused_unet.kernels.reference): a plain Triton GEMM and a plain nested-loop conv.
+_REFERENCES = {"matmul_kernel": ("M", "N", "K", "stride_am", "stride_bk", "stride_cm"),
+               "nested_conv3x3_kernel": ("PIXELS", "H", "W", "C_IN", "C_OUT")}
+
+
+def _compile_reference(name, arch):
+    import triton
+
+    from fused_unet.kernels import reference
+
+    cfg = triton.Config(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64), num_warps=8, num_stages=3)
+    cc = ARCHS[arch]
+    compiled = _compile(getattr(reference, name), dict(cfg.kwargs), _REFERENCES[name], "*fp16", cc, cfg)
+    result = dict(kernel=name, arch=arch, config_text=_config_text(cfg), ok=not isinstance(compiled, str))
+    if not result["ok"]:
+        return dict(result, error=compiled, ceiling=None, loads={})
+    return dict(result, **main_loop_report(compiled, cc, "fp16"))
+
+
+def compile_references(arch):
+    """Main-loop reports of the reference kernels for ``arch`` (fp16, 128x128x64, 8 warps, 3 stages), compiled in
+    worker processes like the registry."""
+    with concurrent.futures.ProcessPoolExecutor(len(_REFERENCES), mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init) as pool:
+        return list(pool.map(_compile_reference, _REFERENCES, [arch] * len(_REFERENCES)))
+
+
+def main_loop_report(compiled, cc, dtype_name):
+    """The static main-loop report of a compiled GEMM kernel (fused_unet.sass) and its Triton compile hash: the
+    cubin is in Triton's cache under that hash, so anyone can re-derive the numbers."""
+    from fused_unet import sass
+    from fused_unet.kernels import configs
+
+    text = sass.disassemble(compiled.asm["cubin"])
+    operand_class = configs.precision_class(dtype_name)
+    loops = sass.main_loops(text, cc, operand_class) if text else []
+    return dict(sass.summary(loops), compile_hash=compiled.metadata.hash, loops=loops)
 
 
 def _config_text(cfg):
@@ -280,4 +340,61 @@ def format_table(results):
             if flags:
                 ok = sum(r["ok"] for r in flags)
                 lines.append(f"  {site}: {ok}/{len(flags)} other flag variants compile (fp16, first config)")
+    return "\n".join(lines)
+
+
+def _target_jobs(results, target, arch):
+    from fused_unet.kernels import configs
+
+    variant = configs.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(configs.target_flags(target))
+    return [r for r in results if r["ok"] and (r["kernel"], r["site"], r["variant"], r["dtype"], r["arch"]) ==
+            (target["kernel"], target["site"], variant, "fp16", arch)]
+
+
+def _fast(result):
+    from fused_unet import sass
+
+    return sass.fast_loads_only(result["loads"]) and not result["int_division"]
+
+
+def main_loop_verdicts(results):
+    """Per MAIN_LOOP_TARGETS entry (kernels/configs.py): its best sm_90 config, that config's ceiling and whether
+    the target holds (ceiling, and with ``fast_loads`` 128-bit cp.async/TMA loads and no division on sm_90 and
+    sm_80 alike). Plus the median ceiling over every compiled 16-bit sm_90 GEMM job."""
+    from fused_unet.kernels import configs
+
+    verdicts = []
+    for target in configs.MAIN_LOOP_TARGETS:
+        jobs = _target_jobs(results, target, "sm_90")
+        eligible = [r for r in jobs if r["ceiling"] is not None and (not target["fast_loads"] or _fast(r))]
+        best = max(eligible or jobs, key=lambda r: r["ceiling"] or 0.0, default=None)
+        ok = bool(eligible) and best["ceiling"] >= target["ceiling"]
+        if target["fast_loads"] and any(r["arch"] == "sm_80" for r in results):
+            ok = ok and any(_fast(r) for r in _target_jobs(results, target, "sm_80"))
+        name = target["site"] + "".join(f" {k}={v}" for k, v in target["flags"].items())
+        verdicts.append(dict(name=name, target=target["ceiling"], ok=ok, config=best and best["config_text"],
+                             ceiling=best and best["ceiling"], loop=best and best["loop_instructions"],
+                             loads=best and best["loads"]))
+    ceilings = [r["ceiling"] or 0.0 for r in results
+                if r.get("gemm") and r["ok"] and r["arch"] == "sm_90" and r["dtype"] in ("fp16", "bf16")]
+    if ceilings:
+        median = statistics.median(ceilings)
+        verdicts.append(dict(name=f"median of {len(ceilings)} 16-bit GEMM jobs", target=configs.MEDIAN_CEILING_TARGET,
+                             ok=median >= configs.MEDIAN_CEILING_TARGET, config=None, ceiling=median, loop=None,
+                             loads=None))
+    return verdicts
+
+
+def format_main_loops(verdicts, references):
+    """The main-loop table (sm_90, 16-bit tensor-core ceiling), with the reference kernels beside ours."""
+    lines = ["\nmain loops, sm_90, fp16: ceiling = min(1, HGMMA work / (2048 x SASS instructions per iteration))",
+             f"  {'role':<52} {'target':>6} {'ceiling':>7}  {'config':<22} {'loop':<12} loads"]
+    for v in verdicts:
+        ceiling = f"{v['ceiling']:.2f}" if v["ceiling"] is not None else "-"
+        lines.append(f"  {v['name']:<52} {v['target']:>6.2f} {ceiling:>7}  {v['config'] or '':<22} "
+                     f"{str(v['loop'] or ''):<12} {v['loads'] or ''} {'ok' if v['ok'] else 'FAIL'}")
+    for r in references:
+        ceiling = f"{r['ceiling']:.2f}" if r.get("ceiling") is not None else "-"
+        lines.append(f"  reference {r['kernel'] + ' (' + r['arch'] + ')':<42} {'':>6} {ceiling:>7}  "
+                     f"{r['config_text']:<22} {str(r.get('loop_instructions') or ''):<12} {r.get('loads')}")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fused_unet import ops
-from fused_unet.kernels import conv, norm, pool
+from fused_unet.kernels import conv, grad, norm, pool
 
 
 def _launcher(name, like):
@@ -16,7 +16,7 @@ def _launcher(name, like):
     fused_unet.ops (opaque to the tracer; shape-only on meta tensors)."""
     if torch.compiler.is_compiling() or like.device.type == "meta":
         return getattr(ops, name)
-    for module in (conv, pool, norm):
+    for module in (conv, grad, pool, norm):
         if hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(name)
@@ -66,24 +66,32 @@ class Conv2dBiasAct(torch.autograd.Function):
         return (*_one_source_backward(ctx, grad_y, "conv2d"), None, None, None, None, None)
 
 
-def _only(ctx, index, grad):
-    return grad if ctx.needs_input_grad[index] else None
+def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
+    """(dz, dL/dbias): the conv's output gradient with its activation's (and pool's) backward applied, once, for
+    the backward GEMMs, and the bias-grad (None unless input ``bias_index`` needs it). A gradient with nothing to
+    apply that is already channels_last is used as it is."""
+    bias_grad = ctx.needs_input_grad[bias_index]
+    if out is None and grad_pooled is None and not bias_grad and \
+            grad_y.is_contiguous(memory_format=torch.channels_last):
+        return grad_y, None
+    dz, db = _launcher("conv_output_grad", grad_y)(grad_y, out, *ctx.act, grad_pooled, argmax, bias_grad)
+    return dz, (db if bias_grad else None)
 
 
 def _one_source_backward(ctx, grad_y, prefix):
     """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
     weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out)."""
     x, in_scale, in_shift, weight, out = ctx.saved_tensors
-    grad_z = grad_w = grad_b = None
+    dz, grad_b = _prepared(ctx, grad_y, out, 4)
+    grad_z = grad_w = None
     if _needs(ctx, 0, 1, 2):
-        grad_z = _launcher(f"{prefix}_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
-    if _needs(ctx, 3, 4):
+        grad_z = _launcher(f"{prefix}_input_grad", dz)(dz, weight)
+    if ctx.needs_input_grad[3]:
         in_activation, in_negative_slope = ctx.in_act
-        grad_w, grad_b = _launcher(f"{prefix}_weight_grad", grad_y)(
-            grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[4], in_scale=in_scale, in_shift=in_shift,
-            in_activation=in_activation, in_negative_slope=in_negative_slope)
-    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), _only(ctx, 3, grad_w),
-            _only(ctx, 4, grad_b))
+        grad_w = _launcher(f"{prefix}_weight_grad", dz)(dz, x, weight, in_scale=in_scale, in_shift=in_shift,
+                                                        in_activation=in_activation,
+                                                        in_negative_slope=in_negative_slope)
+    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b)
 
 
 class Conv2dBiasActPool(torch.autograd.Function):
@@ -101,13 +109,13 @@ class Conv2dBiasActPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_pooled):
         x, weight, argmax, out = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        dz, grad_b = _prepared(ctx, grad_y, out, 2, grad_pooled, argmax)
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act, grad_pooled, argmax)
-        if _needs(ctx, 1, 2):
-            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
-                grad_y, x, weight, out, *ctx.act, ctx.needs_input_grad[2], grad_pooled, argmax)
-        return grad_x, _only(ctx, 1, grad_w), _only(ctx, 2, grad_b), None, None
+            grad_x = _launcher("conv2d_input_grad", dz)(dz, weight)
+        if ctx.needs_input_grad[1]:
+            grad_w = _launcher("conv2d_weight_grad", dz)(dz, x, weight)
+        return grad_x, grad_w, grad_b, None, None
 
 
 def _upsample_backward(grad, up, up_mode, align_corners):
@@ -145,9 +153,10 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
     def backward(ctx, grad_y, grad_stats=None):
         up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, out = ctx.saved_tensors
         up_mode, align_corners, up_first = ctx.layout
-        grad_up = grad_skip = grad_w = grad_b = None
+        dz, grad_b = _prepared(ctx, grad_y, out, 7)
+        grad_up = grad_skip = grad_w = None
         if _needs(ctx, 0, 1, 2, 3, 4, 5):
-            grad_cat = _launcher("conv2d_input_grad", grad_y)(grad_y, weight, out, *ctx.act)
+            grad_cat = _launcher("conv2d_input_grad", dz)(dz, weight)
             c_up, c_skip = up.shape[1], skip.shape[1]
             if _needs(ctx, 3, 4, 5):
                 grad_skip = grad_cat[:, c_up:] if up_first else grad_cat[:, :c_skip]
@@ -159,13 +168,12 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
                 grad_up = grad_cat[:, up_channels, top:top + h_up, left:left + w_up]
                 if up_mode is not None:
                     grad_up = _upsample_backward(grad_up, up, up_mode, align_corners)
-        if _needs(ctx, 6, 7):
-            grad_w, grad_b = _launcher("conv2d_weight_grad", grad_y)(
-                grad_y, up, weight, out, *ctx.act, ctx.needs_input_grad[7], None, None, skip, up_mode, align_corners,
-                up_first, up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)
+        if ctx.needs_input_grad[6]:
+            grad_w = _launcher("conv2d_weight_grad", dz)(dz, up, weight, skip, up_mode, align_corners, up_first,
+                                                         up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)
         return (*_through_pending_norm(ctx, grad_up, up, up_scale, up_shift, 0),
                 *_through_pending_norm(ctx, grad_skip, skip, skip_scale, skip_shift, 3),
-                _only(ctx, 6, grad_w), _only(ctx, 7, grad_b), *[None] * 8)
+                grad_w, grad_b, *[None] * 8)
 
 
 class ConvTranspose2x2BiasAct(torch.autograd.Function):

@@ -4,7 +4,7 @@ autograd Functions call these while torch.compile traces them (or on meta tensor
 otherwise. Each op's fake (shape-only) implementation is the allocation its launcher makes."""
 import torch
 
-from fused_unet.kernels import conv, norm, pool
+from fused_unet.kernels import conv, grad, norm, pool
 
 
 def _op(launcher, schema, fake):
@@ -13,16 +13,18 @@ def _op(launcher, schema, fake):
     return op
 
 
-def _weight_grad_fake(channel_dim):
-    return lambda grad_out, x, weight, out, activation, negative_slope, bias_grad, *rest: conv.weight_grad_output(
-        weight, weight.shape[channel_dim] if bias_grad else 0)
+def _weight_grad_fake(grad_out, x, weight, *args, **kwargs):
+    return conv.weight_grad_output(weight)
+
+
+def _output_grad_fake(grad_out, out, activation, negative_slope, grad_pooled=None, argmax=None, bias_grad=False):
+    return grad.conv_output_grad_output(grad_out, bias_grad)
 
 
 _ACT = "str? activation, float negative_slope"
 _PENDING = "Tensor? in_scale=None, Tensor? in_shift=None, str? in_activation=None, float in_negative_slope=0.0"
 _CONCAT = ("str? up_mode, bool align_corners, bool up_first, Tensor? up_scale=None, Tensor? up_shift=None, "
            "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0")
-_WEIGHT_GRAD = f"(Tensor grad_out, Tensor x, Tensor weight, Tensor? out, {_ACT}, bool bias_grad"
 
 conv2d_forward = _op(conv.conv2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
                      lambda x, weight, *rest: conv.conv2d_output(x, weight))
@@ -38,22 +40,23 @@ concat_conv2d_forward = _op(
 concat_conv2d_stats_forward = _op(
     conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor skip, Tensor weight, Tensor? bias, {_CONCAT}) -> "
     "(Tensor, Tensor)", lambda up, skip, weight, *rest: conv.conv2d_stats_output(skip, weight))
-conv2d_input_grad = _op(
-    conv.conv2d_input_grad, f"(Tensor grad_out, Tensor weight, Tensor? out, {_ACT}, Tensor? grad_pooled=None, "
-    "Tensor? argmax=None) -> Tensor", lambda grad_out, weight, *rest: conv.conv2d_input_grad_output(grad_out, weight))
+conv_output_grad = _op(
+    grad.conv_output_grad, f"(Tensor grad, Tensor? out, {_ACT}, Tensor? grad_pooled=None, Tensor? argmax=None, "
+    "bool bias_grad=False) -> (Tensor, Tensor)", _output_grad_fake)
+conv2d_input_grad = _op(conv.conv2d_input_grad, "(Tensor grad, Tensor weight) -> Tensor",
+                        lambda g, weight: conv.conv2d_input_grad_output(g, weight))
 conv2d_weight_grad = _op(
-    conv.conv2d_weight_grad, f"{_WEIGHT_GRAD}, Tensor? grad_pooled=None, Tensor? argmax=None, Tensor? skip=None, "
-    "str? up_mode=None, bool align_corners=False, bool up_first=True, Tensor? in_scale=None, Tensor? in_shift=None, "
-    "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0) -> "
-    "(Tensor, Tensor)", _weight_grad_fake(0))
+    conv.conv2d_weight_grad, "(Tensor grad, Tensor x, Tensor weight, Tensor? skip=None, str? up_mode=None, "
+    "bool align_corners=False, bool up_first=True, Tensor? in_scale=None, Tensor? in_shift=None, "
+    "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0) -> Tensor",
+    _weight_grad_fake)
 conv_transpose2x2_forward = _op(conv.conv_transpose2x2_forward,
                                 f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
                                 lambda x, weight, *rest: conv.conv_transpose2x2_output(x, weight))
-conv_transpose2x2_input_grad = _op(
-    conv.conv_transpose2x2_input_grad, f"(Tensor grad_out, Tensor weight, Tensor? out, {_ACT}) -> Tensor",
-    lambda grad_out, weight, *rest: conv.conv_transpose2x2_input_grad_output(grad_out, weight))
+conv_transpose2x2_input_grad = _op(conv.conv_transpose2x2_input_grad, "(Tensor grad, Tensor weight) -> Tensor",
+                                   lambda g, weight: conv.conv_transpose2x2_input_grad_output(g, weight))
 conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
-                                    f"{_WEIGHT_GRAD}, {_PENDING}) -> (Tensor, Tensor)", _weight_grad_fake(1))
+                                    f"(Tensor grad, Tensor x, Tensor weight, {_PENDING}) -> Tensor", _weight_grad_fake)
 max_pool2x2_forward = _op(pool.max_pool2x2_forward, f"(Tensor x, {_PENDING}) -> (Tensor, Tensor)",
                           lambda x, *rest: pool.max_pool2x2_output(x))
 max_pool2x2_backward = _op(pool.max_pool2x2_backward, "(Tensor grad_y, Tensor argmax, int[] input_shape) -> Tensor",

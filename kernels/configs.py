@@ -32,21 +32,21 @@ def _cfg(num_warps=4, num_stages=3, **blocks):
 
 # GPU autotune lists per kernel and precision class: "16bit" (fp16, bf16 tensor cores), "tf32" (fp32 operands on
 # tensor cores: twice the register and shared-memory footprint) and "fp32" (IEEE fp32: FMA only, small tiles).
-# Every entry passes `fused-unet doctor` on sm_90 and sm_80 with Triton 3.6, 3.8 and 3.9 (compiles, no spills,
-# tensor-core MMA where expected).
+# Every entry passes `fused-unet doctor` on sm_90 and sm_80 (compiles, no spills, tensor-core MMA where expected);
+# the 16-bit lists lead with the configs whose main loops reach the tensor-core ceiling (BLOCK_K 64).
 GPU_CONFIGS = {
     "conv2d_implicit_gemm": {
         "16bit": [
-            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
-            _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=3),
-            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
-            _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
         ],
         "tf32": [
-            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=2),
-            _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=3),
-            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=16, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
             _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_warps=4, num_stages=2),
         ],
@@ -58,9 +58,10 @@ GPU_CONFIGS = {
     },
     "conv2d_weight_grad": {
         "16bit": [
-            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
-            _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+            _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
         "tf32": [
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
@@ -73,8 +74,9 @@ GPU_CONFIGS = {
         ],
     },
     "max_pool2x2": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
-    # One BLOCK_P only: the launcher sizes its per-tile workspace from it.
+    # One block size only: the launchers size their per-tile workspaces from it.
     "batch_norm_act_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
+    "conv_output_grad": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
 }
 
@@ -83,11 +85,27 @@ INTERPRETER_CONFIGS = {
     "conv2d_weight_grad": [_cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256)],
     "max_pool2x2": [_cfg(BLOCK=4096)],
     "batch_norm_act_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
+    "conv_output_grad": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
 }
 
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.
 WEIGHT_GRAD_PIXEL_CHUNK = 256
+# The conv's batch-statistics epilogue writes one workspace row per this many output pixels, whatever the tile
+# (every BLOCK_M above is a multiple): the rows, and so the statistics, do not depend on the config.
+STATS_ROWS = 32
+
+
+def even_k(block_k, *channels):
+    """Whether every source's channel count is a multiple of BLOCK_K: the K loop then needs no channel mask, and
+    its channel offset is a provable multiple of BLOCK_K (128-bit loads)."""
+    return all(c % block_k == 0 for c in channels)
+
+
+def pixel_bucket(pixels):
+    """The autotune key of a launch's pixel count: the next power of two, so a new image size or batch re-tunes
+    only when it moves to another bucket."""
+    return triton.next_power_of_2(max(1, pixels))
 
 
 def precision_class(dtype_name):
@@ -103,10 +121,13 @@ def gpu_configs(kernel, dtype_name, flags=None):
 
 
 def fits(cfg, flags):
-    """Whether a launch with constexpr ``flags`` may use ``cfg``. Bilinear up-sampling computes on its four
-    loaded corner tiles, so the pipeliner keeps them in registers: more than two stages spill (fused-unet doctor,
-    sm_90, 16-bit)."""
-    return not (flags.get("UP_MODE", 0) >= 2 and cfg.num_stages > 2)
+    """Whether a launch with constexpr ``flags`` may use ``cfg`` (what spilled in `fused-unet doctor`, sm_90,
+    16-bit): bilinear up-sampling keeps its four corner tiles in registers, so only two stages; the pooling and
+    depth-to-space epilogues do not fit beside a 128x256 accumulator."""
+    if flags.get("UP_MODE", 0) >= 2:
+        return cfg.num_stages <= 2
+    wide = cfg.kwargs.get("BLOCK_M", 0) * cfg.kwargs.get("BLOCK_N", 0) > 128 * 128
+    return not (wide and (flags.get("FUSE_POOL") or flags.get("PHASES")))
 
 
 def configs(kernel):
@@ -114,11 +135,6 @@ def configs(kernel):
     if INTERPRETED:
         return INTERPRETER_CONFIGS[kernel]
     return [cfg for group in GPU_CONFIGS[kernel].values() for cfg in group]
-
-
-def min_block(kernel, name):
-    """The smallest value of block size ``name`` any configuration of ``kernel`` may launch with here."""
-    return min(cfg.kwargs[name] for cfg in configs(kernel))
 
 
 def prune_by_precision(kernel):
@@ -150,17 +166,18 @@ def _fixed(**flags):
 
 
 _TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0)]
+_EVEN = [dict(EVEN_K=False), dict(EVEN_K=True)]
 _BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
 _ACTS = [dict(ACT=2), dict(ACT=1), dict(ACT=0)]
-_ACT_GRADS = [dict(ACT_GRAD=2), dict(ACT_GRAD=1), dict(ACT_GRAD=0)]
-_POOL_GRADS = [dict(POOL_GRAD=True), dict(POOL_GRAD=False)]
 _UP_MODES = [dict(UP_MODE=3), dict(UP_MODE=2), dict(UP_MODE=1), dict(UP_MODE=0)]
 _IN_ACTS = [dict(IN_ACT=2), dict(IN_ACT=1), dict(IN_ACT=0)]
 # A source read with its pending batch norm + activation, or as stored.
 _IN_NORM = [dict(NORM_INPUT=True, IN_ACT=act) for act in (2, 1, 0)] + [dict(NORM_INPUT=False, IN_ACT=0)]
-_FORWARD = dict(STRIDE=1, UPSAMPLE=1, FLIP_WEIGHT=False, ACT_GRAD=0, POOL_GRAD=False, FUSE_POOL=False)
+# The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
+_FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
+_FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=0, NORM_INPUT2=False)
-_INPUT_GRAD = dict(UPSAMPLE=1, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=False, NORM_INPUT=False, IN_ACT=0,
+_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=False, NORM_INPUT=False, IN_ACT=0,
                    **_ONE_SOURCE)
 
 # The constexpr specialisations the launchers produce, per kernel and launch site, as axes of choices (heaviest
@@ -170,35 +187,89 @@ _INPUT_GRAD = dict(UPSAMPLE=1, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=Fal
 # Kernel sizes are shapes, not choices: the U-Net's 3x3 and 1x1 stand for every odd size.
 LAUNCH_AXES = {
     "conv2d_implicit_gemm": {
-        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _TAPS, _BIAS, _ACTS, _IN_NORM],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=0), _TAPS, _BIAS, _IN_NORM],
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=0), _EVEN, _TAPS, _BIAS, _IN_NORM],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
-                                       IN_ACT=0), _TAPS, _BIAS, _ACTS],
+                                       IN_ACT=0), _EVEN, _TAPS, _BIAS, _ACTS],
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, **_TAPS[0], TWO_SOURCES=True), _UP_MODES, _BIAS,
+            _fixed(**_FORWARD, **_TAPS[0], TWO_SOURCES=True), _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=0, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS],
-        "conv2d_input_grad": [_fixed(STRIDE=1, FLIP_WEIGHT=True, **_INPUT_GRAD), _TAPS, _ACT_GRADS, _POOL_GRADS],
-        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, UPSAMPLE=2), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
-                                             PAD=0), _BIAS, _ACTS, _IN_NORM],
-        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, FLIP_WEIGHT=False, POOL_GRAD=False,
-                                                **_INPUT_GRAD), _ACT_GRADS],
+        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS],
+        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
+                                             PAD=0), _EVEN, _BIAS, _ACTS, _IN_NORM],
+        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN],
     },
     "conv2d_weight_grad": {
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
-        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _ACT_GRADS, _UP_MODES, _POOL_GRADS[::-1],
-                               [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)], _IN_NORM],
-        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, POOL_GRAD=False,
-                                                 UP_MODE=0), _ACT_GRADS,
-                                          [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)], _IN_NORM],
+        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT],
+        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=0), _IN_NORM,
+                                          _FLAT],
     },
+    "conv_output_grad": {"conv_output_grad": [_ACTS, [dict(POOL_GRAD=True), dict(POOL_GRAD=False)],
+                                              [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)]]},
     "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in (2, 1, 0)] + [dict(NORM=False, ACT=0)]]},
     "max_pool2x2_backward": {"max_pool2x2_backward": [[{}]]},
     "batch_norm_act_backward": {"batch_norm_act_input_grad": [_ACTS]},
 }
-LAUNCH_VARIANTS = {kernel: {site: _one_at_a_time(*axes) for site, axes in sites.items()}
-                   for kernel, sites in LAUNCH_AXES.items()}
+# Flags a @triton.heuristics computes from the launch (the launchers do not pass them).
+HEURISTIC_FLAGS = ("EVEN_K",)
+
+# The main-loop targets `fused-unet doctor` holds (sm_90, 16-bit, the U-Net layer's specialisation): per GEMM
+# role, the site's plain U-Net variant (_PLAIN where an axis offers it) with the overrides given must have at
+# least one registered config whose loop reaches the ceiling, and (``fast_loads``) reads its operands only with
+# 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars.
+_PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=1, NORM_INPUT=False, NORM_INPUT2=False, IN_ACT=0,
+              UP_MODE=0, STATS=False)
+MAIN_LOOP_TARGETS = [
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_input_grad", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv_transpose2x2_forward", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv_transpose2x2_input_grad", flags={}, ceiling=0.95,
+         fast_loads=True),
+    dict(kernel="conv2d_weight_grad", site="conv2d_weight_grad", flags={}, ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_weight_grad", site="conv_transpose2x2_weight_grad", flags={}, ceiling=0.95,
+         fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=1), ceiling=0.8,
+         fast_loads=False),
+    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=1), ceiling=0.8,
+         fast_loads=False),
+    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=2), ceiling=0.5,
+         fast_loads=False),
+]
+# The median ceiling over every compiled 16-bit GEMM job on sm_90 that the doctor holds.
+MEDIAN_CEILING_TARGET = 0.6
+
+
+def _plain(axes):
+    """The site's plain U-Net variant: on each axis, the first choice that agrees with _PLAIN."""
+    def agrees(choice):
+        return all(_PLAIN.get(k, v) == v for k, v in choice.items())
+
+    return functools.reduce(lambda a, b: {**a, **b},
+                            [next((c for c in axis if agrees(c)), axis[0]) for axis in axes], {})
+
+
+def target_flags(target):
+    """The full constexpr flags of a MAIN_LOOP_TARGETS entry."""
+    return {**_plain(LAUNCH_AXES[target["kernel"]][target["site"]]), **target["flags"]}
+
+
+def _variants(kernel, sites):
+    out = {}
+    for site, axes in sites.items():
+        variants = _one_at_a_time(*axes)
+        for target in MAIN_LOOP_TARGETS:
+            if (target["kernel"], target["site"]) == (kernel, site) and target_flags(target) not in variants:
+                variants.append(target_flags(target))
+        out[site] = variants
+    return out
+
+
+LAUNCH_VARIANTS = {kernel: _variants(kernel, sites) for kernel, sites in LAUNCH_AXES.items()}
 
 # Tensor dtypes the GPU path launches with: (name, Triton element type of tensors and DOT_DTYPE, INPUT_PRECISION).
 DTYPE_VARIANTS = [("fp32", "fp32", "ieee"), ("tf32", "fp32", "tf32"), ("fp16", "fp16", "ieee"), ("bf16", "bf16", "ieee")]

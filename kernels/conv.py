@@ -1,19 +1,22 @@
 """Implicit-GEMM convolution kernels and their launchers.
 
-``conv2d_implicit_gemm_kernel`` computes, for every output pixel p and output channel n,
-    y[p, n] = act(bias[n] + sum_{tap, k} src[p * STRIDE + tap - PAD, k] * w[n, k, tap])
-and stores it at (UPSAMPLE * p + phase). ``src`` is one tensor, or two read as one virtual channel
-concatenation (TWO_SOURCES), the first optionally up-sampled x2 on the fly (UP_MODE) and placed at an
-offset (zero padding around it), each optionally a conv's pre-norm output whose batch norm + activation
-are applied as it is read (NORM_INPUT, NORM_INPUT2, IN_ACT). The epilogue adds bias and activation (ACT),
-or writes batch statistics instead (STATS). One kernel serves the conv forward (STRIDE 1, 'same'), the conv+pool
-forward (FUSE_POOL: each 2x2 window is four neighbouring GEMM rows, pooled in the epilogue), the conv
-input-grad (weights transposed and flipped; the activation-grad and the pool's scatter folded into the
-load: ACT_GRAD, POOL_GRAD), the 2x2/s2 transposed-conv forward (1x1 taps, UPSAMPLE 2: depth-to-space
-store) and its input-grad (STRIDE 2, 2x2 taps).
+``conv2d_implicit_gemm_kernel`` (the forward family, and the input-grad, which is a forward conv of the prepared
+output gradient with flipped weights) computes, for every output pixel p and GEMM column n,
+    y[p, n] = act(bias[n] + sum_{tap, k} src[p * STRIDE + tap - PAD, k] * w[n, tap, k])
+``src`` is one tensor, or two read as one virtual channel concatenation (TWO_SOURCES), the first optionally
+up-sampled x2 on the fly (UP_MODE) and placed at an offset (zero padding around it), each optionally a conv's
+pre-norm output whose batch norm + activation are applied as it is read (NORM_INPUT, NORM_INPUT2, IN_ACT).
+The epilogue adds bias and activation (ACT), writes batch statistics (STATS), pools 2x2 windows (FUSE_POOL:
+each window is four neighbouring GEMM rows), or stores the columns (phase, channel) of a 2x2/s2 transposed conv
+depth-to-space (PHASES).
 
-``conv2d_weight_grad_kernel`` computes dw[m, n, tap] = sum_p a[p, m] * b[p * STRIDE + tap - PAD, n]
-over a split of the pixels into a workspace, reduced afterwards in a fixed order (deterministic).
+``conv2d_weight_grad_kernel`` computes dw[m, tap, n] = sum_p a[p, m] * b[p * STRIDE + tap - PAD, n] over a
+split of the pixels into a workspace, reduced afterwards in a fixed order (deterministic).
+
+Main loops hold loads and MMAs only (``fused-unet doctor`` reads their SASS): a flat (tap, channel block) loop
+with incremental counters (no division), per-row tap validity as bit masks computed once, the channel offset a
+provable multiple of BLOCK_K (EVEN_K: no channel mask) so 16-bit tiles load as 128-bit cp.async, and the
+activation / pool backward applied once, before the GEMMs, by ``fused_unet.kernels.grad``.
 """
 import functools
 
@@ -21,10 +24,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import INTERPRETED, WEIGHT_GRAD_PIXEL_CHUNK, configs, min_block, prune_by_precision
+from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
+                      prune_by_precision)
 
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-# Activation codes of the ACT / ACT_GRAD constexprs.
+# Activation codes of the ACT / IN_ACT constexprs.
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 # Up-sampling codes of the UP_MODE constexpr: how the first source is read onto the conv's input grid.
 UP_MODES = {None: 0, "nearest": 1, "bilinear": 2, "bilinear_align_corners": 3}
@@ -50,6 +54,14 @@ def _activation_grad(g, out, NEG_SLOPE, ACT: tl.constexpr):
 
 
 @triton.jit
+def _fast_div(n, magic, shift):
+    """n // d for 0 <= n < 2**31, from the host's ``fast_divisor(d)``: a multiply-high and a shift instead of the
+    ~20-instruction integer division (Granlund & Montgomery; CUTLASS's FastDivmod)."""
+    n = n.to(tl.uint32)
+    return ((tl.umulhi(n, magic.to(tl.uint32, bitcast=True)) + n) >> shift).to(tl.int32)
+
+
+@triton.jit
 def _linear_source(u, N_SRC, SCALE, ALIGN_CORNERS: tl.constexpr):
     """PyTorch's bilinear source index for destination index u: (i0, i1, weight of i1)."""
     uf = u.to(tl.float32)
@@ -62,77 +74,66 @@ def _linear_source(u, N_SRC, SCALE, ALIGN_CORNERS: tl.constexpr):
 
 
 @triton.jit
-def _tap(ptr, row, chan, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr, IN_ACT: tl.constexpr):
+def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr, IN_ACT: tl.constexpr):
     """One load of a source tile; with NORM, the source's pending batch-norm affine and activation applied, and
     zero where masked (the conv pads the normalised tensor with zeros, not the stored one)."""
-    v = tl.load(ptr + row[:, None] + chan, mask=mask, other=0.0)
+    v = tl.load(ptrs, mask=mask, other=0.0)
     if NORM:
         v = tl.where(mask, _activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT), 0.0)
     return v
 
 
 @triton.jit
-def _source_tile(ptr, sn, sc, sh, sw, img, h, w, ok, kk, k_ok,
-                 H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE,
-                 UP_MODE: tl.constexpr, NORM: tl.constexpr, IN_ACT: tl.constexpr):
-    """The [pixels, channels] tile of a source at positions (h, w) of the conv's input grid. The source covers
-    [OFF, OFF + UP) of that grid (zero elsewhere), read as is (UP_MODE 0, UP = SRC) or up-sampled x2 from its
-    [H_SRC, W_SRC] pixels: 1 nearest, 2 bilinear, 3 bilinear with align_corners. NORM: the source is a conv's
-    pre-norm output, normalised (per-channel scale, shift) and activated (IN_ACT) as it is read. Tiles that
-    are up-sampled or normalised are fp32."""
-    uh = h - OFF_H
-    uw = w - OFF_W
-    ok = ok & (uh >= 0) & (uh < H_UP) & (uw >= 0) & (uw < W_UP)
-    mask = ok[:, None] & k_ok[None, :]
-    base = img * sn
-    chan = kk[None, :] * sc
+def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SCALE_H, SCALE_W,
+                 scale_ptr, shift_ptr, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
+                 IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
+    """The [pixels, channels kk] tile of a source at positions (uh, uw) of its (up-sampled) grid, zero where not
+    ``ok``: read as is (UP_MODE 0: ``rows`` are the pixels' offsets), or up-sampled x2 from its [H_SRC, W_SRC]
+    pixels (``rows``: the images' offsets; 1 nearest, 2 bilinear, 3 bilinear with align_corners). NORM: the
+    source is a conv's pre-norm output, normalised (per-channel scale, shift) and activated (IN_ACT) as it is
+    read. Up-sampled or normalised tiles are fp32."""
+    if EVEN_K:
+        mask = ok[:, None]
+    else:
+        mask = ok[:, None] & k_ok[None, :]
+    chan = (kk * sc)[None, :]
     if NORM:
         scale = tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :]
         shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :]
     else:
         scale = 1.0
         shift = 0.0
+    base = x_ptr + rows
     if UP_MODE == 0:
-        tile = _tap(ptr, base + uh * sh + uw * sw, chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
+        tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
     elif UP_MODE == 1:
-        tile = _tap(ptr, base + (uh // 2) * sh + (uw // 2) * sw, chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
+        tile = _load_normalized((base + (uh >> 1) * sh + (uw >> 1) * sw)[:, None] + chan, mask, scale, shift,
+                                IN_NEG_SLOPE, NORM, IN_ACT)
     else:
         h0, h1, lh = _linear_source(uh, H_SRC, SCALE_H, UP_MODE == 3)
         w0, w1, lw = _linear_source(uw, W_SRC, SCALE_W, UP_MODE == 3)
         # Accumulate corner by corner: one loaded tile alive at a time keeps the registers of the MMA free.
         lw = lw[:, None]
         lh = lh[:, None]
-        tile = ((1.0 - lh) * (1.0 - lw)) * _tap(ptr, base + h0 * sh + w0 * sw, chan, mask, scale, shift, IN_NEG_SLOPE,
-                                                NORM, IN_ACT).to(tl.float32)
-        tile += ((1.0 - lh) * lw) * _tap(ptr, base + h0 * sh + w1 * sw, chan, mask, scale, shift, IN_NEG_SLOPE, NORM,
-                                         IN_ACT).to(tl.float32)
-        tile += (lh * (1.0 - lw)) * _tap(ptr, base + h1 * sh + w0 * sw, chan, mask, scale, shift, IN_NEG_SLOPE, NORM,
-                                         IN_ACT).to(tl.float32)
-        tile += (lh * lw) * _tap(ptr, base + h1 * sh + w1 * sw, chan, mask, scale, shift, IN_NEG_SLOPE, NORM,
-                                 IN_ACT).to(tl.float32)
+        tile = ((1.0 - lh) * (1.0 - lw)) * _load_normalized((base + h0 * sh + w0 * sw)[:, None] + chan, mask, scale,
+                                                            shift, IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+        tile += ((1.0 - lh) * lw) * _load_normalized((base + h0 * sh + w1 * sw)[:, None] + chan, mask, scale, shift,
+                                                     IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+        tile += (lh * (1.0 - lw)) * _load_normalized((base + h1 * sh + w0 * sw)[:, None] + chan, mask, scale, shift,
+                                                     IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+        tile += (lh * lw) * _load_normalized((base + h1 * sh + w1 * sw)[:, None] + chan, mask, scale, shift,
+                                             IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
     return tile
 
 
 @triton.jit
-def _output_grad_tile(g, out_ptr, son, soc, soh, sow, pg_ptr, spn, spc, sph, spw, arg_ptr, san, sac, sah, saw,
-                      img, h, w, ok, kk, k_ok, H, W, NEG_SLOPE, ACT_GRAD: tl.constexpr, POOL_GRAD: tl.constexpr):
-    """The gradient at the output of a conv(+act)(+pool) from the loaded gradient of its full-resolution output
-    ``g``: plus the pool's gradient routed through the 1-byte argmax (windows of the [H, W] grid), then the
-    activation's backward from the saved output. Without either flag, ``g`` as loaded."""
-    if POOL_GRAD:
-        ph = h // 2
-        pw = w // 2
-        win_ok = ok & (h >= 0) & (w >= 0) & (ph < H // 2) & (pw < W // 2)
-        mask = win_ok[:, None] & k_ok[None, :]
-        arg = tl.load(arg_ptr + (img * san + ph * sah + pw * saw)[:, None] + kk[None, :] * sac, mask=mask, other=4)
-        gp = tl.load(pg_ptr + (img * spn + ph * sph + pw * spw)[:, None] + kk[None, :] * spc, mask=mask, other=0.0)
-        q = (h % 2) * 2 + (w % 2)
-        g = g.to(tl.float32) + tl.where(arg.to(tl.int32) == q[:, None], gp.to(tl.float32), 0.0)
-    if ACT_GRAD != 0:
-        mask = ok[:, None] & k_ok[None, :]
-        out = tl.load(out_ptr + (img * son + h * soh + w * sow)[:, None] + kk[None, :] * soc, mask=mask, other=0.0)
-        g = _activation_grad(g, out.to(tl.float32), NEG_SLOPE, ACT_GRAD)
-    return g
+def _tap_bits(first, LIMIT, TAPS: tl.constexpr):
+    """Bit t set where 0 <= first + t < LIMIT: which of a row's taps fall inside the source, computed once so the
+    main loop tests one bit instead of four comparisons."""
+    bits = tl.zeros_like(first)
+    for t in tl.static_range(TAPS):
+        bits |= ((first + t >= 0) & (first + t < LIMIT)).to(tl.int32) << t
+    return bits
 
 
 @triton.jit
@@ -176,111 +177,142 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP,
-                       SCALE_H, SCALE_W, w_ptr, swn, swk, swh, sww, offs_n, n_valid, img, oh, ow, m_valid,
-                       H_IN, W_IN, phase_h, phase_w,
-                       out_ptr, son, soc, soh, sow, pg_ptr, spn, spc, sph, spw, arg_ptr, san, sac, sah, saw,
-                       scale_ptr, shift_ptr, NEG_SLOPE, IN_NEG_SLOPE,
-                       KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                       FLIP_WEIGHT: tl.constexpr, UP_MODE: tl.constexpr, ACT_GRAD: tl.constexpr,
-                       POOL_GRAD: tl.constexpr, NORM: tl.constexpr, IN_ACT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, img, ih0, iw0, m_valid,
+                       H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE,
+                       w_ptr, w_cols, n_valid, swt,
+                       KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
+                       IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
                        INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
-    """acc += the GEMM over this source's K range (taps x its C channels, weight channels K_OFF...)."""
+    """acc += the GEMM over this source's K range: taps x its C channels (weight columns K_OFF...). ih0, iw0: the
+    input-grid position of tap (0, 0) of each row."""
     offs_k = tl.arange(0, BLOCK_K)
-    c_blocks = tl.cdiv(C, BLOCK_K)
-    # One flat loop over (tap, channel block), so the software pipeliner overlaps loads across taps; the
-    # per-tap coordinates and border mask are [BLOCK_M] vectors, cheap next to the MMA.
-    for it in range(0, KH * KW * c_blocks):
-        tap = it // c_blocks
-        kk = (it - tap * c_blocks) * BLOCK_K + offs_k
-        r = tap // KW
-        s = tap - r * KW
-        ih = oh * STRIDE + r - PAD
-        iw = ow * STRIDE + s - PAD
-        pix_ok = m_valid & (ih >= 0) & (ih < H_IN) & (iw >= 0) & (iw < W_IN)
+    # Position on the source's (up-sampled) grid, and which taps of each row land inside it.
+    uh0 = ih0 - OFF_H
+    uw0 = iw0 - OFF_W
+    h_bits = tl.where(m_valid, _tap_bits(uh0, H_UP, KH), 0)
+    w_bits = _tap_bits(uw0, W_UP, KW)
+    # Pixel offsets of tap (0, 0), moved by each tap's scalar offset (UP_MODE 0); else the images' offsets. int64:
+    # the input-grad reads an output gradient, whose images may pass 2^31 elements.
+    rows = img * sxn
+    tap_step_h = 0
+    tap_step_w = 0
+    if UP_MODE == 0:
+        rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
+        tap_step_h = sxh
+        tap_step_w = sxw
+    # One flat loop over (tap, channel block), so the software pipeliner overlaps loads across taps; the tap
+    # (r, s) and channel offset c0 advance by counters, never by division.
+    c0 = 0
+    r = 0
+    s = 0
+    for _ in range(0, KH * KW * tl.cdiv(C, BLOCK_K)):
+        ok = ((h_bits >> r) & (w_bits >> s) & 1) != 0
+        kk = c0 + offs_k
         k_ok = kk < C
-        a = _source_tile(x_ptr, sxn, sxc, sxh, sxw, img, ih, iw, pix_ok, kk, k_ok, H_SRC, W_SRC, OFF_H, OFF_W,
-                         H_UP, W_UP, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE, UP_MODE, NORM, IN_ACT)
-        a = _output_grad_tile(a, out_ptr, son, soc, soh, sow, pg_ptr, spn, spc, sph, spw, arg_ptr,
-                              san, sac, sah, saw, img, ih, iw, pix_ok, kk, k_ok, H_IN, W_IN, NEG_SLOPE,
-                              ACT_GRAD, POOL_GRAD)
-        if FLIP_WEIGHT:
-            w_tap = (KH - 1 - r) * swh + (KW - 1 - s) * sww
+        a = _source_tile(x_ptr, rows + (r * tap_step_h + s * tap_step_w), uh0 + r, uw0 + s, ok, kk, k_ok, sxc, sxh, sxw, H_SRC,
+                         W_SRC, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE, UP_MODE, NORM, IN_ACT, EVEN_K)
+        w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
+        if EVEN_K:
+            b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
         else:
-            w_tap = (r + phase_h) * swh + (s + phase_w) * sww
-        b = tl.load(w_ptr + w_tap + (K_OFF + kk)[:, None] * swk + offs_n[None, :] * swn,
-                    mask=k_ok[:, None] & n_valid[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_valid[None, :], other=0.0)
         acc += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+        c0 += BLOCK_K
+        next_tap = c0 >= C
+        c0 = tl.where(next_tap, 0, c0)
+        s = tl.where(next_tap, s + 1, s)
+        next_row = s == KW
+        s = tl.where(next_row, 0, s)
+        r = tl.where(next_row, r + 1, r)
     return acc
 
 
-# The autotune keys hold the shapes and every flag that changes which config is best (or allowed: configs.fits).
+@triton.jit
+def _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, C_OUT,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    """Batch-norm statistics (count, mean, sum of squared deviations per channel) of each group of ROWS GEMM rows
+    into its own workspace row: the groups do not depend on the tile size, so every config (and the autotuner's
+    trial runs) writes the same rows; combined in a fixed order afterwards (no float atomics, same bits)."""
+    groups: tl.constexpr = BLOCK_M // ROWS
+    first = pid_m * BLOCK_M + tl.arange(0, groups) * ROWS
+    count = tl.minimum(tl.maximum(PIXELS - first, 0), ROWS).to(tl.float32)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M) < PIXELS)[:, None]
+    v = tl.reshape(tl.where(rows, y.to(tl.float32), 0.0), (groups, ROWS, BLOCK_N))
+    mean = tl.sum(v, axis=1) / tl.maximum(count, 1.0)[:, None]
+    dev = tl.where(tl.reshape(rows, (groups, ROWS, 1)), v - mean[:, None, :], 0.0)
+    m2 = tl.sum(dev * dev, axis=1)
+    row = stats_ptr + (first // ROWS).to(tl.int64)[:, None] * 3 * C_OUT + offs_n[None, :]
+    mask = (first < PIXELS)[:, None] & n_valid[None, :]
+    tl.store(row, tl.zeros((groups, BLOCK_N), dtype=tl.float32) + count[:, None], mask=mask)
+    tl.store(row + C_OUT, mean, mask=mask)
+    tl.store(row + 2 * C_OUT, m2, mask=mask)
+
+
+# The autotune keys hold the shapes (pixels bucketed to powers of two) and every flag that changes which config is
+# best (or allowed: configs.fits).
 @triton.autotune(configs=configs("conv2d_implicit_gemm"),
                  prune_configs_by={"early_config_prune": prune_by_precision("conv2d_implicit_gemm")},
-                 key=["C_IN", "C_IN2", "C_OUT", "H_OUT", "W_OUT", "KH", "STRIDE", "UPSAMPLE", "FLIP_WEIGHT", "UP_MODE",
-                      "FUSE_POOL", "INPUT_PRECISION"])
-@triton.jit
+                 key=["C_IN", "C_IN2", "C_OUT", "PIXEL_BUCKET", "KH", "STRIDE", "PHASES", "UP_MODE", "FUSE_POOL",
+                      "NORM_INPUT", "INPUT_PRECISION"])
+@triton.heuristics({"EVEN_K": lambda meta: even_k(meta["BLOCK_K"], meta["C_IN"], meta["C_IN2"])})
+@triton.jit(do_not_specialize=["PIXEL_BUCKET"])
 def conv2d_implicit_gemm_kernel(
-    x_ptr, x2_ptr, w_ptr, bias_ptr, out_ptr, pool_grad_ptr, argmax_ptr, y_ptr, pool_ptr, pool_argmax_ptr,
+    x_ptr, x2_ptr, w_ptr, bias_ptr, y_ptr, pool_ptr, pool_argmax_ptr,
     in_scale_ptr, in_shift_ptr, in2_scale_ptr, in2_shift_ptr, stats_ptr,
-    BATCH, H_OUT, W_OUT, H_IN, W_IN, C_IN, C_IN2, C_OUT, K_OFF, K_OFF2,
+    BATCH, H_OUT, W_OUT, H_IN, W_IN, C_IN, C_IN2, C_OUT, K_OFF, K_OFF2, PIXEL_BUCKET,
     H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, NEG_SLOPE, IN_NEG_SLOPE,
-    sxn, sxc, sxh, sxw, s2n, s2c, s2h, s2w, swn, swk, swh, sww,
-    son, soc, soh, sow, sgn, sgc, sgh, sgw, san, sac, sah, saw,
+    sxn, sxc, sxh, sxw, s2n, s2c, s2h, s2w, swn, swt,
     syn, syc, syh, syw, spn, spc, sph, spw,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    UPSAMPLE: tl.constexpr, FLIP_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    ACT_GRAD: tl.constexpr, POOL_GRAD: tl.constexpr, TWO_SOURCES: tl.constexpr, UP_MODE: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, PHASES: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, TWO_SOURCES: tl.constexpr, UP_MODE: tl.constexpr,
     FUSE_POOL: tl.constexpr, NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr, IN_ACT: tl.constexpr,
-    STATS: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    STATS: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """Weights are the GEMM's B as [C_OUT columns, taps, C_IN + C_IN2] with unit stride along K (the launcher
+    lays them out once): column n at w_ptr + n * swn + tap * swt + k."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    phase = tl.program_id(2)
-    phase_h = phase // UPSAMPLE
-    phase_w = phase % UPSAMPLE
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     img, oh, ow, m_valid = _output_pixels(offs_m, BATCH, H_OUT, W_OUT, FUSE_POOL)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_valid = offs_n < C_OUT
+    w_cols = offs_n * swn
+    ih0 = oh * STRIDE - PAD
+    iw0 = ow * STRIDE - PAD
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C_IN, K_OFF, H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP,
-                             SCALE_H, SCALE_W, w_ptr, swn, swk, swh, sww, offs_n, n_valid, img, oh, ow, m_valid,
-                             H_IN, W_IN, phase_h, phase_w, out_ptr, son, soc, soh, sow, pool_grad_ptr,
-                             sgn, sgc, sgh, sgw, argmax_ptr, san, sac, sah, saw, in_scale_ptr, in_shift_ptr,
-                             NEG_SLOPE, IN_NEG_SLOPE, KH, KW, STRIDE, PAD, FLIP_WEIGHT, UP_MODE, ACT_GRAD, POOL_GRAD,
-                             NORM_INPUT, IN_ACT, DOT_DTYPE, INPUT_PRECISION, BLOCK_K)
+    acc = _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C_IN, K_OFF, img, ih0, iw0, m_valid,
+                             H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, in_scale_ptr, in_shift_ptr,
+                             IN_NEG_SLOPE, w_ptr, w_cols, n_valid, swt, KH, KW, UP_MODE, NORM_INPUT, IN_ACT, EVEN_K,
+                             DOT_DTYPE, INPUT_PRECISION, BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
-        acc = _accumulate_source(acc, x2_ptr, s2n, s2c, s2h, s2w, C_IN2, K_OFF2, H_IN, W_IN, 0, 0, H_IN, W_IN,
-                                 1.0, 1.0, w_ptr, swn, swk, swh, sww, offs_n, n_valid, img, oh, ow, m_valid,
-                                 H_IN, W_IN, phase_h, phase_w, out_ptr, son, soc, soh, sow, pool_grad_ptr,
-                                 sgn, sgc, sgh, sgw, argmax_ptr, san, sac, sah, saw, in2_scale_ptr, in2_shift_ptr,
-                                 NEG_SLOPE, IN_NEG_SLOPE, KH, KW, STRIDE, PAD, FLIP_WEIGHT, 0, 0, False, NORM_INPUT2,
-                                 IN_ACT, DOT_DTYPE, INPUT_PRECISION, BLOCK_K)
+        acc = _accumulate_source(acc, x2_ptr, s2n, s2c, s2h, s2w, C_IN2, K_OFF2, img, ih0, iw0, m_valid,
+                                 H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0, in2_scale_ptr, in2_shift_ptr, IN_NEG_SLOPE,
+                                 w_ptr, w_cols, n_valid, swt, KH, KW, 0, NORM_INPUT2, IN_ACT, EVEN_K, DOT_DTYPE,
+                                 INPUT_PRECISION, BLOCK_K)
 
+    if PHASES:
+        # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
+        channels = C_OUT // 4
+        chan = offs_n % channels
+        phase = offs_n // channels
+        col_off = (phase // 2) * syh + (phase % 2) * syw + chan * syc
+        row_off = img * syn + (2 * oh).to(tl.int64) * syh + (2 * ow).to(tl.int64) * syw
+    else:
+        chan = offs_n
+        col_off = offs_n * syc
+        row_off = img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=n_valid, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(bias_ptr + chan, mask=n_valid, other=0.0).to(tl.float32)[None, :]
     acc = _activation(acc, NEG_SLOPE, ACT)
     y = acc.to(y_ptr.dtype.element_ty)
-    y_row = img * syn + (oh * UPSAMPLE + phase_h) * syh + (ow * UPSAMPLE + phase_w) * syw
-    tl.store(y_ptr + y_row[:, None] + offs_n[None, :] * syc, y, mask=m_valid[:, None] & n_valid[None, :])
+    tl.store(y_ptr + row_off[:, None] + col_off[None, :], y, mask=m_valid[:, None] & n_valid[None, :])
     if STATS:
-        # Batch-norm statistics of this tile (count, mean, sum of squared deviations per channel) into its own
-        # workspace row: combined in a fixed order afterwards, so no float atomics and the same bits every run.
-        rows = m_valid[:, None]
-        v = tl.where(rows, y.to(tl.float32), 0.0)
-        # Valid rows are the tile's first ones (STATS never walks pooling windows).
-        count = tl.minimum(BATCH * H_OUT * W_OUT - pid_m * BLOCK_M, BLOCK_M).to(tl.float32)
-        mean = tl.sum(v, axis=0) * (1.0 / count)
-        dev = tl.where(rows, v - mean[None, :], 0.0)
-        row = stats_ptr + pid_m.to(tl.int64) * 3 * C_OUT + offs_n
-        tl.store(row, tl.zeros((BLOCK_N,), dtype=tl.float32) + count, mask=n_valid)
-        tl.store(row + C_OUT, mean, mask=n_valid)
-        tl.store(row + 2 * C_OUT, tl.sum(dev * dev, axis=0), mask=n_valid)
+        _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, BATCH * H_OUT * W_OUT, C_OUT, BLOCK_M, BLOCK_N,
+                          STATS_ROWS)
     if FUSE_POOL:
         # Pool the values as stored, so ties are broken exactly as a separate max-pool of ``y`` would.
         pooled, arg = _max_pool_rows(y.to(tl.float32), BLOCK_M, BLOCK_N)
@@ -290,7 +322,7 @@ def conv2d_implicit_gemm_kernel(
         px = win % ww
         py = (win // ww) % wh
         p_ok = (win < BATCH * wh * ww) & (py < H_OUT // 2) & (px < W_OUT // 2)
-        p_off = (win // (ww * wh)).to(tl.int64) * spn + py * sph + px * spw
+        p_off = (win // (ww * wh)).to(tl.int64) * spn + py.to(tl.int64) * sph + px.to(tl.int64) * spw
         p_mask = p_ok[:, None] & n_valid[None, :]
         tl.store(pool_ptr + p_off[:, None] + offs_n[None, :] * spc, pooled.to(pool_ptr.dtype.element_ty), mask=p_mask)
         tl.store(pool_argmax_ptr + p_off[:, None] + offs_n[None, :] * spc, arg.to(tl.uint8), mask=p_mask)
@@ -298,24 +330,26 @@ def conv2d_implicit_gemm_kernel(
 
 @triton.autotune(configs=configs("conv2d_weight_grad"),
                  prune_configs_by={"early_config_prune": prune_by_precision("conv2d_weight_grad")},
-                 key=["C_A", "C_B", "H_A", "W_A", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "INPUT_PRECISION"])
-@triton.jit
+                 key=["C_A", "C_B", "PIXEL_BUCKET", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "NORM_INPUT",
+                      "INPUT_PRECISION"])
+@triton.jit(do_not_specialize=["PIXEL_BUCKET"])
 def conv2d_weight_grad_kernel(
-    g_ptr, x_ptr, out_ptr, pool_grad_ptr, argmax_ptr, in_scale_ptr, in_shift_ptr, dw_ptr, db_ptr,
-    BATCH, H_A, W_A, H_B, W_B, C_A, C_B, C_B_TOTAL, B_OFF, PIX_PER_SPLIT,
-    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, NEG_SLOPE, IN_NEG_SLOPE,
-    sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw, son, soc, soh, sow, spn, spc, sph, spw, san, sac, sah, saw,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-    GRAD_OPERAND: tl.constexpr, ACT_GRAD: tl.constexpr, POOL_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
-    UP_MODE: tl.constexpr, NORM_INPUT: tl.constexpr, IN_ACT: tl.constexpr,
+    g_ptr, x_ptr, in_scale_ptr, in_shift_ptr, dw_ptr,
+    BATCH, H_A, W_A, H_B, W_B, C_A, C_B, C_B_TOTAL, B_OFF, PIX_PER_SPLIT, PIXEL_BUCKET,
+    W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,
+    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, IN_NEG_SLOPE,
+    sxn, sxc, sxh, sxw,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, GRAD_OPERAND: tl.constexpr,
+    UP_MODE: tl.constexpr, NORM_INPUT: tl.constexpr, IN_ACT: tl.constexpr, FLAT_INPUT: tl.constexpr,
     DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Operand a is indexed at pixel p of its [H_A, W_A] grid, operand b at p * STRIDE + tap - PAD of its
-    [H_B, W_B] grid. GRAD_OPERAND says which one is the output gradient ``g`` (1: a conv, 2: a transposed conv);
-    the other is the input ``x``, read like the forward read it (UP_MODE, offset, NORM_INPUT). The gradient
-    gets the pool's scatter and the activation's backward while loaded; its pixel sum is the bias-grad.
-    Workspaces are contiguous: dw [SPLIT, C_A, C_B_TOTAL, KH, KW] (columns B_OFF...), db [SPLIT, KH*KW, C of g]."""
+    [H_B, W_B] grid. GRAD_OPERAND says which one is the prepared output gradient ``g`` (1: a conv, 2: a transposed
+    conv; contiguous channels_last); the other is the input ``x``, read like the forward read it (UP_MODE, offset,
+    NORM_INPUT), or as a contiguous channels_last tensor on the same grid as g (FLAT_INPUT). Pixels are decoded with
+    multiply-high divisions (W_MAGIC, H_MAGIC). The workspace is contiguous
+    [SPLIT, C_A, KH * KW, C_B_TOTAL] (columns B_OFF...)."""
     pid_m = tl.program_id(0)
     pid_nt = tl.program_id(1)
     split = tl.program_id(2)
@@ -332,54 +366,56 @@ def conv2d_weight_grad_kernel(
     p_start = split * PIX_PER_SPLIT
     p_end = tl.minimum(p_start + PIX_PER_SPLIT, num_pix)
 
+    # The prepared gradient is contiguous channels_last: pixel p sits at p * its channel count. So is a plain
+    # input (FLAT_INPUT), read at p + this tap's pixel shift: the loop decodes pixels only for the border mask.
+    tap_shift = (r - PAD) * W_B + (s - PAD)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if GRAD_OPERAND == 1:
-        bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    else:
-        bias_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_ok = p < p_end
-        pw = p % W_A
-        ph = (p // W_A) % H_A
-        img = (p // (W_A * H_A)).to(tl.int64)
+        q = _fast_div(p, W_MAGIC, W_SHIFT)
+        pw = p - q * W_A
+        img = _fast_div(q, H_MAGIC, H_SHIFT)
+        ph = q - img * H_A
         ih = ph * STRIDE + r - PAD
         iw = pw * STRIDE + s - PAD
-        pb_ok = p_ok & (ih >= 0) & (ih < H_B) & (iw >= 0) & (iw < W_B)
         if GRAD_OPERAND == 1:
-            a = _source_tile(g_ptr, sgn, sgc, sgh, sgw, img, ph, pw, p_ok, offs_a, a_ok,
-                             H_A, W_A, 0, 0, H_A, W_A, 1.0, 1.0, g_ptr, g_ptr, 0.0, 0, False, 0)
-            a = _output_grad_tile(a, out_ptr, son, soc, soh, sow, pool_grad_ptr, spn, spc, sph, spw, argmax_ptr,
-                                  san, sac, sah, saw, img, ph, pw, p_ok, offs_a, a_ok, H_A, W_A, NEG_SLOPE,
-                                  ACT_GRAD, POOL_GRAD)
-            b = _source_tile(x_ptr, sxn, sxc, sxh, sxw, img, ih, iw, pb_ok, offs_b, b_ok, H_SRC, W_SRC, OFF_H, OFF_W,
-                             H_UP, W_UP, SCALE_H, SCALE_W, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, UP_MODE,
-                             NORM_INPUT, IN_ACT)
-            if BIAS_GRAD:
-                bias_acc += tl.sum(a.to(tl.float32), axis=0)
+            a = tl.load(g_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :], mask=p_ok[:, None] & a_ok[None, :],
+                        other=0.0)
+            uh = ih - OFF_H
+            uw = iw - OFF_W
+            b_ok_rows = p_ok & (uh >= 0) & (uh < H_UP) & (uw >= 0) & (uw < W_UP)
+            if FLAT_INPUT:
+                b = tl.load(x_ptr + (p + tap_shift).to(tl.int64)[:, None] * sxw + offs_b[None, :],
+                            mask=b_ok_rows[:, None] & b_ok[None, :], other=0.0)
+            else:
+                x_rows = img.to(tl.int64) * sxn
+                if UP_MODE == 0:
+                    x_rows += uh * sxh + uw * sxw
+                b = _source_tile(x_ptr, x_rows, uh, uw, b_ok_rows, offs_b, b_ok, sxc, sxh, sxw, H_SRC, W_SRC, SCALE_H,
+                                 SCALE_W, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, UP_MODE, NORM_INPUT, IN_ACT, False)
         else:
-            a = _source_tile(x_ptr, sxn, sxc, sxh, sxw, img, ph, pw, p_ok, offs_a, a_ok, H_A, W_A, 0, 0, H_A, W_A,
-                             1.0, 1.0, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, 0, NORM_INPUT, IN_ACT)
-            b = _source_tile(g_ptr, sgn, sgc, sgh, sgw, img, ih, iw, pb_ok, offs_b, b_ok,
-                             H_B, W_B, 0, 0, H_B, W_B, 1.0, 1.0, g_ptr, g_ptr, 0.0, 0, False, 0)
-            b = _output_grad_tile(b, out_ptr, son, soc, soh, sow, pool_grad_ptr, spn, spc, sph, spw, argmax_ptr,
-                                  san, sac, sah, saw, img, ih, iw, pb_ok, offs_b, b_ok, H_B, W_B, NEG_SLOPE,
-                                  ACT_GRAD, POOL_GRAD)
-            if BIAS_GRAD:
-                bias_acc += tl.sum(b.to(tl.float32), axis=0)
+            if FLAT_INPUT:
+                a = tl.load(x_ptr + p.to(tl.int64)[:, None] * sxw + offs_a[None, :],
+                            mask=p_ok[:, None] & a_ok[None, :], other=0.0)
+            else:
+                a = _source_tile(x_ptr, img.to(tl.int64) * sxn + ph * sxh + pw * sxw, ph, pw, p_ok, offs_a, a_ok, sxc,
+                                 sxh, sxw, H_A, W_A, 1.0, 1.0, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, 0,
+                                 NORM_INPUT, IN_ACT, False)
+            b = tl.load(g_ptr + ((img * H_B + ih).to(tl.int64) * W_B + iw)[:, None] * C_B + offs_b[None, :],
+                        mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
 
-    taps = KH * KW
-    dw_off = ((split * C_A + offs_a[:, None]) * C_B_TOTAL + B_OFF + offs_b[None, :]) * taps + tap
-    tl.store(dw_ptr + dw_off, acc, mask=a_ok[:, None] & b_ok[None, :])
-    # Bias-grad: one program row stores it (the sum was computed by every program of that row).
-    if BIAS_GRAD:
-        if GRAD_OPERAND == 1:
-            if pid_nt == 0:
-                tl.store(db_ptr + split * taps * C_A + offs_a, bias_acc, mask=a_ok)
-        else:
-            if pid_m == 0:
-                tl.store(db_ptr + (split * taps + tap) * C_B + offs_b, bias_acc, mask=b_ok)
+    row = (split.to(tl.int64) * C_A + offs_a) * (KH * KW) + tap
+    tl.store(dw_ptr + (row * C_B_TOTAL + B_OFF)[:, None] + offs_b[None, :], acc, mask=a_ok[:, None] & b_ok[None, :])
+
+
+def fast_divisor(d):
+    """(magic, shift) for ``_fast_div`` by d >= 1: magic = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d),
+    magic passed as the int32 with the same bits."""
+    shift = (d - 1).bit_length()
+    magic = (2**32 * (2**shift - d)) // d + 1
+    return magic - 2**32 if magic >= 2**31 else magic, shift
 
 
 def _dot_dtype(dtype):
@@ -420,58 +456,65 @@ def _strides(t):
     return t.stride() if t is not None else _NO_STRIDES
 
 
-def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, upsample=1,
-                   flip_weight=False, placement=None, skip=None, k_offsets=(0, 0), out=None, act_grad=None,
-                   pool_grad=None, pool_out=None, norm=None, skip_norm=None, in_activation=None,
-                   in_negative_slope=0.0, stats=None):
-    """y[p, n] over the pixel grid of ``y`` (divided by ``upsample``); ``weight`` is [C_out, C_in, KH, KW] in
-    logical order (any strides). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second
-    source of a virtual concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift) of
-    a source's pending batch norm, applied with ``in_activation`` as it is read. Backward inputs: ``out`` (the
-    saved output, for ``act_grad``) and ``pool_grad`` (grad of the pooled output, argmax). ``pool_out`` (pooled,
-    argmax) turns the pooling epilogue on, ``stats`` (a zeroed workspace) the batch-statistics epilogue.
-    Validation is the caller's job."""
+def _gemm_weight(weight):
+    """A [columns, C_in, KH, KW] weight as the kernel's B: [columns, KH, KW, C_in] contiguous (K runs along
+    contiguous channels, so weight tiles load as 128-bit vectors). Free when the weight already is."""
+    return weight.contiguous(memory_format=torch.channels_last)
+
+
+def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, phases=False,
+                   placement=None, skip=None, k_offsets=(0, 0), pool_out=None, norm=None, skip_norm=None,
+                   in_activation=None, in_negative_slope=0.0, stats=None):
+    """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
+    _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
+    concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift) of a source's pending
+    batch norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase, channel) of a 2x2
+    stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the pooling epilogue
+    on, ``stats`` (a workspace) the batch-statistics epilogue. Validation is the caller's job."""
+    weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
-    c_out, _, kh, kw = weight.shape
-    h_out, w_out = y.shape[2] // upsample, y.shape[3] // upsample
+    columns, _, kh, kw = weight.shape
+    h_out, w_out = (y.shape[2] // 2, y.shape[3] // 2) if phases else (y.shape[2], y.shape[3])
     h_in, w_in = (skip.shape[2], skip.shape[3]) if skip is not None else (x.shape[2], x.shape[3])
     if y.numel() == 0:
         return y
-    if upsample != 1:
-        kh = kw = 1
     up_mode, placement = placement or _placement(x, x.shape[2], x.shape[3])
-    grad_pooled, argmax = pool_grad if pool_grad is not None else (None, None)
     pooled, pool_argmax = pool_out if pool_out is not None else (y, y)
     scale, shift = norm if norm is not None else (x, x)
     skip_scale, skip_shift = skip_norm if skip_norm is not None else (x, x)
-    rows = batch * triton.cdiv(h_out, 2) * triton.cdiv(w_out, 2) * 4 if pool_out is not None else batch * h_out * w_out
+    pixels = batch * h_out * w_out
+    rows = batch * triton.cdiv(h_out, 2) * triton.cdiv(w_out, 2) * 4 if pool_out is not None else pixels
 
     def grid(meta):
-        return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]), upsample * upsample
+        return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
 
     conv2d_implicit_gemm_kernel[grid](
-        x, skip if skip is not None else x, weight, bias if bias is not None else x, out if out is not None else x,
-        grad_pooled if grad_pooled is not None else x, argmax if argmax is not None else x, y, pooled, pool_argmax,
+        x, skip if skip is not None else x, weight, bias if bias is not None else x, y, pooled, pool_argmax,
         scale, shift, skip_scale, skip_shift, stats if stats is not None else x,
-        batch, h_out, w_out, h_in, w_in, c_in, skip.shape[1] if skip is not None else 0, c_out, *k_offsets,
-        *placement, float(negative_slope), float(in_negative_slope),
-        *x.stride(), *_strides(skip), *weight.stride(), *_strides(out), *_strides(grad_pooled), *_strides(argmax),
+        batch, h_out, w_out, h_in, w_in, c_in, skip.shape[1] if skip is not None else 0, columns, *k_offsets,
+        pixel_bucket(pixels), *placement, float(negative_slope), float(in_negative_slope),
+        *x.stride(), *_strides(skip), weight.stride(0), weight.stride(3),
         *y.stride(), *_strides(pool_out[0] if pool_out is not None else None),
-        KH=kh, KW=kw, STRIDE=stride, PAD=pad, UPSAMPLE=upsample, FLIP_WEIGHT=flip_weight,
-        HAS_BIAS=bias is not None, ACT=ACTIVATIONS[activation], ACT_GRAD=ACTIVATIONS[act_grad],
-        POOL_GRAD=pool_grad is not None, TWO_SOURCES=skip is not None, UP_MODE=up_mode,
-        FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None, NORM_INPUT2=skip_norm is not None,
+        KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
+        ACT=ACTIVATIONS[activation], TWO_SOURCES=skip is not None, UP_MODE=up_mode, FUSE_POOL=pool_out is not None,
+        NORM_INPUT=norm is not None, NORM_INPUT2=skip_norm is not None,
         IN_ACT=ACTIVATIONS[in_activation if norm is not None or skip_norm is not None else None],
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype),
     )
     return y
 
 
-def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, out=None, activation=None, negative_slope=0.0,
-                 pool_grad=None, bias_grad=False, in_activation=None, in_negative_slope=0.0):
-    """dw (fp32, [C_A, C_B_TOTAL, KH, KW] = the weight's logical shape) and db (fp32, or None without
-    ``bias_grad``). ``sources`` are (x, placement, channel offset, norm) quadruples, the input operand of each
-    launch (``norm``: (scale, shift) of its pending batch norm, or None)."""
+def _flat(x, grid):
+    """Whether x is contiguous channels_last on ``grid``'s pixels (pixel p at p * C)."""
+    return x.shape[2:] == grid.shape[2:] and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation=None, in_negative_slope=0.0):
+    """dw (fp32, [C_A, C_B_TOTAL, KH, KW] = the weight's logical shape) from the prepared output gradient ``g``
+    (made contiguous channels_last here: a no-op for fused_unet.kernels.grad's output).
+    ``sources`` are (x, placement, channel offset, norm) quadruples, the input operand of each launch (``norm``:
+    (scale, shift) of its pending batch norm, or None)."""
+    g = g.contiguous(memory_format=torch.channels_last)
     kh, kw = weight.shape[2], weight.shape[3]
     c_a, c_b_total = weight.shape[0], weight.shape[1]
     a_grid = g if grad_operand == 1 else sources[0][0]
@@ -481,10 +524,8 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, out=None, act
     split = _weight_grad_split(num_pix, c_a, c_b_total, kh * kw, g.device)
     pix_per_split = triton.cdiv(triton.cdiv(num_pix, split), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
     split = max(1, triton.cdiv(num_pix, pix_per_split))
-    dw = torch.zeros((split, c_a, c_b_total, kh, kw), device=g.device, dtype=torch.float32)
-    db = torch.zeros((split, kh * kw, c_a if grad_operand == 1 else c_b_total), device=g.device, dtype=torch.float32)
-    grad_pooled, argmax = pool_grad if pool_grad is not None else (None, None)
-    for i, (x, (up_mode, placement), b_off, norm) in enumerate(sources if num_pix else ()):
+    dw = torch.zeros((split, c_a, kh * kw, c_b_total), device=g.device, dtype=torch.float32)
+    for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
         scale, shift = norm if norm is not None else (g, g)
 
@@ -492,19 +533,15 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, out=None, act
             return triton.cdiv(c_a, meta["BLOCK_M"]), kh * kw * triton.cdiv(c_b, meta["BLOCK_N"]), split
 
         conv2d_weight_grad_kernel[grid](
-            g, x, out if out is not None else g, grad_pooled if grad_pooled is not None else g,
-            argmax if argmax is not None else g, scale, shift, dw, db,
-            batch, h_a, w_a, h_b, w_b, c_a, c_b, c_b_total, b_off, pix_per_split, *placement, float(negative_slope),
-            float(in_negative_slope),
-            *g.stride(), *x.stride(), *_strides(out), *_strides(grad_pooled), *_strides(argmax),
-            KH=kh, KW=kw, STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand,
-            ACT_GRAD=ACTIVATIONS[_act_grad(out, activation)], POOL_GRAD=pool_grad is not None,
-            BIAS_GRAD=bias_grad and i == 0, UP_MODE=up_mode, NORM_INPUT=norm is not None,
-            IN_ACT=ACTIVATIONS[in_activation if norm is not None else None],
+            g, x, scale, shift, dw, batch, h_a, w_a, h_b, w_b, c_a, c_b, c_b_total, b_off, pix_per_split,
+            pixel_bucket(num_pix), *fast_divisor(w_a), *fast_divisor(h_a), *placement, float(in_negative_slope),
+            *x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode,
+            NORM_INPUT=norm is not None, IN_ACT=ACTIVATIONS[in_activation if norm is not None else None],
+            FLAT_INPUT=norm is None and up_mode == 0 and _flat(x, g if grad_operand == 1 else x),
             DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype),
         )
     # Fixed-order reduction of the split workspace: the same bits on every run.
-    return dw.sum(0), (db.sum((0, 1)) if bias_grad else None)
+    return dw.sum(0).view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -521,31 +558,17 @@ def _weight_grad_split(num_pix, c_a, c_b, taps, device):
     return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
 
 
-def _k_contiguous(weight):
-    """A logical [C_out, C_in, KH, KW] weight stored [C_out, KH, KW, C_in] (channels_last): the GEMM's K runs
-    along contiguous channels, so weight tiles load as vectors. Free when the weight already is."""
-    return weight.contiguous(memory_format=torch.channels_last)
-
-
 def _empty_channels_last(batch, channels, height, width, like):
     return torch.empty((batch, channels, height, width), device=like.device, dtype=like.dtype,
                        memory_format=torch.channels_last)
 
 
-def _act_grad(out, activation):
-    # The activation's backward needs its saved output; without one there is no activation to undo.
-    return activation if out is not None else None
-
-
-def _pool_grad(grad_pooled, argmax):
-    return (grad_pooled, argmax) if grad_pooled is not None else None
-
-
 # ---- public launchers: arguments were validated by fused_unet.kernels.checks ------------------------------
-# ``activation`` is None, "relu" or "leaky_relu" (with ``negative_slope`` >= 0). Backward launchers take the
-# forward's saved output ``out`` (None without activation): its sign is the activation's mask.
+# ``activation`` is None, "relu" or "leaky_relu" (with ``negative_slope`` >= 0).
 # ``in_scale`` / ``in_shift`` (per channel, fp32): the input is a conv's pre-norm output whose batch norm and
 # ``in_activation`` are still pending; the kernel applies them as it reads the input (never stored).
+# Backward launchers take ``grad``, the output gradient prepared by fused_unet.kernels.grad (the activation's
+# and the pool's backward already applied), so their GEMMs are plain.
 # Each *_output function allocates what its launcher returns; torch.compile's fake ops call it for the shape.
 
 def _norm(scale, shift):
@@ -563,19 +586,18 @@ def conv2d_output(x, weight):
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
                    in_activation=None, in_negative_slope=0.0):
     """Stride-1 'same' conv (+bias, +activation); output in channels_last memory format."""
-    k = weight.shape[2]
-    return _implicit_gemm(x, _k_contiguous(weight), conv2d_output(x, weight), bias=bias, activation=activation,
-                          negative_slope=negative_slope, pad=k // 2, norm=_norm(in_scale, in_shift),
+    return _implicit_gemm(x, weight, conv2d_output(x, weight), bias=bias, activation=activation,
+                          negative_slope=negative_slope, pad=weight.shape[2] // 2, norm=_norm(in_scale, in_shift),
                           **_in_act(in_activation, in_negative_slope))
 
 
 def stats_rows(pixels):
-    """Rows of a batch-statistics workspace: one per GEMM row tile of the smallest BLOCK_M the kernel may use."""
-    return max(1, triton.cdiv(pixels, min_block("conv2d_implicit_gemm", "BLOCK_M")))
+    """Rows of a batch-statistics workspace: one per STATS_ROWS output pixels, whatever the tile size."""
+    return max(1, triton.cdiv(pixels, STATS_ROWS))
 
 
 def _stats_output(y):
-    return torch.zeros((stats_rows(y.shape[0] * y.shape[2] * y.shape[3]), 3, y.shape[1]), device=y.device,
+    return torch.empty((stats_rows(y.shape[0] * y.shape[2] * y.shape[3]), 3, y.shape[1]), device=y.device,
                        dtype=torch.float32)
 
 
@@ -586,12 +608,12 @@ def conv2d_stats_output(x, weight):
 
 def conv2d_stats_forward(x, weight, bias=None, in_scale=None, in_shift=None, in_activation=None,
                          in_negative_slope=0.0):
-    """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per row tile
-    its per-channel (count, mean, sum of squared deviations), for ``fused_unet.kernels.norm.batch_statistics``."""
-    k = weight.shape[2]
+    """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per group of
+    STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations), for
+    ``fused_unet.kernels.norm.batch_statistics``."""
     y, stats = conv2d_stats_output(x, weight)
-    _implicit_gemm(x, _k_contiguous(weight), y, bias=bias, pad=k // 2, norm=_norm(in_scale, in_shift),
-                   stats=stats, **_in_act(in_activation, in_negative_slope))
+    _implicit_gemm(x, weight, y, bias=bias, pad=weight.shape[2] // 2, norm=_norm(in_scale, in_shift), stats=stats,
+                   **_in_act(in_activation, in_negative_slope))
     return y, stats
 
 
@@ -604,10 +626,9 @@ def conv2d_pool_output(x, weight):
 def conv2d_pool_forward(x, weight, bias=None, activation=None, negative_slope=0.0):
     """(y, max_pool2d(y, 2), argmax uint8 = dy*2+dx) of y = conv2d_forward(...), from one kernel: the GEMM walks
     2x2 windows, so the epilogue stores the full-resolution output and pools it in registers."""
-    k = weight.shape[2]
     y, pooled, argmax = conv2d_pool_output(x, weight)
-    _implicit_gemm(x, _k_contiguous(weight), y, bias=bias, activation=activation, negative_slope=negative_slope,
-                   pad=k // 2, pool_out=(pooled, argmax))
+    _implicit_gemm(x, weight, y, bias=bias, activation=activation, negative_slope=negative_slope,
+                   pad=weight.shape[2] // 2, pool_out=(pooled, argmax))
     return y, pooled, argmax
 
 
@@ -621,7 +642,7 @@ def _concat_sources(up, skip, up_mode, align_corners, up_first, up_norm=None, sk
 
 def _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, up_norm, skip_norm, **kwargs):
     (_, placement, up_off, _), (_, _, skip_off, _) = _concat_sources(up, skip, up_mode, align_corners, up_first)
-    return _implicit_gemm(up, _k_contiguous(weight), y, pad=weight.shape[2] // 2, placement=placement, skip=skip,
+    return _implicit_gemm(up, weight, y, pad=weight.shape[2] // 2, placement=placement, skip=skip,
                           k_offsets=(up_off, skip_off), norm=up_norm, skip_norm=skip_norm, **kwargs)
 
 
@@ -646,81 +667,77 @@ def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align
     return y, stats
 
 
-def conv2d_input_grad_output(grad_out, weight):
-    return _empty_channels_last(grad_out.shape[0], weight.shape[1], grad_out.shape[2], grad_out.shape[3], grad_out)
+def conv2d_input_grad_output(grad, weight):
+    return _empty_channels_last(grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3], grad)
 
 
-def conv2d_input_grad(grad_out, weight, out=None, activation=None, negative_slope=0.0, grad_pooled=None,
-                      argmax=None):
+def conv2d_input_grad(grad, weight):
     """dL/dx (all C_in channels, a concatenation's too) of conv2d_forward / conv2d_pool_forward /
-    concat_conv2d_forward at the conv's input grid. ``grad_pooled`` + ``argmax``: the pooled output's gradient,
-    scattered into grad_out while it is loaded, like the activation's mask."""
+    concat_conv2d_forward at the conv's input grid, from the prepared output gradient: the same conv with the
+    weights transposed [C_in, C_out] and the taps flipped."""
     k = weight.shape[2]
-    # Input-grad is the same conv with weights transposed [C_in, C_out] and taps flipped.
-    return _implicit_gemm(grad_out, _k_contiguous(weight.transpose(0, 1)), conv2d_input_grad_output(grad_out, weight),
-                          pad=k - 1 - k // 2, flip_weight=True, out=out, act_grad=_act_grad(out, activation),
-                          negative_slope=negative_slope, pool_grad=_pool_grad(grad_pooled, argmax))
+    return _implicit_gemm(grad, weight.transpose(0, 1).flip(2, 3), conv2d_input_grad_output(grad, weight),
+                          pad=k - 1 - k // 2)
 
 
-def weight_grad_output(weight, bias_channels):
-    """(dL/dweight, dL/dbias) as the weight-grad launchers return them ([0] when no bias-grad was asked for)."""
-    return torch.empty_like(weight, memory_format=torch.contiguous_format), weight.new_empty((bias_channels,))
+def weight_grad_output(weight):
+    """dL/dweight as the weight-grad launchers return it."""
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def _in_weight_dtype(dw, db, weight):
-    return dw.to(weight.dtype), (db.to(weight.dtype) if db is not None else weight.new_empty((0,)))
+def _in_weight_dtype(dw, weight):
+    return dw.to(weight.dtype, memory_format=torch.contiguous_format)
 
 
-def conv2d_weight_grad(grad_out, x, weight, out=None, activation=None, negative_slope=0.0, bias_grad=True,
-                       grad_pooled=None, argmax=None, skip=None, up_mode=None, align_corners=False, up_first=True,
-                       in_scale=None, in_shift=None, skip_scale=None, skip_shift=None, in_activation=None,
-                       in_negative_slope=0.0):
-    """(dL/dweight, dL/dbias) in the weight's dtype of the conv launchers above (``skip`` given: of the
-    concatenating conv with ``x`` as its ``up``); dL/dbias is empty unless ``bias_grad``. The input is read as
-    the forward read it, pending batch norms (``in_*``, ``skip_*``) included."""
+def conv2d_weight_grad(grad, x, weight, skip=None, up_mode=None, align_corners=False, up_first=True, in_scale=None,
+                       in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0):
+    """dL/dweight in the weight's dtype of the conv launchers above (``skip`` given: of the concatenating conv with
+    ``x`` as its ``up``), from the prepared output gradient. The input is read as the forward read it, pending
+    batch norms (``in_*``, ``skip_*``) included."""
     k = weight.shape[2]
     if skip is None:
         sources = [(x, _placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))]
     else:
         sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),
                                   _norm(skip_scale, skip_shift))
-    dw, db = _weight_grad(grad_out, weight, sources, grad_operand=1, stride=1, pad=k // 2, out=out,
-                          activation=activation, negative_slope=negative_slope,
-                          pool_grad=_pool_grad(grad_pooled, argmax), bias_grad=bias_grad,
-                          **_in_act(in_activation, in_negative_slope))
-    return _in_weight_dtype(dw, db, weight)
+    dw = _weight_grad(grad, weight, sources, grad_operand=1, stride=1, pad=k // 2,
+                      **_in_act(in_activation, in_negative_slope))
+    return _in_weight_dtype(dw, weight)
 
 
 def conv_transpose2x2_output(x, weight):
     return _empty_channels_last(x.shape[0], weight.shape[1], 2 * x.shape[2], 2 * x.shape[3], x)
 
 
+def _phase_columns(weight):
+    """A [C_in, C_out, 2, 2] transposed-conv weight as the B of one GEMM: columns (phase = dy*2 + dx, c_out)."""
+    c_in, c_out = weight.shape[0], weight.shape[1]
+    return weight.permute(2, 3, 1, 0).reshape(4 * c_out, c_in, 1, 1)
+
+
 def conv_transpose2x2_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None,
                               in_shift=None, in_activation=None, in_negative_slope=0.0):
-    """2x2 stride-2 transposed conv (+bias, +activation) as a GEMM with a depth-to-space store."""
-    return _implicit_gemm(x, _k_contiguous(weight.transpose(0, 1)), conv_transpose2x2_output(x, weight), bias=bias,
-                          activation=activation, negative_slope=negative_slope, upsample=2,
+    """2x2 stride-2 transposed conv (+bias, +activation) as one GEMM [pixels, C_in] x [C_in, 4 C_out] whose store
+    is depth-to-space."""
+    return _implicit_gemm(x, _phase_columns(weight), conv_transpose2x2_output(x, weight), bias=bias,
+                          activation=activation, negative_slope=negative_slope, phases=True,
                           norm=_norm(in_scale, in_shift), **_in_act(in_activation, in_negative_slope))
 
 
-def conv_transpose2x2_input_grad_output(grad_out, weight):
-    return _empty_channels_last(grad_out.shape[0], weight.shape[0], grad_out.shape[2] // 2, grad_out.shape[3] // 2,
-                                grad_out)
+def conv_transpose2x2_input_grad_output(grad, weight):
+    return _empty_channels_last(grad.shape[0], weight.shape[0], grad.shape[2] // 2, grad.shape[3] // 2, grad)
 
 
-def conv_transpose2x2_input_grad(grad_out, weight, out=None, activation=None, negative_slope=0.0):
-    """dL/dx of conv_transpose2x2_forward: a stride-2 2x2 conv of grad_out with the same weights."""
-    return _implicit_gemm(grad_out, _k_contiguous(weight), conv_transpose2x2_input_grad_output(grad_out, weight),
-                          stride=2, out=out, act_grad=_act_grad(out, activation),
-                          negative_slope=negative_slope)
+def conv_transpose2x2_input_grad(grad, weight):
+    """dL/dx of conv_transpose2x2_forward from the prepared output gradient: a stride-2 2x2 conv with the same
+    weights."""
+    return _implicit_gemm(grad, weight, conv_transpose2x2_input_grad_output(grad, weight), stride=2)
 
 
-def conv_transpose2x2_weight_grad(grad_out, x, weight, out=None, activation=None, negative_slope=0.0,
-                                  bias_grad=True, in_scale=None, in_shift=None, in_activation=None,
+def conv_transpose2x2_weight_grad(grad, x, weight, in_scale=None, in_shift=None, in_activation=None,
                                   in_negative_slope=0.0):
-    """(dL/dweight, dL/dbias) of conv_transpose2x2_forward; dL/dbias is empty unless ``bias_grad``."""
+    """dL/dweight of conv_transpose2x2_forward from the prepared output gradient."""
     source = (x, _placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))
-    dw, db = _weight_grad(grad_out, weight, [source], grad_operand=2, stride=2, pad=0, out=out,
-                          activation=activation, negative_slope=negative_slope, bias_grad=bias_grad,
-                          **_in_act(in_activation, in_negative_slope))
-    return _in_weight_dtype(dw, db, weight)
+    dw = _weight_grad(grad, weight, [source], grad_operand=2, stride=2, pad=0,
+                      **_in_act(in_activation, in_negative_slope))
+    return _in_weight_dtype(dw, weight)

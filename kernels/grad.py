@@ -1,0 +1,86 @@
+"""Gradient preparation: the backward of a conv's epilogue, applied once before the backward GEMMs.
+
+A conv(+act)(+2x2 max-pool) returns y (and the pooled y). Its backward GEMMs need the pre-activation gradient
+dz = act'(y) * (dL/dy + the pooled gradient routed back through the 1-byte argmax). One elementwise pass computes
+dz (channels_last, contiguous) and the bias-grad partial sums per pixel tile, so the input-grad is the forward
+conv with flipped weights and the weight-grad a plain GEMM: no activation or pool decoding in a main loop.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .configs import configs
+from .conv import ACTIVATIONS, _activation_grad
+
+
+@triton.autotune(configs=configs("conv_output_grad"), key=["C"])
+@triton.jit
+def conv_output_grad_kernel(
+    g_ptr, out_ptr, pool_grad_ptr, argmax_ptr, dz_ptr, partial_ptr, PIXELS, C, H, W, NEG_SLOPE,
+    sgn, sgc, sgh, sgw, son, soc, soh, sow, spn, spc, sph, spw, san, sac, sah, saw,
+    ACT: tl.constexpr, POOL_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """dz[p, c] (contiguous [PIXELS, C]) and, with BIAS_GRAD, this program's column sums of dz into its own
+    workspace row (summed in a fixed order afterwards: no atomics)."""
+    pid_p = tl.program_id(0)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_ok = offs_p < PIXELS
+    c_ok = offs_c < C
+    mask = p_ok[:, None] & c_ok[None, :]
+    w = offs_p % W
+    h = (offs_p // W) % H
+    img = (offs_p // (W * H)).to(tl.int64)
+    # int64: an output's images may pass 2^31 elements.
+    h64 = h.to(tl.int64)
+    g = tl.load(g_ptr + (img * sgn + h64 * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask,
+                other=0.0).to(tl.float32)
+    if POOL_GRAD:
+        ph = h // 2
+        pw = w // 2
+        win = mask & ((ph < H // 2) & (pw < W // 2))[:, None]
+        pooled = (img * san + ph * sah + pw * saw)[:, None] + offs_c[None, :] * sac
+        arg = tl.load(argmax_ptr + pooled, mask=win, other=4)
+        gp = tl.load(pool_grad_ptr + (img * spn + ph * sph + pw * spw)[:, None] + offs_c[None, :] * spc, mask=win,
+                     other=0.0)
+        g += tl.where(arg.to(tl.int32) == ((h % 2) * 2 + (w % 2))[:, None], gp.to(tl.float32), 0.0)
+    if ACT != 0:
+        out = tl.load(out_ptr + (img * son + h64 * soh + w * sow)[:, None] + offs_c[None, :] * soc, mask=mask,
+                      other=0.0)
+        g = _activation_grad(g, out.to(tl.float32), NEG_SLOPE, ACT)
+    tl.store(dz_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], g.to(dz_ptr.dtype.element_ty), mask=mask)
+    if BIAS_GRAD:
+        tl.store(partial_ptr + pid_p.to(tl.int64) * C + offs_c, tl.sum(tl.where(mask, g, 0.0), axis=0), mask=c_ok)
+
+
+def conv_output_grad_output(grad, bias_grad):
+    dz = torch.empty(grad.shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
+    return dz, grad.new_empty((grad.shape[1] if bias_grad else 0,))
+
+
+def _strides(t):
+    return t.stride() if t is not None else (0, 0, 0, 0)
+
+
+def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_pooled=None, argmax=None,
+                     bias_grad=False):
+    """(dz, dL/dbias) of a conv whose output y = act(z) was also 2x2 max-pooled when ``grad_pooled`` / ``argmax``
+    are given: dz = act'(y) * (grad + the pooled gradient at each window's argmax), channels_last. ``out``: the
+    saved y (None without activation). dL/dbias is the column sum of dz (in grad's dtype), empty unless
+    ``bias_grad``."""
+    batch, c, h, w = grad.shape
+    dz, db = conv_output_grad_output(grad, bias_grad)
+    pixels = batch * h * w
+    block_p = configs("conv_output_grad")[0].kwargs["BLOCK_P"]
+    partial = torch.zeros((max(1, triton.cdiv(pixels, block_p)), c), device=grad.device, dtype=torch.float32)
+    if pixels:
+        act = ACTIVATIONS[activation if out is not None else None]
+        conv_output_grad_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
+            grad, out if out is not None else grad, grad_pooled if grad_pooled is not None else grad,
+            argmax if argmax is not None else grad, dz, partial, pixels, c, h, w, float(negative_slope),
+            *grad.stride(), *_strides(out), *_strides(grad_pooled), *_strides(argmax),
+            ACT=act, POOL_GRAD=grad_pooled is not None, BIAS_GRAD=bias_grad)
+    if bias_grad:
+        db.copy_(partial.sum(0))
+    return dz, db

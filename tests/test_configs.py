@@ -1,0 +1,142 @@
+"""Every registered GPU config, run through the interpreter (which runs any block size) on shapes that span several
+tiles in M and N, several channel blocks and several weight-grad splits; and results that do not depend on what
+the autotuner tried before it chose (each config back to back on the same buffers, then the chosen one)."""
+import contextlib
+
+import pytest
+import torch
+
+from tests.conftest import DEVICE, check_against_float64, make_tensor
+from fused_unet import eager, functional as FF
+from fused_unet.kernels import configs, conv, norm
+
+pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="forces configs on the interpreter; a GPU autotunes them")
+
+
+def _all_gpu_configs(kernel):
+    return [cfg for group in configs.GPU_CONFIGS[kernel].values() for cfg in group]
+
+
+@contextlib.contextmanager
+def forced(kernel, cfg):
+    """Launch ``kernel`` (an autotuner) with ``cfg`` only."""
+    saved = kernel.configs
+    kernel.configs = [cfg]
+    try:
+        yield
+    finally:
+        kernel.configs = saved
+
+
+@contextlib.contextmanager
+def emulated_autotuner(kernel, trials, chosen):
+    """Each launch of ``kernel`` first runs every config of ``trials`` on the same arguments (as the autotuner's
+    benchmark does, on the same output and workspace buffers), then ``chosen``."""
+    run = kernel.run
+
+    def tuning_run(*args, **kwargs):
+        for cfg in trials + [chosen]:
+            with forced(kernel, cfg):
+                result = run(*args, **kwargs)
+        return result
+
+    kernel.run = tuning_run
+    try:
+        yield
+    finally:
+        del kernel.run
+
+
+@pytest.fixture
+def two_splits(monkeypatch):
+    # The weight-grad splits its pixels over programs on a GPU; make it do so here.
+    monkeypatch.setattr(conv, "_weight_grad_split", lambda *args: 2)
+
+
+def _conv_case(cfg, c_in, c_out):
+    """x, weight, bias spanning 2+ row tiles of ``cfg`` (and 2 weight-grad splits of 256 pixels)."""
+    side = max(17, int((2 * cfg.kwargs["BLOCK_M"]) ** 0.5) + 1)
+    x = make_tensor((1, c_in, side, side), layout="channels_last", requires_grad=True)
+    w = make_tensor((c_out, c_in, 3, 3), requires_grad=True, scale=(c_in * 9) ** -0.5)
+    b = make_tensor((c_out,), requires_grad=True)
+    return [x, w, b]
+
+
+@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+def test_every_conv_config_forward_and_input_grad(cfg):
+    # Two channel blocks without a channel mask forward; two column tiles; the input-grad's K (C_out) is masked.
+    x, w, b = _conv_case(cfg, 2 * cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_N"] + 16)
+    with forced(conv.conv2d_implicit_gemm_kernel, cfg):
+        out = FF.conv2d(x, w, b, "relu")
+        grad = torch.randn_like(out)
+        (gx,) = torch.autograd.grad(out, [x], grad)
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double()
+    ref = eager.conv2d(xr, wr, b.detach().double(), "relu")
+    (rgx,) = torch.autograd.grad(ref, [xr], grad.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gx.double(), rgx, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_weight_grad"), ids=str)
+def test_every_weight_grad_config(cfg, two_splits):
+    # Two tiles of output channels (M) and of input channels (N) per tap, two pixel splits.
+    x, w, b = _conv_case(cfg, cfg.kwargs["BLOCK_N"] + 16, cfg.kwargs["BLOCK_M"] + 16)
+    with forced(conv.conv2d_weight_grad_kernel, cfg):
+        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
+                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, w, b], torch.float32)
+
+
+def _bn_step(x, w, skip):
+    """A BatchNorm training step of a concatenating conv (statistics epilogue, pending norm, weight-grad)."""
+    y, stats = FF.concat_conv2d_stats(x, skip, w, up_mode="nearest")
+    z = FF.batch_norm(y, stats, activation="relu")
+    out = FF.conv2d(z, w[:, :8], None)
+    grads = torch.autograd.grad(out.square().sum(), [x, w, skip])
+    return (y, stats, out, *grads)
+
+
+def test_results_do_not_depend_on_what_the_autotuner_tried(two_splits):
+    x = make_tensor((2, 8, 9, 9), requires_grad=True)
+    skip = make_tensor((2, 8, 18, 18), layout="channels_last", requires_grad=True)
+    w = make_tensor((8, 16, 3, 3), requires_grad=True, scale=0.1)
+    chosen = {"conv": configs.GPU_CONFIGS["conv2d_implicit_gemm"]["16bit"][0],
+              "wgrad": configs.GPU_CONFIGS["conv2d_weight_grad"]["16bit"][0]}
+    with forced(conv.conv2d_implicit_gemm_kernel, chosen["conv"]), \
+            forced(conv.conv2d_weight_grad_kernel, chosen["wgrad"]):
+        clean = _bn_step(x, w, skip)
+    # The trials run smaller row tiles than the chosen one: stale statistics rows would survive it.
+    with emulated_autotuner(conv.conv2d_implicit_gemm_kernel, configs.GPU_CONFIGS["conv2d_implicit_gemm"]["fp32"],
+                            chosen["conv"]), \
+            emulated_autotuner(conv.conv2d_weight_grad_kernel, configs.GPU_CONFIGS["conv2d_weight_grad"]["fp32"],
+                               chosen["wgrad"]):
+        tuned = _bn_step(x, w, skip)
+    for name, a, c in zip(["y", "stats", "out", "grad x", "grad w", "grad skip"], clean, tuned):
+        assert torch.equal(a, c), f"{name} differs after the autotuner's trial runs"
+
+
+@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
+    x = make_tensor((3, 16, 11, 13))
+    w = make_tensor((48, 16, 3, 3), scale=0.1)
+    with forced(conv.conv2d_implicit_gemm_kernel, cfg):
+        y, stats = conv.conv2d_stats_forward(x, w)
+    assert stats.shape[0] == conv.stats_rows(3 * 11 * 13)
+    mean, var, count = norm.batch_statistics(stats)
+    ref = eager.conv2d(x.double(), w.double())
+    torch.testing.assert_close(mean, ref.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var, ref.var((0, 2, 3), unbiased=False), atol=1e-5, rtol=1e-5)
+    assert count.eq(3 * 11 * 13).all()
+
+
+def test_every_config_passes_the_stats_granularity():
+    kernel = "conv2d_implicit_gemm"
+    assert all(cfg.kwargs["BLOCK_M"] % configs.STATS_ROWS == 0
+               for cfg in _all_gpu_configs(kernel) + configs.INTERPRETER_CONFIGS[kernel])
+
+
+def test_fast_divisor_matches_integer_division():
+    n = torch.tensor([0, 1, 2, 3, 7, 63, 64, 65, 1000, 2**20 + 3, 2**31 - 1], dtype=torch.int64)
+    for d in [1, 2, 3, 5, 7, 9, 17, 64, 255, 256, 1000, 8191, 2**31 - 1]:
+        magic, shift = conv.fast_divisor(d)
+        m = magic % 2**32
+        assert torch.equal((((n * m) >> 32) + n) >> shift, n // d), d
