@@ -112,12 +112,13 @@ def registry_jobs(archs):
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
-                         for c in range(len(configs.gpu_configs(kernel, d, variants[0]))) if (d, c) != ("fp16", 0)]
+                         for c in range(len(configs.gpu_configs(kernel, d, variants[0], ARCHS[arch])))
+                         if (d, c) != ("fp16", 0)]
         for target in configs.MAIN_LOOP_TARGETS:
             flags = configs.target_flags(target)
             variant = configs.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(flags)
             jobs += [Job(target["kernel"], target["site"], variant, "fp16", c, arch)
-                     for c in range(len(configs.gpu_configs(target["kernel"], "fp16", flags)))]
+                     for c in range(len(configs.gpu_configs(target["kernel"], "fp16", flags, ARCHS[arch])))]
     return list(dict.fromkeys(jobs))
 
 
@@ -170,7 +171,7 @@ def compile_job(job):
     from fused_unet.kernels import configs
 
     variant = configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
-    cfg = configs.gpu_configs(job.kernel, job.dtype, variant)[job.config]
+    cfg = configs.gpu_configs(job.kernel, job.dtype, variant, ARCHS[job.arch])[job.config]
     _, element_type, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
     fn = kernels()[job.kernel]
     while not isinstance(fn, triton.runtime.JITFunction):  # through @triton.autotune / @triton.heuristics
@@ -352,15 +353,17 @@ def _target_jobs(results, target, arch):
 
 
 def _fast(result):
+    """128-bit cp.async / TMA loads only (sm_80: 128-bit vector loads, see sass.vector_loads_only), no division."""
     from fused_unet import sass
 
-    return sass.fast_loads_only(result["loads"]) and not result["int_division"]
+    vector = sass.fast_loads_only if result["arch"] == "sm_90" else sass.vector_loads_only
+    return vector(result["loads"]) and not result["int_division"]
 
 
 def main_loop_verdicts(results):
     """Per MAIN_LOOP_TARGETS entry (kernels/configs.py): its best sm_90 config, that config's ceiling and whether
-    the target holds (ceiling, and with ``fast_loads`` 128-bit cp.async/TMA loads and no division on sm_90 and
-    sm_80 alike). Plus the median ceiling over every compiled 16-bit sm_90 GEMM job."""
+    the target holds (ceiling, and with ``fast_loads`` 128-bit cp.async/TMA loads and no division on sm_90, 128-bit
+    loads and no division on sm_80). Plus the median ceiling over every compiled 16-bit sm_90 GEMM job."""
     from fused_unet.kernels import configs
 
     verdicts = []
@@ -373,28 +376,33 @@ def main_loop_verdicts(results):
             ok = ok and any(_fast(r) for r in _target_jobs(results, target, "sm_80"))
         name = target["site"] + "".join(f" {k}={v}" for k, v in target["flags"].items())
         verdicts.append(dict(name=name, target=target["ceiling"], ok=ok, config=best and best["config_text"],
-                             ceiling=best and best["ceiling"], loop=best and best["loop_instructions"],
+                             ceiling=best and best["ceiling"], headroom=best and best["headroom"],
+                             loop=best and best["loop_instructions"],
                              loads=best and best["loads"]))
     ceilings = [r["ceiling"] or 0.0 for r in results
                 if r.get("gemm") and r["ok"] and r["arch"] == "sm_90" and r["dtype"] in ("fp16", "bf16")]
     if ceilings:
         median = statistics.median(ceilings)
         verdicts.append(dict(name=f"median of {len(ceilings)} 16-bit GEMM jobs", target=configs.MEDIAN_CEILING_TARGET,
-                             ok=median >= configs.MEDIAN_CEILING_TARGET, config=None, ceiling=median, loop=None,
-                             loads=None))
+                             ok=median >= configs.MEDIAN_CEILING_TARGET, config=None, ceiling=median, headroom=None,
+                             loop=None, loads=None))
     return verdicts
 
 
 def format_main_loops(verdicts, references):
     """The main-loop table (sm_90, 16-bit tensor-core ceiling), with the reference kernels beside ours."""
     lines = ["\nmain loops, sm_90, fp16: ceiling = min(1, HGMMA work / (2048 x SASS instructions per iteration))",
-             f"  {'role':<52} {'target':>6} {'ceiling':>7}  {'config':<22} {'loop':<12} loads"]
+             f"  {'role':<44} {'target':>6} {'ceiling':>7} {'headroom':>8}  {'config':<20} {'loop':<12} loads"]
+
+    def number(value):
+        return f"{value:.2f}" if value is not None else "-"
+
     for v in verdicts:
-        ceiling = f"{v['ceiling']:.2f}" if v["ceiling"] is not None else "-"
-        lines.append(f"  {v['name']:<52} {v['target']:>6.2f} {ceiling:>7}  {v['config'] or '':<22} "
-                     f"{str(v['loop'] or ''):<12} {v['loads'] or ''} {'ok' if v['ok'] else 'FAIL'}")
+        lines.append(f"  {v['name']:<44} {v['target']:>6.2f} {number(v['ceiling']):>7} {number(v['headroom']):>8}  "
+                     f"{v['config'] or '':<20} {str(v['loop'] or ''):<12} {v['loads'] or ''} "
+                     f"{'ok' if v['ok'] else 'FAIL'}")
     for r in references:
-        ceiling = f"{r['ceiling']:.2f}" if r.get("ceiling") is not None else "-"
-        lines.append(f"  reference {r['kernel'] + ' (' + r['arch'] + ')':<42} {'':>6} {ceiling:>7}  "
-                     f"{r['config_text']:<22} {str(r.get('loop_instructions') or ''):<12} {r.get('loads')}")
+        lines.append(f"  {'reference ' + r['kernel']:<44} {'':>6} {number(r.get('ceiling')):>7} "
+                     f"{number(r.get('headroom')):>8}  {r['config_text']:<20} "
+                     f"{str(r.get('loop_instructions') or '')[:12]:<12} {r.get('loads')}")
     return "\n".join(lines)

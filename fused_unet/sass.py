@@ -5,7 +5,7 @@ work ``F`` (the sum of m·n·k of its MMA instructions) can therefore reach at m
 the tensor-core peak, where ``peak`` is the SM's dense FMA per clock for the operand type (sm_90: 2048 16-bit,
 1024 TF32). On sm_90 a warpgroup's four warps issue the same ``HGMMA`` for one shared piece of work, so F counts
 each HGMMA once; on sm_80 every warp's ``HMMA`` is its own work, so the bound is ``4 F / (peak · L)``.
-The bound says nothing of memory stalls or occupancy: it is the most a loop can do when its loads arrive in
+``headroom`` is the same ratio uncapped: how many times over the loop could issue its MMAs. The bound says nothing of memory stalls or occupancy: it is the most a loop can do when its loads arrive in
 time. The loads it issues are read off too (128-bit ``cp.async`` / TMA are what a fast loop uses), and so is
 integer division (``I2F.U32.RP``, the start of the reciprocal sequence ptxas emits for ``//`` and ``%``).
 """
@@ -102,15 +102,17 @@ def main_loops(sass, cc, operand_class):
         flops = sum(w for w, _ in work)
         warpgroup = any(g for _, g in work)
         peak = PEAK_FMA.get((cc, operand_class))
-        ceiling = None
+        ceiling = headroom = None
         if peak:
-            ceiling = min(1.0, (flops if warpgroup else 4 * flops) / (peak * len(body)))
+            headroom = (flops if warpgroup else 4 * flops) / (peak * len(body))
+            ceiling = min(1.0, headroom)
         kinds = {}
         for op in body:
             if (kind := load_kind(op)):
                 kinds[kind] = kinds.get(kind, 0) + 1
         reports.append(dict(instructions=len(body), mma=sorted({op.split(".F32")[0] for op in body if _mma_work(op)[0]}),
-                            mma_count=sum(1 for w, _ in work if w), mma_work=flops, ceiling=ceiling, loads=kinds,
+                            mma_count=sum(1 for w, _ in work if w), mma_work=flops, ceiling=ceiling,
+                            headroom=headroom, loads=kinds,
                             int_division=any(op.startswith("I2F") and ".RP" in op for op in body)))
     return reports
 
@@ -119,14 +121,16 @@ def summary(loops):
     """The report of a kernel from its MMA loops: the worst loop's ceiling (two-source kernels run both), every
     loop's instruction count, all load kinds and whether any loop divides."""
     if not loops:
-        return dict(loop_instructions=None, ceiling=None, loads={}, int_division=False, mma=[])
+        return dict(loop_instructions=None, ceiling=None, headroom=None, loads={}, int_division=False, mma=[])
     ceilings = [loop["ceiling"] for loop in loops if loop["ceiling"] is not None]
+    headrooms = [loop["headroom"] for loop in loops if loop["headroom"] is not None]
     loads = {}
     for loop in loops:
         for kind, n in loop["loads"].items():
             loads[kind] = loads.get(kind, 0) + n
     return dict(loop_instructions=[loop["instructions"] for loop in loops],
-                ceiling=min(ceilings) if ceilings else None, loads=loads,
+                ceiling=min(ceilings) if ceilings else None, headroom=min(headrooms) if headrooms else None,
+                loads=loads,
                 int_division=any(loop["int_division"] for loop in loops),
                 mma=sorted({shape for loop in loops for shape in loop["mma"]}))
 
@@ -134,3 +138,9 @@ def summary(loops):
 def fast_loads_only(loads):
     """Whether every global load in the loop is a 128-bit cp.async or a TMA copy."""
     return bool(loads) and set(loads) <= {"cp.async.128", "tma"}
+
+
+def vector_loads_only(loads):
+    """Whether every global load in the loop moves 128 bits (cp.async, TMA or a plain vector LDG): sm_80's mma.sync
+    takes a transposed operand from registers, so Triton reads it with 128-bit LDG rather than cp.async."""
+    return bool(loads) and set(loads) <= {"cp.async.128", "tma", "ldg.128"}

@@ -2,7 +2,8 @@
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Inside the kernels the batch offset is int64; offsets within one image and pixel indices are int32.
+# Inside the kernels pixel indices are int32 (N*H*W <= 2^31 - 1) and so are offsets within one input image;
+# offsets into outputs and output gradients are int64 (a 3 -> 64 conv at 8192^2 writes 4.3e9 elements per image).
 MAX_INT32 = 2**31 - 1
 
 
@@ -76,6 +77,8 @@ def check_conv_transpose2x2(x, weight, bias):
         raise ValueError(f"weight expects {c_in} input channels ([C_in, C_out, 2, 2]) but x has {x.shape[1]}")
     if (kh, kw) != (2, 2):
         raise ValueError(f"weight must have a 2x2 kernel ([C_in, C_out, 2, 2]), got {kh}x{kw}")
+    if 4 * x.shape[0] * x.shape[2] * x.shape[3] > MAX_INT32:
+        raise ValueError(f"x of shape {tuple(x.shape)}: the output's N*H*W pixels (4 per input pixel) exceed 2^31 - 1")
     check_bias(bias, c_out, x)
 
 

@@ -40,6 +40,7 @@ GPU_CONFIGS = {
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
             _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
             _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
+            _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
             _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
             _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
@@ -69,7 +70,7 @@ GPU_CONFIGS = {
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
         "fp32": [
-            _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2),
+            _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
     },
@@ -113,21 +114,37 @@ def precision_class(dtype_name):
     return {"fp16": "16bit", "bf16": "16bit"}.get(dtype_name, dtype_name)
 
 
-def gpu_configs(kernel, dtype_name, flags=None):
-    """The GPU configs of ``kernel`` for a dtype name of DTYPE_VARIANTS (and a launch's constexpr ``flags``)."""
+def gpu_configs(kernel, dtype_name, flags=None, cc=90):
+    """The GPU configs of ``kernel`` for a dtype name of DTYPE_VARIANTS, a launch's constexpr ``flags`` and a
+    compute capability ``cc`` (90 for sm_90 and newer)."""
     classes = GPU_CONFIGS[kernel]
     listed = classes.get("any") or classes[precision_class(dtype_name)]
-    return [cfg for cfg in listed if fits(cfg, flags or {})]
+    return [cfg for cfg in listed if fits(cfg, flags or {}, cc)]
 
 
-def fits(cfg, flags):
-    """Whether a launch with constexpr ``flags`` may use ``cfg`` (what spilled in `fused-unet doctor`, sm_90,
-    16-bit): bilinear up-sampling keeps its four corner tiles in registers, so only two stages; the pooling and
-    depth-to-space epilogues do not fit beside a 128x256 accumulator."""
+def fits(cfg, flags, cc=90):
+    """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
+    `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
+    keeps operand fragments in registers: no tile beyond 64 and 32. Bilinear up-sampling keeps its four corner
+    tiles in registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
+    statistics epilogues do not fit beside a wide accumulator."""
+    blocks, threads = cfg.kwargs, 32 * cfg.num_warps
+    acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
+    a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
+    if cc < 90 and (acc > 64 or a > 32):
+        return False
     if flags.get("UP_MODE", 0) >= 2:
-        return cfg.num_stages <= 2
-    wide = cfg.kwargs.get("BLOCK_M", 0) * cfg.kwargs.get("BLOCK_N", 0) > 128 * 128
-    return not (wide and (flags.get("FUSE_POOL") or flags.get("PHASES")))
+        return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
+    return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
+
+
+@functools.lru_cache(maxsize=None)
+def device_capability(index):
+    """sm_XY of a CUDA device as the integer XY."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
 
 
 def configs(kernel):
@@ -144,8 +161,11 @@ def prune_by_precision(kernel):
             return candidates
         fp32_operands = str(kwargs.get("DOT_DTYPE")) == "fp32"
         name = ("tf32" if kwargs.get("INPUT_PRECISION") == "tf32" else "fp32") if fp32_operands else "16bit"
+        import torch
+
         keep = GPU_CONFIGS[kernel][name]
-        return [cfg for cfg in candidates if cfg in keep and fits(cfg, kwargs)]
+        cc = device_capability(torch.cuda.current_device())
+        return [cfg for cfg in candidates if cfg in keep and fits(cfg, kwargs, cc)]
 
     return prune
 

@@ -27,6 +27,7 @@ import triton.language as tl
 from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
                       prune_by_precision)
 
+_STATS_ROWS = tl.constexpr(STATS_ROWS)
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 # Activation codes of the ACT / IN_ACT constexprs.
 ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
@@ -51,6 +52,20 @@ def _activation_grad(g, out, NEG_SLOPE, ACT: tl.constexpr):
     elif ACT == 2:
         g = tl.where(out > 0.0, g, g * NEG_SLOPE)  # leaky_relu_backward's rule
     return g
+
+
+@triton.jit
+def _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The [BLOCK_P pixels, BLOCK_C channels] tile of an elementwise program: (pid_p, pixel offsets, channel
+    offsets, channel mask, tile mask, image, row, column)."""
+    pid_p = tl.program_id(0)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_p < PIXELS)[:, None] & c_ok[None, :]
+    w = offs_p % W
+    h = (offs_p // W) % H
+    return pid_p, offs_p, offs_c, c_ok, mask, (offs_p // (W * H)).to(tl.int64), h, w
 
 
 @triton.jit
@@ -312,7 +327,7 @@ def conv2d_implicit_gemm_kernel(
     tl.store(y_ptr + row_off[:, None] + col_off[None, :], y, mask=m_valid[:, None] & n_valid[None, :])
     if STATS:
         _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, BATCH * H_OUT * W_OUT, C_OUT, BLOCK_M, BLOCK_N,
-                          STATS_ROWS)
+                          _STATS_ROWS)
     if FUSE_POOL:
         # Pool the values as stored, so ties are broken exactly as a separate max-pool of ``y`` would.
         pooled, arg = _max_pool_rows(y.to(tl.float32), BLOCK_M, BLOCK_N)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation_grad
+from .conv import ACTIVATIONS, _activation_grad, _pixel_channel_tile
 
 
 @triton.autotune(configs=configs("conv_output_grad"), key=["C"])
@@ -23,15 +23,7 @@ def conv_output_grad_kernel(
 ):
     """dz[p, c] (contiguous [PIXELS, C]) and, with BIAS_GRAD, this program's column sums of dz into its own
     workspace row (summed in a fixed order afterwards: no atomics)."""
-    pid_p = tl.program_id(0)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_ok = offs_p < PIXELS
-    c_ok = offs_c < C
-    mask = p_ok[:, None] & c_ok[None, :]
-    w = offs_p % W
-    h = (offs_p // W) % H
-    img = (offs_p // (W * H)).to(tl.int64)
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     # int64: an output's images may pass 2^31 elements.
     h64 = h.to(tl.int64)
     g = tl.load(g_ptr + (img * sgn + h64 * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask,

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation, _activation_grad
+from .conv import ACTIVATIONS, _activation, _activation_grad, _pixel_channel_tile
 
 
 def batch_statistics(stats):
@@ -34,15 +34,7 @@ def batch_norm_act_backward_kernel(
 ):
     """With u = y * scale + shift and g = dL/d act(u): dy = act'(u) g scale, and per program the partial sums of
     act'(u) g y (-> dL/dscale) and act'(u) g (-> dL/dshift) into its own workspace row [2, C] (no atomics)."""
-    pid_p = tl.program_id(0)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_ok = offs_p < PIXELS
-    c_ok = offs_c < C
-    mask = p_ok[:, None] & c_ok[None, :]
-    w = offs_p % W
-    h = (offs_p // W) % H
-    img = (offs_p // (W * H)).to(tl.int64)
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
     y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)[None, :]

@@ -38,6 +38,8 @@ OTHER_CASES = [
     (lambda: FF.max_pool2x2(t(1, 3, 1, 8)), ValueError, "at least 2x2"),
     (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(4, 2, 2, 2)), ValueError, "weight expects 4 input channels"),
     (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(3, 2, 3, 3)), ValueError, "2x2 kernel"),
+    (lambda: FF.conv_transpose2x2(t(2**12, 1, 2**9, 2**9, device="meta"), t(1, 2, 2, 2, device="meta")), ValueError,
+     "output's N\\*H\\*W pixels"),
     (lambda: FF.conv_transpose2x2(t(1, 3, 4, 4), t(3, 2, 2, 2), t(3)), ValueError, r"bias must have shape \[2\]"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), None, "gelu"), ValueError, "activation must be one of"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), None, "leaky_relu", -0.1), ValueError,
@@ -68,3 +70,12 @@ OTHER_CASES = [
 def test_bad_input_raises_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_outputs_may_pass_2_to_the_31_elements_per_image():
+    # A first conv 3 -> 64 at 8192^2 writes 4.3e9 elements per image: its offsets are int64, so it is accepted
+    # (shape-only on meta tensors; the GPU session runs it for real).
+    x = torch.empty(1, 3, 2**13, 2**13, device="meta", requires_grad=True)
+    out = FF.conv2d(x, torch.empty(64, 3, 3, 3, device="meta", requires_grad=True), None, "relu")
+    assert out.shape == (1, 64, 2**13, 2**13) and out[0].numel() > 2**31
+    out.sum().backward()
