@@ -1,9 +1,9 @@
 """fused-unet: Triton kernels that fuse the hot paths of a U-Net, with autograd, drop-in modules and a U-Net."""
-from fused_unet import functional, nn
+from fused_unet import candidates, functional, nn
 from fused_unet.dispatch import backend, describe, force_eager, interpreter_enabled
 from fused_unet.models import ReferenceUNet, UNet
 from fused_unet.swap import swap_modules
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "ReferenceUNet", "backend", "describe", "force_eager", "interpreter_enabled", "functional", "nn",
-           "swap_modules"]
+__all__ = ["UNet", "ReferenceUNet", "backend", "candidates", "describe", "force_eager", "interpreter_enabled",
+           "functional", "nn", "swap_modules"]

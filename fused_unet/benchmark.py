@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fused_unet import perf
+from fused_unet import candidates, perf
 from fused_unet.models import ReferenceUNet, UNet
 
 CONTENDERS = ("fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune", "fused-compile")
@@ -207,6 +207,8 @@ def run(s, device, log=print, contender_done=lambda: None):
             c = None
             _release()
             contender_done()
+    # Which backward GEMM (our kernel or aten's / cuDNN) each fused layer shape chose by timing.
+    results["backward_choices"] = candidates.chosen()
     return results
 
 
@@ -226,6 +228,10 @@ def table(results):
             lines.append(f"| {name} | {r['batch']} | {r['img_per_s']:.1f} ({r['img_per_s_p20']:.1f}–"
                          f"{r['img_per_s_p80']:.1f}) | {r['ms_median']:.2f} | {r['peak_memory_gib']:.2f} | "
                          f"{r['tflops']:.1f} | {r['pct_of_matmul_peak']:.0f}% | {entry['max_batch'] or '–'} |")
+    choices = list(results.get("backward_choices", {}).values())
+    if choices:
+        lines += ["", f"Backward GEMMs of the fused model, chosen by timing per layer shape: "
+                      f"{choices.count('triton')} ours (Triton), {choices.count('aten')} aten (cuDNN)."]
     return "\n".join(lines)
 
 

@@ -276,6 +276,13 @@ def cmd_profile(args):
         rows = perf.profile_table(costs, times, peak_tflops, peak_gbps, train=train)
         print("\n" + perf.format_profile(rows, f"{name}: {title}"))
         report["models"][name] = rows
+        if name == "fused":
+            from fused_unet import candidates
+
+            report["backward_choices"] = candidates.chosen()
+            print("backward GEMMs, chosen by timing (our Triton kernel or aten / cuDNN):")
+            for key, choice in report["backward_choices"].items():
+                print(f"  {key}: {choice}")
         if args.trace:
             trace = Path(args.trace).with_suffix(f".{name}.json")
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,

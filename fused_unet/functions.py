@@ -7,14 +7,19 @@ tensor itself: the normalised one is recomputed by the kernels that need it, nev
 import torch
 from torch.autograd.function import once_differentiable
 
-from fused_unet import ops
+from fused_unet import candidates, ops
 from fused_unet.kernels import conv, grad, norm, pool
+
+
+def _traced(like):
+    """Whether torch.compile is tracing, or ``like`` is a meta tensor: then the custom ops run, nothing else."""
+    return torch.compiler.is_compiling() or like.device.type == "meta"
 
 
 def _launcher(name, like):
     """The launcher ``name``; while torch.compile traces, or for meta tensors like ``like``, its custom-op twin in
     fused_unet.ops (opaque to the tracer; shape-only on meta tensors)."""
-    if torch.compiler.is_compiling() or like.device.type == "meta":
+    if _traced(like):
         return getattr(ops, name)
     for module in (conv, grad, pool, norm):
         if hasattr(module, name):
@@ -78,6 +83,37 @@ def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
     return dz, (db if bias_grad else None)
 
 
+def _aten_backward(dz, x, weight, prefix, output_mask):
+    """aten's convolution_backward of the op ``prefix`` (conv2d: stride 1, 'same'; conv_transpose2x2: stride 2)."""
+    transposed = prefix == "conv_transpose2x2"
+    k = weight.shape[2]
+    stride, padding = ([2, 2], [0, 0]) if transposed else ([1, 1], [k // 2, k // 2])
+    return torch.ops.aten.convolution_backward(dz, x, weight, None, stride, padding, [1, 1], transposed, [0, 0], 1,
+                                               output_mask)
+
+
+def _input_grad(prefix, dz, x, weight):
+    """dL/dx from the prepared gradient: our kernel, or aten's where it is faster (fused_unet.candidates)."""
+    def triton():
+        return _launcher(f"{prefix}_input_grad", dz)(dz, weight)
+
+    if _traced(dz):
+        return triton()
+    return candidates.run(f"{prefix}_input_grad", (dz, weight), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, prefix, [True, False, False])[0]))
+
+
+def _weight_grad(prefix, dz, x, weight, **pending):
+    """dL/dweight from the prepared gradient: our kernel, or aten's (x as stored: no pending norm) where faster."""
+    def triton():
+        return _launcher(f"{prefix}_weight_grad", dz)(dz, x, weight, **pending)
+
+    if _traced(dz) or pending.get("in_scale") is not None:
+        return triton()
+    return candidates.run(f"{prefix}_weight_grad", (dz, x), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, prefix, [False, True, False])[1]))
+
+
 def _one_source_backward(ctx, grad_y, prefix):
     """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
     weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out)."""
@@ -85,12 +121,11 @@ def _one_source_backward(ctx, grad_y, prefix):
     dz, grad_b = _prepared(ctx, grad_y, out, 4)
     grad_z = grad_w = None
     if _needs(ctx, 0, 1, 2):
-        grad_z = _launcher(f"{prefix}_input_grad", dz)(dz, weight)
+        grad_z = _input_grad(prefix, dz, x, weight)
     if ctx.needs_input_grad[3]:
         in_activation, in_negative_slope = ctx.in_act
-        grad_w = _launcher(f"{prefix}_weight_grad", dz)(dz, x, weight, in_scale=in_scale, in_shift=in_shift,
-                                                        in_activation=in_activation,
-                                                        in_negative_slope=in_negative_slope)
+        grad_w = _weight_grad(prefix, dz, x, weight, in_scale=in_scale, in_shift=in_shift,
+                              in_activation=in_activation, in_negative_slope=in_negative_slope)
     return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b)
 
 
@@ -112,9 +147,9 @@ class Conv2dBiasActPool(torch.autograd.Function):
         dz, grad_b = _prepared(ctx, grad_y, out, 2, grad_pooled, argmax)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _launcher("conv2d_input_grad", dz)(dz, weight)
+            grad_x = _input_grad("conv2d", dz, x, weight)
         if ctx.needs_input_grad[1]:
-            grad_w = _launcher("conv2d_weight_grad", dz)(dz, x, weight)
+            grad_w = _weight_grad("conv2d", dz, x, weight)
         return grad_x, grad_w, grad_b, None, None
 
 

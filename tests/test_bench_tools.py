@@ -55,6 +55,8 @@ def test_table_and_compare(tmp_path, capsys):
     a, b = _fake_results(100.0, 10.0), _fake_results(150.0, 5.0)
     text = benchmark.table(a)
     assert "| fused | 16 | 100.0 (99.0–101.0)" in text and "failed: Unsupported" in text
+    choices = benchmark.table(dict(a, backward_choices={"conv2d_input_grad (1,)": "aten", "k (2,)": "triton"}))
+    assert "1 ours (Triton), 1 aten (cuDNN)" in choices and "chosen by timing" not in text
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     assert main(["bench", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0

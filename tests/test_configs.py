@@ -77,6 +77,33 @@ def test_every_conv_config_forward_and_input_grad(cfg):
     torch.testing.assert_close(gx.double(), rgx, atol=1e-4, rtol=1e-4)
 
 
+def _fused_ops(cfg):
+    """(fused, eager, inputs) of the pool, concatenation and transposed-conv epilogues / prologues at 2+ tiles."""
+    m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    side = 2 * max(5, int((2 * m) ** 0.5) // 2 + 1)
+    x = make_tensor((1, 2 * cfg.kwargs["BLOCK_K"], side, side), layout="channels_last", requires_grad=True)
+    w = make_tensor((n + 16, x.shape[1], 3, 3), requires_grad=True, scale=0.05)
+    up = make_tensor((1, 8, side // 2, side // 2), requires_grad=True)
+    wc = make_tensor((n + 16, 8 + x.shape[1], 3, 3), requires_grad=True, scale=0.05)
+    wt = make_tensor((x.shape[1], n // 4 + 8, 2, 2), requires_grad=True, scale=0.05)
+    return {
+        "conv+pool": (lambda x, w: FF.conv2d_pool(x, w, None, "relu"),
+                      lambda x, w: eager.conv2d_pool(x, w, None, "relu"), [x, w]),
+        "concat nearest": (lambda u, s, w: FF.concat_conv2d(u, s, w, None, "relu", up_mode="nearest"),
+                           lambda u, s, w: eager.concat_conv2d(u, s, w, None, "relu", up_mode="nearest"), [up, x, wc]),
+        "transposed conv": (lambda x, w: FF.conv_transpose2x2(x, w, None, "relu"),
+                            lambda x, w: eager.conv_transpose2x2(x, w, None, "relu"), [x, wt]),
+    }
+
+
+@pytest.mark.parametrize("op", ["conv+pool", "concat nearest", "transposed conv"])
+@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+def test_every_conv_config_on_the_fused_epilogues_and_prologues(cfg, op):
+    fused, reference, inputs = _fused_ops(cfg)[op]
+    with forced(conv.conv2d_implicit_gemm_kernel, cfg):
+        check_against_float64(fused, reference, inputs, torch.float32)
+
+
 @pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_weight_grad"), ids=str)
 def test_every_weight_grad_config(cfg, two_splits):
     # Two tiles of output channels (M) and of input channels (N) per tap, two pixel splits.
