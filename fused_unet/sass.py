@@ -21,7 +21,7 @@ _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-
 _LABEL = re.compile(r"^(\.L_x_\d+):")
 _BRANCH = re.compile(r"\bBRA\b.*`\((\.L_x_\d+)\)")
 _HGMMA = re.compile(r"^HGMMA\.(\d+)x(\d+)x(\d+)")
-_HMMA = re.compile(r"^HMMA\.(\d)(\d)(\d+)")
+_HMMA = re.compile(r"^HMMA\.(16)(8)(16|8)")  # m16n8k16 / m16n8k8
 
 
 def tool(name):
