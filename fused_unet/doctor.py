@@ -326,16 +326,20 @@ def format_table(results):
         rows = [r for r in results if key(r) == (arch, kernel)]
         lines.append(f"\n{kernel} — {arch}")
         lines.append(f"  {'site':<30} {'dtype':<5} {'config':<22} {'ok':<3} {'mma':<8} {'regs':>4} {'spill':>5} "
-                     f"{'smem KiB':>8} {'blocks/SM':>9} {'warps/SM':>8}")
+                     f"{'smem KiB':>8} {'blocks/SM':>9} {'warps/SM':>8} {'ceiling':>7} {'loop':>6}  loop loads")
         for r in rows:
             if r["variant"] != 0:
                 continue
             if not r["ok"]:
                 lines.append(f"  {r['site']:<30} {r['dtype']:<5} {r['config_text']:<22} NO  {r['error']}")
                 continue
+            ceiling = f"{r['ceiling']:.2f}" if r.get("ceiling") is not None else "-"
+            loop = "+".join(map(str, r.get("loop_instructions") or [])) or "-"
+            loads = ", ".join(f"{n} {kind}" for kind, n in (r.get("loads") or {}).items())
             lines.append(f"  {r['site']:<30} {r['dtype']:<5} {r['config_text']:<22} {'yes':<3} "
                          f"{r['mma'] if r['gemm'] else '-':<8} {r['regs']:>4} {r['spill_bytes']:>5} "
-                         f"{r['shared_bytes'] / 1024:>8.1f} {r['blocks_per_sm']:>9} {r['warps_per_sm']:>8}")
+                         f"{r['shared_bytes'] / 1024:>8.1f} {r['blocks_per_sm']:>9} {r['warps_per_sm']:>8} "
+                         f"{ceiling:>7} {loop:>6}  {loads}{' DIV' if r.get('int_division') else ''}")
         for site in dict.fromkeys(r["site"] for r in rows):
             flags = [r for r in rows if r["site"] == site and r["variant"] != 0]
             if flags:

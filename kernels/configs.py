@@ -93,8 +93,10 @@ INTERPRETER_CONFIGS = {
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.
 WEIGHT_GRAD_PIXEL_CHUNK = 256
 # The conv's batch-statistics epilogue writes one workspace row per this many output pixels, whatever the tile
-# (every BLOCK_M above is a multiple): the rows, and so the statistics, do not depend on the config.
-STATS_ROWS = 32
+# (launches with statistics take the configs whose BLOCK_M is a multiple: configs.fits): the rows, and so the
+# statistics, do not depend on the config. 12 bytes per channel per row: 64 keeps the workspace under 10% of a
+# 16-bit activation.
+STATS_ROWS = 64
 
 
 def even_k(block_k, *channels):
@@ -127,8 +129,10 @@ def fits(cfg, flags, cc=90):
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
     keeps operand fragments in registers: no tile beyond 64 and 32. Bilinear up-sampling keeps its four corner
     tiles in registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
-    statistics epilogues do not fit beside a wide accumulator."""
+    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
+    if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
+        return False
     acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
     if cc < 90 and (acc > 64 or a > 32):

@@ -30,12 +30,13 @@ def forced(kernel, cfg):
 
 @contextlib.contextmanager
 def emulated_autotuner(kernel, trials, chosen):
-    """Each launch of ``kernel`` first runs every config of ``trials`` on the same arguments (as the autotuner's
-    benchmark does, on the same output and workspace buffers), then ``chosen``."""
+    """Each launch of ``kernel`` first runs every config of ``trials`` that the autotuner's pruning keeps for it
+    (configs.fits) on the same arguments (as its benchmark does, on the same output and workspace buffers), then
+    ``chosen``."""
     run = kernel.run
 
     def tuning_run(*args, **kwargs):
-        for cfg in trials + [chosen]:
+        for cfg in [c for c in trials if configs.fits(c, kwargs)] + [chosen]:
             with forced(kernel, cfg):
                 result = run(*args, **kwargs)
         return result
@@ -141,7 +142,8 @@ def test_results_do_not_depend_on_what_the_autotuner_tried(two_splits):
         assert torch.equal(a, c), f"{name} differs after the autotuner's trial runs"
 
 
-@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+@pytest.mark.parametrize("cfg", [c for c in _all_gpu_configs("conv2d_implicit_gemm") if configs.fits(c, dict(STATS=True))],
+                         ids=str)
 def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
     x = make_tensor((3, 16, 11, 13))
     w = make_tensor((48, 16, 3, 3), scale=0.1)
@@ -155,10 +157,11 @@ def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
     assert count.eq(3 * 11 * 13).all()
 
 
-def test_every_config_passes_the_stats_granularity():
+def test_every_statistics_launch_has_configs():
     kernel = "conv2d_implicit_gemm"
-    assert all(cfg.kwargs["BLOCK_M"] % configs.STATS_ROWS == 0
-               for cfg in _all_gpu_configs(kernel) + configs.INTERPRETER_CONFIGS[kernel])
+    for dtype in ("fp32", "tf32", "fp16"):
+        assert configs.gpu_configs(kernel, dtype, dict(STATS=True))
+    assert all(cfg.kwargs["BLOCK_M"] % configs.STATS_ROWS == 0 for cfg in configs.INTERPRETER_CONFIGS[kernel])
 
 
 def test_fast_divisor_matches_integer_division():
