@@ -5,9 +5,9 @@ work ``F`` (the sum of m·n·k of its MMA instructions) can therefore reach at m
 the tensor-core peak, where ``peak`` is the SM's dense FMA per clock for the operand type (sm_90: 2048 16-bit,
 1024 TF32). On sm_90 a warpgroup's four warps issue the same ``HGMMA`` for one shared piece of work, so F counts
 each HGMMA once; on sm_80 every warp's ``HMMA`` is its own work, so the bound is ``4 F / (peak · L)``.
-``headroom`` is the same ratio uncapped: how many times over the loop could issue its MMAs. The bound says nothing of memory stalls or occupancy: it is the most a loop can do when its loads arrive in
-time. The loads it issues are read off too (128-bit ``cp.async`` / TMA are what a fast loop uses), and so is
-integer division (``I2F.U32.RP``, the start of the reciprocal sequence ptxas emits for ``//`` and ``%``).
+``headroom`` is the same ratio uncapped: how many times over the loop could issue its MMAs. The bound says
+nothing of memory stalls or occupancy: it is the most a loop can do when its loads arrive in time. The loads it
+issues are read off too (128-bit ``cp.async`` / TMA are what a fast loop uses), and so is integer division (``I2F.U32.RP``, the start of the reciprocal sequence ptxas emits for ``//`` and ``%``).
 """
 import os
 import re
@@ -110,7 +110,8 @@ def main_loops(sass, cc, operand_class):
         for op in body:
             if (kind := load_kind(op)):
                 kinds[kind] = kinds.get(kind, 0) + 1
-        reports.append(dict(instructions=len(body), mma=sorted({op.split(".F32")[0] for op in body if _mma_work(op)[0]}),
+        shapes = sorted({op.split(".F32")[0] for op in body if _mma_work(op)[0]})
+        reports.append(dict(instructions=len(body), mma=shapes,
                             mma_count=sum(1 for w, _ in work if w), mma_work=flops, ceiling=ceiling,
                             headroom=headroom, loads=kinds,
                             int_division=any(op.startswith("I2F") and ".RP" in op for op in body)))

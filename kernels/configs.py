@@ -244,8 +244,8 @@ HEURISTIC_FLAGS = ("EVEN_K",)
 # role, the site's plain U-Net variant (_PLAIN where an axis offers it) with the overrides given must have at
 # least one registered config whose loop reaches the ceiling, and (``fast_loads``) reads its operands only with
 # 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars.
-_PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=1, NORM_INPUT=False, NORM_INPUT2=False, IN_ACT=0,
-              UP_MODE=0, STATS=False)
+_PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=1, NORM_INPUT=False,
+              NORM_INPUT2=False, IN_ACT=0, UP_MODE=0, STATS=False)
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),

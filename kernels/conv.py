@@ -224,8 +224,10 @@ def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, img, ih0, iw0, 
         ok = ((h_bits >> r) & (w_bits >> s) & 1) != 0
         kk = c0 + offs_k
         k_ok = kk < C
-        a = _source_tile(x_ptr, rows + (r * tap_step_h + s * tap_step_w), uh0 + r, uw0 + s, ok, kk, k_ok, sxc, sxh, sxw, H_SRC,
-                         W_SRC, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE, UP_MODE, NORM, IN_ACT, EVEN_K)
+        a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok, kk=kk,
+                         k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
+                         scale_ptr=scale_ptr, shift_ptr=shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE,
+                         NORM=NORM, IN_ACT=IN_ACT, EVEN_K=EVEN_K)
         w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
         if EVEN_K:
             b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
@@ -298,16 +300,21 @@ def conv2d_implicit_gemm_kernel(
     iw0 = ow * STRIDE - PAD
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C_IN, K_OFF, img, ih0, iw0, m_valid,
-                             H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, in_scale_ptr, in_shift_ptr,
-                             IN_NEG_SLOPE, w_ptr, w_cols, n_valid, swt, KH, KW, UP_MODE, NORM_INPUT, IN_ACT, EVEN_K,
-                             DOT_DTYPE, INPUT_PRECISION, BLOCK_K)
+    # The two sources share the rows, the weights and the dot's settings; they differ in tensor, geometry and norm.
+    acc = _accumulate_source(
+        acc, x_ptr=x_ptr, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0,
+        m_valid=m_valid, H_SRC=H_SRC, W_SRC=W_SRC, OFF_H=OFF_H, OFF_W=OFF_W, H_UP=H_UP, W_UP=W_UP, SCALE_H=SCALE_H,
+        SCALE_W=SCALE_W, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
+        w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT,
+        EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
-        acc = _accumulate_source(acc, x2_ptr, s2n, s2c, s2h, s2w, C_IN2, K_OFF2, img, ih0, iw0, m_valid,
-                                 H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0, in2_scale_ptr, in2_shift_ptr, IN_NEG_SLOPE,
-                                 w_ptr, w_cols, n_valid, swt, KH, KW, 0, NORM_INPUT2, IN_ACT, EVEN_K, DOT_DTYPE,
-                                 INPUT_PRECISION, BLOCK_K)
+        acc = _accumulate_source(
+            acc, x_ptr=x2_ptr, sxn=s2n, sxc=s2c, sxh=s2h, sxw=s2w, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0,
+            m_valid=m_valid, H_SRC=H_IN, W_SRC=W_IN, OFF_H=0, OFF_W=0, H_UP=H_IN, W_UP=W_IN, SCALE_H=1.0,
+            SCALE_W=1.0, scale_ptr=in2_scale_ptr, shift_ptr=in2_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
+            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=0, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
+            EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
         # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
@@ -407,16 +414,19 @@ def conv2d_weight_grad_kernel(
                 x_rows = img.to(tl.int64) * sxn
                 if UP_MODE == 0:
                     x_rows += uh * sxh + uw * sxw
-                b = _source_tile(x_ptr, x_rows, uh, uw, b_ok_rows, offs_b, b_ok, sxc, sxh, sxw, H_SRC, W_SRC, SCALE_H,
-                                 SCALE_W, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, UP_MODE, NORM_INPUT, IN_ACT, False)
+                b = _source_tile(x_ptr, rows=x_rows, uh=uh, uw=uw, ok=b_ok_rows, kk=offs_b, k_ok=b_ok, sc=sxc, sh=sxh,
+                                 sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
+                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
+                                 UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=False)
         else:
             if FLAT_INPUT:
                 a = tl.load(x_ptr + p.to(tl.int64)[:, None] * sxw + offs_a[None, :],
                             mask=p_ok[:, None] & a_ok[None, :], other=0.0)
             else:
-                a = _source_tile(x_ptr, img.to(tl.int64) * sxn + ph * sxh + pw * sxw, ph, pw, p_ok, offs_a, a_ok, sxc,
-                                 sxh, sxw, H_A, W_A, 1.0, 1.0, in_scale_ptr, in_shift_ptr, IN_NEG_SLOPE, 0,
-                                 NORM_INPUT, IN_ACT, False)
+                a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
+                                 kk=offs_a, k_ok=a_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_A, W_SRC=W_A, SCALE_H=1.0,
+                                 SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr,
+                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=0, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=False)
             b = tl.load(g_ptr + ((img * H_B + ih).to(tl.int64) * W_B + iw)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)

@@ -24,7 +24,8 @@ def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_bk, stride_cm,
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_bk
     c = acc.to(c_ptr.dtype.element_ty)
-    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :], c, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :], c,
+             mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
 @triton.jit

@@ -142,8 +142,8 @@ def test_results_do_not_depend_on_what_the_autotuner_tried(two_splits):
         assert torch.equal(a, c), f"{name} differs after the autotuner's trial runs"
 
 
-@pytest.mark.parametrize("cfg", [c for c in _all_gpu_configs("conv2d_implicit_gemm") if configs.fits(c, dict(STATS=True))],
-                         ids=str)
+@pytest.mark.parametrize("cfg", [c for c in _all_gpu_configs("conv2d_implicit_gemm")
+                                 if configs.fits(c, dict(STATS=True))], ids=str)
 def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
     x = make_tensor((3, 16, 11, 13))
     w = make_tensor((48, 16, 3, 3), scale=0.1)
