@@ -7,7 +7,8 @@ the tensor-core peak, where ``peak`` is the SM's dense FMA per clock for the ope
 each HGMMA once; on sm_80 every warp's ``HMMA`` is its own work, so the bound is ``4 F / (peak · L)``.
 ``headroom`` is the same ratio uncapped: how many times over the loop could issue its MMAs. The bound says
 nothing of memory stalls or occupancy: it is the most a loop can do when its loads arrive in time. The loads it
-issues are read off too (128-bit ``cp.async`` / TMA are what a fast loop uses), and so is integer division (``I2F.U32.RP``, the start of the reciprocal sequence ptxas emits for ``//`` and ``%``).
+issues are read off too (128-bit ``cp.async`` / TMA are what a fast loop uses), and so is integer division
+(``I2F.U32.RP``, the start of the reciprocal sequence ptxas emits for ``//`` and ``%``).
 """
 import os
 import re
