@@ -296,9 +296,14 @@ def write(results, out_dir):
     return [f"{stem}.json", f"{stem}.md"] + plot(results, out_dir)
 
 
+# `fused-unet bench --cpu-smoke` without shape flags: a model the Triton interpreter steps through in about a minute.
+CPU_SMOKE = dict(size=32, base_channels=8, depth=2, batch_sizes=(2,))
+
+
 def cpu_smoke(s, log=print):
     """The CPU stand-in: one step of the fused model through the Triton interpreter and of the eager model (a
-    check that the code runs, not a throughput number), and the saved-activation memory of each."""
+    check that the code runs, not a throughput number), and the saved-activation memory of each. Returns a
+    results dict for ``write_cpu_smoke``."""
     from fused_unet import dispatch
     from fused_unet.utils import saved_activation_bytes
 
@@ -315,10 +320,32 @@ def cpu_smoke(s, log=print):
         rows.append(dict(contender=name, backend=backend, seconds=seconds, saved_activation_mib=saved / 2**20))
         log(f"{name:6s} [{backend}]: one fwd+bwd {seconds:.1f}s (CPU smoke, not a throughput number); "
             f"saved activations {saved / 2**20:.2f} MiB")
-    rows.append(dict(ratio=rows[0]["saved_activation_mib"] / rows[1]["saved_activation_mib"]))
-    log(f"saved-activation memory, fused / eager: {rows[-1]['ratio']:.2f}x (fp32, batch {s.batch_sizes[0]}, "
+    ratio = rows[0]["saved_activation_mib"] / rows[1]["saved_activation_mib"]
+    log(f"saved-activation memory, fused / eager: {ratio:.2f}x (fp32, batch {s.batch_sizes[0]}, "
         f"{s.size}x{s.size}, base {s.base_channels}, depth {s.depth})")
-    return rows
+    import triton
+
+    return dict(kind="cpu-smoke", date=datetime.date.today().isoformat(), torch=torch.__version__,
+                triton=triton.__version__, python=platform.python_version(), settings=dataclasses.asdict(s),
+                runs=rows, saved_activation_ratio=ratio)
+
+
+def write_cpu_smoke(results, out_dir):
+    """The CPU smoke's JSON and a Markdown table, named like the GPU results; returns the file names."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = results["settings"]
+    stem = f"cpu-smoke-{s['size']}-base{s['base_channels']}-depth{s['depth']}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    lines = [f"CPU smoke: U-Net base {s['base_channels']}, depth {s['depth']}, {s['size']}x{s['size']}, batch "
+             f"{s['batch_sizes'][0]}, fp32 — torch {results['torch']}, triton {results['triton']}, {results['date']}. "
+             "One forward + backward each; seconds are interpreter time, not throughput.", "",
+             "| contender | backend | seconds | saved activations (MiB) |", "|---|---|---|---|"]
+    lines += [f"| {r['contender']} | {r['backend']} | {r['seconds']:.1f} | {r['saved_activation_mib']:.2f} |"
+              for r in results["runs"]]
+    lines += ["", f"Saved-activation memory, fused / eager: {results['saved_activation_ratio']:.2f}x."]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return [f"{stem}.json", f"{stem}.md"]
 
 
 def saved_activations(s):

@@ -202,8 +202,9 @@ def cmd_doctor(args):
 def _bench_settings(args):
     from fused_unet.benchmark import Settings
 
-    # The settings this command has arguments for; the rest keep Settings' defaults.
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings) if hasattr(args, f.name)}
+    # The settings this command has arguments for (and were given, or have a default); the rest keep Settings'.
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+              if getattr(args, f.name, None) is not None}
     values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
     return Settings(**values)
 
@@ -219,6 +220,10 @@ def cmd_bench(args):
         written = benchmark.plot(json.loads(Path(args.plot).read_text()), Path(args.plot).parent)
         print(f"wrote {', '.join(written)}" if written else "plots need matplotlib: pip install -e '.[bench]'")
         return 0 if written else 1
+    # Shape flags left out take the GPU headline's defaults, or with --cpu-smoke the tiny model's.
+    for name, value in (benchmark.CPU_SMOKE if args.cpu_smoke else {}).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     s = _bench_settings(args)
     if not torch.cuda.is_available():
         print("No CUDA GPU here: throughput, memory and batch-size numbers need one (run this command on a GPU).")
@@ -227,8 +232,11 @@ def cmd_bench(args):
                   "saved-activation memory of the fused and eager models, which is meaningful on a CPU.")
             return 0
         _enable_interpreter_for_cpu_check(torch.device("cpu"))
-        print("CPU smoke (Triton interpreter for the fused model; not throughput numbers):")
-        benchmark.cpu_smoke(s)
+        print(f"CPU smoke (Triton interpreter for the fused model; not throughput numbers): U-Net base "
+              f"{s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {s.batch_sizes[0]}, fp32")
+        out = Path(args.out) if args.out else Path("bench") / "results" / "cpu-smoke"
+        files = benchmark.write_cpu_smoke(benchmark.cpu_smoke(s), out)
+        print(f"wrote {', '.join(str(out / f) for f in files)}")
         return 0
     import fused_unet
     from tqdm import tqdm
@@ -315,7 +323,7 @@ def _add_shape_args(parser, batch_default, size_default=512):
 
     parser.add_argument("--base-channels", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--size", type=int, default=size_default, help="image height and width (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=size_default, help=f"image height and width (default: {size_default})")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_default)
     _add_unet_args(parser)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
@@ -385,8 +393,11 @@ def build_parser():
     bench.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print the ratios B/A of two results")
     bench.add_argument("--plot", metavar="RESULTS.json", help="(re)draw the PNG plots of a results file beside it")
     bench.add_argument("--cpu-smoke", action="store_true",
-                       help="without a GPU: run a tiny configuration through the Triton interpreter and compare "
-                            "saved-activation memory (use small --size / --base-channels)")
+                       help="without a GPU: one training step of a tiny U-Net (by default base 8, depth 2, 32x32, "
+                            "batch 2; about a minute on 2 cores) through the Triton interpreter and eager, with "
+                            "their saved-activation memory; writes JSON + Markdown to bench/results/cpu-smoke/")
+    # Shape defaults depend on the mode (GPU headline or --cpu-smoke): cmd_bench fills in what is left out.
+    bench.set_defaults(size=None, base_channels=None, depth=None, batch_sizes=None)
     bench.set_defaults(func=cmd_bench)
 
     profile = sub.add_parser("profile", help="per-layer time, FLOPs, bytes and %% of roofline of one training step",

@@ -255,7 +255,7 @@ def _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, C_OUT,
     count = tl.minimum(tl.maximum(PIXELS - first, 0), ROWS).to(tl.float32)
     rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M) < PIXELS)[:, None]
     v = tl.reshape(tl.where(rows, y.to(tl.float32), 0.0), (groups, ROWS, BLOCK_N))
-    mean = tl.sum(v, axis=1) / tl.maximum(count, 1.0)[:, None]
+    mean = tl.sum(v, axis=1) * (1.0 / tl.maximum(count, 1.0))[:, None]
     dev = tl.where(tl.reshape(rows, (groups, ROWS, 1)), v - mean[:, None, :], 0.0)
     m2 = tl.sum(dev * dev, axis=1)
     row = stats_ptr + (first // ROWS).to(tl.int64)[:, None] * 3 * C_OUT + offs_n[None, :]

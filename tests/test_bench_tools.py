@@ -66,15 +66,34 @@ def test_table_and_compare(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
-def test_bench_and_profile_without_gpu(capsys):
+def test_bench_and_profile_without_gpu(capsys, tmp_path):
     assert main(["bench"]) == 0
     assert "need one" in capsys.readouterr().out
     assert main(["profile", "--size", "64", "--batch-sizes", "1"]) == 0
     out = capsys.readouterr().out
     assert "FLOP / byte model alone" in out and "encoder.0.conv1" in out and "total" in out
     assert main(["bench", "--cpu-smoke", "--size", "16", "--base-channels", "4", "--depth", "1",
-                 "--batch-sizes", "1"]) == 0
+                 "--batch-sizes", "1", "--out", str(tmp_path)]) == 0
     assert "saved-activation memory, fused / eager" in capsys.readouterr().out
+    written = json.loads((tmp_path / "cpu-smoke-16-base4-depth1.json").read_text())
+    assert written["settings"]["size"] == 16 and [r["backend"] for r in written["runs"]] == ["triton-interpreter",
+                                                                                             "eager"]
+    assert (tmp_path / "cpu-smoke-16-base4-depth1.md").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_cpu_smoke_defaults_to_the_tiny_model(monkeypatch, tmp_path, capsys):
+    seen = []
+    monkeypatch.setattr(benchmark, "cpu_smoke", lambda s: seen.append(s) or dict(
+        settings=benchmark.dataclasses.asdict(s), torch="t", triton="t", date="d", saved_activation_ratio=0.5,
+        runs=[dict(contender="fused", backend="b", seconds=1.0, saved_activation_mib=1.0)]))
+    assert main(["bench", "--cpu-smoke", "--out", str(tmp_path)]) == 0
+    (s,) = seen
+    assert (s.size, s.base_channels, s.depth, s.batch_sizes) == (32, 8, 2, (2,))
+    assert "base 8, depth 2, 32x32, batch 2" in capsys.readouterr().out
+    assert main(["bench", "--cpu-smoke", "--size", "48", "--out", str(tmp_path)]) == 0
+    assert seen[1].size == 48 and seen[1].base_channels == 8
+    assert benchmark.Settings().size == 512  # the GPU headline keeps its own defaults
 
 
 def test_plots_from_a_results_file(tmp_path):
