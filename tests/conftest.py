@@ -23,6 +23,9 @@ TOLERANCES = {
 }
 # A whole network compounds one rounding per layer.
 MODEL_TOLERANCE_FACTOR = 8
+# Low precision against a baseline: at most this many elements may miss both per-element rules (a ReLU or
+# max-pool decision flipped by a rounding); a wrong tile (16x16 = 256 elements) never passes.
+LOW_PRECISION_OUTLIERS = 8
 
 ON_GPU = DEVICE == "cuda"
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the Triton interpreter's bf16/TF32 math is not faithful)")
@@ -60,8 +63,7 @@ def assert_close(actual, expected, tol_key, name="tensor", factor=1.0, baseline=
     """allclose against a float64 reference; on failure, print the worst elements (Liger-Kernel style).
     ``baseline``: PyTorch's own result in the same low precision; an element no further from the reference than
     twice PyTorch's own error passes too (a whole fp16 network can flip a ReLU mask, in PyTorch as in ours), and
-    so does a tensor whose overall (L2) error is within twice PyTorch's (batch norm over a few pixels per channel
-    amplifies every rounding: the errors are large and land on different elements)."""
+    up to LOW_PRECISION_OUTLIERS elements may miss both rules (a decision flipped in ours but not in PyTorch's)."""
     atol, rtol = TOLERANCES[tol_key]
     atol, rtol = atol * factor, rtol * factor
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
@@ -70,12 +72,12 @@ def assert_close(actual, expected, tol_key, name="tensor", factor=1.0, baseline=
     err = (actual - expected).abs()
     bad = ~(err <= atol * scale + rtol * expected.abs())
     bad &= ~(actual.isnan() & expected.isnan())
+    allowed = 0
     if baseline is not None:
         base_err = (baseline.detach().double() - expected).abs()
         bad &= ~(err <= 2 * base_err + atol * scale)
-        if err.nan_to_num().norm() <= 2 * base_err.nan_to_num().norm() + atol * scale:
-            return
-    if bad.any():
+        allowed = LOW_PRECISION_OUTLIERS
+    if int(bad.sum()) > allowed:
         worst = torch.argsort(err.flatten().nan_to_num(float("inf")), descending=True)[:5]
         lines = [f"  at {tuple(torch.unravel_index(i, err.shape))}: got {actual.flatten()[i]:.6g}, "
                  f"expected {expected.flatten()[i]:.6g}, |diff| {err.flatten()[i]:.3g}" for i in worst]
