@@ -52,6 +52,8 @@ _TYPICAL_LAUNCH = {
     "conv_output_grad": dict(
         ones=("sgc", "soc", "spc", "sac"),
         multiples_of_16=("sgn", "sgh", "sgw", "son", "soh", "sow", "spn", "sph", "spw", "san", "sah", "saw", "C")),
+    "upsample2x_backward": dict(
+        ones=("sgc", "sxc"), multiples_of_16=("sgn", "sgh", "sgw", "sxn", "sxh", "sxw", "C")),
     "max_pool2x2": dict(ones=("sxc", "syc"), multiples_of_16=("sxn", "sxh", "sxw", "syn", "syh", "syw", "C")),
     "max_pool2x2_backward": dict(
         ones=("sgc", "sac", "sxc"),
@@ -64,10 +66,11 @@ _TYPICAL_LAUNCH = {
 
 def kernels():
     """The registered kernels by name (imports Triton and decorates them: call after TRITON_INTERPRET is set)."""
-    from fused_unet.kernels import conv, grad, norm, pool
+    from fused_unet.kernels import conv, grad, norm, pool, upsample
 
     return {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
             "conv2d_weight_grad": conv.conv2d_weight_grad_kernel, "conv_output_grad": grad.conv_output_grad_kernel,
+            "upsample2x_backward": upsample.upsample2x_backward_kernel,
             "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel,
             "batch_norm_act_backward": norm.batch_norm_act_backward_kernel}
 

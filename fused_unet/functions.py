@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fused_unet import candidates, ops
-from fused_unet.kernels import conv, grad, norm, pool
+from fused_unet.kernels import conv, grad, norm, pool, upsample
 
 
 def _traced(like):
@@ -21,7 +21,7 @@ def _launcher(name, like):
     fused_unet.ops (opaque to the tracer; shape-only on meta tensors)."""
     if _traced(like):
         return getattr(ops, name)
-    for module in (conv, grad, pool, norm):
+    for module in (conv, grad, pool, norm, upsample):
         if hasattr(module, name):
             return getattr(module, name)
     raise AttributeError(name)
@@ -153,14 +153,6 @@ class Conv2dBiasActPool(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
-def _upsample_backward(grad, up, up_mode, align_corners):
-    """The adjoint of a x2 up-sampling of ``up`` (PyTorch's own backward kernels)."""
-    size = [2 * up.shape[2], 2 * up.shape[3]]
-    if up_mode == "nearest":
-        return torch.ops.aten.upsample_nearest2d_backward(grad, size, list(up.shape), 2.0, 2.0)
-    return torch.ops.aten.upsample_bilinear2d_backward(grad, size, list(up.shape), align_corners, 2.0, 2.0)
-
-
 class ConcatConv2dBiasAct(torch.autograd.Function):
     """act(conv2d(cat([pad(upsample(up)), skip], 1)) + bias) (or [skip, up]) without the concatenation: saves
     up, skip (both exist anyway) and weight, plus the output with an activation. Either source may carry a
@@ -202,7 +194,8 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
                 top, left = (skip.shape[2] - h_up) // 2, (skip.shape[3] - w_up) // 2
                 grad_up = grad_cat[:, up_channels, top:top + h_up, left:left + w_up]
                 if up_mode is not None:
-                    grad_up = _upsample_backward(grad_up, up, up_mode, align_corners)
+                    grad_up = _launcher("upsample2x_backward", grad_up)(grad_up, list(up.shape), up_mode,
+                                                                        align_corners)
         if ctx.needs_input_grad[6]:
             grad_w = _launcher("conv2d_weight_grad", dz)(dz, up, weight, skip, up_mode, align_corners, up_first,
                                                          up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)

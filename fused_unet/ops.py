@@ -4,7 +4,7 @@ autograd Functions call these while torch.compile traces them (or on meta tensor
 otherwise. Each op's fake (shape-only) implementation is the allocation its launcher makes."""
 import torch
 
-from fused_unet.kernels import conv, grad, norm, pool
+from fused_unet.kernels import conv, grad, norm, pool, upsample
 
 
 def _op(launcher, schema, fake):
@@ -64,3 +64,6 @@ max_pool2x2_backward = _op(pool.max_pool2x2_backward, "(Tensor grad_y, Tensor ar
 batch_norm_act_input_grad = _op(
     norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}) -> "
     "(Tensor, Tensor, Tensor)", lambda grad, y, scale, *rest: norm.batch_norm_act_input_grad_output(grad, scale))
+upsample2x_backward = _op(
+    upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
+    lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))

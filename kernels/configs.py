@@ -78,6 +78,7 @@ GPU_CONFIGS = {
     # One block size only: the launchers size their per-tile workspaces from it.
     "batch_norm_act_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "conv_output_grad": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
+    "upsample2x_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
 }
 
@@ -87,6 +88,7 @@ INTERPRETER_CONFIGS = {
     "max_pool2x2": [_cfg(BLOCK=4096)],
     "batch_norm_act_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "conv_output_grad": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
+    "upsample2x_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
 }
 
@@ -233,6 +235,8 @@ LAUNCH_AXES = {
     },
     "conv_output_grad": {"conv_output_grad": [_ACTS, [dict(POOL_GRAD=True), dict(POOL_GRAD=False)],
                                               [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)]]},
+    "upsample2x_backward": {"upsample2x_backward": [[dict(UP_MODE=3, WINDOW=8), dict(UP_MODE=2, WINDOW=4),
+                                                     dict(UP_MODE=1, WINDOW=2)]]},
     "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in (2, 1, 0)] + [dict(NORM=False, ACT=0)]]},
     "max_pool2x2_backward": {"max_pool2x2_backward": [[{}]]},
     "batch_norm_act_backward": {"batch_norm_act_input_grad": [_ACTS]},

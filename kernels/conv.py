@@ -352,7 +352,7 @@ def conv2d_implicit_gemm_kernel(
 
 @triton.autotune(configs=configs("conv2d_weight_grad"),
                  prune_configs_by={"early_config_prune": prune_by_precision("conv2d_weight_grad")},
-                 key=["C_A", "C_B", "PIXEL_BUCKET", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "NORM_INPUT",
+                 key=["C_A", "C_B", "PIXEL_BUCKET", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "NORM_INPUT", "FLAT_INPUT",
                       "INPUT_PRECISION"])
 @triton.jit(do_not_specialize=["PIXEL_BUCKET"])
 def conv2d_weight_grad_kernel(

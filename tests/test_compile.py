@@ -38,6 +38,8 @@ def _cases():
         (ops.conv_transpose2x2_forward, (make_tensor((2, 3, 3, 2)), wt[:3], None, None, 0.0), norm),
         (ops.max_pool2x2_forward, (x,), norm),
         (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
+        (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "bilinear", True)),
+        (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),
     ]
 
 

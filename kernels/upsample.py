@@ -1,0 +1,86 @@
+"""The adjoint of the x2 up-sampling the concatenating conv reads its ``up`` source through (nearest, bilinear,
+bilinear with align_corners), as a gather: each source pixel sums the gradient of the output pixels that read it,
+in a fixed order. Deterministic (no atomics, unlike aten's CUDA bilinear backward) and allowed under
+``torch.use_deterministic_algorithms(True)``."""
+import torch
+import triton
+import triton.language as tl
+
+from .configs import configs
+from .conv import UP_MODES, _linear_source, _pixel_channel_tile
+
+
+@triton.jit
+def _reads(u, i, N_SRC, N_UP, SCALE, UP_MODE: tl.constexpr):
+    """The weight with which up-sampled position u (of N_UP) reads source index i (of N_SRC): the forward's own
+    index math, so the adjoint is exact; 0 where u is outside [0, N_UP)."""
+    if UP_MODE == 1:
+        weight = (u // 2 == i).to(tl.float32)
+    else:
+        i0, i1, lam = _linear_source(u, N_SRC, SCALE, UP_MODE == 3)
+        weight = tl.where(i0 == i, 1.0 - lam, 0.0) + tl.where(i1 == i, lam, 0.0)
+    return tl.where((u >= 0) & (u < N_UP), weight, 0.0)
+
+
+@triton.jit
+def _first_reader(i, SCALE, UP_MODE: tl.constexpr):
+    """A position at or before the first up-sampled position that reads source index i."""
+    if UP_MODE == 1:
+        return 2 * i
+    if UP_MODE == 3:
+        # align_corners: u * SCALE lands in (i - 1, i + 1); one earlier absorbs the float rounding.
+        # SCALE 0 (one source pixel): every position reads it, from 0.
+        return tl.where(SCALE > 0.0, ((i - 1).to(tl.float32) / tl.where(SCALE > 0.0, SCALE, 1.0)).to(tl.int32) - 1, 0)
+    return 2 * i - 1
+
+
+@triton.autotune(configs=configs("upsample2x_backward"), key=["C", "UP_MODE"])
+@triton.jit
+def upsample2x_backward_kernel(
+    g_ptr, dx_ptr, PIXELS, C, H, W, H_UP, W_UP, SCALE_H, SCALE_W,
+    sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+    UP_MODE: tl.constexpr, WINDOW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx[n, c, i, j] = sum over the WINDOW x WINDOW up-sampled positions from (_first_reader(i), _first_reader(j))
+    of g[n, c, u, v] * reads(u, i) * reads(v, j); g is [N, C, H_UP, W_UP], dx [N, C, H, W]."""
+    pid_p, offs_p, offs_c, c_ok, mask, img, i, j = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    u0 = _first_reader(i, SCALE_H, UP_MODE)
+    v0 = _first_reader(j, SCALE_W, UP_MODE)
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for du in tl.static_range(WINDOW):
+        u = u0 + du
+        row_weight = _reads(u, i, H, H_UP, SCALE_H, UP_MODE)
+        for dv in tl.static_range(WINDOW):
+            v = v0 + dv
+            weight = row_weight * _reads(v, j, W, W_UP, SCALE_W, UP_MODE)
+            ok = mask & (weight != 0.0)[:, None]
+            g = tl.load(g_ptr + (img * sgn + u.to(tl.int64) * sgh + v * sgw)[:, None] + offs_c[None, :] * sgc, mask=ok,
+                        other=0.0)
+            acc += weight[:, None] * g.to(tl.float32)
+    tl.store(dx_ptr + (img * sxn + i * sxh + j * sxw)[:, None] + offs_c[None, :] * sxc,
+             acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# Up-sampled positions that can read one source index, per mode: nearest 2; bilinear 2i-1 .. 2i+2; bilinear with
+# align_corners up to 2 / SCALE + 1 (<= 7), one more for rounding.
+_WINDOWS = {1: 2, 2: 4, 3: 8}
+
+
+def upsample2x_backward_output(grad, input_shape):
+    return torch.empty(input_shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
+
+
+def upsample2x_backward(grad, input_shape, up_mode, align_corners=False):
+    """dL/dx of ``F.interpolate(x, scale_factor=2, mode=up_mode, align_corners=...)`` for x of ``input_shape``,
+    from ``grad`` ([N, C, 2H, 2W], any strides)."""
+    from .conv import _placement
+
+    batch, c, h, w = input_shape
+    dx = upsample2x_backward_output(grad, input_shape)
+    mode, (_, _, _, _, h_up, w_up, scale_h, scale_w) = _placement(dx, 2 * h, 2 * w, up_mode, align_corners)
+    pixels = batch * h * w
+    if pixels:
+        upsample2x_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
+            grad, dx, pixels, c, h, w, h_up, w_up, scale_h, scale_w, *grad.stride(), *dx.stride(),
+            UP_MODE=mode, WINDOW=_WINDOWS[mode])
+    return dx
