@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation_grad, _pixel_channel_tile
+from .conv import ACTIVATIONS, _activation_grad, _pixel_channel_tile, _strides
 
 
 @triton.autotune(configs=configs("conv_output_grad"), key=["C"])
@@ -49,10 +49,6 @@ def conv_output_grad_kernel(
 def conv_output_grad_output(grad, bias_grad):
     dz = torch.empty(grad.shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
     return dz, grad.new_empty((grad.shape[1] if bias_grad else 0,))
-
-
-def _strides(t):
-    return t.stride() if t is not None else (0, 0, 0, 0)
 
 
 def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_pooled=None, argmax=None,
