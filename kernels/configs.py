@@ -78,7 +78,7 @@ GPU_CONFIGS = {
     # One block size only: the launchers size their per-tile workspaces from it.
     "batch_norm_act_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "conv_output_grad": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
-    "upsample2x_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
+    "upsample2x_backward": {"any": [_cfg(BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
 }
 

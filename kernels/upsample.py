@@ -47,10 +47,11 @@ def upsample2x_backward_kernel(
     u0 = _first_reader(i, SCALE_H, UP_MODE)
     v0 = _first_reader(j, SCALE_W, UP_MODE)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for du in tl.static_range(WINDOW):
+    # Loops, not unrolled: WINDOW² masked gathers unrolled spill (fused-unet doctor).
+    for du in range(WINDOW):
         u = u0 + du
         row_weight = _reads(u, i, H, H_UP, SCALE_H, UP_MODE)
-        for dv in tl.static_range(WINDOW):
+        for dv in range(WINDOW):
             v = v0 + dv
             weight = row_weight * _reads(v, j, W, W_UP, SCALE_W, UP_MODE)
             ok = mask & (weight != 0.0)[:, None]
