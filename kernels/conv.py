@@ -388,8 +388,9 @@ def conv2d_weight_grad_kernel(
     p_start = split * PIX_PER_SPLIT
     p_end = tl.minimum(p_start + PIX_PER_SPLIT, num_pix)
 
-    # The prepared gradient is contiguous channels_last: pixel p sits at p * its channel count. So is a plain
-    # input (FLAT_INPUT), read at p + this tap's pixel shift: the loop decodes pixels only for the border mask.
+    # The prepared gradient is contiguous channels_last: pixel p sits at p * its channel count (whatever strides
+    # torch reports for size-1 dimensions). So is a plain input (FLAT_INPUT), read at p + this tap's pixel shift:
+    # the loop decodes pixels only for the border mask.
     tap_shift = (r - PAD) * W_B + (s - PAD)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for p0 in range(p_start, p_end, BLOCK_K):
@@ -408,7 +409,7 @@ def conv2d_weight_grad_kernel(
             uw = iw - OFF_W
             b_ok_rows = p_ok & (uh >= 0) & (uh < H_UP) & (uw >= 0) & (uw < W_UP)
             if FLAT_INPUT:
-                b = tl.load(x_ptr + (p + tap_shift).to(tl.int64)[:, None] * sxw + offs_b[None, :],
+                b = tl.load(x_ptr + (p + tap_shift).to(tl.int64)[:, None] * C_B + offs_b[None, :],
                             mask=b_ok_rows[:, None] & b_ok[None, :], other=0.0)
             else:
                 x_rows = img.to(tl.int64) * sxn
@@ -420,7 +421,7 @@ def conv2d_weight_grad_kernel(
                                  UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=False)
         else:
             if FLAT_INPUT:
-                a = tl.load(x_ptr + p.to(tl.int64)[:, None] * sxw + offs_a[None, :],
+                a = tl.load(x_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :],
                             mask=p_ok[:, None] & a_ok[None, :], other=0.0)
             else:
                 a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
@@ -547,7 +548,7 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     h_b, w_b = g.shape[2], g.shape[3]
     num_pix = batch * h_a * w_a
     split = _weight_grad_split(num_pix, c_a, c_b_total, kh * kw, g.device)
-    pix_per_split = triton.cdiv(triton.cdiv(num_pix, split), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
+    pix_per_split = triton.cdiv(max(1, triton.cdiv(num_pix, split)), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
     split = max(1, triton.cdiv(num_pix, pix_per_split))
     dw = torch.zeros((split, c_a, kh * kw, c_b_total), device=g.device, dtype=torch.float32)
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
