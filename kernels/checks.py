@@ -47,10 +47,16 @@ def check_activation(activation, negative_slope):
                          f"output), got {negative_slope}")
 
 
+# The conv kernel keeps which kernel rows / columns of a pixel fall inside the image as bits of an int32.
+MAX_KERNEL_SIZE = 31
+
+
 def _check_odd_kernel(weight):
     kh, kw = weight.shape[2], weight.shape[3]
     if kh != kw or kh % 2 == 0:
         raise ValueError(f"weight must have an odd square kernel (1x1, 3x3, ...), got {kh}x{kw}")
+    if kh > MAX_KERNEL_SIZE:
+        raise ValueError(f"weight's kernel may be at most {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE}, got {kh}x{kw}")
 
 
 def check_conv2d(x, weight, bias, stride=1, padding="same"):

@@ -23,6 +23,7 @@ CONV_CASES = [
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 2, 2)), ValueError, "odd square kernel"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 5)), ValueError, "odd square kernel"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), stride=2), ValueError, "stride must be 1"),
+    (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 33, 33)), ValueError, "at most 31x31"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), padding=0), ValueError, "padding must be 'same' or 1"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(3)), ValueError, r"bias must have shape \[2\]"),
     (lambda: FF.conv2d(t(1, 3, 8, 8), t(2, 3, 3, 3), t(2, dtype=torch.int64)), TypeError, "bias must be float32"),
