@@ -7,6 +7,9 @@ import torch
 from tests.conftest import DEVICE, make_tensor
 from fused_unet import eager, functional as FF
 
+# The interpreter computes with NumPy, which warns on every NaN and Inf it meets.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 
 def _nonfinite_input(shape):
     x = make_tensor(shape)
