@@ -15,11 +15,15 @@ def saved_activation_bytes(model, x, *, autocast_dtype=None):
     def pack(t):
         storage = t.untyped_storage()  # its _cdata names the storage itself: views share it, meta tensors too
         if storage._cdata not in params:
-            storages[storage._cdata] = storage.nbytes()
-        return t
+            # Holding the storage (not the tensor) keeps its address from being reused while counting; packing a
+            # saved output as itself would reference its own graph, a cycle that outlives the call.
+            storages[storage._cdata] = storage
+
+    def unpack(_):
+        raise RuntimeError("saved_activation_bytes runs a forward only; its graph cannot be backpropagated")
 
     autocast = contextlib.nullcontext() if autocast_dtype is None else torch.autocast(x.device.type, autocast_dtype)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack), autocast:
         out = model(x)
     del out
-    return sum(storages.values())
+    return sum(storage.nbytes() for storage in storages.values())

@@ -1,0 +1,60 @@
+"""Long runs: a fused UNet trained from the same weights and batches as ReferenceUNet (float64) stays with it
+(parameters, logits, BatchNorm running statistics), with SGD and Adam; and a training loop does not grow (Python
+objects and saved-tensor bytes stay flat after warm-up). 50 steps on a GPU; 4 through the CPU interpreter,
+where one step of even this tiny model takes about a second."""
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fused_unet
+from tests.conftest import DEVICE, assert_close
+from fused_unet.utils import saved_activation_bytes
+
+STEPS = 50 if DEVICE == "cuda" else 4
+OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "adam": lambda p: torch.optim.Adam(p, 1e-3)}
+
+
+def _batches(steps):
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(2, 3, 8, 8, generator=generator).to(DEVICE),
+             torch.randint(0, 3, (2, 8, 8), generator=generator).to(DEVICE)) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_training_stays_with_the_float64_reference(optimizer):
+    model = fused_unet.UNet(3, 3, base_channels=4, depth=1, norm="batch").to(DEVICE)
+    reference = fused_unet.ReferenceUNet(**model.config).to(DEVICE, torch.float64)
+    reference.load_state_dict(model.state_dict())
+    optimizers = [OPTIMIZERS[optimizer](m.parameters()) for m in (model, reference)]
+    for x, target in _batches(STEPS):
+        for m, opt in zip((model, reference), optimizers):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x.to(next(m.parameters()).dtype)), target).backward()
+            opt.step()
+    factor = 4 * STEPS  # each step adds one fp32 rounding of every update
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        if a.is_floating_point():
+            assert_close(a, b, torch.float32, f"{name} after {STEPS} {optimizer} steps", factor)
+    model.eval()
+    reference.eval()
+    x = _batches(1)[0][0]
+    assert_close(model(x), reference(x.double()), torch.float32, "eval logits", factor)
+
+
+def test_a_training_loop_does_not_grow():
+    model = fused_unet.UNet(3, 3, base_channels=4, depth=1, norm="batch").to(DEVICE)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    objects, saved = [], []
+    for x, target in _batches(2 + STEPS):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), target).backward()
+        opt.step()
+        gc.collect()
+        objects.append(len(gc.get_objects()))
+        saved.append(saved_activation_bytes(model, x))
+        if DEVICE == "cuda":
+            objects[-1] = (objects[-1], torch.cuda.memory_allocated())
+    assert len(set(objects[2:])) == 1, f"Python objects (and CUDA memory) grow: {objects}"
+    assert len(set(saved)) == 1
