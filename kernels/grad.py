@@ -61,7 +61,8 @@ def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_p
     dz, db = conv_output_grad_output(grad, bias_grad)
     pixels = batch * h * w
     block_p = configs("conv_output_grad")[0].kwargs["BLOCK_P"]
-    partial = torch.zeros((max(1, triton.cdiv(pixels, block_p)), c), device=grad.device, dtype=torch.float32)
+    rows = max(1, triton.cdiv(pixels, block_p)) if bias_grad else 1
+    partial = torch.zeros((rows, c), device=grad.device, dtype=torch.float32)
     if pixels:
         act = ACTIVATIONS[activation if out is not None else None]
         conv_output_grad_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
