@@ -2,7 +2,11 @@
 (parameters, logits, BatchNorm running statistics), with SGD and Adam; and a training loop does not grow (Python
 objects and saved-tensor bytes stay flat after warm-up). 50 steps on a GPU; 4 through the CPU interpreter,
 where one step of even this tiny model takes about a second."""
-import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +14,6 @@ import torch.nn.functional as F
 
 import fused_unet
 from tests.conftest import DEVICE, assert_close
-from fused_unet.utils import saved_activation_bytes
 
 STEPS = 50 if DEVICE == "cuda" else 4
 OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "adam": lambda p: torch.optim.Adam(p, 1e-3)}
@@ -43,19 +46,36 @@ def test_training_stays_with_the_float64_reference(optimizer):
     assert_close(model(x), reference(x.double()), torch.float32, "eval logits", factor)
 
 
+_LOOP = """
+import gc, json, sys
+import torch
+import torch.nn.functional as F
+import fused_unet
+from fused_unet.utils import saved_activation_bytes
+from tests.test_long_runs import STEPS, _batches
+device = sys.argv[1]
+model = fused_unet.UNet(3, 3, base_channels=4, depth=1, norm="batch").to(device)
+opt = torch.optim.Adam(model.parameters(), 1e-3)
+tensors, memory, saved = [], [], []
+for x, target in _batches(2 + STEPS):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), target).backward()
+    opt.step()
+    saved.append(saved_activation_bytes(model, x))
+    gc.collect()
+    tensors.append(sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()))
+    memory.append(torch.cuda.memory_allocated() if device == "cuda" else 0)
+print(json.dumps(dict(tensors=tensors, memory=memory, saved=saved)))
+"""
+
+
 def test_a_training_loop_does_not_grow():
-    model = fused_unet.UNet(3, 3, base_channels=4, depth=1, norm="batch").to(DEVICE)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    objects, saved = [], []
-    for x, target in _batches(2 + STEPS):
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
-        opt.step()
-        saved.append(saved_activation_bytes(model, x))
-        gc.collect()
-        # Tensors alive (a leaked graph keeps its saved tensors), not all objects: the rest of the test session
-        # frees its own garbage meanwhile.
-        objects.append((sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()),
-                        torch.cuda.memory_allocated() if DEVICE == "cuda" else 0))
-    assert len(set(objects[2:])) == 1, f"live tensors (and CUDA memory) grow: {objects}"
-    assert len(set(saved)) == 1
+    # In a fresh process: the rest of a test session frees its own tensors meanwhile. A leaked graph keeps its
+    # saved tensors alive, so live tensors (and CUDA memory) must stay flat after two warm-up steps.
+    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "0"))
+    done = subprocess.run([sys.executable, "-c", _LOOP, DEVICE], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parent.parent, check=True)
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(set(counts["tensors"][2:])) == 1, f"live tensors grow: {counts['tensors']}"
+    assert len(set(counts["memory"][2:])) == 1, f"CUDA memory grows: {counts['memory']}"
+    assert len(set(counts["saved"])) == 1
