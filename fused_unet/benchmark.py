@@ -296,7 +296,7 @@ def write(results, out_dir):
     return [f"{stem}.json", f"{stem}.md"] + plot(results, out_dir)
 
 
-# `fused-unet bench --cpu-smoke` without shape flags: a model the Triton interpreter steps through in about a minute.
+# `fused-unet bench --cpu-smoke` without shape flags: a model the Triton interpreter steps through in seconds.
 CPU_SMOKE = dict(size=32, base_channels=8, depth=2, batch_sizes=(2,))
 
 

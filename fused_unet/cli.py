@@ -252,7 +252,7 @@ def cmd_bench(args):
 
 
 def cmd_profile(args):
-    from fused_unet import ReferenceUNet, UNet, perf
+    from fused_unet import ReferenceUNet, UNet, candidates, perf
     from fused_unet.benchmark import DTYPES, matmul_peak_dtype, model_kwargs
 
     s = _bench_settings(args)
@@ -285,8 +285,6 @@ def cmd_profile(args):
         print("\n" + perf.format_profile(rows, f"{name}: {title}"))
         report["models"][name] = rows
         if name == "fused":
-            from fused_unet import candidates
-
             report["backward_choices"] = candidates.chosen()
             print("backward GEMMs, chosen by timing (our Triton kernel or aten / cuDNN):")
             for key, choice in report["backward_choices"].items():
@@ -323,7 +321,8 @@ def _add_shape_args(parser, batch_default, size_default=512):
 
     parser.add_argument("--base-channels", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--size", type=int, default=size_default, help=f"image height and width (default: {size_default})")
+    parser.add_argument("--size", type=int, default=size_default,
+                        help=f"image height and width (default: {size_default})")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_default)
     _add_unet_args(parser)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",

@@ -16,10 +16,7 @@ import multiprocessing
 import os
 import platform
 import re
-import shutil
 import statistics
-import subprocess
-import tempfile
 
 import torch
 
@@ -131,13 +128,6 @@ def _worker_init():
     os.environ.pop("TRITON_INTERPRET", None)
 
 
-def _cuobjdump():
-    import triton
-
-    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
-
-
 def _ast_source(fn, signature, constexprs, attrs):
     """The one place that knows the ASTSource API (the same from triton 3.6 to 3.9)."""
     from triton.compiler import ASTSource
@@ -146,13 +136,11 @@ def _ast_source(fn, signature, constexprs, attrs):
 
 
 def _resource_usage(cubin):
-    tool = _cuobjdump()
-    if tool is None:
+    from fused_unet import sass
+
+    out = sass.read_cubin("cuobjdump", cubin, "--dump-resource-usage")
+    if out is None:
         return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
     return {k.lower(): int(v) for k, v in fields.items()}
 
@@ -169,7 +157,6 @@ def compile_job(job):
     """Compile one job; return a dict of what was found (never raises)."""
     import triton
     import triton.language as tl
-    from triton.backends.compiler import GPUTarget
 
     from fused_unet.kernels import configs
 

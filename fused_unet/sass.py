@@ -38,15 +38,20 @@ def tool(name):
     return shutil.which(name)
 
 
-def disassemble(cubin):
-    """The cubin's SASS as nvdisasm prints it (``-c``: code only), or None without nvdisasm."""
-    nvdisasm = tool("nvdisasm")
-    if nvdisasm is None:
+def read_cubin(utility, cubin, *args):
+    """What ``utility`` (nvdisasm, cuobjdump) prints for ``cubin`` with ``args``, or None without the utility."""
+    path = tool(utility)
+    if path is None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
+        return subprocess.run([path, *args, f.name], capture_output=True, text=True).stdout
+
+
+def disassemble(cubin):
+    """The cubin's SASS as nvdisasm prints it (``-c``: code only), or None without nvdisasm."""
+    return read_cubin("nvdisasm", cubin, "-c")
 
 
 def _instructions(sass):

@@ -101,6 +101,11 @@ WEIGHT_GRAD_PIXEL_CHUNK = 256
 STATS_ROWS = 64
 
 
+# The up-sampling adjoint's gather window per UP_MODE: the up-sampled positions that can read one source index
+# (nearest 2; bilinear 2i-1 .. 2i+2; bilinear with align_corners up to 2 / SCALE + 1 <= 7, one more for rounding).
+UPSAMPLE_WINDOWS = {1: 2, 2: 4, 3: 8}
+
+
 def even_k(block_k, *channels):
     """Whether every source's channel count is a multiple of BLOCK_K: the K loop then needs no channel mask, and
     its channel offset is a provable multiple of BLOCK_K (128-bit loads)."""
@@ -153,11 +158,16 @@ def device_capability(index):
     return 10 * major + minor
 
 
+def all_gpu_configs(kernel):
+    """Every GPU config of ``kernel``, all precision classes."""
+    return [cfg for group in GPU_CONFIGS[kernel].values() for cfg in group]
+
+
 def configs(kernel):
     """The launch configurations the current backend may use for ``kernel`` (all precision classes)."""
     if INTERPRETED:
         return INTERPRETER_CONFIGS[kernel]
-    return [cfg for group in GPU_CONFIGS[kernel].values() for cfg in group]
+    return all_gpu_configs(kernel)
 
 
 def prune_by_precision(kernel):
@@ -235,8 +245,8 @@ LAUNCH_AXES = {
     },
     "conv_output_grad": {"conv_output_grad": [_ACTS, [dict(POOL_GRAD=True), dict(POOL_GRAD=False)],
                                               [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)]]},
-    "upsample2x_backward": {"upsample2x_backward": [[dict(UP_MODE=3, WINDOW=8), dict(UP_MODE=2, WINDOW=4),
-                                                     dict(UP_MODE=1, WINDOW=2)]]},
+    "upsample2x_backward": {"upsample2x_backward": [[dict(UP_MODE=mode, WINDOW=window) for mode, window
+                                                     in sorted(UPSAMPLE_WINDOWS.items(), reverse=True)]]},
     "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in (2, 1, 0)] + [dict(NORM=False, ACT=0)]]},
     "max_pool2x2_backward": {"max_pool2x2_backward": [[{}]]},
     "batch_norm_act_backward": {"batch_norm_act_input_grad": [_ACTS]},

@@ -6,8 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import configs
-from .conv import UP_MODES, _linear_source, _pixel_channel_tile
+from .configs import UPSAMPLE_WINDOWS, configs
+from .conv import _linear_source, _pixel_channel_tile, _placement
 
 
 @triton.jit
@@ -62,11 +62,6 @@ def upsample2x_backward_kernel(
              acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-# Up-sampled positions that can read one source index, per mode: nearest 2; bilinear 2i-1 .. 2i+2; bilinear with
-# align_corners up to 2 / SCALE + 1 (<= 7), one more for rounding.
-_WINDOWS = {1: 2, 2: 4, 3: 8}
-
-
 def upsample2x_backward_output(grad, input_shape):
     return torch.empty(input_shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
 
@@ -74,14 +69,13 @@ def upsample2x_backward_output(grad, input_shape):
 def upsample2x_backward(grad, input_shape, up_mode, align_corners=False):
     """dL/dx of ``F.interpolate(x, scale_factor=2, mode=up_mode, align_corners=...)`` for x of ``input_shape``,
     from ``grad`` ([N, C, 2H, 2W], any strides)."""
-    from .conv import _placement
-
     batch, c, h, w = input_shape
     dx = upsample2x_backward_output(grad, input_shape)
     mode, (_, _, _, _, h_up, w_up, scale_h, scale_w) = _placement(dx, 2 * h, 2 * w, up_mode, align_corners)
     pixels = batch * h * w
     if pixels:
-        upsample2x_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
+        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+        upsample2x_backward_kernel[grid](
             grad, dx, pixels, c, h, w, h_up, w_up, scale_h, scale_w, *grad.stride(), *dx.stride(),
-            UP_MODE=mode, WINDOW=_WINDOWS[mode])
+            UP_MODE=mode, WINDOW=UPSAMPLE_WINDOWS[mode])
     return dx

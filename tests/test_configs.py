@@ -13,10 +13,6 @@ from fused_unet.kernels import configs, conv, norm
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="forces configs on the interpreter; a GPU autotunes them")
 
 
-def _all_gpu_configs(kernel):
-    return [cfg for group in configs.GPU_CONFIGS[kernel].values() for cfg in group]
-
-
 @contextlib.contextmanager
 def forced(kernel, cfg):
     """Launch ``kernel`` (an autotuner) with ``cfg`` only."""
@@ -63,7 +59,7 @@ def _conv_case(cfg, c_in, c_out):
     return [x, w, b]
 
 
-@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_implicit_gemm"), ids=str)
 def test_every_conv_config_forward_and_input_grad(cfg):
     # Two channel blocks without a channel mask forward; two column tiles; the input-grad's K (C_out) is masked.
     x, w, b = _conv_case(cfg, 2 * cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_N"] + 16)
@@ -98,14 +94,14 @@ def _fused_ops(cfg):
 
 
 @pytest.mark.parametrize("op", ["conv+pool", "concat nearest", "transposed conv"])
-@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_implicit_gemm"), ids=str)
 def test_every_conv_config_on_the_fused_epilogues_and_prologues(cfg, op):
     fused, reference, inputs = _fused_ops(cfg)[op]
     with forced(conv.conv2d_implicit_gemm_kernel, cfg):
         check_against_float64(fused, reference, inputs, torch.float32)
 
 
-@pytest.mark.parametrize("cfg", _all_gpu_configs("conv2d_weight_grad"), ids=str)
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_weight_grad"), ids=str)
 def test_every_weight_grad_config(cfg, two_splits):
     # Two tiles of output channels (M) and of input channels (N) per tap, two pixel splits.
     x, w, b = _conv_case(cfg, cfg.kwargs["BLOCK_N"] + 16, cfg.kwargs["BLOCK_M"] + 16)
@@ -142,7 +138,7 @@ def test_results_do_not_depend_on_what_the_autotuner_tried(two_splits):
         assert torch.equal(a, c), f"{name} differs after the autotuner's trial runs"
 
 
-@pytest.mark.parametrize("cfg", [c for c in _all_gpu_configs("conv2d_implicit_gemm")
+@pytest.mark.parametrize("cfg", [c for c in configs.all_gpu_configs("conv2d_implicit_gemm")
                                  if configs.fits(c, dict(STATS=True))], ids=str)
 def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
     x = make_tensor((3, 16, 11, 13))
