@@ -2,8 +2,8 @@
 from fused_unet import candidates, functional, nn
 from fused_unet.dispatch import backend, describe, force_eager, interpreter_enabled
 from fused_unet.models import ReferenceUNet, UNet
-from fused_unet.swap import swap_modules
+from fused_unet.swap import SwapReport, swap, swap_modules
 
 __version__ = "0.1.0"
-__all__ = ["UNet", "ReferenceUNet", "backend", "candidates", "describe", "force_eager", "interpreter_enabled",
-           "functional", "nn", "swap_modules"]
+__all__ = ["UNet", "ReferenceUNet", "SwapReport", "backend", "candidates", "describe", "force_eager",
+           "interpreter_enabled", "functional", "nn", "swap", "swap_modules"]

@@ -129,12 +129,13 @@ def _fits(c, s, batch, device):
         _release()
 
 
-def largest_batch(c, s, device, start):
-    """The largest batch one step runs with: doubling from ``start`` until out of memory, then bisection."""
+def largest_batch(fits, start, limit):
+    """The largest batch for which ``fits(batch)`` (one step ran without running out of memory): doubling from
+    ``start`` up to ``limit``, then bisection."""
     ok, bad = 0, None
     batch = start
-    while batch <= s.max_batch_limit:
-        if not _fits(c, s, batch, device):
+    while batch <= limit:
+        if not fits(batch):
             bad = batch
             break
         ok, batch = batch, batch * 2
@@ -142,7 +143,7 @@ def largest_batch(c, s, device, start):
         return ok
     while bad - ok > 1:
         mid = (ok + bad) // 2
-        ok, bad = (mid, bad) if _fits(c, s, mid, device) else (ok, mid)
+        ok, bad = (mid, bad) if fits(mid) else (ok, mid)
     return ok
 
 
@@ -197,7 +198,8 @@ def run(s, device, log=print, contender_done=lambda: None):
                 log(f"{name}: batch {batch}: {run_['img_per_s']:.1f} img/s, {run_['ms_median']:.2f} ms, "
                     f"{run_['peak_memory_gib']:.2f} GiB ({time.time() - started:.0f}s)")
             if s.max_batch:
-                entry["max_batch"] = largest_batch(c, s, device, max(s.batch_sizes))
+                entry["max_batch"] = largest_batch(lambda batch: _fits(c, s, batch, device), max(s.batch_sizes),
+                                                   s.max_batch_limit)
                 log(f"{name}: largest batch {entry['max_batch']}")
         except Exception as error:  # one contender failing (compile of custom kernels, OOM) must not stop the rest
             first_line = (str(error).strip().splitlines() or [""])[0]

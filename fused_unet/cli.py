@@ -367,6 +367,48 @@ def build_parser():
                       help="skip the fused-vs-reference check (it runs the Triton kernels, interpreted on a CPU)")
     demo.set_defaults(func=cmd_demo)
 
+    train = sub.add_parser("train", help="train a U-Net (ours, or a swapped smp / MONAI one) on your images",
+                           description="Train on DATA/images/NAME.png|jpg with DATA/masks/NAME.png (single-channel "
+                                       "class ids 0..num-classes-1, same size as the image), or on the synthetic "
+                                       "shapes set without --data. Prints loss and validation mean IoU per epoch, "
+                                       "writes OUT/checkpoint.pt each epoch (model, optimizer, scaler, epoch) and "
+                                       "OUT/predictions/*_mask.png + *_overlay.png. Under torchrun: DDP, one "
+                                       "process per GPU (gloo on CPUs), rank 0 logs and writes.")
+    train.add_argument("--data", help="dataset folder (default: the synthetic shapes set, 4 classes)")
+    train.add_argument("--num-classes", type=int, default=4)
+    train.add_argument("--size", type=int, help="resize images and masks to SIZE x SIZE (default: as they are)")
+    train.add_argument("--model", default="unet",
+                       help="unet (ours), smp-unet:ENCODER (e.g. smp-unet:resnet34) or monai-basicunet, swapped "
+                            "with fused_unet.swap (the compat extra)")
+    train.add_argument("--base-channels", type=int, default=16, help="--model unet")
+    train.add_argument("--depth", type=int, default=2, help="--model unet")
+    _add_unet_args(train)
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=8, help="per process")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast (fp16 with a scaler)")
+    train.add_argument("--channels-last", action="store_true")
+    train.add_argument("--checkpoint-levels", action="store_true",
+                       help="recompute each encoder / decoder level in backward (less activation memory)")
+    train.add_argument("--find-max-batch", action="store_true",
+                       help="on a GPU: print the largest batch that fits at --size (doubling, then bisection) and stop")
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--resume", help="a checkpoint.pt to continue from")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--out", default="./fused-unet-train/")
+    train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="masks and overlays for a folder of images from a train checkpoint",
+                             description="Write OUT/NAME_mask.png (class ids) and OUT/NAME_overlay.png for every "
+                                         ".png / .jpg in IMAGES using a `fused-unet train` checkpoint. Unreadable "
+                                         "files are named and skipped (exit 1 at the end); the others are written.")
+    predict.add_argument("checkpoint")
+    predict.add_argument("images")
+    predict.add_argument("--out", default="./fused-unet-predictions/")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.set_defaults(func=cmd_predict)
+
     info = sub.add_parser("info", help="versions and which backend each device gets",
                           description="Print versions and the backend (triton / triton-interpreter / eager) per device.")
     info.set_defaults(func=cmd_info)
@@ -415,6 +457,34 @@ def build_parser():
     _add_shape_args(memory, [2], size_default=256)
     memory.set_defaults(func=cmd_memory, dtype="fp32", mode="train")
     return parser
+
+
+def cmd_train(args):
+    from fused_unet import train
+
+    fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    config = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = dataclasses.replace(config, norm=None if args.norm == "none" else args.norm)
+    for name in ("num_classes", "epochs", "batch_size", "base_channels", "depth"):
+        if getattr(config, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    try:
+        if args.find_max_batch:
+            train.find_max_batch(config)
+            return 0
+        train.train(config)
+    except (train.DataError, ValueError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+    return 0
+
+
+def cmd_predict(args):
+    from fused_unet import train
+
+    for path in (args.checkpoint, args.images):
+        if not Path(path).exists():
+            raise SystemExit(f"error: {path}: no such file or folder")
+    return 1 if train.predict(args.checkpoint, args.images, args.out, args.device) else 0
 
 
 def cmd_memory(args):

@@ -25,6 +25,16 @@ def _tensor(x):
     return x.y if isinstance(x, Normalized) else x
 
 
+def input_unsupported(x):
+    """Why the kernels cannot take ``x`` (a tensor or a Normalized) as an input (None: they can)."""
+    x = _tensor(x)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
+    if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
+        return f"dtype {x.dtype} is not one of float32/float16/bfloat16"
+    return None
+
+
 class _FusedMixin:
     """Activation settings and the fallback bookkeeping shared by every module: why a call is unsupported,
     warned once per module."""
@@ -38,14 +48,6 @@ class _FusedMixin:
     def _adopt(module):
         """Give a torch module whose class was just swapped for this one the fused module's own settings."""
         module.activation, module.negative_slope, module.bn, module.defer_norm = None, 0.01, None, False
-
-    def _input_unsupported(self, x):
-        x = _tensor(x)
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
-        if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
-            return f"dtype {x.dtype} is not one of float32/float16/bfloat16"
-        return None
 
     def _activation_unsupported(self):
         if getattr(self, "activation", None) == "leaky_relu" and not self.negative_slope >= 0:
@@ -71,6 +73,102 @@ class _FusedMixin:
         return f"{base}, activation={self.activation!r}{slope}"
 
 
+def conv2d_config_unsupported(conv):
+    """Why the kernels cannot run this ``nn.Conv2d``'s configuration (None: they can)."""
+    k = conv.kernel_size
+    if k[0] != k[1] or k[0] % 2 == 0:
+        return f"kernel_size {k} is not odd and square"
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+        return f"stride {conv.stride}, dilation {conv.dilation}, groups {conv.groups} (fused: 1, 1, 1)"
+    if conv.padding not in ("same", (k[0] // 2, k[1] // 2)) or conv.padding_mode != "zeros":
+        return f"padding {conv.padding!r} ({conv.padding_mode}) is not the zero 'same' padding {k[0] // 2}"
+    return None
+
+
+def max_pool2d_config_unsupported(pool):
+    """Why the kernels cannot run this ``nn.MaxPool2d`` (None: they can)."""
+    pair = nn.modules.utils._pair
+    if pair(pool.kernel_size) != (2, 2) or pair(pool.stride) != (2, 2):
+        return f"kernel_size {pool.kernel_size}, stride {pool.stride} (fused: 2, 2)"
+    if pair(pool.padding) != (0, 0) or pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
+        return "padding, dilation, ceil_mode or return_indices are set"
+    return None
+
+
+def conv_transpose2d_config_unsupported(conv):
+    """Why the kernels cannot run this ``nn.ConvTranspose2d`` (None: they can)."""
+    if conv.kernel_size != (2, 2) or conv.stride != (2, 2):
+        return f"kernel_size {conv.kernel_size}, stride {conv.stride} (fused: 2, 2)"
+    if conv.padding != (0, 0) or conv.output_padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1:
+        return "padding, output_padding, dilation or groups are set"
+    return None
+
+
+def _batch_statistics(bn):
+    """Whether ``bn`` normalises with the batch's statistics (training, or no running statistics)."""
+    return bn is not None and (bn.training or not bn.track_running_stats)
+
+
+def _folded(conv, bn):
+    """(weight, bias) of ``conv`` with an eval-mode ``bn`` folded in: exact, and differentiable in every parameter."""
+    if bn is None or _batch_statistics(bn):
+        return conv.weight, conv.bias
+    # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes; rounded once at the end.
+    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+    scale = scale * bn.weight.float() if bn.affine else scale
+    shift = -bn.running_mean.float() * scale
+    shift = shift + bn.bias.float() if bn.affine else shift
+    if conv.bias is not None:
+        shift = shift + conv.bias.float() * scale
+    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    return weight, shift.to(conv.weight.dtype)
+
+
+def _normalize(y, stats, bn, activation, negative_slope):
+    """The training-mode batch norm + activation of the pre-norm output ``y``, like nn.BatchNorm2d's
+    (momentum, cumulative average when momentum is None, num_batches_tracked): a Normalized."""
+    update = bn.training and bn.track_running_stats
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if update and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    return functional.batch_norm(y, stats, bn.weight, bn.bias, bn.running_mean if update else None,
+                                 bn.running_var if update else None, factor, bn.eps, activation=activation,
+                                 negative_slope=negative_slope)
+
+
+def _finish(z, defer):
+    return z if defer else z.materialize()
+
+
+def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
+    """``act(bn(conv(x)))`` in the kernels, from the parameters of a supported ``nn.Conv2d`` and an optional
+    ``nn.BatchNorm2d`` (eval: folded into the conv; training: statistics from the conv's epilogue, running
+    statistics updated like nn.BatchNorm2d). ``defer``: return a training-mode result as a Normalized."""
+    if _batch_statistics(bn):
+        return _finish(_normalize(*functional.conv2d_stats(x, conv.weight, conv.bias), bn, activation,
+                                  negative_slope), defer)
+    return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope)
+
+
+def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
+    """``(y, max_pool2d(y, 2))`` with ``y = conv_bn_act(...)``: one kernel writes both; in training mode with
+    ``bn`` the pool is a second kernel (the statistics exist only once the whole conv ran) reading y normalised."""
+    if _batch_statistics(bn):
+        z = _normalize(*functional.conv2d_stats(x, conv.weight, conv.bias), bn, activation, negative_slope)
+        return _finish(z, defer), functional.max_pool2x2(z)
+    return functional.conv2d_pool(x, *_folded(conv, bn), activation, negative_slope)
+
+
+def concat_conv_bn_act(up, skip, conv, bn=None, activation=None, negative_slope=0.01, defer=False, **layout):
+    """``act(bn(conv(cat([pad(upsample(up)), skip]))))`` without the concatenation (``layout``: up_mode,
+    align_corners, up_first as in ``functional.concat_conv2d``)."""
+    if _batch_statistics(bn):
+        return _finish(_normalize(*functional.concat_conv2d_stats(up, skip, conv.weight, conv.bias, **layout), bn,
+                                  activation, negative_slope), defer)
+    return functional.concat_conv2d(up, skip, *_folded(conv, bn), activation, negative_slope, **layout)
+
+
 class Conv2d(_FusedMixin, nn.Conv2d):
     """``nn.Conv2d`` (+ optional batch norm and fused activation). Fused for odd square kernels, stride 1,
     padding k//2 or 'same', dilation 1, groups 1, zero padding mode; output is channels_last. Accepts a
@@ -85,63 +183,23 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         self.bn = nn.BatchNorm2d(self.out_channels, eps, momentum, **factory) if norm else None
         self.defer_norm = False
 
-    def _batch_statistics(self):
-        """Whether this call normalises with the batch's statistics (training, or no running statistics)."""
-        return self.bn is not None and (self.bn.training or not self.bn.track_running_stats)
-
-    def _folded(self):
-        """(weight, bias) with the eval-mode batch norm folded in: exact, and differentiable in every parameter."""
-        if self.bn is None or self._batch_statistics():
-            return self.weight, self.bias
-        bn = self.bn
-        # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes; rounded once at the end.
-        scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-        scale = scale * bn.weight.float() if bn.affine else scale
-        shift = -bn.running_mean.float() * scale
-        shift = shift + bn.bias.float() if bn.affine else shift
-        if self.bias is not None:
-            shift = shift + self.bias.float() * scale
-        weight = (self.weight.float() * scale.view(-1, 1, 1, 1)).to(self.weight.dtype)
-        return weight, shift.to(self.weight.dtype)
-
-    def _normalize(self, y, stats):
-        """The training-mode batch norm + activation of the pre-norm output ``y``, like nn.BatchNorm2d's
-        (momentum, cumulative average when momentum is None, num_batches_tracked)."""
-        bn = self.bn
-        update = bn.training and bn.track_running_stats
-        factor = 0.0 if bn.momentum is None else bn.momentum
-        if update and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        return functional.batch_norm(y, stats, bn.weight, bn.bias, bn.running_mean if update else None,
-                                     bn.running_var if update else None, factor, bn.eps, **self._act_args())
-
-    def _finish(self, z):
-        return z if self.defer_norm else z.materialize()
-
     def _reference(self, x):
         """The torch.nn computation (the fallback)."""
         y = nn.Conv2d.forward(self, functional.materialize(x))
         return self._activate(self.bn(y) if self.bn is not None else y)
 
     def _config_unsupported(self):
-        k = self.kernel_size
-        if k[0] != k[1] or k[0] % 2 == 0:
-            return f"kernel_size {k} is not odd and square"
-        if self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1:
-            return f"stride {self.stride}, dilation {self.dilation}, groups {self.groups} (fused: 1, 1, 1)"
-        if self.padding not in ("same", (k[0] // 2, k[1] // 2)) or self.padding_mode != "zeros":
-            return f"padding {self.padding!r} ({self.padding_mode}) is not the zero 'same' padding {k[0] // 2}"
-        return self._activation_unsupported()
+        return conv2d_config_unsupported(self) or self._activation_unsupported()
+
+    def _fused(self, op, *inputs, **layout):
+        return op(*inputs, self, self.bn, **self._act_args(), defer=self.defer_norm, **layout)
 
     def forward(self, x):
-        reason = self._config_unsupported() or self._input_unsupported(x)
+        reason = self._config_unsupported() or input_unsupported(x)
         if reason:
             self._fallback(reason)
             return self._reference(x)
-        if self._batch_statistics():
-            return self._finish(self._normalize(*functional.conv2d_stats(x, self.weight, self.bias)))
-        return functional.conv2d(x, *self._folded(), **self._act_args())
+        return self._fused(conv_bn_act, x)
 
     def extra_repr(self):
         return self._extra(super().extra_repr())
@@ -157,16 +215,12 @@ class Conv2dReLUPool(Conv2d):
         super().__init__(*args, activation=activation, **kwargs)
 
     def forward(self, x):
-        reason = self._config_unsupported() or self._input_unsupported(x)
+        reason = self._config_unsupported() or input_unsupported(x)
         if reason:
             self._fallback(reason)
             y = self._reference(x)
             return y, F.max_pool2d(y, 2)
-        if self._batch_statistics():
-            # The statistics exist only once the whole conv ran: the pool reads y with the norm applied.
-            z = self._normalize(*functional.conv2d_stats(x, self.weight, self.bias))
-            return self._finish(z), functional.max_pool2x2(z)
-        return functional.conv2d_pool(x, *self._folded(), **self._act_args())
+        return self._fused(conv_bn_act_pool, x)
 
 
 class UpConcatConv2d(Conv2d):
@@ -186,17 +240,14 @@ class UpConcatConv2d(Conv2d):
         self.up_mode, self.align_corners, self.up_first = up_mode, bool(align_corners), bool(up_first)
 
     def forward(self, up, skip):
-        reason = self._config_unsupported() or self._input_unsupported(up) or self._input_unsupported(skip)
+        reason = self._config_unsupported() or input_unsupported(up) or input_unsupported(skip)
         if reason:
             self._fallback(reason)
             up, skip = functional.materialize(up), functional.materialize(skip)
             up = eager.upsample_pad(up, skip.shape[2], skip.shape[3], self.up_mode, self.align_corners)
             return self._reference(torch.cat([up, skip] if self.up_first else [skip, up], 1))
-        layout = dict(up_mode=self.up_mode, align_corners=self.align_corners, up_first=self.up_first)
-        if self._batch_statistics():
-            return self._finish(self._normalize(*functional.concat_conv2d_stats(up, skip, self.weight, self.bias,
-                                                                                **layout)))
-        return functional.concat_conv2d(up, skip, *self._folded(), **self._act_args(), **layout)
+        return self._fused(concat_conv_bn_act, up, skip, up_mode=self.up_mode, align_corners=self.align_corners,
+                           up_first=self.up_first)
 
     def extra_repr(self):
         up = f", up_mode={self.up_mode!r}" + (", align_corners=True" if self.align_corners else "")
@@ -210,15 +261,10 @@ class MaxPool2d(_FusedMixin, nn.MaxPool2d):
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
 
     def _config_unsupported(self):
-        pair = nn.modules.utils._pair
-        if pair(self.kernel_size) != (2, 2) or pair(self.stride) != (2, 2):
-            return f"kernel_size {self.kernel_size}, stride {self.stride} (fused: 2, 2)"
-        if pair(self.padding) != (0, 0) or pair(self.dilation) != (1, 1) or self.ceil_mode or self.return_indices:
-            return "padding, dilation, ceil_mode or return_indices are set"
-        return None
+        return max_pool2d_config_unsupported(self)
 
     def forward(self, x):
-        reason = self._config_unsupported() or self._input_unsupported(x)
+        reason = self._config_unsupported() or input_unsupported(x)
         if reason:
             self._fallback(reason)
             return super().forward(functional.materialize(x))
@@ -233,14 +279,10 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
         self._set_activation(activation, negative_slope)
 
     def _config_unsupported(self):
-        if self.kernel_size != (2, 2) or self.stride != (2, 2):
-            return f"kernel_size {self.kernel_size}, stride {self.stride} (fused: 2, 2)"
-        if self.padding != (0, 0) or self.output_padding != (0, 0) or self.dilation != (1, 1) or self.groups != 1:
-            return "padding, output_padding, dilation or groups are set"
-        return self._activation_unsupported()
+        return conv_transpose2d_config_unsupported(self) or self._activation_unsupported()
 
     def forward(self, x, output_size=None):
-        reason = self._config_unsupported() or self._input_unsupported(x)
+        reason = self._config_unsupported() or input_unsupported(x)
         if output_size is not None:
             reason = reason or "output_size is given"
         if reason:

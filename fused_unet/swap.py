@@ -1,33 +1,136 @@
-"""One call to put the fused modules into a model you already have."""
-from torch import nn
+"""Put the fused kernels into a U-Net you already have: ``swap(model)``.
 
+Two levels, both in place; parameters, buffers and state_dict keys do not change.
+
+1. Dataflow fusions, wherever ``torch.fx`` traces a module's forward and the trace provably computes what the
+   forward does (both run on a probe input, in training and eval mode, and must agree bit for bit: a trace can
+   silently take one branch of Python that looks at types, shapes or ``self.training``):
+   conv (+ BatchNorm2d) (+ ReLU / LeakyReLU) -> one fused conv; such a chain followed by a 2x2 max-pool -> the
+   conv+pool kernel; up-sampling (x2 ``F.interpolate`` / ``nn.Upsample``, nearest or bilinear, or a tensor
+   already at the skip's size, e.g. a transposed conv's output) (+ ``F.pad`` to the skip's size) + ``torch.cat``
+   + conv chain -> the concatenating conv. A batch-normalised output read only by fused layers stays pending
+   (normalised while they read it). The rewritten forward is bound to the module instance; each fused call
+   checks its run-time conditions (sizes, dtypes) and otherwise runs the original ops.
+2. Module level: every remaining supported ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.ConvTranspose2d`` becomes its
+   ``fused_unet.nn`` subclass, and a ReLU / LeakyReLU after a conv in an ``nn.Sequential`` that was not traced
+   folds into it.
+A module whose forward does not trace, or whose trace differs, keeps its forward; its children are traced one
+by one. The report says what was fused, what was left alone and why."""
+import inspect
+import operator
+import types
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import _pytree
+
+from fused_unet import eager, functional
 from fused_unet import nn as fnn
 
 # Exact torch classes and their drop-in fused subclasses (subclasses of these torch classes are left alone:
-# their forward may do something else).
-_SWAPS = {nn.Conv2d: fnn.Conv2d, nn.MaxPool2d: fnn.MaxPool2d, nn.ConvTranspose2d: fnn.ConvTranspose2d}
+# their forward may do something else), with the check of what the kernels cover.
+_SWAPS = {nn.Conv2d: (fnn.Conv2d, fnn.conv2d_config_unsupported),
+          nn.MaxPool2d: (fnn.MaxPool2d, fnn.max_pool2d_config_unsupported),
+          nn.ConvTranspose2d: (fnn.ConvTranspose2d, fnn.conv_transpose2d_config_unsupported)}
+# Probe images tried, smallest first, when no example input is given (many encoders need multiples of 32).
+_PROBE_SIZES = (64, 128, 256)
+_PROBE_BATCH = 2
+
+
+@dataclass
+class Fusion:
+    pattern: str  # e.g. "conv+bn+act+maxpool"
+    op: str  # the fused op that runs it
+    parts: tuple  # the modules / functions it replaced, in graph order
+
+
+@dataclass
+class SwapReport:
+    """What ``swap`` did: ``fused`` patterns, ``traced`` modules (torch.fx), ``untraced`` (module, reason),
+    ``swapped`` module counts, ``left_alone`` (what, reason). ``print(report)`` gives a table."""
+    model: str
+    fused: list = field(default_factory=list)
+    traced: list = field(default_factory=list)
+    untraced: list = field(default_factory=list)
+    swapped: dict = field(default_factory=lambda: {"Conv2d": 0, "MaxPool2d": 0, "ConvTranspose2d": 0,
+                                                    "ReLU fused": 0})
+    left_alone: list = field(default_factory=list)
+
+    def counts(self):
+        """Number of fused patterns per pattern name."""
+        out = {}
+        for fusion in self.fused:
+            out[fusion.pattern] = out.get(fusion.pattern, 0) + 1
+        return out
+
+    def table(self):
+        lines = [f"fused_unet.swap report for {self.model}"]
+        lines.append(f"traced with torch.fx: {', '.join(t or '(whole model)' for t in self.traced) or 'nothing'}")
+        lines += [f"  not traced: {name or '(whole model)'}: {why}" for name, why in self.untraced]
+        lines.append(f"fused patterns: {len(self.fused)}")
+        width = max([len(f.pattern) for f in self.fused] + [7])
+        lines += [f"  {f.pattern:<{width}}  -> {f.op:<22} {', '.join(f.parts)}" for f in self.fused]
+        lines.append("module level: " + ", ".join(f"{k} {v}" for k, v in self.swapped.items()))
+        lines.append(f"left alone: {len(self.left_alone)}")
+        lines += [f"  {what}: {why}" for what, why in self.left_alone]
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def swap(model, example_input=None, fuse=True):
+    """Swap the fused kernels into ``model`` (in place) and return ``(model, report)``.
+
+    ``example_input``: a tensor (or tuple of forward arguments) the model accepts, used to check each torch.fx
+    trace against the model's own forward; without it a random batch of 2 images at 64 / 128 / 256 pixels with
+    the first conv's input channels is tried. ``fuse=False``: module level only."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    report = SwapReport(type(model).__name__)
+    traced_roots = []
+    if fuse:
+        inputs, why = _probe(model, example_input)
+        if inputs is None:
+            report.untraced.append(("", why))
+        else:
+            _fuse_tree(model, "", inputs, report, traced_roots)
+    _swap_classes(model, report, traced_roots)
+    return model, report
 
 
 def swap_modules(model, fuse_relu=True):
-    """Replace, in place, every ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.ConvTranspose2d`` of ``model`` by its
-    ``fused_unet.nn`` subclass — same parameters, buffers, hooks and state_dict keys — and, with ``fuse_relu``,
-    fold an ``nn.ReLU`` or ``nn.LeakyReLU`` (slope >= 0) that directly follows a conv inside an ``nn.Sequential``
-    into that conv's epilogue (the activation module becomes ``nn.Identity``). Configurations the kernels do not
-    cover keep running the torch forward (one warning each).
-    Returns ``model`` and a count of what was swapped."""
-    counts = {"Conv2d": 0, "MaxPool2d": 0, "ConvTranspose2d": 0, "ReLU fused": 0}
+    """Module level only: every supported ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.ConvTranspose2d`` becomes its
+    ``fused_unet.nn`` subclass, and with ``fuse_relu`` a ReLU / LeakyReLU (slope >= 0) right after a conv in an
+    ``nn.Sequential`` folds into the conv (the activation module becomes ``nn.Identity``). Returns ``model`` and
+    the counts; ``swap`` does this plus the dataflow fusions."""
+    report = SwapReport(type(model).__name__)
+    _swap_classes(model, report, [model] if not fuse_relu else [])
+    return model, report.swapped
+
+
+# ---------------------------------------------------------------------------------------------- module level
+
+def _swap_classes(model, report, traced_roots):
+    for name, module in model.named_modules():
+        entry = _SWAPS.get(type(module))
+        if entry is None:
+            continue
+        fused, unsupported = entry
+        why = unsupported(module)
+        if why:
+            report.left_alone.append((f"{name} ({type(module).__name__})", why))
+            continue
+        module.__class__ = fused  # the fused class only adds behaviour, so the instance keeps all its state
+        if fused is not fnn.MaxPool2d:
+            fused._adopt(module)
+        report.swapped[fused.__name__] += 1
+    inside_traced = {id(m) for root in traced_roots for m in root.modules()}
     for module in model.modules():
-        fused = _SWAPS.get(type(module))
-        if fused is not None:
-            module.__class__ = fused  # the fused class only adds behaviour, so the instance keeps all its state
-            if fused is not fnn.MaxPool2d:
-                fused._adopt(module)
-            counts[fused.__name__] += 1
-    if fuse_relu:
-        for module in model.modules():
-            if isinstance(module, nn.Sequential):
-                counts["ReLU fused"] += _fuse_relus(module)
-    return model, counts
+        if isinstance(module, nn.Sequential) and id(module) not in inside_traced:
+            report.swapped["ReLU fused"] += _fuse_relus(module)
 
 
 def _fuse_relus(seq):
@@ -37,12 +140,478 @@ def _fuse_relus(seq):
         conv, act = seq._modules[first], seq._modules[second]
         if not isinstance(conv, (fnn.Conv2d, fnn.ConvTranspose2d)) or conv.activation is not None:
             continue
-        if type(act) is nn.ReLU:
-            conv.activation = "relu"
-        elif type(act) is nn.LeakyReLU and act.negative_slope >= 0:
-            conv.activation, conv.negative_slope = "leaky_relu", act.negative_slope
-        else:
+        activation = _module_activation(act)
+        if activation is None:
             continue
+        conv.activation, conv.negative_slope = activation
         seq._modules[second] = nn.Identity()
         fused += 1
     return fused
+
+
+def _module_activation(module):
+    if type(module) is nn.ReLU:
+        return "relu", 0.01
+    if type(module) is nn.LeakyReLU and module.negative_slope >= 0:
+        return "leaky_relu", float(module.negative_slope)
+    return None
+
+
+# ---------------------------------------------------------------------------------------- tracing and checks
+
+class _Tracer(torch.fx.Tracer):
+    """torch.nn's own modules and fused_unet's stay calls (their parameters are then the ones fused)."""
+
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, fnn._FusedMixin) or super().is_leaf_module(m, qualname)
+
+
+def _probe(model, example_input):
+    """The forward arguments of every submodule on one probe run: {module: (args, kwargs)}, or (None, why)."""
+    if example_input is not None:
+        candidates = [example_input if isinstance(example_input, tuple) else (example_input,)]
+    else:
+        conv = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))), None)
+        if conv is None:
+            return None, "no Conv2d to infer a probe input from; pass example_input"
+        param = next(model.parameters())
+        candidates = [(torch.randn(_PROBE_BATCH, conv.in_channels, s, s, device=param.device, dtype=param.dtype),)
+                      for s in _PROBE_SIZES]
+    errors = []
+    for args in candidates:
+        seen = {}
+
+        def record(module, module_args, module_kwargs):
+            if module not in seen:
+                seen[module] = _pytree.tree_map(_clone, (module_args, module_kwargs))
+
+        handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules()]
+        try:
+            _run(model, model, args, {}, training=model.training)
+            return seen, None
+        except Exception as error:  # the model rejects this probe size: try the next one
+            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+        finally:
+            for handle in handles:
+                handle.remove()
+    return None, "the model did not run on the probe input (" + "; ".join(errors) + "); pass example_input"
+
+
+def _clone(value):
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+def _run(module, fn, args, kwargs, training):
+    """fn(*args) with module in the given mode, without gradients, leaving the module's buffers, modes and the
+    random generators as they were."""
+    modes = [(m, m.training) for m in module.modules()]
+    buffers = [(b, b.clone()) for b in module.buffers()]
+    module.train(training)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            torch.manual_seed(0)
+            return fn(*_pytree.tree_map(_clone, args), **_pytree.tree_map(_clone, kwargs))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _same(a, b):
+    leaves_a, spec_a = _pytree.tree_flatten(a)
+    leaves_b, spec_b = _pytree.tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            # Same ops on the same data; a GPU may still pick another algorithm for one of them.
+            if x.shape != y.shape or x.dtype != y.dtype or not torch.allclose(
+                    x, y, rtol=1e-3, atol=1e-5 * float(x.abs().max()) if x.numel() else 0.0, equal_nan=True):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _trace(module, inputs):
+    """(graph, None) when torch.fx traces module's forward faithfully, else (None, why)."""
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:
+        return None, f"torch.fx cannot trace its forward ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+    traced = torch.fx.GraphModule(module, graph)
+    args, kwargs = inputs
+    for training in (False, True):
+        try:
+            expected = _run(module, module.forward, args, kwargs, training)
+            got = _run(module, traced.forward, args, kwargs, training)
+        except Exception as error:
+            return None, (f"its torch.fx trace fails where the forward runs ({type(error).__name__}); the forward "
+                          "has Python that depends on types or shapes")
+        if not _same(expected, got):
+            return None, (f"its torch.fx trace differs from the forward in {'training' if training else 'eval'} "
+                          "mode (Python that depends on types, shapes or self.training)")
+    return graph, None
+
+
+def _fuse_tree(module, name, inputs, report, traced_roots):
+    if module not in inputs:
+        return
+    if "forward" in module.__dict__:
+        report.untraced.append((name, "its forward was already replaced (swapped before?)"))
+        return
+    graph, why = _trace(module, inputs[module])
+    if graph is None:
+        report.untraced.append((name, why))
+        for child_name, child in module.named_children():
+            if not _Tracer().is_leaf_module(child, ""):
+                _fuse_tree(child, f"{name}.{child_name}" if name else child_name, inputs, report, traced_roots)
+        return
+    report.traced.append(name)
+    traced_roots.append(module)
+    if _Rewriter(module, graph, name, report).run():
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<fused_unet.swap {type(module).__name__}>", "exec"), namespace)
+        module.forward = types.MethodType(namespace["forward"], module)
+
+
+# ---------------------------------------------------------------------------------------------- graph rewrite
+
+def _arg(node, index, name, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+_NORM_OR_ACT = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
+                nn.Mish, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.LeakyReLU, nn.ReLU)
+_REPLACED_FUNCTIONS = {f.__name__: f for f in (F.pad, F.interpolate, *_CAT_FUNCTIONS)}
+_INTERP_PARAMS = list(inspect.signature(F.interpolate).parameters)
+
+
+class _Rewriter:
+    """Finds the patterns in one traced graph and replaces each by one call of a fused op."""
+
+    def __init__(self, root, graph, prefix, report):
+        self.root, self.graph, self.prefix, self.report = root, graph, prefix, report
+
+    def module(self, node, *types_):
+        if node.op == "call_module":
+            m = self.root.get_submodule(node.target)
+            if type(m) in types_:
+                return m
+        return None
+
+    def name(self, node):
+        if node.op == "call_module":
+            return f"{self.prefix}.{node.target}" if self.prefix else node.target
+        return getattr(node.target, "__name__", str(node.target))
+
+    def activation(self, node):
+        m = self.module(node, nn.ReLU, nn.LeakyReLU)
+        if m is not None:
+            return _module_activation(m)
+        if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+            return "relu", 0.01
+        if node.op == "call_method" and node.target in ("relu", "relu_"):
+            return "relu", 0.01
+        if node.op == "call_function" and node.target is F.leaky_relu:
+            slope = _arg(node, 1, "negative_slope", 0.01)
+            if isinstance(slope, (int, float)) and slope >= 0:
+                return "leaky_relu", float(slope)
+        return None
+
+    def passthrough(self, node):
+        """Identity, or dropout with p = 0 (the identity in both modes)."""
+        if self.module(node, nn.Identity) is not None:
+            return True
+        m = self.module(node, nn.Dropout, nn.Dropout2d)
+        return m is not None and m.p == 0
+
+    @staticmethod
+    def data_users(node):
+        """node's users but those that only read its shape (``x.size()``, ``x.shape``: the tutorials' pad)."""
+        return [u for u in node.users if not (
+            (u.op == "call_method" and u.target in ("size", "dim")) or
+            (u.op == "call_function" and u.target is getattr and u.args[1] in ("shape", "ndim", "dtype", "device")))]
+
+    def only_user(self, node):
+        users = list(node.users)
+        if len(users) == 1 and users[0].args[:1] == (node,):
+            return users[0]
+        return None
+
+    def chain(self, conv_node):
+        """The conv's chain: nodes conv (-> BatchNorm2d) (-> activation), with identities between them."""
+        conv = self.module(conv_node, nn.Conv2d)
+        nodes, bn, act, stage = [conv_node], None, (None, 0.01), 0
+        node = conv_node
+        while (nxt := self.only_user(node)) is not None:
+            m = self.module(nxt, nn.BatchNorm2d)
+            if self.passthrough(nxt):
+                pass
+            elif stage == 0 and m is not None and m.num_features == conv.out_channels:
+                bn, stage = nxt, 1
+            elif stage < 2 and (a := self.activation(nxt)) is not None:
+                act, stage = a, 2
+            else:
+                break
+            nodes.append(nxt)
+            node = nxt
+        if (nxt := self.only_user(node)) is not None and nxt.op == "call_module" and \
+                isinstance(self.root.get_submodule(nxt.target), _NORM_OR_ACT):
+            self.report.left_alone.append((f"{self.name(nxt)} ({type(self.root.get_submodule(nxt.target)).__name__})",
+                                           f"after {self.name(conv_node)}: not fused (fused: BatchNorm2d, then ReLU "
+                                           "or LeakyReLU with slope >= 0)"))
+        return nodes, bn, act
+
+    def pool(self, node):
+        """A 2x2 max-pool user of node, or None."""
+        for user in node.users:
+            if user.args[:1] != (node,):
+                continue
+            m = self.module(user, nn.MaxPool2d)
+            if m is not None and fnn.max_pool2d_config_unsupported(m) is None:
+                return user
+            if user.op == "call_function" and user.target in (F.max_pool2d, torch.max_pool2d):
+                stride = _arg(user, 2, "stride")
+                if _arg(user, 1, "kernel_size") in (2, (2, 2)) and stride in (None, 2, (2, 2), []) and \
+                        _arg(user, 3, "padding", 0) in (0, (0, 0)) and _arg(user, 4, "dilation", 1) in (1, (1, 1)) \
+                        and not _arg(user, 5, "ceil_mode", False) and not _arg(user, 6, "return_indices", False):
+                    return user
+        return None
+
+    def upsampling(self, node):
+        """(source, up_mode, align_corners, size, interpolate kwargs, upsample module node, nodes) for an x2
+        nearest / bilinear up-sampling node with one user, else None."""
+        if len(self.data_users(node)) != 1:
+            return None
+        m = self.module(node, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+        if m is not None:
+            mode, size, scale, align, kwargs = m.mode, m.size, m.scale_factor, m.align_corners, None
+        elif node.op == "call_function" and node.target is F.interpolate:
+            kwargs = dict(zip(_INTERP_PARAMS[1:], node.args[1:]), **node.kwargs)
+            if kwargs.get("antialias"):
+                return None
+            mode, size = kwargs.get("mode", "nearest"), kwargs.get("size")
+            scale, align = kwargs.get("scale_factor"), kwargs.get("align_corners")
+        else:
+            return None
+        if mode not in ("nearest", "bilinear") or (mode == "nearest" and align):
+            return None
+        if size is None and scale not in (2, 2.0, (2, 2), (2.0, 2.0), [2, 2], [2.0, 2.0]):
+            return None
+        return node.args[0], mode, bool(align), size, kwargs, node if m is not None else None, [node]
+
+    def up_branch(self, node):
+        """(source, up_mode, align_corners, size, kwargs, upsampler, pad, nodes) for what feeds one side of a
+        concatenation: [F.pad(] [upsample(] source [)] [)]."""
+        pad, nodes = None, []
+        if node.op == "call_function" and node.target is F.pad and len(self.data_users(node)) == 1 and \
+                _arg(node, 2, "mode", "constant") == "constant" and _arg(node, 3, "value") in (None, 0, 0.0):
+            pad, nodes, node = _arg(node, 1, "pad"), [node], node.args[0]
+        up = self.upsampling(node)
+        if up is None:
+            return node, None, False, None, None, None, pad, nodes
+        return (*up[:6], pad, up[6] + nodes)
+
+    def concatenation(self, conv_node):
+        """The concatenation feeding conv_node (through identities), as (up branch, skip node, up_first, nodes)."""
+        node, between = conv_node.args[0], []
+        while self.passthrough(node) and len(node.users) == 1:
+            between.append(node)
+            node = node.args[0]
+        if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or len(self.data_users(node)) != 1:
+            return None
+        tensors, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
+        if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
+            self.report.left_alone.append((f"cat before {self.name(conv_node)}",
+                                           "not two tensors along the channels (fused: cat([a, b], 1))"))
+            return None
+        branches = [self.up_branch(t) for t in tensors]
+        # The up-sampled (or padded) side is "up"; with neither, the first tensor.
+        index = next((i for i, b in enumerate(branches) if b[1] is not None), None)
+        index = next((i for i, b in enumerate(branches) if b[6] is not None), 0) if index is None else index
+        up = branches[index]
+        skip = tensors[1 - index]
+        return up, skip, index == 0, up[7] + [node] + between[::-1]
+
+    def replace(self, nodes, target, args, kwargs, outputs=1):
+        """Insert target(*args, **kwargs) before the last node; route the uses of nodes[-1] (and of extra
+        outputs' nodes) to it; erase nodes."""
+        with self.graph.inserting_before(nodes[-1]):
+            new = self.graph.call_function(target, args, kwargs)
+        nodes[-1].replace_all_uses_with(new)
+        for node in nodes[:-1]:
+            if any(u not in nodes for u in node.users):  # reads of its shape: the op run on meta tensors instead
+                with self.graph.inserting_after(node):
+                    op = self.attr(node, node) if node.op == "call_module" else node.target.__name__
+                    stand_in = self.graph.call_function(_on_meta, (op, *node.args), node.kwargs)
+                node.replace_all_uses_with(stand_in, delete_user_cb=lambda user: user not in nodes)
+        for node in reversed(nodes):
+            self.graph.erase_node(node)
+        return new
+
+    def attr(self, node, before):
+        if node is None:
+            return None
+        with self.graph.inserting_before(before):
+            return self.graph.get_attr(node.target)
+
+    def run(self):
+        """Rewrite every pattern; True when the graph changed."""
+        changed = False
+        for conv_node in [n for n in self.graph.nodes if self.module(n, nn.Conv2d) is not None]:
+            conv = self.module(conv_node, nn.Conv2d)
+            if fnn.conv2d_config_unsupported(conv):
+                continue
+            nodes, bn_node, (activation, slope) = self.chain(conv_node)
+            first = nodes[0]
+            concat = self.concatenation(conv_node)
+            pool = self.pool(nodes[-1]) if concat is None else None
+            if bn_node is None and activation is None and pool is None and concat is None:
+                continue
+            conv_attr, bn_attr = self.attr(conv_node, first), self.attr(bn_node, first)
+            act = dict(activation=activation, negative_slope=slope, defer=False)
+            parts = [self.name(n) for n in nodes]
+            suffix = "+bn" * (bn_node is not None) + "+act" * (activation is not None)
+            if concat is not None:
+                (source, up_mode, align, size, kwargs, upsampler, pad, _), skip, up_first, extra = concat
+                upsampler = self.attr(upsampler, first)
+                new = self.replace(extra + nodes, _fused_concat_conv, (source, skip, conv_attr, bn_attr), dict(
+                    act, up_first=up_first, up_mode=up_mode, align_corners=align, size=size, pad=pad,
+                    interpolate=kwargs, upsampler=upsampler))
+                pattern = "+".join(["upsample"] * (up_mode is not None) + ["pad"] * (pad is not None) + ["cat"])
+                self.report.fused.append(Fusion(pattern + "+conv" + suffix, "concat_conv2d",
+                                                tuple(self.name(n) for n in extra) + tuple(parts)))
+            elif pool is not None:
+                new = self.replace(nodes, _fused_conv_pool, (first.args[0], conv_attr, bn_attr), act)
+                with self.graph.inserting_after(new):
+                    skip_out = self.graph.call_function(operator.getitem, (new, 0))
+                with self.graph.inserting_after(skip_out):
+                    pooled = self.graph.call_function(operator.getitem, (new, 1))
+                new.replace_all_uses_with(skip_out, delete_user_cb=lambda user: user not in (skip_out, pooled))
+                pool.replace_all_uses_with(pooled)
+                self.graph.erase_node(pool)
+                self.report.fused.append(Fusion("conv" + suffix + "+maxpool", "conv2d_pool",
+                                                tuple(parts) + (self.name(pool),)))
+            else:
+                new = self.replace(nodes, _fused_conv, (first.args[0], conv_attr, bn_attr), act)
+                self.report.fused.append(Fusion("conv" + suffix, "conv2d", tuple(parts)))
+            changed = True
+        self.defer_norms()
+        self.report_leftovers()
+        self.graph.lint()
+        return changed
+
+    def reads_normalized(self, user, value):
+        """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it)."""
+        if user.op == "call_function" and user.target in _FUSED_OPS:
+            data = _FUSED_OPS[user.target]
+            return value in user.args[:data] and value not in user.args[data:]
+        if user.args != (value,) or user.kwargs:
+            return False
+        if self.module(user, fnn.Conv2d, fnn.MaxPool2d, fnn.ConvTranspose2d) is not None:
+            return True
+        m = self.module(user, *_SWAPS)  # swapped for its fused class below when supported
+        return m is not None and _SWAPS[type(m)][1](m) is None
+
+    def defer_norms(self):
+        for node in self.graph.nodes:
+            if node.op != "call_function" or node.target not in _FUSED_OPS or \
+                    node.args[_FUSED_OPS[node.target] + 1] is None:  # no batch norm
+                continue
+            outputs = [u for u in node.users if u.args[1] == 0] if node.target is _fused_conv_pool else [node]
+            readers = [(u, out) for out in outputs for u in out.users]
+            if readers and all(self.reads_normalized(u, out) for u, out in readers):
+                node.kwargs = dict(node.kwargs, defer=True)
+
+    def report_leftovers(self):
+        for node in self.graph.nodes:
+            if node.op == "call_function" and node.target in _CAT_FUNCTIONS + (F.interpolate,):
+                what = "cat" if node.target in _CAT_FUNCTIONS else "interpolate"
+                self.report.left_alone.append((f"{what} ({self.prefix or 'model'}.{node.name})",
+                                               "not followed by a supported conv (fused: [upsample x2] [+ pad] + "
+                                               "cat([a, b], 1) + conv)"))
+            elif self.module(node, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d) is not None:
+                self.report.left_alone.append((self.name(node), "not an x2 nearest/bilinear up-sampling followed by "
+                                                                "cat + a supported conv"))
+
+
+# ------------------------------------------------------------------------------------------ fused calls (run)
+
+def _on_meta(op, *args, **kwargs):
+    """op's output on meta tensors (op: a module, or the name of a function a pattern replaces): the shape of a
+    replaced node for code that reads only its shape."""
+    def meta(value):
+        value = value.y if isinstance(value, functional.Normalized) else value
+        return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
+
+    op = _REPLACED_FUNCTIONS[op] if isinstance(op, str) else op
+    return op(*_pytree.tree_map(meta, args, is_leaf=lambda v: isinstance(v, functional.Normalized)),
+              **_pytree.tree_map(meta, kwargs))
+
+
+def _eager_chain(x, conv, bn, activation, negative_slope):
+    """The original ops of a conv chain, in PyTorch."""
+    y = nn.Conv2d.forward(conv, functional.materialize(x))
+    return eager.activate(nn.BatchNorm2d.forward(bn, y) if bn is not None else y, activation, negative_slope)
+
+
+def _fused_conv(x, conv, bn, activation, negative_slope, defer):
+    if fnn.input_unsupported(x):
+        return _eager_chain(x, conv, bn, activation, negative_slope)
+    return fnn.conv_bn_act(x, conv, bn, activation, negative_slope, defer)
+
+
+def _fused_conv_pool(x, conv, bn, activation, negative_slope, defer):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
+        y = _eager_chain(x, conv, bn, activation, negative_slope)
+        return y, F.max_pool2d(y, 2)
+    return fnn.conv_bn_act_pool(x, conv, bn, activation, negative_slope, defer)
+
+
+def _centred_pad(up_size, skip_size):
+    dh, dw = skip_size[0] - up_size[0], skip_size[1] - up_size[1]
+    return [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2]
+
+
+def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up_first, up_mode, align_corners, size,
+                       pad, interpolate, upsampler):
+    """The concatenating conv where the run-time sizes are those the kernel handles (an x2 up-sampling, a centred
+    zero pad to the skip's size), else the original ops."""
+    fits = not (fnn.input_unsupported(up) or fnn.input_unsupported(skip))
+    if fits:
+        factor = 1 if up_mode is None else 2
+        up_size = (factor * up.shape[2], factor * up.shape[3])
+        if size is not None:
+            fits = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            fits = tuple(int(s) for s in fits) == up_size
+        skip_size = tuple(skip.shape[2:])
+        if fits and pad is None:
+            fits = up_size == skip_size
+        elif fits:
+            fits = min(skip_size[0] - up_size[0], skip_size[1] - up_size[1]) >= 0 and \
+                [int(p) for p in pad] == _centred_pad(up_size, skip_size)
+    if fits:
+        return fnn.concat_conv_bn_act(up, skip, conv, bn, activation, negative_slope, defer, up_mode=up_mode,
+                                      align_corners=align_corners, up_first=up_first)
+    up, skip = functional.materialize(up), functional.materialize(skip)
+    if upsampler is not None:
+        up = upsampler(up)
+    elif up_mode is not None:
+        up = F.interpolate(up, **interpolate)
+    if pad is not None:
+        up = F.pad(up, pad)
+    return _eager_chain(torch.cat([up, skip] if up_first else [skip, up], 1), conv, bn, activation, negative_slope)
+
+
+# Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
+_FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}

@@ -1,26 +1,218 @@
-"""swap_modules: the fused layers in a model that was written with plain torch.nn."""
+"""swap / swap_modules: the fused layers in a model written with plain torch.nn — our classic double-conv U-Net
+here, MONAI and segmentation_models_pytorch in test_compat.py. Every swapped model is checked against its own
+unswapped copy in float64 (outputs, every gradient, BatchNorm running statistics, train and eval mode), and the
+eager convs / pools / concatenations / up-samplings that still run are counted against the report."""
 import copy
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_unet
 from fused_unet import nn as fnn
-from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close
+from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare_step
+
+_EAGER_OPS = {"convolution": "conv", "cat": "cat", "max_pool2d_with_indices": "maxpool", "max_pool2d": "maxpool",
+              "upsample_nearest2d": "interpolate", "upsample_bilinear2d": "interpolate",
+              "_upsample_nearest_exact2d": "interpolate"}
 
 
-def _plain_model():
-    return nn.Sequential(
+class _CountEagerOps(TorchDispatchMode):
+    """Counts the aten convolutions, concatenations, max-pools and up-samplings that compute data (the fused
+    kernels are Triton programs, not aten ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kind = _EAGER_OPS.get(func.overloadpacket.__name__)
+        tensors = [a for a in _pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
+        if kind and not any(t.is_meta for t in tensors):  # shape-only stand-ins run on meta tensors
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def eager_ops(model, x):
+    with _CountEagerOps() as mode:
+        model(x)
+    return mode.counts
+
+
+def left_alone(report, kind):
+    """How many modules / functions of one kind the report left to PyTorch."""
+    return sum(what.startswith(kind) or f"({kind})" in what for what, _ in report.left_alone)
+
+
+def check_swap(model, x, modes=("train", "eval"), example_input=None):
+    """Swap a copy of model; outputs, gradients and running statistics must match model's float64 twin."""
+    reference = copy.deepcopy(model).double()
+    swapped, report = fused_unet.swap(model, example_input)
+    assert swapped is model
+    assert list(model.state_dict()) == list(reference.state_dict())
+    with torch.no_grad():
+        grad = torch.randn_like(copy.deepcopy(reference).eval()(x.double())).float()
+    for mode in modes:
+        for m in (model, reference):
+            m.train(mode == "train")
+        compare_step((model, reference, None), x, grad, f"{mode}: ")
+        for (name, b), r in zip(model.named_buffers(), reference.buffers()):
+            assert_close(b.double(), r, torch.float32, f"{mode}: buffer {name}", MODEL_TOLERANCE_FACTOR)
+    return report
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, c_in, c_out):
+        super().__init__(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                         nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class Up(nn.Module):
+    """The decoder step of the popular PyTorch U-Net tutorials: up-sample, pad to the skip, cat([skip, up])."""
+
+    def __init__(self, c_in, c_out, bilinear):
+        super().__init__()
+        if bilinear:
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            self.conv = DoubleConv(c_in + c_in // 2, c_out)
+        else:
+            self.up = nn.ConvTranspose2d(c_in, c_in // 2, 2, stride=2)
+            self.conv = DoubleConv(c_in, c_out)
+
+    def forward(self, x1, x2):
+        x1 = self.up(x1)
+        dy, dx = x2.size()[2] - x1.size()[2], x2.size()[3] - x1.size()[3]
+        x1 = F.pad(x1, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([x2, x1], dim=1))
+
+
+class ClassicUNet(nn.Module):
+    def __init__(self, in_channels=3, classes=2, width=4, bilinear=True):
+        super().__init__()
+        self.inc = DoubleConv(in_channels, width)
+        self.down1 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(width, 2 * width))
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(2 * width, 4 * width))
+        self.up1 = Up(4 * width, 2 * width, bilinear)
+        self.up2 = Up(2 * width, width, bilinear)
+        self.outc = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        return self.outc(self.up2(self.up1(x3, x2), x1))
+
+
+@pytest.mark.parametrize("bilinear", [True, False])
+@pytest.mark.parametrize("size", [(16, 12), (17, 13)])
+def test_classic_unet_is_fused_and_matches(bilinear, size):
+    torch.manual_seed(0)
+    model = ClassicUNet(bilinear=bilinear).to(DEVICE)
+    x = torch.randn(2, 3, *size, device=DEVICE)
+    report = check_swap(model, x)
+    patterns = report.counts()
+    assert report.traced == [""] and not report.untraced
+    assert patterns["conv+bn+act+maxpool"] == 2 and patterns["conv+bn+act"] == 6
+    up = "upsample+pad+cat+conv+bn+act" if bilinear else "pad+cat+conv+bn+act"
+    assert patterns[up] == 2, report
+    assert report.swapped["ConvTranspose2d"] == (0 if bilinear else 2)
+    # Nothing eager is left but the 1x1 head, which has no BatchNorm or activation to fuse.
+    assert report.swapped["Conv2d"] == 11 and not left_alone(report, "")
+    model.eval()
+    assert eager_ops(model, x) == {}
+
+
+def test_swapped_model_keeps_training_like_the_original():
+    torch.manual_seed(0)
+    model = ClassicUNet().to(DEVICE)
+    reference = copy.deepcopy(model).double()
+    fused_unet.swap(model)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, reference)]
+    x = torch.randn(2, 3, 12, 12, device=DEVICE)
+    target = torch.randint(0, 2, (2, 12, 12), device=DEVICE)
+    for _ in range(2):
+        for m, opt in zip((model, reference), optimizers):
+            opt.zero_grad()
+            F.cross_entropy(m(x.to(next(m.parameters()).dtype)), target).backward()
+            opt.step()
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert_close(a.double(), b.double(), torch.float32, name, MODEL_TOLERANCE_FACTOR)
+
+
+def test_checkpoints_load_both_ways_and_swap_of_a_trained_model_gives_its_outputs():
+    torch.manual_seed(0)
+    trained = ClassicUNet().to(DEVICE).eval()
+    for m in trained.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    x = torch.randn(1, 3, 12, 12, device=DEVICE)
+    expected = trained.double()(x.double())
+    swapped = ClassicUNet().to(DEVICE)
+    fused_unet.swap(swapped)
+    swapped.load_state_dict(trained.float().state_dict())
+    assert_close(swapped.eval()(x), expected, torch.float32, "swapped, then loaded", MODEL_TOLERANCE_FACTOR)
+    fresh = ClassicUNet().to(DEVICE)
+    fresh.load_state_dict(swapped.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), swapped.state_dict().values()))
+    again, _ = fused_unet.swap(copy.deepcopy(trained))
+    assert_close(again(x), expected, torch.float32, "trained, then swapped", MODEL_TOLERANCE_FACTOR)
+
+
+def test_a_branch_on_training_or_shapes_is_not_traced():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y * 2 if isinstance(x, torch.Tensor) and self.training else y
+
+    model = Branchy().to(DEVICE)
+    report = check_swap(model, torch.randn(2, 3, 8, 8, device=DEVICE))
+    assert [name for name, _ in report.untraced] == [""] and "training" in report.untraced[0][1]
+    assert report.traced == ["conv"] and report.counts() == {"conv+act": 1}
+
+
+def test_runtime_sizes_the_kernel_does_not_cover_run_the_original_ops():
+    class UpByOne(nn.Module):  # pads on one side only: not the centred pad the kernel does
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 4, 3, padding=1)
+
+        def forward(self, x, skip):
+            up = F.interpolate(x, scale_factor=2, mode="nearest")
+            up = F.pad(up, [0, skip.shape[3] - up.shape[3], 0, skip.shape[2] - up.shape[2]])
+            return F.relu(self.conv(torch.cat([up, skip], 1)))
+
+    model = UpByOne().to(DEVICE)
+    x, skip = torch.randn(1, 3, 4, 4, device=DEVICE), torch.randn(1, 3, 10, 10, device=DEVICE)
+    reference = copy.deepcopy(model).double()
+    _, report = fused_unet.swap(model, (x, skip))
+    assert report.counts() == {"upsample+pad+cat+conv+act": 1}
+    with _CountEagerOps() as mode:
+        out = model(x, skip)
+    assert mode.counts == {"interpolate": 1, "cat": 1, "conv": 1}
+    assert_close(out, reference(x.double(), skip.double()), torch.float32, "one-sided pad")
+    even = torch.randn(1, 3, 8, 8, device=DEVICE)  # a pad of 0: the fused kernel
+    with _CountEagerOps() as mode:
+        out = model(x, even)
+    assert mode.counts == {}
+    assert_close(out, reference(x.double(), even.double()), torch.float32, "no pad")
+
+
+def test_swap_modules_keeps_weights_keys_and_results():
+    torch.manual_seed(0)
+    model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
         nn.ConvTranspose2d(8, 4, 2, stride=2), nn.ReLU(),
         nn.Conv2d(4, 2, 1),
     ).to(DEVICE)
-
-
-def test_swap_keeps_weights_keys_and_results():
-    torch.manual_seed(0)
-    model = _plain_model()
     original = copy.deepcopy(model).double()
     keys = list(model.state_dict())
     swapped, counts = fused_unet.swap_modules(model)
@@ -31,16 +223,24 @@ def test_swap_keeps_weights_keys_and_results():
     assert isinstance(model[4], fnn.ConvTranspose2d) and model[4].activation == "relu"
     assert model[6].activation is None
     x = torch.randn(2, 3, 10, 14, device=DEVICE)
-    out = model(x)
-    ref = original(x.double())
-    assert_close(out, ref, torch.float32, "swapped model", MODEL_TOLERANCE_FACTOR)
+    assert_close(model(x), original(x.double()), torch.float32, "swapped model", MODEL_TOLERANCE_FACTOR)
 
 
-def test_swap_without_relu_fusion_and_leaves_subclasses_alone():
+def test_swap_modules_without_relu_fusion_leaves_subclasses_and_unsupported_configs_alone():
     class MyConv(nn.Conv2d):
         pass
 
-    model = nn.Sequential(MyConv(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()).to(DEVICE)
+    model = nn.Sequential(MyConv(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, stride=2, padding=1)).to(DEVICE)
     _, counts = fused_unet.swap_modules(model, fuse_relu=False)
     assert type(model[0]) is MyConv and isinstance(model[1], fnn.Conv2d) and isinstance(model[2], nn.ReLU)
+    assert type(model[3]) is nn.Conv2d
     assert counts["Conv2d"] == 1 and counts["ReLU fused"] == 0
+
+
+def test_report_prints_a_table_and_rejects_non_modules():
+    _, report = fused_unet.swap(ClassicUNet().to(DEVICE))
+    text = str(report)
+    assert "conv+bn+act+maxpool" in text and "concat_conv2d" in text and "module level" in text
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        fused_unet.swap(lambda x: x)

@@ -1,0 +1,87 @@
+"""swap on the U-Nets people already have: MONAI BasicUNet / UNet and segmentation_models_pytorch Unet (ResNet and
+VGG encoders), installed by the ``compat`` extra. Each swapped model against its own float64 copy (outputs, every
+gradient, BatchNorm running statistics; train and eval), what the report says was fused, and that no eager conv /
+pool / cat / interpolate runs where the report says it was fused."""
+import warnings
+
+import pytest
+import torch
+
+from tests.conftest import DEVICE
+from tests.test_swap import check_swap, eager_ops, left_alone
+
+monai_nets = pytest.importorskip("monai.networks.nets", reason="the compat extra: pip install -e '.[compat]'")
+smp = pytest.importorskip("segmentation_models_pytorch", reason="the compat extra: pip install -e '.[compat]'")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libraries():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _eager_left(model, x, report):
+    """The eager ops of an eval forward, and the counts the report leads one to expect."""
+    model.eval()
+    counts = eager_ops(model, x)
+    return counts, {kind: n for kind, n in (("conv", left_alone(report, "Conv2d") + left_alone(report, "ConvTranspose2d")),
+                                            ("maxpool", left_alone(report, "MaxPool2d")),
+                                            ("cat", left_alone(report, "cat")),
+                                            ("interpolate", left_alone(report, "interpolate"))) if n}
+
+
+@pytest.mark.parametrize("norm,size", [("batch", 16), ("instance", 32)])  # instance norm needs 2x2 at the bottom
+def test_monai_basic_unet(norm, size):
+    torch.manual_seed(0)
+    model = monai_nets.BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 8, 16, 4),
+                                 norm=norm).to(DEVICE)
+    x = torch.randn(2, 3, size, size, device=DEVICE)
+    report = check_swap(model, x)
+    # UpCat.forward tests isinstance(x_e, Tensor), which a torch.fx proxy fails: the trace would drop the skip.
+    assert ("", ) == tuple(name for name, _ in report.untraced[:1])
+    assert all(name == "" or name.startswith("upcat_") for name, _ in report.untraced)
+    if norm == "batch":  # conv -> BatchNorm2d -> Dropout(0) -> LeakyReLU(0.1), 18 times
+        assert report.counts() == {"conv+bn+act": 18}
+    else:  # InstanceNorm2d sits between the conv and its activation: the conv alone is fused
+        assert report.counts() == {} and left_alone(report, "InstanceNorm2d") == 18
+    assert report.swapped == {"Conv2d": 19, "MaxPool2d": 4, "ConvTranspose2d": 4, "ReLU fused": 0}
+    counts, _ = _eager_left(model, x, report)
+    assert counts == {"cat": 4}  # inside the untraced UpCat.forward
+
+
+def test_monai_unet_reports_what_it_cannot_fuse():
+    torch.manual_seed(0)
+    model = monai_nets.UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+                            num_res_units=1, norm="batch").to(DEVICE)
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x)
+    assert report.traced == [""] and report.counts() == {"conv+bn": 2}
+    text = str(report)
+    assert "PReLU" in text and "stride (2, 2)" in text and "kernel_size (3, 3), stride (2, 2)" in text
+    counts, expected = _eager_left(model, x, report)
+    assert counts == expected
+
+
+@pytest.mark.parametrize("encoder,depth,decoder,size", [
+    ("resnet18", 3, (16, 8, 8), 16),
+    ("vgg11_bn", 2, (8, 8), 8),
+])
+def test_smp_unet(encoder, depth, decoder, size):
+    torch.manual_seed(0)
+    model = smp.Unet(encoder, encoder_weights=None, classes=2, encoder_depth=depth, decoder_channels=decoder).to(DEVICE)
+    x = torch.randn(2, 3, size, size, device=DEVICE)
+    report = check_swap(model, x)
+    assert report.traced == [""] and not report.untraced
+    patterns = report.counts()
+    # Decoder: nearest x2 F.interpolate + cat + Conv2dReLU, one per skip.
+    assert patterns["upsample+cat+conv+bn+act"] == depth - 1
+    if encoder.startswith("vgg"):  # conv -> BatchNorm2d -> ReLU -> MaxPool2d closes each encoder stage
+        assert patterns["conv+bn+act+maxpool"] == depth
+    else:  # strided stem / downsampling convs and the 3x3 max-pool stay eager, with reasons
+        assert "conv+bn" in patterns and left_alone(report, "Conv2d") == 7 and left_alone(report, "MaxPool2d") == 1
+    counts, expected = _eager_left(model, x, report)
+    if encoder.startswith("resnet"):  # of the 7 strided convs, layer3 / layer4's are below the depth: never run
+        expected["conv"] = 3
+    assert counts == expected
