@@ -16,6 +16,17 @@ import torch.nn.functional as F
 PALETTE = np.array([[20, 20, 20], [230, 60, 60], [60, 200, 90], [70, 100, 240]], dtype=np.uint8)
 
 
+def _positive(text):
+    """argparse type of a count: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -319,11 +330,11 @@ def _add_unet_args(parser):
 def _add_shape_args(parser, batch_default, size_default=512):
     from fused_unet.benchmark import DTYPES
 
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--size", type=int, default=size_default,
+    parser.add_argument("--base-channels", type=_positive, default=64)
+    parser.add_argument("--depth", type=_positive, default=4)
+    parser.add_argument("--size", type=_positive, default=size_default,
                         help=f"image height and width (default: {size_default})")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_default)
+    parser.add_argument("--batch-sizes", type=_positive, nargs="+", default=batch_default)
     _add_unet_args(parser)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
                         help="autocast dtype of the fused and *-amp / compile contenders (fp32: no autocast)")
@@ -338,7 +349,7 @@ def _add_model_args(parser, batch_default):
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS,
                         default=["fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune"])
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=_positive, default=20)
     parser.add_argument("--no-max-batch", dest="max_batch", action="store_false",
                         help="skip the search for the largest batch that fits")
 
@@ -351,13 +362,13 @@ def build_parser():
                           description="Train a small fused U-Net on a seeded synthetic shapes set, print loss and "
                                       "mean IoU per epoch, check the fused kernels against ReferenceUNet and write "
                                       "a PNG grid (image | true mask | predicted mask).")
-    demo.add_argument("--epochs", type=int, default=10)
-    demo.add_argument("--train-images", type=int, default=512)
-    demo.add_argument("--val-images", type=int, default=64)
-    demo.add_argument("--size", type=int, default=48, help="image height and width")
-    demo.add_argument("--batch-size", type=int, default=16)
-    demo.add_argument("--base-channels", type=int, default=16)
-    demo.add_argument("--depth", type=int, default=2)
+    demo.add_argument("--epochs", type=_positive, default=10)
+    demo.add_argument("--train-images", type=_positive, default=512)
+    demo.add_argument("--val-images", type=_positive, default=64)
+    demo.add_argument("--size", type=_positive, default=48, help="image height and width")
+    demo.add_argument("--batch-size", type=_positive, default=16)
+    demo.add_argument("--base-channels", type=_positive, default=16)
+    demo.add_argument("--depth", type=_positive, default=2)
     _add_unet_args(demo)
     demo.add_argument("--lr", type=float, default=1e-2)
     demo.add_argument("--seed", type=int, default=0)
@@ -375,16 +386,16 @@ def build_parser():
                                        "OUT/predictions/*_mask.png + *_overlay.png. Under torchrun: DDP, one "
                                        "process per GPU (gloo on CPUs), rank 0 logs and writes.")
     train.add_argument("--data", help="dataset folder (default: the synthetic shapes set, 4 classes)")
-    train.add_argument("--num-classes", type=int, default=4)
-    train.add_argument("--size", type=int, help="resize images and masks to SIZE x SIZE (default: as they are)")
+    train.add_argument("--num-classes", type=_positive, default=4)
+    train.add_argument("--size", type=_positive, help="resize images and masks to SIZE x SIZE (default: as they are)")
     train.add_argument("--model", default="unet",
                        help="unet (ours), smp-unet:ENCODER (e.g. smp-unet:resnet34) or monai-basicunet, swapped "
                             "with fused_unet.swap (the compat extra)")
-    train.add_argument("--base-channels", type=int, default=16, help="--model unet")
-    train.add_argument("--depth", type=int, default=2, help="--model unet")
+    train.add_argument("--base-channels", type=_positive, default=16, help="--model unet")
+    train.add_argument("--depth", type=_positive, default=2, help="--model unet")
     _add_unet_args(train)
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=8, help="per process")
+    train.add_argument("--epochs", type=_positive, default=5)
+    train.add_argument("--batch-size", type=_positive, default=8, help="per process")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast (fp16 with a scaler)")
     train.add_argument("--channels-last", action="store_true")
@@ -420,7 +431,7 @@ def build_parser():
                                         "fails to compile, spills, overflows shared memory or lacks MMA.")
     doctor.add_argument("--aot", default="sm_90,sm_80", help="comma-separated targets, or 'none' (default: %(default)s)")
     doctor.add_argument("--json", help="also write the full report to this JSON file")
-    doctor.add_argument("--jobs", type=int, default=None, help="compile processes (default: all cores)")
+    doctor.add_argument("--jobs", type=_positive, default=None, help="compile processes (default: all cores)")
     doctor.set_defaults(func=cmd_doctor)
 
     bench = sub.add_parser("bench", help="img/s, peak memory, TFLOP/s and the largest batch: fused vs eager vs compile",
@@ -465,16 +476,10 @@ def cmd_train(args):
     fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     config = train.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     config = dataclasses.replace(config, norm=None if args.norm == "none" else args.norm)
-    for name in ("num_classes", "epochs", "batch_size", "base_channels", "depth"):
-        if getattr(config, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    try:
-        if args.find_max_batch:
-            train.find_max_batch(config)
-            return 0
+    if args.find_max_batch:
+        train.find_max_batch(config)
+    else:
         train.train(config)
-    except (train.DataError, ValueError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
     return 0
 
 
@@ -483,7 +488,7 @@ def cmd_predict(args):
 
     for path in (args.checkpoint, args.images):
         if not Path(path).exists():
-            raise SystemExit(f"error: {path}: no such file or folder")
+            raise FileNotFoundError(f"{path}: no such file or folder")
     return 1 if train.predict(args.checkpoint, args.images, args.out, args.device) else 0
 
 
@@ -502,4 +507,8 @@ def cmd_memory(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, ImportError) as error:
+        # Bad input (a file, a size, a missing optional package): one line naming it, exit status 1.
+        raise SystemExit(f"fused-unet {args.command}: error: {error}") from None

@@ -81,6 +81,8 @@ class _UNetBase(nn.Module):
         at the bottom/right to a multiple of 2**depth and the logits cropped back."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [N, {self.in_channels}, H, W], got {getattr(x, 'shape', type(x).__name__)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point image batch (float32, float16 or bfloat16), got {x.dtype}")
         h, w = x.shape[-2:]
         multiple = 2**self.depth
         x = F.pad(x, (0, -w % multiple, 0, -h % multiple))

@@ -25,9 +25,13 @@ def _tensor(x):
     return x.y if isinstance(x, Normalized) else x
 
 
-def input_unsupported(x):
-    """Why the kernels cannot take ``x`` (a tensor or a Normalized) as an input (None: they can)."""
+def input_unsupported(x, name="x"):
+    """Why the kernels cannot take ``x`` (a tensor or a Normalized) as an input (None: they can). A tensor no
+    convolution takes (integer, bool, complex) is a TypeError naming the argument, as the functional API raises."""
     x = _tensor(x)
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16 or bfloat16 in the kernels), "
+                        f"got {x.dtype}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
     if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
@@ -240,7 +244,7 @@ class UpConcatConv2d(Conv2d):
         self.up_mode, self.align_corners, self.up_first = up_mode, bool(align_corners), bool(up_first)
 
     def forward(self, up, skip):
-        reason = self._config_unsupported() or input_unsupported(up) or input_unsupported(skip)
+        reason = self._config_unsupported() or input_unsupported(up, "up") or input_unsupported(skip, "skip")
         if reason:
             self._fallback(reason)
             up, skip = functional.materialize(up), functional.materialize(skip)

@@ -121,7 +121,7 @@ def _swap_classes(model, report, traced_roots):
         fused, unsupported = entry
         why = unsupported(module)
         if why:
-            report.left_alone.append((f"{name} ({type(module).__name__})", why))
+            report.left_alone.append((f"{name or 'model'} ({type(module).__name__})", why))
             continue
         module.__class__ = fused  # the fused class only adds behaviour, so the instance keeps all its state
         if fused is not fnn.MaxPool2d:
@@ -190,6 +190,9 @@ def _probe(model, example_input):
             _run(model, model, args, {}, training=model.training)
             return seen, None
         except Exception as error:  # the model rejects this probe size: try the next one
+            if example_input is not None:
+                raise ValueError(f"example_input: the model's forward raised {type(error).__name__}: "
+                                 f"{str(error).splitlines()[0][:200]}") from error
             errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
         finally:
             for handle in handles:
@@ -587,7 +590,7 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
                        pad, interpolate, upsampler):
     """The concatenating conv where the run-time sizes are those the kernel handles (an x2 up-sampling, a centred
     zero pad to the skip's size), else the original ops."""
-    fits = not (fnn.input_unsupported(up) or fnn.input_unsupported(skip))
+    fits = not (fnn.input_unsupported(up, "up") or fnn.input_unsupported(skip, "skip"))
     if fits:
         factor = 1 if up_mode is None else 2
         up_size = (factor * up.shape[2], factor * up.shape[3])

@@ -27,6 +27,19 @@ MODEL_TOLERANCE_FACTOR = 8
 # max-pool decision flipped by a rounding); a wrong tile (16x16 = 256 elements) never passes.
 LOW_PRECISION_OUTLIERS = 8
 
+# Hypothesis profiles for tests/test_fuzz.py: "ci" (default; derandomised, so a CI run is repeatable) and "long"
+# (HYPOTHESIS_PROFILE=long: a GPU session or a night). The GPU box has no hypothesis: the fuzz tests skip there.
+try:
+    from hypothesis import HealthCheck, settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True, print_blob=True,
+                                          suppress_health_check=[HealthCheck.too_slow])
+    _hypothesis_settings.register_profile("long", max_examples=400, deadline=None, print_blob=True,
+                                          suppress_health_check=[HealthCheck.too_slow])
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:
+    pass
+
 ON_GPU = DEVICE == "cuda"
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (the Triton interpreter's bf16/TF32 math is not faithful)")
 DTYPES = [torch.float32, torch.float16,

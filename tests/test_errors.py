@@ -1,9 +1,15 @@
-"""Bad input gets a ValueError/TypeError that names the argument and what was expected."""
+"""Bad input gets a ValueError/TypeError that names the argument and what was expected: every public function,
+module, UNet / segment, swap and CLI sub-command, from one table each. Unsupported configurations of a drop-in
+module run the torch.nn forward (as the module it replaces would); N = 0 behaves like PyTorch."""
+import re
+
 import pytest
 import torch
+from torch import nn
 
+import fused_unet
 from tests.conftest import DEVICE
-from fused_unet import functional as FF
+from fused_unet import cli, functional as FF, nn as fnn
 
 
 def t(*shape, dtype=torch.float32, device=DEVICE):
@@ -65,6 +71,92 @@ OTHER_CASES = [
     (lambda: FF.concat_conv2d(t(1, 3, 8, 8), t(1, 2, 8, 8), t(2, 5, 3, 3), align_corners=1), TypeError,
      "align_corners must be a bool"),
 ]
+
+
+def conv():
+    return fnn.Conv2d(3, 4, 3, padding=1).to(DEVICE)
+
+
+def unet():
+    return fused_unet.UNet(3, 2, base_channels=4, depth=1).to(DEVICE)
+
+
+MODULE_CASES = [
+    (lambda: conv()(t(1, 1, 3, 8, 8)), RuntimeError, "Expected 3D .*or 4D"),  # torch.nn's own message (fallback)
+    (lambda: conv()(t(1, 4, 8, 8)), ValueError, "weight expects 3 input channels .* x has 4"),
+    (lambda: conv()(t(1, 3, 8, 8, dtype=torch.int32)), TypeError, "x must be a floating-point tensor"),
+    (lambda: conv()(t(1, 3, 8, 8, dtype=torch.bool)), TypeError, "x must be a floating-point tensor.*bool"),
+    (lambda: conv()(torch.ones(1, 3, 8, 8, dtype=torch.complex64, device=DEVICE)), TypeError,
+     "x must be a floating-point tensor.*complex64"),
+    (lambda: conv()(t(1, 3, 8, 8, dtype=torch.float16)), TypeError, "weight has dtype torch.float32 but the input x"),
+    (lambda: conv()(torch.empty(1, 3, 8, 8, device="meta")), ValueError, "weight is on .* x is on meta"),
+    (lambda: fnn.Conv2d(3, 4, 3, activation="gelu"), ValueError, "activation must be one of"),
+    (lambda: fnn.Conv2d(3, 4, 3, norm="layer"), ValueError, "norm must be one of"),
+    (lambda: fnn.MaxPool2d(2).to(DEVICE)(t(1, 3, 1, 1)), ValueError, "x must be at least 2x2"),
+    (lambda: fnn.ConvTranspose2d(3, 4, 2, stride=2).to(DEVICE)(t(1, 4, 8, 8)), ValueError,
+     "weight expects 3 input channels"),
+    (lambda: fnn.UpConcatConv2d(5, 4, up_mode="nearest").to(DEVICE)(t(1, 3, 4, 4), t(1, 2, 7, 7)), ValueError,
+     r"up up-sampled x2 has spatial size \(8, 8\), larger than the skip's \(7, 7\)"),
+    (lambda: fnn.UpConcatConv2d(5, 4).to(DEVICE)(t(1, 3, 4, 4), t(1, 3, 4, 4)), ValueError,
+     r"weight expects 5 input channels .* up has 3 and skip 3"),
+    (lambda: fnn.UpConcatConv2d(5, 4).to(DEVICE)(t(1, 3, 4, 4, dtype=torch.int64), t(1, 2, 4, 4)), TypeError,
+     "up must be a floating-point tensor"),
+    (lambda: fnn.UpConcatConv2d(5, 4, up_mode="area"), ValueError, "up_mode must be one of"),
+    (lambda: unet()(t(1, 4, 8, 8)), ValueError, r"x must be \[N, 3, H, W\], got torch.Size\(\[1, 4, 8, 8\]\)"),
+    (lambda: unet()(t(3, 8, 8)), ValueError, r"x must be \[N, 3, H, W\]"),
+    (lambda: unet()(t(1, 3, 8, 8, dtype=torch.int64)), TypeError, "x must be a floating-point image batch"),
+    (lambda: unet().segment(t(4, 8, 8)), ValueError, r"x must be \[N, 3, H, W\]"),
+    (lambda: unet().segment([1, 2]), ValueError, r"x must be \[N, 3, H, W\], got list"),
+    (lambda: fused_unet.UNet(3, 2, base_channels=0), ValueError, "base_channels must be a positive int"),
+    (lambda: fused_unet.UNet(3, 2, up_mode="area"), ValueError, "up_mode must be one of"),
+    (lambda: fused_unet.UNet(3, 2, activation="gelu"), ValueError, "activation must be 'relu' or 'leaky_relu'"),
+    (lambda: fused_unet.swap(3), TypeError, "model must be a torch.nn.Module, got int"),
+    (lambda: fused_unet.swap(nn.Conv2d(3, 4, 3), t(1, 5, 8, 8)), ValueError,
+     "example_input: the model's forward raised RuntimeError"),
+]
+
+CLI_CASES = [
+    (["demo", "--epochs", "0"], "expected a positive integer, got 0"),
+    (["demo", "--size", "4", "--epochs", "1", "--no-check"], "fused-unet demo: error: .*size >= 8"),
+    (["train", "--batch-size", "x"], "expected a positive integer, got 'x'"),
+    (["train", "--model", "nope"], "fused-unet train: error: --model must be"),
+    (["train", "--data", "/nonexistent-dir"], "/nonexistent-dir/images: no such folder"),
+    (["predict", "/nonexistent.pt", "."], "fused-unet predict: error: /nonexistent.pt: no such file"),
+    (["bench", "--dtype", "int8"], "invalid choice: 'int8'"),
+    (["bench", "--compare", "/nope-a.json", "/nope-b.json"], "fused-unet bench: error: .*nope-a.json"),
+    (["profile", "--base-channels", "-1"], "expected a positive integer, got -1"),
+    (["memory", "--depth", "0"], "expected a positive integer, got 0"),
+    (["doctor", "--jobs", "0"], "expected a positive integer, got 0"),
+    (["info", "--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", MODULE_CASES)
+def test_bad_input_to_modules_models_and_swap(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("argv,message", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_bad_cli_input_exits_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing a failing command writes lands in the repository
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    text = f"{exit_info.value.code}\n{capsys.readouterr().err}"
+    assert exit_info.value.code != 0
+    assert re.search(message, text), text
+
+
+@pytest.mark.parametrize("module,shape,expected", [
+    (conv, (0, 3, 8, 8), (0, 4, 8, 8)),
+    (lambda: fnn.MaxPool2d(2).to(DEVICE), (0, 3, 8, 8), (0, 3, 4, 4)),
+    (lambda: fnn.ConvTranspose2d(3, 4, 2, stride=2).to(DEVICE), (0, 3, 4, 4), (0, 4, 8, 8)),
+    (unet, (0, 3, 8, 8), (0, 2, 8, 8)),
+    (conv, (3, 8, 8), (4, 8, 8)),  # unbatched [C, H, W]: the torch.nn forward, as nn.Conv2d takes it
+])
+def test_empty_batches_and_unbatched_input_behave_like_pytorch(module, shape, expected):
+    out = module()(t(*shape))
+    assert tuple(out.shape) == expected and out.dtype == torch.float32
 
 
 @pytest.mark.parametrize("call,error,message", CONV_CASES + OTHER_CASES)
