@@ -3,8 +3,9 @@
 Two levels, both in place; parameters, buffers and state_dict keys do not change.
 
 1. Dataflow fusions, wherever ``torch.fx`` traces a module's forward and the trace provably computes what the
-   forward does (both run on a probe input, in training and eval mode, and must agree bit for bit: a trace can
-   silently take one branch of Python that looks at types, shapes or ``self.training``):
+   forward does (both run on a probe input, in training and eval mode, and must agree: a trace can silently take
+   one branch of Python that looks at types, shapes or ``self.training``), else wherever ``torch.compile`` can
+   capture it (guarded graphs, rewritten by the same patterns, run without Inductor):
    conv (+ BatchNorm2d) (+ ReLU / LeakyReLU) -> one fused conv; such a chain followed by a 2x2 max-pool -> the
    conv+pool kernel; up-sampling (x2 ``F.interpolate`` / ``nn.Upsample``, nearest or bilinear, or a tensor
    already at the skip's size, e.g. a transposed conv's output) (+ ``F.pad`` to the skip's size) + ``torch.cat``
@@ -14,12 +15,14 @@ Two levels, both in place; parameters, buffers and state_dict keys do not change
 2. Module level: every remaining supported ``nn.Conv2d`` / ``nn.MaxPool2d`` / ``nn.ConvTranspose2d`` becomes its
    ``fused_unet.nn`` subclass, and a ReLU / LeakyReLU after a conv in an ``nn.Sequential`` that was not traced
    folds into it.
-A module whose forward does not trace, or whose trace differs, keeps its forward; its children are traced one
-by one. The report says what was fused, what was left alone and why."""
+A module neither can capture keeps its forward; its children are tried one by one. The report says what was
+fused, what was left alone and why."""
 import inspect
 import operator
+import re
 import types
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import torch
 import torch.fx
@@ -38,6 +41,10 @@ _SWAPS = {nn.Conv2d: (fnn.Conv2d, fnn.conv2d_config_unsupported),
 # Probe images tried, smallest first, when no example input is given (many encoders need multiples of 32).
 _PROBE_SIZES = (64, 128, 256)
 _PROBE_BATCH = 2
+# The profiler label of the shape-only stand-ins (ops on meta tensors, no data).
+SHAPE_ONLY = "fused_unet.swap: shape only (meta tensors)"
+# torch.compile captures per function (see _capture_with_compile).
+_RECOMPILE_LIMIT = 64
 
 
 @dataclass
@@ -49,8 +56,9 @@ class Fusion:
 
 @dataclass
 class SwapReport:
-    """What ``swap`` did: ``fused`` patterns, ``traced`` modules (torch.fx), ``untraced`` (module, reason),
-    ``swapped`` module counts, ``left_alone`` (what, reason). ``print(report)`` gives a table."""
+    """What ``swap`` did: ``fused`` patterns, ``traced`` modules (torch.fx, or "[torch.compile]"), ``untraced``
+    (module, why torch.fx could not), ``swapped`` module counts, ``left_alone`` (what, reason). ``print(report)``
+    gives a table."""
     model: str
     fused: list = field(default_factory=list)
     traced: list = field(default_factory=list)
@@ -58,6 +66,15 @@ class SwapReport:
     swapped: dict = field(default_factory=lambda: {"Conv2d": 0, "MaxPool2d": 0, "ConvTranspose2d": 0,
                                                     "ReLU fused": 0})
     left_alone: list = field(default_factory=list)
+
+    def add_fusion(self, pattern, op, parts):
+        fusion = Fusion(pattern, op, tuple(parts))
+        if fusion not in self.fused:  # a torch.compile capture meets the same graph again in each mode
+            self.fused.append(fusion)
+
+    def add_left_alone(self, entry):
+        if entry not in self.left_alone:
+            self.left_alone.append(entry)
 
     def counts(self):
         """Number of fused patterns per pattern name."""
@@ -68,7 +85,8 @@ class SwapReport:
 
     def table(self):
         lines = [f"fused_unet.swap report for {self.model}"]
-        lines.append(f"traced with torch.fx: {', '.join(t or '(whole model)' for t in self.traced) or 'nothing'}")
+        lines.append("graphs rewritten (torch.fx; [torch.compile] where fx could not): "
+                     f"{', '.join(t or '(whole model)' for t in self.traced) or 'none'}")
         lines += [f"  not traced: {name or '(whole model)'}: {why}" for name, why in self.untraced]
         lines.append(f"fused patterns: {len(self.fused)}")
         width = max([len(f.pattern) for f in self.fused] + [7])
@@ -90,14 +108,14 @@ def swap(model, example_input=None, fuse=True):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     report = SwapReport(type(model).__name__)
-    traced_roots = []
+    roots = {"fx": [], "compile": []}
     if fuse:
         inputs, why = _probe(model, example_input)
         if inputs is None:
             report.untraced.append(("", why))
         else:
-            _fuse_tree(model, "", inputs, report, traced_roots)
-    _swap_classes(model, report, traced_roots)
+            _fuse_tree(model, "", inputs, report, roots)
+    _swap_classes(model, report, roots)
     return model, report
 
 
@@ -107,13 +125,18 @@ def swap_modules(model, fuse_relu=True):
     ``nn.Sequential`` folds into the conv (the activation module becomes ``nn.Identity``). Returns ``model`` and
     the counts; ``swap`` does this plus the dataflow fusions."""
     report = SwapReport(type(model).__name__)
-    _swap_classes(model, report, [model] if not fuse_relu else [])
+    _swap_classes(model, report, {"fx": [] if fuse_relu else [model], "compile": []})
     return model, report.swapped
 
 
 # ---------------------------------------------------------------------------------------------- module level
 
-def _swap_classes(model, report, traced_roots):
+def _swap_classes(model, report, roots):
+    """The module level, but not inside modules torch.compile captured (their graphs already run the fused ops;
+    a new class would make torch.compile capture them again, unfused); ReLU folding only where no graph rewrite
+    ran."""
+    compiled = {id(m) for root in roots["compile"] for m in root.modules()}
+    rewritten = compiled | {id(m) for root in roots["fx"] for m in root.modules()}
     for name, module in model.named_modules():
         entry = _SWAPS.get(type(module))
         if entry is None:
@@ -121,15 +144,16 @@ def _swap_classes(model, report, traced_roots):
         fused, unsupported = entry
         why = unsupported(module)
         if why:
-            report.left_alone.append((f"{name or 'model'} ({type(module).__name__})", why))
+            report.add_left_alone((f"{name or 'model'} ({type(module).__name__})", why))
+            continue
+        if id(module) in compiled:
             continue
         module.__class__ = fused  # the fused class only adds behaviour, so the instance keeps all its state
         if fused is not fnn.MaxPool2d:
             fused._adopt(module)
         report.swapped[fused.__name__] += 1
-    inside_traced = {id(m) for root in traced_roots for m in root.modules()}
     for module in model.modules():
-        if isinstance(module, nn.Sequential) and id(module) not in inside_traced:
+        if isinstance(module, nn.Sequential) and id(module) not in rewritten:
             report.swapped["ReLU fused"] += _fuse_relus(module)
 
 
@@ -204,14 +228,14 @@ def _clone(value):
     return value.detach().clone() if isinstance(value, torch.Tensor) else value
 
 
-def _run(module, fn, args, kwargs, training):
-    """fn(*args) with module in the given mode, without gradients, leaving the module's buffers, modes and the
-    random generators as they were."""
+def _run(module, fn, args, kwargs, training, grad=False):
+    """fn(*args) with module in the given mode (and grad mode), leaving the module's buffers, modes and the random
+    generators as they were."""
     modes = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.clone()) for b in module.buffers()]
     module.train(training)
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        with torch.set_grad_enabled(grad), torch.random.fork_rng(devices=range(torch.cuda.device_count())):
             torch.manual_seed(0)
             return fn(*_pytree.tree_map(_clone, args), **_pytree.tree_map(_clone, kwargs))
     finally:
@@ -251,6 +275,10 @@ def _trace(module, inputs):
     for training in (False, True):
         try:
             expected = _run(module, module.forward, args, kwargs, training)
+        except Exception as error:
+            return None, (f"its forward fails on the probe input in {'training' if training else 'eval'} mode "
+                          f"({type(error).__name__}), so a trace cannot be checked")
+        try:
             got = _run(module, traced.forward, args, kwargs, training)
         except Exception as error:
             return None, (f"its torch.fx trace fails where the forward runs ({type(error).__name__}); the forward "
@@ -261,7 +289,7 @@ def _trace(module, inputs):
     return graph, None
 
 
-def _fuse_tree(module, name, inputs, report, traced_roots):
+def _fuse_tree(module, name, inputs, report, roots):
     if module not in inputs:
         return
     if "forward" in module.__dict__:
@@ -270,20 +298,88 @@ def _fuse_tree(module, name, inputs, report, traced_roots):
     graph, why = _trace(module, inputs[module])
     if graph is None:
         report.untraced.append((name, why))
+        if _capture_with_compile(module, name, inputs[module], report):
+            roots["compile"].append(module)
+            return
         for child_name, child in module.named_children():
             if not _Tracer().is_leaf_module(child, ""):
-                _fuse_tree(child, f"{name}.{child_name}" if name else child_name, inputs, report, traced_roots)
+                _fuse_tree(child, f"{name}.{child_name}" if name else child_name, inputs, report, roots)
         return
     report.traced.append(name)
-    traced_roots.append(module)
+    roots["fx"].append(module)
     if _Rewriter(module, graph, name, report).run():
         code = graph.python_code(root_module="self")
         namespace = dict(code.globals)
         exec(compile(code.src, f"<fused_unet.swap {type(module).__name__}>", "exec"), namespace)
-        module.forward = types.MethodType(namespace["forward"], module)
+        module.forward = types.MethodType(namespace["forward"], module)  # a method: copies bind it to themselves
+
+
+def _capture_with_compile(module, name, inputs, report):
+    """The forward torch.fx could not trace, captured by torch.compile instead: its graphs (one per guard set:
+    shapes, training mode, the branches Python took) are rewritten by the same patterns and run as they are
+    (no Inductor); what breaks the graph runs in Python between them. Captured on the probe input in both modes,
+    so the report is complete; False (module level only) when torch.compile fails on it."""
+    def fusing_backend(gm, example_inputs):
+        frame = _frame(module, gm, example_inputs)
+        # A graph of a submodule's forward (past a graph break) serves every instance of its class: named by it.
+        base = name if not frame else type(module.get_submodule(frame)).__name__
+        if _Rewriter(gm, gm.graph, base, report, functional=True).run():
+            gm.recompile()
+        return gm.forward
+
+    compiled = torch.compile(type(module).forward, backend=fusing_backend)
+
+    def forward(self, *args, **kwargs):
+        # Each instance of a module class, each mode and grad mode is a graph of its own: more than torch.compile's
+        # default 8 per function in a U-Net, which would then run the rest unfused.
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return compiled(self, *args, **kwargs)
+
+    original = module.forward
+    module.forward = types.MethodType(forward, module)  # a method: copy.deepcopy binds it to the copy
+    args, kwargs = inputs
+    for training in (False, True):
+        try:
+            _run(module, module.forward, args, kwargs, training, grad=True)
+        except Exception as error:
+            try:
+                _run(module, original, args, kwargs, training)
+            except Exception:
+                continue  # the model itself fails in this mode on the probe: captured at its first real call
+            del module.forward
+            report.untraced.append((name, f"torch.compile could not capture it either ({type(error).__name__}: "
+                                          f"{str(error).splitlines()[0][:100]})"))
+            return False
+    report.traced.append(f"{name or '(whole model)'} [torch.compile]")
+    return True
+
+
+def _relative(path):
+    """A torch.compile module path (``L['self'].convs.conv_0``) relative to the compiled frame's module."""
+    return re.sub(r"^L\['self'\]\.?", "", path)
+
+
+def _frame(module, gm, example_inputs):
+    """The path (in module) of the module whose forward a torch.compile graph is, found from a parameter it reads:
+    its full name ends with the path the graph records relative to the frame."""
+    names = {id(t): n for n, t in [*module.named_parameters(), *module.named_buffers()]}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, example_inputs):
+        owner = names.get(id(value), "").rpartition(".")[0]
+        for user in node.users if id(value) in names else ():
+            stack = user.meta.get("nn_module_stack")
+            relative = _relative(list(stack.values())[-1][0]) if stack else None
+            if relative and (owner == relative or owner.endswith("." + relative)):
+                return owner[:len(owner) - len(relative)].rstrip(".")
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------- graph rewrite
+
+def _example(node):
+    """The example tensor torch.compile recorded for a graph node (its shape and dtype)."""
+    return node.meta["example_value"]
+
 
 def _arg(node, index, name, default=None):
     if len(node.args) > index:
@@ -296,14 +392,44 @@ _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
 _NORM_OR_ACT = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
                 nn.Mish, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.LeakyReLU, nn.ReLU)
 _REPLACED_FUNCTIONS = {f.__name__: f for f in (F.pad, F.interpolate, *_CAT_FUNCTIONS)}
+# Module types whose calls a torch.compile graph names by the module's path.
+_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._NormBase, nn.MaxPool2d, nn.Upsample, nn.Dropout,
+           nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.Identity)
 _INTERP_PARAMS = list(inspect.signature(F.interpolate).parameters)
 
 
 class _Rewriter:
     """Finds the patterns in one traced graph and replaces each by one call of a fused op."""
 
-    def __init__(self, root, graph, prefix, report):
-        self.root, self.graph, self.prefix, self.report = root, graph, prefix, report
+    def __init__(self, root, graph, prefix, report, functional=False):
+        """functional: a torch.compile graph (torch-level calls, no modules), where single layers are swapped too."""
+        self.root, self.graph, self.prefix, self.report, self.functional = root, graph, prefix, report, functional
+
+    def swap_single_layers(self):
+        """In a torch.compile graph, what the module level does elsewhere: each remaining supported conv, 2x2/s2
+        transposed conv and 2x2 max-pool call runs its fused op (or, at run time, the original one)."""
+        changed = False
+        for node in list(self.graph.nodes):
+            if node.op != "call_function":
+                continue
+            if self.conv(node) is not None and not self.conv(node)[1]:
+                self.report.add_fusion("conv", "conv2d", (self.name(node),))
+                spec = self.spec(node, node)
+                self.replace([node], _fused_conv, (node.args[0], spec, None), dict(activation=None, negative_slope=0.01,
+                                                                                    defer=False))
+            elif node.target is torch.conv_transpose2d and _example(node.args[1]).shape[2:] == (2, 2) and \
+                    _arg(node, 3, "stride", 1) in (2, (2, 2)) and _arg(node, 4, "padding", 0) in (0, (0, 0)) and \
+                    _arg(node, 5, "output_padding", 0) in (0, (0, 0)) and _arg(node, 6, "groups", 1) == 1 and \
+                    _arg(node, 7, "dilation", 1) in (1, (1, 1)):
+                self.report.add_fusion("convtranspose", "conv_transpose2x2", (self.name(node),))
+                self.replace([node], _fused_conv_transpose, (node.args[0], node.args[1], _arg(node, 2, "bias")), {})
+            elif self.is_pool(node):
+                self.report.add_fusion("maxpool", "max_pool2x2", (self.name(node),))
+                self.replace([node], _fused_max_pool, (node.args[0],), {})
+            else:
+                continue
+            changed = True
+        return changed
 
     def module(self, node, *types_):
         if node.op == "call_module":
@@ -315,7 +441,54 @@ class _Rewriter:
     def name(self, node):
         if node.op == "call_module":
             return f"{self.prefix}.{node.target}" if self.prefix else node.target
-        return getattr(node.target, "__name__", str(node.target))
+        function = getattr(node.target, "__name__", str(node.target))
+        stack = node.meta.get("nn_module_stack")  # torch.compile's graphs: the module each call came from
+        if not stack:
+            return f"{function} ({self.prefix or 'model'})" if self.functional else function
+        path, kind = list(stack.values())[-1]
+        path = ".".join(p for p in (self.prefix, _relative(path)) if p)
+        return path if isinstance(kind, type) and issubclass(kind, _LAYERS) else f"{function} ({path or 'model'})"
+
+    def conv(self, node):
+        """(out_channels, why unsupported or None) of a conv node (an nn.Conv2d call or torch.conv2d), else None."""
+        m = self.module(node, nn.Conv2d)
+        if m is not None:
+            return m.out_channels, fnn.conv2d_config_unsupported(m)
+        if node.op != "call_function" or node.target is not torch.conv2d:
+            return None
+        shape = _example(node.args[1]).shape
+        pair = nn.modules.utils._pair
+        padding = _arg(node, 4, "padding", 0)
+        config = types.SimpleNamespace(kernel_size=tuple(shape[2:]), stride=pair(_arg(node, 3, "stride", 1)),
+                                       dilation=pair(_arg(node, 5, "dilation", 1)), groups=_arg(node, 6, "groups", 1),
+                                       padding=padding if isinstance(padding, str) else pair(padding),
+                                       padding_mode="zeros")
+        return shape[0], fnn.conv2d_config_unsupported(config)
+
+    def batch_norm(self, node, channels):
+        """Whether node is a batch norm of channels channels (an nn.BatchNorm2d call or F.batch_norm)."""
+        m = self.module(node, nn.BatchNorm2d)
+        if m is not None:
+            return m.num_features == channels
+        if node.op != "call_function" or node.target is not F.batch_norm:
+            return False
+        momentum, training = _arg(node, 6, "momentum", 0.1), _arg(node, 5, "training", False)
+        return isinstance(momentum, float) and isinstance(training, bool) and _example(node.args[0]).shape[1] == channels
+
+    def spec(self, node, before):
+        """What a fused call gets for a conv / batch-norm node: the module itself (get_attr), or its tensors and
+        settings from a torch.compile graph."""
+        if node is None:
+            return None
+        if node.op == "call_module":
+            return self.attr(node, before)
+        with self.graph.inserting_before(before):
+            if node.target is torch.conv2d:
+                return self.graph.call_function(_ConvArgs, (node.args[1], _arg(node, 2, "bias")))
+            names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+            defaults = (None, None, None, None, False, 0.1, 1e-5)
+            return self.graph.call_function(_BatchNormArgs, tuple(_arg(node, i + 1, n, d) for i, (n, d) in
+                                                                  enumerate(zip(names, defaults))))
 
     def activation(self, node):
         m = self.module(node, nn.ReLU, nn.LeakyReLU)
@@ -336,7 +509,9 @@ class _Rewriter:
         if self.module(node, nn.Identity) is not None:
             return True
         m = self.module(node, nn.Dropout, nn.Dropout2d)
-        return m is not None and m.p == 0
+        if m is not None:
+            return m.p == 0
+        return node.op == "call_function" and node.target in (F.dropout, F.dropout2d) and _arg(node, 1, "p", 0.5) == 0
 
     @staticmethod
     def data_users(node):
@@ -353,14 +528,13 @@ class _Rewriter:
 
     def chain(self, conv_node):
         """The conv's chain: nodes conv (-> BatchNorm2d) (-> activation), with identities between them."""
-        conv = self.module(conv_node, nn.Conv2d)
+        channels = self.conv(conv_node)[0]
         nodes, bn, act, stage = [conv_node], None, (None, 0.01), 0
         node = conv_node
         while (nxt := self.only_user(node)) is not None:
-            m = self.module(nxt, nn.BatchNorm2d)
             if self.passthrough(nxt):
                 pass
-            elif stage == 0 and m is not None and m.num_features == conv.out_channels:
+            elif stage == 0 and self.batch_norm(nxt, channels):
                 bn, stage = nxt, 1
             elif stage < 2 and (a := self.activation(nxt)) is not None:
                 act, stage = a, 2
@@ -370,7 +544,7 @@ class _Rewriter:
             node = nxt
         if (nxt := self.only_user(node)) is not None and nxt.op == "call_module" and \
                 isinstance(self.root.get_submodule(nxt.target), _NORM_OR_ACT):
-            self.report.left_alone.append((f"{self.name(nxt)} ({type(self.root.get_submodule(nxt.target)).__name__})",
+            self.report.add_left_alone((f"{self.name(nxt)} ({type(self.root.get_submodule(nxt.target)).__name__})",
                                            f"after {self.name(conv_node)}: not fused (fused: BatchNorm2d, then ReLU "
                                            "or LeakyReLU with slope >= 0)"))
         return nodes, bn, act
@@ -380,16 +554,20 @@ class _Rewriter:
         for user in node.users:
             if user.args[:1] != (node,):
                 continue
-            m = self.module(user, nn.MaxPool2d)
-            if m is not None and fnn.max_pool2d_config_unsupported(m) is None:
+            if self.is_pool(user):
                 return user
-            if user.op == "call_function" and user.target in (F.max_pool2d, torch.max_pool2d):
-                stride = _arg(user, 2, "stride")
-                if _arg(user, 1, "kernel_size") in (2, (2, 2)) and stride in (None, 2, (2, 2), []) and \
-                        _arg(user, 3, "padding", 0) in (0, (0, 0)) and _arg(user, 4, "dilation", 1) in (1, (1, 1)) \
-                        and not _arg(user, 5, "ceil_mode", False) and not _arg(user, 6, "return_indices", False):
-                    return user
         return None
+
+    def is_pool(self, node):
+        """A 2x2 / stride-2 max-pool call (nn.MaxPool2d or F.max_pool2d) the kernels cover."""
+        m = self.module(node, nn.MaxPool2d)
+        if m is not None:
+            return fnn.max_pool2d_config_unsupported(m) is None
+        if node.op != "call_function" or node.target not in (F.max_pool2d, torch.max_pool2d):
+            return False
+        return _arg(node, 1, "kernel_size") in (2, (2, 2)) and _arg(node, 2, "stride") in (None, 2, (2, 2), []) and \
+            _arg(node, 3, "padding", 0) in (0, (0, 0)) and _arg(node, 4, "dilation", 1) in (1, (1, 1)) and \
+            not _arg(node, 5, "ceil_mode", False) and not _arg(node, 6, "return_indices", False)
 
     def upsampling(self, node):
         """(source, up_mode, align_corners, size, interpolate kwargs, upsample module node, nodes) for an x2
@@ -416,14 +594,15 @@ class _Rewriter:
     def up_branch(self, node):
         """(source, up_mode, align_corners, size, kwargs, upsampler, pad, nodes) for what feeds one side of a
         concatenation: [F.pad(] [upsample(] source [)] [)]."""
-        pad, nodes = None, []
-        if node.op == "call_function" and node.target is F.pad and len(self.data_users(node)) == 1 and \
-                _arg(node, 2, "mode", "constant") == "constant" and _arg(node, 3, "value") in (None, 0, 0.0):
-            pad, nodes, node = _arg(node, 1, "pad"), [node], node.args[0]
+        pad, pad_mode, nodes = None, "constant", []
+        if node.op == "call_function" and node.target in (F.pad, torch._C._nn.pad) and \
+                len(self.data_users(node)) == 1 and _arg(node, 3, "value") in (None, 0, 0.0):
+            # Only a zero pad fuses; another mode (MONAI pads by replicating) only where all amounts are 0.
+            pad, pad_mode, nodes, node = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant"), [node], node.args[0]
         up = self.upsampling(node)
         if up is None:
-            return node, None, False, None, None, None, pad, nodes
-        return (*up[:6], pad, up[6] + nodes)
+            return node, None, False, None, None, None, pad, pad_mode, nodes
+        return (*up[:6], pad, pad_mode, up[6] + nodes)
 
     def concatenation(self, conv_node):
         """The concatenation feeding conv_node (through identities), as (up branch, skip node, up_first, nodes)."""
@@ -435,7 +614,7 @@ class _Rewriter:
             return None
         tensors, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
         if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
-            self.report.left_alone.append((f"cat before {self.name(conv_node)}",
+            self.report.add_left_alone((f"cat before {self.name(conv_node)}",
                                            "not two tensors along the channels (fused: cat([a, b], 1))"))
             return None
         branches = [self.up_branch(t) for t in tensors]
@@ -444,11 +623,11 @@ class _Rewriter:
         index = next((i for i, b in enumerate(branches) if b[6] is not None), 0) if index is None else index
         up = branches[index]
         skip = tensors[1 - index]
-        return up, skip, index == 0, up[7] + [node] + between[::-1]
+        return up, skip, index == 0, up[8] + [node] + between[::-1]
 
-    def replace(self, nodes, target, args, kwargs, outputs=1):
-        """Insert target(*args, **kwargs) before the last node; route the uses of nodes[-1] (and of extra
-        outputs' nodes) to it; erase nodes."""
+    def replace(self, nodes, target, args, kwargs):
+        """Insert target(*args, **kwargs) before the last node, route the uses of nodes[-1] to it (shape reads
+        of the others to stand-ins), erase nodes."""
         with self.graph.inserting_before(nodes[-1]):
             new = self.graph.call_function(target, args, kwargs)
         nodes[-1].replace_all_uses_with(new)
@@ -471,9 +650,8 @@ class _Rewriter:
     def run(self):
         """Rewrite every pattern; True when the graph changed."""
         changed = False
-        for conv_node in [n for n in self.graph.nodes if self.module(n, nn.Conv2d) is not None]:
-            conv = self.module(conv_node, nn.Conv2d)
-            if fnn.conv2d_config_unsupported(conv):
+        for conv_node in [n for n in self.graph.nodes if self.conv(n) is not None]:
+            if conv_node.graph is not self.graph or self.conv(conv_node)[1]:  # replaced already, or unsupported
                 continue
             nodes, bn_node, (activation, slope) = self.chain(conv_node)
             first = nodes[0]
@@ -481,19 +659,19 @@ class _Rewriter:
             pool = self.pool(nodes[-1]) if concat is None else None
             if bn_node is None and activation is None and pool is None and concat is None:
                 continue
-            conv_attr, bn_attr = self.attr(conv_node, first), self.attr(bn_node, first)
+            conv_attr, bn_attr = self.spec(conv_node, first), self.spec(bn_node, first)
             act = dict(activation=activation, negative_slope=slope, defer=False)
             parts = [self.name(n) for n in nodes]
             suffix = "+bn" * (bn_node is not None) + "+act" * (activation is not None)
             if concat is not None:
-                (source, up_mode, align, size, kwargs, upsampler, pad, _), skip, up_first, extra = concat
+                (source, up_mode, align, size, kwargs, upsampler, pad, pad_mode, _), skip, up_first, extra = concat
                 upsampler = self.attr(upsampler, first)
                 new = self.replace(extra + nodes, _fused_concat_conv, (source, skip, conv_attr, bn_attr), dict(
                     act, up_first=up_first, up_mode=up_mode, align_corners=align, size=size, pad=pad,
-                    interpolate=kwargs, upsampler=upsampler))
+                    pad_mode=pad_mode, interpolate=kwargs, upsampler=upsampler))
                 pattern = "+".join(["upsample"] * (up_mode is not None) + ["pad"] * (pad is not None) + ["cat"])
-                self.report.fused.append(Fusion(pattern + "+conv" + suffix, "concat_conv2d",
-                                                tuple(self.name(n) for n in extra) + tuple(parts)))
+                self.report.add_fusion(pattern + "+conv" + suffix, "concat_conv2d",
+                                       tuple(self.name(n) for n in extra) + tuple(parts))
             elif pool is not None:
                 new = self.replace(nodes, _fused_conv_pool, (first.args[0], conv_attr, bn_attr), act)
                 with self.graph.inserting_after(new):
@@ -503,12 +681,13 @@ class _Rewriter:
                 new.replace_all_uses_with(skip_out, delete_user_cb=lambda user: user not in (skip_out, pooled))
                 pool.replace_all_uses_with(pooled)
                 self.graph.erase_node(pool)
-                self.report.fused.append(Fusion("conv" + suffix + "+maxpool", "conv2d_pool",
-                                                tuple(parts) + (self.name(pool),)))
+                self.report.add_fusion("conv" + suffix + "+maxpool", "conv2d_pool", tuple(parts) + (self.name(pool),))
             else:
                 new = self.replace(nodes, _fused_conv, (first.args[0], conv_attr, bn_attr), act)
-                self.report.fused.append(Fusion("conv" + suffix, "conv2d", tuple(parts)))
+                self.report.add_fusion("conv" + suffix, "conv2d", tuple(parts))
             changed = True
+        if self.functional:
+            changed = self.swap_single_layers() or changed
         self.defer_norms()
         self.report_leftovers()
         self.graph.lint()
@@ -516,8 +695,8 @@ class _Rewriter:
 
     def reads_normalized(self, user, value):
         """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it)."""
-        if user.op == "call_function" and user.target in _FUSED_OPS:
-            data = _FUSED_OPS[user.target]
+        if user.op == "call_function" and user.target in {**_FUSED_OPS, **_NORM_READERS}:
+            data = {**_FUSED_OPS, **_NORM_READERS}[user.target]
             return value in user.args[:data] and value not in user.args[data:]
         if user.args != (value,) or user.kwargs:
             return False
@@ -540,11 +719,11 @@ class _Rewriter:
         for node in self.graph.nodes:
             if node.op == "call_function" and node.target in _CAT_FUNCTIONS + (F.interpolate,):
                 what = "cat" if node.target in _CAT_FUNCTIONS else "interpolate"
-                self.report.left_alone.append((f"{what} ({self.prefix or 'model'}.{node.name})",
+                self.report.add_left_alone((f"{what} ({self.prefix or 'model'}.{node.name})",
                                                "not followed by a supported conv (fused: [upsample x2] [+ pad] + "
                                                "cat([a, b], 1) + conv)"))
             elif self.module(node, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d) is not None:
-                self.report.left_alone.append((self.name(node), "not an x2 nearest/bilinear up-sampling followed by "
+                self.report.add_left_alone((self.name(node), "not an x2 nearest/bilinear up-sampling followed by "
                                                                 "cat + a supported conv"))
 
 
@@ -558,14 +737,63 @@ def _on_meta(op, *args, **kwargs):
         return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
 
     op = _REPLACED_FUNCTIONS[op] if isinstance(op, str) else op
-    return op(*_pytree.tree_map(meta, args, is_leaf=lambda v: isinstance(v, functional.Normalized)),
-              **_pytree.tree_map(meta, kwargs))
+    with torch.profiler.record_function(SHAPE_ONLY):
+        return op(*_pytree.tree_map(meta, args, is_leaf=lambda v: isinstance(v, functional.Normalized)),
+                  **_pytree.tree_map(meta, kwargs))
+
+
+class _ConvArgs(NamedTuple):
+    """A stride-1 'same' conv of a torch.compile graph: what the fused calls read of an nn.Conv2d."""
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
+
+
+class _BatchNormArgs(NamedTuple):
+    """F.batch_norm's arguments in a torch.compile graph: what the fused calls read of an nn.BatchNorm2d. The graph
+    itself counts num_batches_tracked and turns a momentum of None into this call's factor."""
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    training: bool
+    momentum: float
+    eps: float
+    num_batches_tracked = None
+
+    @property
+    def track_running_stats(self):
+        return self.running_mean is not None
+
+    @property
+    def affine(self):
+        return self.weight is not None
+
+    def forward(self, y):
+        return F.batch_norm(y, *self[:4], self.training, self.momentum, self.eps)
 
 
 def _eager_chain(x, conv, bn, activation, negative_slope):
     """The original ops of a conv chain, in PyTorch."""
-    y = nn.Conv2d.forward(conv, functional.materialize(x))
-    return eager.activate(nn.BatchNorm2d.forward(bn, y) if bn is not None else y, activation, negative_slope)
+    x = functional.materialize(x)
+    y = nn.Conv2d.forward(conv, x) if isinstance(conv, nn.Conv2d) else conv.forward(x)
+    if bn is not None:
+        y = nn.BatchNorm2d.forward(bn, y) if isinstance(bn, nn.BatchNorm2d) else bn.forward(y)
+    return eager.activate(y, activation, negative_slope)
+
+
+def _fused_conv_transpose(x, weight, bias):
+    if fnn.input_unsupported(x):
+        return F.conv_transpose2d(functional.materialize(x), weight, bias, stride=2)
+    return functional.conv_transpose2x2(x, weight, bias)
+
+
+def _fused_max_pool(x):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
+        return F.max_pool2d(functional.materialize(x), 2)
+    return functional.max_pool2x2(x)
 
 
 def _fused_conv(x, conv, bn, activation, negative_slope, defer):
@@ -587,7 +815,7 @@ def _centred_pad(up_size, skip_size):
 
 
 def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up_first, up_mode, align_corners, size,
-                       pad, interpolate, upsampler):
+                       pad, pad_mode, interpolate, upsampler):
     """The concatenating conv where the run-time sizes are those the kernel handles (an x2 up-sampling, a centred
     zero pad to the skip's size), else the original ops."""
     fits = not (fnn.input_unsupported(up, "up") or fnn.input_unsupported(skip, "skip"))
@@ -601,8 +829,9 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
         if fits and pad is None:
             fits = up_size == skip_size
         elif fits:
+            amounts = [int(p) for p in pad]
             fits = min(skip_size[0] - up_size[0], skip_size[1] - up_size[1]) >= 0 and \
-                [int(p) for p in pad] == _centred_pad(up_size, skip_size)
+                amounts == _centred_pad(up_size, skip_size) and (pad_mode == "constant" or not any(amounts))
     if fits:
         return fnn.concat_conv_bn_act(up, skip, conv, bn, activation, negative_slope, defer, up_mode=up_mode,
                                       align_corners=align_corners, up_first=up_first)
@@ -612,9 +841,11 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
     elif up_mode is not None:
         up = F.interpolate(up, **interpolate)
     if pad is not None:
-        up = F.pad(up, pad)
+        up = F.pad(up, pad, pad_mode)
     return _eager_chain(torch.cat([up, skip] if up_first else [skip, up], 1), conv, bn, activation, negative_slope)
 
 
 # Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
 _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
+# Fused ops that take a pending batch norm but have none of their own.
+_NORM_READERS = {_fused_conv_transpose: 1, _fused_max_pool: 1}

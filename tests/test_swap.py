@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils import _pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fused_unet
 from fused_unet import nn as fnn
+from fused_unet.swap import SHAPE_ONLY
 from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare_step
 
 _EAGER_OPS = {"convolution": "conv", "cat": "cat", "max_pool2d_with_indices": "maxpool", "max_pool2d": "maxpool",
@@ -20,26 +19,32 @@ _EAGER_OPS = {"convolution": "conv", "cat": "cat", "max_pool2d_with_indices": "m
               "_upsample_nearest_exact2d": "interpolate"}
 
 
-class _CountEagerOps(TorchDispatchMode):
-    """Counts the aten convolutions, concatenations, max-pools and up-samplings that compute data (the fused
-    kernels are Triton programs, not aten ops)."""
+def eager_ops(model, *inputs):
+    """The aten convolutions, concatenations, max-pools and up-samplings that compute data in one forward (the
+    fused kernels are Triton programs, not aten ops; shape-only stand-ins on meta tensors are not counted). A
+    first call compiles what torch.compile captures for these shapes."""
+    model(*inputs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        model(*inputs)
+    counts = {}
+    for event in profile.events():
+        kind = _EAGER_OPS.get(event.name.removeprefix("aten::"))
+        parent = event.cpu_parent
+        while parent is not None and parent.name != SHAPE_ONLY:
+            parent = parent.cpu_parent
+        if kind and parent is None and not _inside_counted(event):
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
 
-    def __init__(self):
-        super().__init__()
-        self.counts = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kind = _EAGER_OPS.get(func.overloadpacket.__name__)
-        tensors = [a for a in _pytree.tree_leaves(args) if isinstance(a, torch.Tensor)]
-        if kind and not any(t.is_meta for t in tensors):  # shape-only stand-ins run on meta tensors
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
-def eager_ops(model, x):
-    with _CountEagerOps() as mode:
-        model(x)
-    return mode.counts
+def _inside_counted(event):
+    """An aten op called by another counted one (max_pool2d calls max_pool2d_with_indices)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.removeprefix("aten::") in _EAGER_OPS:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def left_alone(report, kind):
@@ -162,20 +167,41 @@ def test_checkpoints_load_both_ways_and_swap_of_a_trained_model_gives_its_output
     assert_close(again(x), expected, torch.float32, "trained, then swapped", MODEL_TOLERANCE_FACTOR)
 
 
-def test_a_branch_on_training_or_shapes_is_not_traced():
-    class Branchy(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
 
-        def forward(self, x):
-            y = self.conv(x)
-            return y * 2 if isinstance(x, torch.Tensor) and self.training else y
+    def forward(self, x):
+        y = self.conv(x)
+        return y * 2 if isinstance(x, torch.Tensor) and self.training else y
 
+
+def test_a_branch_on_training_or_shapes_is_captured_by_torch_compile():
     model = Branchy().to(DEVICE)
-    report = check_swap(model, torch.randn(2, 3, 8, 8, device=DEVICE))
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    report = check_swap(model, x)
+    # torch.fx would bake one branch in; torch.compile guards on self.training and captures a graph per mode.
     assert [name for name, _ in report.untraced] == [""] and "training" in report.untraced[0][1]
-    assert report.traced == ["conv"] and report.counts() == {"conv+act": 1}
+    assert report.traced == ["(whole model) [torch.compile]"] and report.counts() == {"conv+act": 1}
+    for mode in (True, False):
+        assert eager_ops(model.train(mode), x) == {}
+
+
+@pytest.mark.parametrize("make", [ClassicUNet, Branchy], ids=["torch.fx", "torch.compile"])
+def test_a_copy_of_a_swapped_model_runs_its_own_parameters(make):
+    torch.manual_seed(0)
+    model = make().to(DEVICE).eval()
+    fused_unet.swap(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(-1)
+    reference = make().to(DEVICE).double().eval()
+    reference.load_state_dict(twin.state_dict())
+    x = torch.randn(1, 3, 8, 8, device=DEVICE)
+    assert not torch.allclose(twin(x), model(x))
+    assert_close(twin(x), reference(x.double()), torch.float32, "the copy", MODEL_TOLERANCE_FACTOR)
 
 
 def test_runtime_sizes_the_kernel_does_not_cover_run_the_original_ops():
@@ -194,15 +220,11 @@ def test_runtime_sizes_the_kernel_does_not_cover_run_the_original_ops():
     reference = copy.deepcopy(model).double()
     _, report = fused_unet.swap(model, (x, skip))
     assert report.counts() == {"upsample+pad+cat+conv+act": 1}
-    with _CountEagerOps() as mode:
-        out = model(x, skip)
-    assert mode.counts == {"interpolate": 1, "cat": 1, "conv": 1}
-    assert_close(out, reference(x.double(), skip.double()), torch.float32, "one-sided pad")
+    assert eager_ops(model, x, skip) == {"interpolate": 1, "cat": 1, "conv": 1}
+    assert_close(model(x, skip), reference(x.double(), skip.double()), torch.float32, "one-sided pad")
     even = torch.randn(1, 3, 8, 8, device=DEVICE)  # a pad of 0: the fused kernel
-    with _CountEagerOps() as mode:
-        out = model(x, even)
-    assert mode.counts == {}
-    assert_close(out, reference(x.double(), even.double()), torch.float32, "no pad")
+    assert eager_ops(model, x, even) == {}
+    assert_close(model(x, even), reference(x.double(), even.double()), torch.float32, "no pad")
 
 
 def test_swap_modules_keeps_weights_keys_and_results():
