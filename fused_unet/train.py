@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Overlay colours per class id (cycled for more classes).
@@ -197,19 +198,18 @@ def train(config, log=print):
             log(report.table())
     cpu_eager = fused_unet.force_eager() if device.type == "cpu" else contextlib.nullcontext()
     history = []
+    # Each rank its share of every epoch; drop_last keeps the batch count equal on every rank (or DDP waits).
+    sampler = DistributedSampler(TensorDataset(train_x, train_y), num_replicas=world, rank=rank, seed=config.seed,
+                                 drop_last=world > 1)
+    loader = DataLoader(sampler.dataset, batch_size=config.batch_size, sampler=sampler)
     with cpu_eager:
         for epoch in range(start, config.epochs + 1):
             model.train()
-            generator = torch.Generator().manual_seed(config.seed + epoch)
-            order = torch.randperm(len(train_x), generator=generator)
-            # DistributedSampler's split, the same number of batches on every rank (or DDP waits forever).
-            order = order[:len(order) - len(order) % world][rank::world]
+            sampler.set_epoch(epoch)
             losses = []
-            bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}/{config.epochs}",
-                       leave=False, disable=None if lead else True)
-            for first in bar:
-                idx = order[first:first + config.batch_size]
-                x, y = train_x[idx].to(device), train_y[idx].to(device)
+            bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None if lead else True)
+            for x, y in bar:
+                x, y = x.to(device), y.to(device)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
