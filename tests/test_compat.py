@@ -39,7 +39,10 @@ def test_monai_basic_unet(norm, modes, size):
     model = monai_nets.BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 8, 16, 4),
                                  norm=norm).to(DEVICE).train("train" in modes)
     x = torch.randn(2, 3, size, size, device=DEVICE)
-    report = check_swap(model, x, modes, example_input=x)
+    # An odd size: UpCat pads the up-sampled tensor by replicating an edge, which the kernel does not do; that
+    # call runs the original ops (the rest stays fused).
+    odd = [torch.randn(1, 3, 2 * size + 3, 2 * size - 1, device=DEVICE)] if norm == "batch" else []
+    report = check_swap(model, x, modes, example_input=x, more=odd)
     # UpCat.forward tests isinstance(x_e, Tensor), which a torch.fx proxy fails (the trace would drop the skip):
     # torch.compile captures the model instead, graph breaks and all. Names starting with UpCat cover its 4 instances.
     assert report.untraced[0][0] == "" and report.traced == ["(whole model) [torch.compile]"]

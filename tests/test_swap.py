@@ -52,8 +52,9 @@ def left_alone(report, kind):
     return sum(what.startswith(kind) or f"({kind})" in what for what, _ in report.left_alone)
 
 
-def check_swap(model, x, modes=("train", "eval"), example_input=None):
-    """Swap a copy of model; outputs, gradients and running statistics must match model's float64 twin."""
+def check_swap(model, x, modes=("train", "eval"), example_input=None, more=()):
+    """Swap model; outputs, gradients and running statistics must match its float64 twin, in each mode; then the
+    eval outputs for the inputs in ``more`` (other sizes)."""
     reference = copy.deepcopy(model).double()
     swapped, report = fused_unet.swap(model, example_input)
     assert swapped is model
@@ -66,6 +67,10 @@ def check_swap(model, x, modes=("train", "eval"), example_input=None):
         compare_step((model, reference, None), x, grad, f"{mode}: ")
         for (name, b), r in zip(model.named_buffers(), reference.buffers()):
             assert_close(b.double(), r, torch.float32, f"{mode}: buffer {name}", MODEL_TOLERANCE_FACTOR)
+    for extra in more:
+        model.eval(), reference.eval()
+        assert_close(model(extra), reference(extra.double()), torch.float32, f"eval at {tuple(extra.shape)}",
+                     MODEL_TOLERANCE_FACTOR)
     return report
 
 
