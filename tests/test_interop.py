@@ -34,6 +34,23 @@ def test_exported_swapped_model_matches_the_original():
                  MODEL_TOLERANCE_FACTOR)
 
 
+def test_compiled_swapped_model_is_one_graph_and_matches_the_original():
+    torch.manual_seed(0)
+    model = ClassicUNet().to(DEVICE)
+    reference = copy.deepcopy(model).double()
+    fused_unet.swap(model)
+    x = torch.randn(2, 3, 12, 12, device=DEVICE)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    out = torch.compile(model)(x)
+    out.sum().backward()
+    ref = reference(x.double())
+    ref.sum().backward()
+    assert_close(out, ref, torch.float32, "compiled swapped logits", MODEL_TOLERANCE_FACTOR)
+    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+        assert_close(p.grad, r.grad, torch.float32, f"compiled swapped grad {name}", MODEL_TOLERANCE_FACTOR)
+
+
 def test_autocast_computes_where_nn_conv2d_would():
     torch.manual_seed(0)
     model = ClassicUNet().to(DEVICE)
