@@ -91,7 +91,7 @@ class SwapReport:
         lines.append(f"fused patterns: {len(self.fused)}")
         width = max([len(f.pattern) for f in self.fused] + [7])
         lines += [f"  {f.pattern:<{width}}  -> {f.op:<22} {', '.join(f.parts)}" for f in self.fused]
-        lines.append("module level: " + ", ".join(f"{k} {v}" for k, v in self.swapped.items()))
+        lines.append("fused_unet.nn classes swapped in: " + ", ".join(f"{k} {v}" for k, v in self.swapped.items()))
         lines.append(f"left alone: {len(self.left_alone)}")
         lines += [f"  {what}: {why}" for what, why in self.left_alone]
         return "\n".join(lines)
@@ -376,6 +376,20 @@ def _frame(module, gm, example_inputs):
 
 # ---------------------------------------------------------------------------------------------- graph rewrite
 
+class _UpBranch(NamedTuple):
+    """One side of a concatenation: ``source`` [up-sampled x2 (``up_mode``, by F.interpolate with ``interpolate``
+    kwargs or by the ``upsampler`` module node)] [then padded by ``pad`` in ``pad_mode``]; ``nodes`` replaced."""
+    source: torch.fx.Node
+    up_mode: Optional[str] = None
+    align_corners: bool = False
+    size: object = None
+    interpolate: Optional[dict] = None
+    upsampler: Optional[torch.fx.Node] = None
+    pad: object = None
+    pad_mode: str = "constant"
+    nodes: tuple = ()
+
+
 def _example(node):
     """The example tensor torch.compile recorded for a graph node (its shape and dtype)."""
     return node.meta["example_value"]
@@ -570,8 +584,7 @@ class _Rewriter:
             not _arg(node, 5, "ceil_mode", False) and not _arg(node, 6, "return_indices", False)
 
     def upsampling(self, node):
-        """(source, up_mode, align_corners, size, interpolate kwargs, upsample module node, nodes) for an x2
-        nearest / bilinear up-sampling node with one user, else None."""
+        """An _UpBranch for an x2 nearest / bilinear up-sampling node with one user, else None."""
         if len(self.data_users(node)) != 1:
             return None
         m = self.module(node, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -589,20 +602,18 @@ class _Rewriter:
             return None
         if size is None and scale not in (2, 2.0, (2, 2), (2.0, 2.0), [2, 2], [2.0, 2.0]):
             return None
-        return node.args[0], mode, bool(align), size, kwargs, node if m is not None else None, [node]
+        return _UpBranch(node.args[0], mode, bool(align), size, kwargs, node if m is not None else None,
+                         nodes=(node,))
 
     def up_branch(self, node):
-        """(source, up_mode, align_corners, size, kwargs, upsampler, pad, nodes) for what feeds one side of a
-        concatenation: [F.pad(] [upsample(] source [)] [)]."""
+        """What feeds one side of a concatenation, [F.pad(] [upsample(] source [)] [)], as an _UpBranch."""
         pad, pad_mode, nodes = None, "constant", []
         if node.op == "call_function" and node.target in (F.pad, torch._C._nn.pad) and \
                 len(self.data_users(node)) == 1 and _arg(node, 3, "value") in (None, 0, 0.0):
             # Only a zero pad fuses; another mode (MONAI pads by replicating) only where all amounts are 0.
             pad, pad_mode, nodes, node = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant"), [node], node.args[0]
-        up = self.upsampling(node)
-        if up is None:
-            return node, None, False, None, None, None, pad, pad_mode, nodes
-        return (*up[:6], pad, pad_mode, up[6] + nodes)
+        up = self.upsampling(node) or _UpBranch(node)
+        return up._replace(pad=pad, pad_mode=pad_mode, nodes=(*up.nodes, *nodes))
 
     def concatenation(self, conv_node):
         """The concatenation feeding conv_node (through identities), as (up branch, skip node, up_first, nodes)."""
@@ -615,15 +626,14 @@ class _Rewriter:
         tensors, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
         if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
             self.report.add_left_alone((f"cat before {self.name(conv_node)}",
-                                           "not two tensors along the channels (fused: cat([a, b], 1))"))
+                                        "not two tensors along the channels (fused: cat([a, b], 1))"))
             return None
         branches = [self.up_branch(t) for t in tensors]
         # The up-sampled (or padded) side is "up"; with neither, the first tensor.
-        index = next((i for i, b in enumerate(branches) if b[1] is not None), None)
-        index = next((i for i, b in enumerate(branches) if b[6] is not None), 0) if index is None else index
+        index = next((i for i, b in enumerate(branches) if b.up_mode is not None), None)
+        index = next((i for i, b in enumerate(branches) if b.pad is not None), 0) if index is None else index
         up = branches[index]
-        skip = tensors[1 - index]
-        return up, skip, index == 0, up[8] + [node] + between[::-1]
+        return up, tensors[1 - index], index == 0, [*up.nodes, node, *between[::-1]]
 
     def replace(self, nodes, target, args, kwargs):
         """Insert target(*args, **kwargs) before the last node, route the uses of nodes[-1] to it (shape reads
@@ -664,12 +674,12 @@ class _Rewriter:
             parts = [self.name(n) for n in nodes]
             suffix = "+bn" * (bn_node is not None) + "+act" * (activation is not None)
             if concat is not None:
-                (source, up_mode, align, size, kwargs, upsampler, pad, pad_mode, _), skip, up_first, extra = concat
-                upsampler = self.attr(upsampler, first)
-                new = self.replace(extra + nodes, _fused_concat_conv, (source, skip, conv_attr, bn_attr), dict(
-                    act, up_first=up_first, up_mode=up_mode, align_corners=align, size=size, pad=pad,
-                    pad_mode=pad_mode, interpolate=kwargs, upsampler=upsampler))
-                pattern = "+".join(["upsample"] * (up_mode is not None) + ["pad"] * (pad is not None) + ["cat"])
+                up, skip, up_first, extra = concat
+                new = self.replace(extra + nodes, _fused_concat_conv, (up.source, skip, conv_attr, bn_attr), dict(
+                    act, up_first=up_first, up_mode=up.up_mode, align_corners=up.align_corners, size=up.size,
+                    pad=up.pad, pad_mode=up.pad_mode, interpolate=up.interpolate,
+                    upsampler=self.attr(up.upsampler, first)))
+                pattern = "+".join(["upsample"] * (up.up_mode is not None) + ["pad"] * (up.pad is not None) + ["cat"])
                 self.report.add_fusion(pattern + "+conv" + suffix, "concat_conv2d",
                                        tuple(self.name(n) for n in extra) + tuple(parts))
             elif pool is not None:

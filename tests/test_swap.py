@@ -268,6 +268,6 @@ def test_swap_modules_without_relu_fusion_leaves_subclasses_and_unsupported_conf
 def test_report_prints_a_table_and_rejects_non_modules():
     _, report = fused_unet.swap(ClassicUNet().to(DEVICE))
     text = str(report)
-    assert "conv+bn+act+maxpool" in text and "concat_conv2d" in text and "module level" in text
+    assert "conv+bn+act+maxpool" in text and "concat_conv2d" in text and "classes swapped in" in text
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fused_unet.swap(lambda x: x)
