@@ -109,7 +109,7 @@ def swap(model, example_input=None, fuse=True):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     report = SwapReport(type(model).__name__)
     roots = {"fx": [], "compile": []}
-    if fuse:
+    if fuse and any(type(m) in _SWAPS for m in model.modules()):  # else nothing to fuse (a fused_unet model, say)
         inputs, why = _probe(model, example_input)
         if inputs is None:
             report.untraced.append(("", why))
@@ -290,8 +290,8 @@ def _trace(module, inputs):
 
 
 def _fuse_tree(module, name, inputs, report, roots):
-    if module not in inputs:
-        return
+    if module not in inputs or not any(type(m) in _SWAPS for m in module.modules()):
+        return  # not called on the probe, or no torch.nn layer to fuse
     if "forward" in module.__dict__:
         report.untraced.append((name, "its forward was already replaced (swapped before?)"))
         return
@@ -319,12 +319,15 @@ def _capture_with_compile(module, name, inputs, report):
     shapes, training mode, the branches Python took) are rewritten by the same patterns and run as they are
     (no Inductor); what breaks the graph runs in Python between them. Captured on the probe input in both modes,
     so the report is complete; False (module level only) when torch.compile fails on it."""
+    rewrote = []
+
     def fusing_backend(gm, example_inputs):
         frame = _frame(module, gm, example_inputs)
         # A graph of a submodule's forward (past a graph break) serves every instance of its class: named by it.
         base = name if not frame else type(module.get_submodule(frame)).__name__
         if _Rewriter(gm, gm.graph, base, report, functional=True).run():
             gm.recompile()
+            rewrote.append(gm)
         return gm.forward
 
     compiled = torch.compile(type(module).forward, backend=fusing_backend)
@@ -350,6 +353,9 @@ def _capture_with_compile(module, name, inputs, report):
             report.untraced.append((name, f"torch.compile could not capture it either ({type(error).__name__}: "
                                           f"{str(error).splitlines()[0][:100]})"))
             return False
+    if not rewrote:  # nothing to fuse in its graphs: no reason to run it under torch.compile
+        del module.forward
+        return False
     report.traced.append(f"{name or '(whole model)'} [torch.compile]")
     return True
 

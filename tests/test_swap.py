@@ -265,6 +265,13 @@ def test_swap_modules_without_relu_fusion_leaves_subclasses_and_unsupported_conf
     assert counts["Conv2d"] == 1 and counts["ReLU fused"] == 0
 
 
+def test_swap_leaves_a_fused_unet_model_as_it_is():
+    model = fused_unet.UNet(3, 2, base_channels=4, depth=1).to(DEVICE)
+    _, report = fused_unet.swap(model)
+    assert "forward" not in model.__dict__ and not report.fused and not report.traced and not report.untraced
+    assert report.swapped == {"Conv2d": 0, "MaxPool2d": 0, "ConvTranspose2d": 0, "ReLU fused": 0}
+
+
 def test_report_prints_a_table_and_rejects_non_modules():
     _, report = fused_unet.swap(ClassicUNet().to(DEVICE))
     text = str(report)
