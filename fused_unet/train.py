@@ -21,6 +21,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 PALETTE = np.array([[20, 20, 20], [230, 60, 60], [60, 200, 90], [70, 100, 240], [240, 200, 40], [200, 80, 220],
                     [60, 210, 220], [250, 140, 60]], dtype=np.uint8)
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The settings a checkpoint's weights depend on: --resume must repeat them.
+_MODEL_OPTIONS = ("model", "num_classes", "base_channels", "depth", "up_mode", "norm")
 
 
 class DataError(ValueError):
@@ -180,6 +182,9 @@ def train(config, log=print):
     start = 1
     if config.resume:
         state = torch.load(config.resume, map_location=device, weights_only=False)
+        saved = {k: state["config"][k] for k in _MODEL_OPTIONS}
+        if saved != {k: getattr(config, k) for k in _MODEL_OPTIONS}:
+            raise ValueError(f"--resume {config.resume}: it was trained with {saved}; pass the same options")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -37,6 +37,8 @@ def test_synthetic_training_writes_checkpoints_and_predictions_and_resumes(tmp_p
     _, resumed = train.train(dataclasses.replace(config, epochs=3, resume=str(tmp_path / "checkpoint.pt")),
                              log=lambda *_: None)
     assert [h["epoch"] for h in resumed] == [3]
+    with pytest.raises(ValueError, match="it was trained with .*pass the same options"):
+        train.train(dataclasses.replace(config, depth=1, resume=str(tmp_path / "checkpoint.pt")), log=lambda *_: None)
 
 
 def test_folder_training_and_prediction(tmp_path):
