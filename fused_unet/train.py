@@ -157,6 +157,25 @@ def _data(config):
     return (images[:split], masks[:split]), (images[split:], masks[split:], names[split:])
 
 
+def _model(config, device):
+    """(model on device, swap report or None) as config says, with its levels checkpointed if asked."""
+    import fused_unet
+
+    model, report = build_model(config.model, 3, config.num_classes, config.base_channels, config.depth,
+                                config.up_mode, config.norm)
+    if config.checkpoint_levels:
+        if not isinstance(model, fused_unet.UNet):
+            raise ValueError("--checkpoint-levels works with --model unet (its encoder / decoder levels)")
+        checkpoint_levels(model)
+    fmt = torch.channels_last if config.channels_last else torch.preserve_format
+    return model.to(device, memory_format=fmt), report
+
+
+def _loss(net, x, y, amp_dtype):
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return F.cross_entropy(net(x).float(), y)
+
+
 def train(config, log=print):
     """Train as ``config`` says; returns (model, history). Rank 0 logs, checkpoints and writes predictions."""
     import fused_unet
@@ -169,13 +188,7 @@ def train(config, log=print):
     (train_x, train_y), (val_x, val_y, val_names) = _data(config)
     if config.data is None:
         config = dataclasses.replace(config, num_classes=4)
-    model, report = build_model(config.model, 3, config.num_classes, config.base_channels, config.depth,
-                                config.up_mode, config.norm)
-    if config.checkpoint_levels:
-        if not isinstance(model, fused_unet.UNet):
-            raise ValueError("--checkpoint-levels works with --model unet (its encoder / decoder levels)")
-        checkpoint_levels(model)
-    model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    model, report = _model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     amp_dtype = AMP_DTYPES[config.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
@@ -217,8 +230,7 @@ def train(config, log=print):
                 x, y = x.to(device), y.to(device)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = F.cross_entropy(net(x).float(), y)
+                loss = _loss(net, x, y, amp_dtype)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -249,11 +261,7 @@ def find_max_batch(config, limit=4096, log=print):
     device = _device(config.device, 0)
     if device.type != "cuda":
         raise ValueError("--find-max-batch needs a CUDA GPU (it fills the GPU's memory)")
-    model, _ = build_model(config.model, 3, config.num_classes, config.base_channels, config.depth, config.up_mode,
-                           config.norm)
-    if config.checkpoint_levels:
-        checkpoint_levels(model)
-    model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+    model, _ = _model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     amp_dtype, size = AMP_DTYPES[config.amp], config.size or 256
 
@@ -261,9 +269,7 @@ def find_max_batch(config, limit=4096, log=print):
         try:
             x = torch.rand(batch, 3, size, size, device=device)
             y = torch.randint(0, config.num_classes, (batch, size, size), device=device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
+            _loss(model, x, y, amp_dtype).backward()
             optimizer.step()
             torch.cuda.synchronize()
             return True
@@ -304,11 +310,9 @@ def predict(checkpoint_path, images_dir, out, device="auto", log=print):
 
     device = _device(device, 0)
     state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-    config = TrainConfig(**state["config"])
-    model, _ = build_model(config.model, 3, config.num_classes, config.base_channels, config.depth, config.up_mode,
-                           config.norm)
+    model, _ = _model(dataclasses.replace(TrainConfig(**state["config"]), checkpoint_levels=False), device)
     model.load_state_dict(state["model"])
-    model.to(device).eval()
+    model.eval()
     paths = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     problems = []
     with fused_unet.force_eager() if device.type == "cpu" else contextlib.nullcontext():
