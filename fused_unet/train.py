@@ -152,7 +152,9 @@ def _data(config):
         names = [f"synthetic-{i:04d}" for i in range(len(images))]
     else:
         images, masks, names = load_folder(config.data, config.num_classes, config.size)
-    val = max(1, int(round(len(images) * config.val_fraction))) if len(images) > 1 else 0
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    val = max(1, round(len(images) * config.val_fraction)) if config.val_fraction and len(images) > 1 else 0
     split = len(images) - val
     return (images[:split], masks[:split]), (images[split:], masks[split:], names[split:])
 

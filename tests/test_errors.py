@@ -122,6 +122,7 @@ CLI_CASES = [
     (["train", "--batch-size", "x"], "expected a positive integer, got 'x'"),
     (["train", "--model", "nope"], "fused-unet train: error: --model must be"),
     (["train", "--data", "/nonexistent-dir"], "/nonexistent-dir/images: no such folder"),
+    (["train", "--val-fraction", "1.5"], "--val-fraction must be in \\[0, 1\\), got 1.5"),
     (["predict", "/nonexistent.pt", "."], "fused-unet predict: error: /nonexistent.pt: no such file"),
     (["bench", "--dtype", "int8"], "invalid choice: 'int8'"),
     (["bench", "--compare", "/nope-a.json", "/nope-b.json"], "fused-unet bench: error: .*nope-a.json"),
