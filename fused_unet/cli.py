@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Class colours of the PNG grid: background, disc, square, triangle.
-PALETTE = np.array([[20, 20, 20], [230, 60, 60], [60, 200, 90], [70, 100, 240]], dtype=np.uint8)
 
 
 def _positive(text):
@@ -44,6 +42,8 @@ def _enable_interpreter_for_cpu_check(device):
 
 def _save_grid(path, images, masks, preds):
     from PIL import Image
+
+    from fused_unet.train import PALETTE
 
     rows = []
     for image, mask, pred in zip(images, masks, preds):
@@ -355,6 +355,8 @@ def _add_model_args(parser, batch_default):
 
 
 def build_parser():
+    from fused_unet.train import AMP_DTYPES
+
     parser = argparse.ArgumentParser(prog="fused-unet", description="Fused Triton U-Net kernels: demo and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -397,7 +399,8 @@ def build_parser():
     train.add_argument("--epochs", type=_positive, default=5)
     train.add_argument("--batch-size", type=_positive, default=8, help="per process")
     train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--amp", choices=("none", "fp16", "bf16"), default="none", help="autocast (fp16 with a scaler)")
+    train.add_argument("--amp", choices=tuple(AMP_DTYPES), default="none",
+                       help="autocast (fp16 with a gradient scaler)")
     train.add_argument("--channels-last", action="store_true")
     train.add_argument("--checkpoint-levels", action="store_true",
                        help="recompute each encoder / decoder level in backward (less activation memory)")

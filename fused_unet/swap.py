@@ -432,7 +432,8 @@ class _Rewriter:
         for node in list(self.graph.nodes):
             if node.op != "call_function":
                 continue
-            if self.conv(node) is not None and not self.conv(node)[1]:
+            conv = self.conv(node)
+            if conv is not None and not conv[1]:
                 self.report.add_fusion("conv", "conv2d", (self.name(node),))
                 spec = self.spec(node, node)
                 self.replace([node], _fused_conv, (node.args[0], spec, None), dict(activation=None, negative_slope=0.01,
@@ -667,7 +668,7 @@ class _Rewriter:
         """Rewrite every pattern; True when the graph changed."""
         changed = False
         for conv_node in [n for n in self.graph.nodes if self.conv(n) is not None]:
-            if conv_node.graph is not self.graph or self.conv(conv_node)[1]:  # replaced already, or unsupported
+            if self.conv(conv_node)[1]:  # unsupported configuration: the module level reports it
                 continue
             nodes, bn_node, (activation, slope) = self.chain(conv_node)
             first = nodes[0]
@@ -711,8 +712,8 @@ class _Rewriter:
 
     def reads_normalized(self, user, value):
         """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it)."""
-        if user.op == "call_function" and user.target in {**_FUSED_OPS, **_NORM_READERS}:
-            data = {**_FUSED_OPS, **_NORM_READERS}[user.target]
+        if user.op == "call_function" and user.target in _DATA_INPUTS:
+            data = _DATA_INPUTS[user.target]
             return value in user.args[:data] and value not in user.args[data:]
         if user.args != (value,) or user.kwargs:
             return False
@@ -863,5 +864,6 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
 
 # Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
 _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
-# Fused ops that take a pending batch norm but have none of their own.
-_NORM_READERS = {_fused_conv_transpose: 1, _fused_max_pool: 1}
+# Every fused call and its leading data arguments (a pending batch norm may reach them); the last two have no
+# batch norm of their own.
+_DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1}

@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Overlay colours per class id (cycled for more classes).
+# Colours per class id, for overlays and the demo's grid (cycled for more classes); the synthetic set's
+# background, disc, square, triangle first.
 PALETTE = np.array([[20, 20, 20], [230, 60, 60], [60, 200, 90], [70, 100, 240], [240, 200, 40], [200, 80, 220],
                     [60, 210, 220], [250, 140, 60]], dtype=np.uint8)
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
