@@ -198,6 +198,8 @@ def cmd_doctor(args):
         problems = [p for r in results for p in doctor.problems(r)]
         problems += [f"main loop {v['name']}: ceiling {v['ceiling']} below {v['target']} or slow loads"
                      for v in verdicts if not v["ok"]]
+        problems += [p for arch in archs if arch not in unsupported
+                     for p in doctor.specialisation_problems(arch, jobs=args.jobs)]
         print(f"\n{len(results)} compiles, {len(problems)} problems")
         for problem in problems:
             print(f"  FAIL {problem}")

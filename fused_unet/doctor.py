@@ -153,8 +153,8 @@ def _occupancy(cc, regs, warps, smem):
     return blocks, blocks * warps
 
 
-def compile_job(job):
-    """Compile one job; return a dict of what was found (never raises)."""
+def _job_launch(job):
+    """(the JITFunction, its constexprs, the launch's multiples of 16, the tensor type, the config) of ``job``."""
     import triton
     import triton.language as tl
 
@@ -171,10 +171,31 @@ def compile_job(job):
                   **{name: 1 for name in launch["ones"]}}
     if job.kernel in configs.GEMM_KERNELS:
         constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
+    return fn, constexprs, launch["multiples_of_16"], "*" + element_type, cfg
+
+
+def compile_with_ones(job):
+    """Compile ``job`` with every integer argument that Triton specialises at launch equal to 1, as a launch with
+    a width, a batch, a stride or a power-of-two divisor's magic number of 1 gets it (a constant, not a tensor).
+    None when it compiles, else the error's first line."""
+    fn, constexprs, _, tensor_type, cfg = _job_launch(job)
+    ones = {p.name: 1 for p in fn.params if not p.is_constexpr and not p.do_not_specialize
+            and not p.name.endswith("_ptr") and p.name not in _FLOAT_ARGS and p.name not in constexprs}
+    compiled = _compile(fn, {**constexprs, **ones}, (), tensor_type, ARCHS[job.arch], cfg)
+    return compiled if isinstance(compiled, str) else None
+
+
+def compile_job(job):
+    """Compile one job; return a dict of what was found (never raises)."""
+    import triton
+
+    from fused_unet.kernels import configs
+
+    fn, constexprs, multiples_of_16, tensor_type, cfg = _job_launch(job)
     result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages, triton=triton.__version__)
     cc = ARCHS[job.arch]
-    compiled = _compile(fn, constexprs, launch["multiples_of_16"], "*" + element_type, cc, cfg)
+    compiled = _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg)
     if isinstance(compiled, str):
         return dict(result, ok=False, error=compiled)
     ptx = compiled.asm["ptx"]
@@ -306,6 +327,21 @@ def run_aot(archs, jobs=None, progress=None):
             if progress:
                 progress(result)
     return results, unsupported
+
+
+def specialisation_problems(arch, jobs=None):
+    """Each launch site's first variant compiled with its specialisable integers equal to 1 (compile_with_ones),
+    in worker processes: the problems found, one line each."""
+    from fused_unet.kernels import configs
+
+    todo = [Job(kernel, site, 0, "fp32", 0, arch) for kernel, sites in configs.LAUNCH_VARIANTS.items()
+            for site in sites]
+    with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count() or 1,
+                                                mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init) as pool:
+        errors = list(pool.map(compile_with_ones, todo))
+    return [f"{job.kernel} ({job.site}, {arch}) with integer arguments equal to 1: {error}"
+            for job, error in zip(todo, errors) if error]
 
 
 def format_table(results):

@@ -41,8 +41,13 @@ def _functions():
     return functions
 
 
+# Devices autocast knows (it raises for others, e.g. meta). A fixed tuple, not torch.amp.is_autocast_available:
+# torch.compile 2.11 cannot trace that call and broke the graph at every fused op on a GPU.
+_AUTOCAST_DEVICES = ("cuda", "cpu")
+
+
 def autocast_enabled(device_type):
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return device_type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type)
 
 
 def _autocast(*tensors):

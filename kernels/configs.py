@@ -5,25 +5,20 @@ GPU: a short autotune list per kernel. Interpreter: a single large-block config,
 number of programs times loop iterations, not with block size.
 """
 import functools
+import os
 
 import triton
 
-from . import interpreter_requested
+from . import interpreter_problem, interpreter_requested
 
 INTERPRETED = interpreter_requested()
+# FUSED_UNET_TUNE=K: each launch takes its K-th registered config that fits (the last if fewer) instead of timing
+# them all: a quick GPU test run (K=0) compiles one config per launch, and K=0..6 in parallel processes fill the
+# Triton cache before a benchmark autotunes. tests/test_configs.py runs every config anyway.
+TUNE_INDEX = int(os.environ["FUSED_UNET_TUNE"]) if os.environ.get("FUSED_UNET_TUNE", "").isdigit() else None
 
-
-def _version(text):
-    return tuple(int(part) for part in text.split("+")[0].split(".")[:2])
-
-
-if INTERPRETED and _version(triton.__version__) < (3, 7):
-    import numpy
-
-    if _version(numpy.__version__) >= (2, 4):
-        # Triton 3.6's interpreter turns 1-element arrays into ints with int(), which NumPy 2.4 made an error.
-        raise RuntimeError(f"the Triton {triton.__version__} interpreter does not run with NumPy {numpy.__version__}: "
-                           "install numpy<2.4, or triton>=3.8 (TRITON_INTERPRET=1 is set)")
+if INTERPRETED and interpreter_problem():
+    raise RuntimeError(f"{interpreter_problem()} (TRITON_INTERPRET=1 is set)")
 
 
 def _cfg(num_warps=4, num_stages=3, **blocks):
@@ -181,7 +176,8 @@ def prune_by_precision(kernel):
 
         keep = GPU_CONFIGS[kernel][name]
         cc = device_capability(torch.cuda.current_device())
-        return [cfg for cfg in candidates if cfg in keep and fits(cfg, kwargs, cc)]
+        kept = [cfg for cfg in candidates if cfg in keep and fits(cfg, kwargs, cc)]
+        return kept if TUNE_INDEX is None or not kept else [kept[min(TUNE_INDEX, len(kept) - 1)]]
 
     return prune
 

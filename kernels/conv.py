@@ -270,7 +270,7 @@ def _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, C_OUT,
 @triton.autotune(configs=configs("conv2d_implicit_gemm"),
                  prune_configs_by={"early_config_prune": prune_by_precision("conv2d_implicit_gemm")},
                  key=["C_IN", "C_IN2", "C_OUT", "PIXEL_BUCKET", "KH", "STRIDE", "PHASES", "UP_MODE", "FUSE_POOL",
-                      "NORM_INPUT", "INPUT_PRECISION"])
+                      "NORM_INPUT", "STATS", "INPUT_PRECISION"])
 @triton.heuristics({"EVEN_K": lambda meta: even_k(meta["BLOCK_K"], meta["C_IN"], meta["C_IN2"])})
 @triton.jit(do_not_specialize=["PIXEL_BUCKET"])
 def conv2d_implicit_gemm_kernel(
@@ -354,7 +354,8 @@ def conv2d_implicit_gemm_kernel(
                  prune_configs_by={"early_config_prune": prune_by_precision("conv2d_weight_grad")},
                  key=["C_A", "C_B", "PIXEL_BUCKET", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "NORM_INPUT", "FLAT_INPUT",
                       "INPUT_PRECISION"])
-@triton.jit(do_not_specialize=["PIXEL_BUCKET"])
+# The magic numbers are 1 for every power-of-two divisor: specialised, they would arrive as Python ints.
+@triton.jit(do_not_specialize=["PIXEL_BUCKET", "W_MAGIC", "H_MAGIC"])
 def conv2d_weight_grad_kernel(
     g_ptr, x_ptr, in_scale_ptr, in_shift_ptr, dw_ptr,
     BATCH, H_A, W_A, H_B, W_B, C_A, C_B, C_B_TOTAL, B_OFF, PIX_PER_SPLIT, PIXEL_BUCKET,

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from fused_unet.cli import build_parser
+from fused_unet.kernels import interpreter_problem
 
 
 def run(*args, env=None):
@@ -28,6 +29,7 @@ def test_info_names_the_backends():
     assert "cpu" in result.stdout and "TRITON_INTERPRET" in result.stdout
 
 
+@pytest.mark.skipif(interpreter_problem() is not None, reason=str(interpreter_problem()))
 @pytest.mark.parametrize("options", [[], ["--norm", "batch", "--up-mode", "bilinear"]])
 def test_tiny_demo_trains_checks_and_writes_a_png(tmp_path, options):
     result = run("demo", "--epochs", "1", "--train-images", "16", "--val-images", "4", "--size", "16",

@@ -166,3 +166,25 @@ def test_fast_divisor_matches_integer_division():
         magic, shift = conv.fast_divisor(d)
         m = magic % 2**32
         assert torch.equal((((n * m) >> 32) + n) >> shift, n // d), d
+
+
+class _RecordingFlags(dict):
+    """A launch's flags that remember which ones configs.fits asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.read = set()
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return default
+
+
+@pytest.mark.parametrize("kernel", [conv.conv2d_implicit_gemm_kernel, conv.conv2d_weight_grad_kernel])
+def test_autotune_keys_hold_every_flag_that_decides_which_configs_fit(kernel):
+    # A cached choice is reused for every launch with the same key: a flag that changes which configs fit but is not
+    # in the key let a STATS launch reuse a plain launch's 32-row tile on the GPU (statistics need 64-row groups).
+    flags = _RecordingFlags()
+    for cfg in configs.all_gpu_configs("conv2d_implicit_gemm"):
+        configs.fits(cfg, flags, 80)
+    assert flags.read & set(kernel.arg_names) <= set(kernel.keys)

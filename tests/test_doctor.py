@@ -30,6 +30,12 @@ def test_every_registered_kernel_compiles_clean_for_sm90_and_sm80(aot_results):
     assert by_arch[("conv2d_implicit_gemm", "sm_80", "fp16")] == "mma.sync"
 
 
+def test_every_launch_site_compiles_with_its_integers_equal_to_one():
+    # Triton turns an integer argument equal to 1 into a constant at launch (a 1-pixel-wide image, a unit stride,
+    # the fast-division magic of a power of two); the first GPU run found a kernel that failed to compile so.
+    assert not doctor.specialisation_problems("sm_90")
+
+
 def test_main_loops_reach_their_tensor_core_ceiling(aot_results):
     # sm_90: per GEMM role some registered config's main loop can reach the target share of 16-bit tensor-core
     # peak, reading its operands with 128-bit cp.async / TMA only and never dividing (where the target asks for

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fused_unet
-from tests.conftest import MODEL_TOLERANCE_FACTOR, check_against_float64, make_tensor
+from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
 
 OPS = {
@@ -41,8 +41,8 @@ def test_one_pixel_high_or_wide_images(op, hw):
 @pytest.mark.parametrize("shape", [(0, 3, 8, 8), (1, 3, 1, 1), (2, 3, 1, 7)])
 @pytest.mark.parametrize("norm", [None, "batch"])
 def test_unet_on_edge_shapes(shape, norm):
-    model = fused_unet.UNet(3, 2, base_channels=4, depth=2, norm=norm).eval()
-    reference = fused_unet.ReferenceUNet(**model.config).double().eval()
+    model = fused_unet.UNet(3, 2, base_channels=4, depth=2, norm=norm).to(DEVICE).eval()
+    reference = fused_unet.ReferenceUNet(**model.config).to(DEVICE, torch.float64).eval()
     reference.load_state_dict(model.state_dict())
     x = make_tensor(shape, requires_grad=True)
     check_against_float64(model, reference, [x], torch.float32, factor=MODEL_TOLERANCE_FACTOR)
