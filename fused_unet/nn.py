@@ -34,6 +34,8 @@ def input_unsupported(x, name="x"):
                         f"got {x.dtype}")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return f"input must be a 4-D [N, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}"
+    if x.shape[1] == 0:  # e.g. smp's mix-transformer encoders give a 0-channel skip
+        return f"{name} has no channels"
     if x.dtype not in SUPPORTED_DTYPES and not functional.autocast_enabled(x.device.type):
         return f"dtype {x.dtype} is not one of float32/float16/bfloat16"
     return None

@@ -305,9 +305,17 @@ def _fuse_tree(module, name, inputs, report, roots):
             if not _Tracer().is_leaf_module(child, ""):
                 _fuse_tree(child, f"{name}.{child_name}" if name else child_name, inputs, report, roots)
         return
+    fused_before = list(report.fused)
+    try:
+        rewritten = _Rewriter(module, graph, name, report).run()
+    except Exception as error:  # a graph our patterns misread: the module stays as it is, and the report says why
+        report.fused[:] = fused_before
+        report.untraced.append((name, f"swap could not rewrite its torch.fx graph ({type(error).__name__}: "
+                                      f"{str(error).splitlines()[0][:100] if str(error) else ''}); left unfused"))
+        return
     report.traced.append(name)
     roots["fx"].append(module)
-    if _Rewriter(module, graph, name, report).run():
+    if rewritten:
         code = graph.python_code(root_module="self")
         namespace = dict(code.globals)
         exec(compile(code.src, f"<fused_unet.swap {type(module).__name__}>", "exec"), namespace)
@@ -396,9 +404,19 @@ class _UpBranch(NamedTuple):
     nodes: tuple = ()
 
 
-def _example(node):
-    """The example tensor torch.compile recorded for a graph node (its shape and dtype)."""
-    return node.meta["example_value"]
+def _example(node, root):
+    """A graph node's tensor for its shape and dtype: the example torch.compile recorded, or (torch.fx) the
+    parameter or buffer a get_attr node reads from ``root``; None where the graph does not say."""
+    if not isinstance(node, torch.fx.Node):
+        return None
+    if "example_value" in node.meta:
+        return node.meta["example_value"]
+    if node.op == "get_attr":
+        value = root
+        for part in node.target.split("."):
+            value = getattr(value, part, None)
+        return value if isinstance(value, torch.Tensor) else None
+    return None
 
 
 def _arg(node, index, name, default=None):
@@ -438,7 +456,7 @@ class _Rewriter:
                 spec = self.spec(node, node)
                 self.replace([node], _fused_conv, (node.args[0], spec, None), dict(activation=None, negative_slope=0.01,
                                                                                     defer=False))
-            elif node.target is torch.conv_transpose2d and _example(node.args[1]).shape[2:] == (2, 2) and \
+            elif node.target is torch.conv_transpose2d and self.weight_shape(node)[2:] == (2, 2) and \
                     _arg(node, 3, "stride", 1) in (2, (2, 2)) and _arg(node, 4, "padding", 0) in (0, (0, 0)) and \
                     _arg(node, 5, "output_padding", 0) in (0, (0, 0)) and _arg(node, 6, "groups", 1) == 1 and \
                     _arg(node, 7, "dilation", 1) in (1, (1, 1)):
@@ -477,7 +495,9 @@ class _Rewriter:
             return m.out_channels, fnn.conv2d_config_unsupported(m)
         if node.op != "call_function" or node.target is not torch.conv2d:
             return None
-        shape = _example(node.args[1]).shape
+        shape = self.weight_shape(node)
+        if not shape:
+            return None
         pair = nn.modules.utils._pair
         padding = _arg(node, 4, "padding", 0)
         config = types.SimpleNamespace(kernel_size=tuple(shape[2:]), stride=pair(_arg(node, 3, "stride", 1)),
@@ -494,7 +514,14 @@ class _Rewriter:
         if node.op != "call_function" or node.target is not F.batch_norm:
             return False
         momentum, training = _arg(node, 6, "momentum", 0.1), _arg(node, 5, "training", False)
-        return isinstance(momentum, float) and isinstance(training, bool) and _example(node.args[0]).shape[1] == channels
+        example = _example(node.args[0], self.root)
+        return isinstance(momentum, float) and isinstance(training, bool) and example is not None and \
+            example.shape[1] == channels
+
+    def weight_shape(self, node):
+        """The shape of a conv call's weight (its second argument); () where the graph does not say."""
+        example = _example(_arg(node, 1, "weight"), self.root)
+        return tuple(example.shape) if example is not None else ()
 
     def spec(self, node, before):
         """What a fused call gets for a conv / batch-norm node: the module itself (get_attr), or its tensors and
