@@ -243,7 +243,7 @@ def cmd_bench(args):
         if not args.cpu_smoke:
             print("--cpu-smoke runs a tiny configuration through the Triton interpreter and compares the "
                   "saved-activation memory of the fused and eager models, which is meaningful on a CPU.")
-            return 0
+            return 1  # nothing was measured
         _enable_interpreter_for_cpu_check(torch.device("cpu"))
         print(f"CPU smoke (Triton interpreter for the fused model; not throughput numbers): U-Net base "
               f"{s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {s.batch_sizes[0]}, fp32")

@@ -187,6 +187,7 @@ def train(config, log=print):
 
     rank, world = _distributed()
     device = _device(config.device, rank)
+    state = load_checkpoint(config.resume, device) if config.resume else None  # a bad file fails before any work
     torch.manual_seed(config.seed)
     (train_x, train_y), (val_x, val_y, val_names) = _data(config)
     if config.data is None:
@@ -196,8 +197,7 @@ def train(config, log=print):
     amp_dtype = AMP_DTYPES[config.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     start = 1
-    if config.resume:
-        state = torch.load(config.resume, map_location=device, weights_only=False)
+    if state is not None:
         saved = {k: state["config"][k] for k in _MODEL_OPTIONS}
         if saved != {k: getattr(config, k) for k in _MODEL_OPTIONS}:
             raise ValueError(f"--resume {config.resume}: it was trained with {saved}; pass the same options")
@@ -256,6 +256,21 @@ def train(config, log=print):
     return model, history
 
 
+def load_checkpoint(path, device):
+    """A ``train`` checkpoint, loaded without running any code from the file (``weights_only``); a file that is not
+    one, or a damaged one, is a ValueError naming it."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # not a torch file, truncated, or holding objects other than tensors and settings
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path} is not a readable fused-unet checkpoint ({first_line[:200]})") from error
+    if not isinstance(state, dict) or not {"model", "optimizer", "scaler", "epoch", "config"} <= state.keys():
+        raise ValueError(f"{path} is not a fused-unet train checkpoint (no model / optimizer / epoch / config)")
+    return state
+
+
 def find_max_batch(config, limit=4096, log=print):
     """The largest training batch at ``config.size`` that fits on this CUDA GPU (doubling, then bisection),
     with the model, AMP, channels_last and checkpointing options of ``config``."""
@@ -311,12 +326,14 @@ def predict(checkpoint_path, images_dir, out, device="auto", log=print):
     read is reported and skipped; returns the list of such problems."""
     import fused_unet
 
+    paths = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{images_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
     device = _device(device, 0)
-    state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    state = load_checkpoint(checkpoint_path, device)
     model, _ = _model(dataclasses.replace(TrainConfig(**state["config"]), checkpoint_levels=False), device)
     model.load_state_dict(state["model"])
     model.eval()
-    paths = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     problems = []
     with fused_unet.force_eager() if device.type == "cpu" else contextlib.nullcontext():
         for path in paths:

@@ -67,7 +67,7 @@ def test_table_and_compare(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
 def test_bench_and_profile_without_gpu(capsys, tmp_path):
-    assert main(["bench"]) == 0
+    assert main(["bench"]) == 1  # it measured nothing
     assert "need one" in capsys.readouterr().out
     assert main(["profile", "--size", "64", "--batch-sizes", "1"]) == 0
     out = capsys.readouterr().out
@@ -78,6 +78,9 @@ def test_bench_and_profile_without_gpu(capsys, tmp_path):
     written = json.loads((tmp_path / "cpu-smoke-16-base4-depth1.json").read_text())
     assert written["settings"]["size"] == 16 and [r["backend"] for r in written["runs"]] == ["triton-interpreter",
                                                                                              "eager"]
+    # What ran, not the GPU defaults: fp32, the two contenders, one training step.
+    assert written["settings"]["dtype"] == "fp32" and written["settings"]["contenders"] == ["fused", "eager"]
+    assert written["settings"]["iters"] == 1 and written["settings"]["warmup"] == 0
     assert (tmp_path / "cpu-smoke-16-base4-depth1.md").exists()
 
 

@@ -58,7 +58,7 @@ def test_compiled_fused_unet_is_one_graph_and_matches_reference(options):
     reference.load_state_dict(model.state_dict())
     x = make_tensor((2, 3, 8, 10), requires_grad=True)
     explained = torch._dynamo.explain(model)(x)
-    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons[:3]
     out = torch.compile(model)(x)
     out.sum().backward()
     x_ref = x.detach().double().requires_grad_()

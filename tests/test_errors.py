@@ -177,3 +177,36 @@ def test_outputs_may_pass_2_to_the_31_elements_per_image():
     out = FF.conv2d(x, torch.empty(64, 3, 3, 3, device="meta", requires_grad=True), None, "relu")
     assert out.shape == (1, 64, 2**13, 2**13) and out[0].numel() > 2**31
     out.sum().backward()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+def test_checkpoints_load_without_running_code_and_bad_files_get_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")  # predict reads the checkpoint before any image
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    torch.save({"model": {}, "payload": _RunsCode()}, tmp_path / "code.pt")
+    torch.save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, tmp_path / "whole.pt")
+    (tmp_path / "truncated.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:500])
+    torch.save({"model": {"w": torch.zeros(1)}, "epoch": 1}, tmp_path / "partial.pt")
+    for name, message in [("text.pt", "is not a readable fused-unet checkpoint"),
+                          ("code.pt", "is not a readable fused-unet checkpoint"),
+                          ("truncated.pt", "is not a readable fused-unet checkpoint"),
+                          ("partial.pt", "is not a fused-unet train checkpoint")]:
+        for argv in (["predict", name, "images"], ["train", "--resume", name, "--epochs", "1"]):
+            with pytest.raises(SystemExit) as exit_info:
+                cli.main(argv)
+            assert "ran code" not in capsys.readouterr().out
+            assert re.search(f"^fused-unet {argv[0]}: error: {name} {message}", str(exit_info.value.code))
+
+
+def test_predict_on_a_folder_without_images_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "some.pt").write_text("never read")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["predict", str(tmp_path / "some.pt"), str(tmp_path / "empty")])
+    assert "empty has no images (.png, .jpg, .jpeg)" in str(exit_info.value.code)

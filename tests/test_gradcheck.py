@@ -70,5 +70,5 @@ def test_gradcheck_catches_a_wrong_gradient():
             return grad * 0.5
 
     with pytest.raises(GradcheckError):
-        torch.autograd.gradcheck(_in_fp32(lambda x: FF.conv2d(Halved.apply(x), torch.ones(1, 1, 1, 1))),
+        torch.autograd.gradcheck(_in_fp32(lambda x: FF.conv2d(Halved.apply(x), torch.ones(1, 1, 1, 1, device=x.device))),
                                  _inputs((1, 1, 3, 3)), **GRADCHECK)
