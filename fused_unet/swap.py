@@ -131,6 +131,10 @@ def swap_modules(model, fuse_relu=True):
 
 # ---------------------------------------------------------------------------------------------- module level
 
+# Volumetric layers (MONAI's default spatial_dims=3, nnU-Net's 3D plans): named in the report, never swapped.
+_THREE_D = (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.AvgPool3d, nn.BatchNorm3d, nn.InstanceNorm3d)
+
+
 def _swap_classes(model, report, roots):
     """The module level, but not inside modules torch.compile captured (their graphs already run the fused ops;
     a new class would make torch.compile capture them again, unfused); ReLU folding only where no graph rewrite
@@ -138,6 +142,9 @@ def _swap_classes(model, report, roots):
     compiled = {id(m) for root in roots["compile"] for m in root.modules()}
     rewritten = compiled | {id(m) for root in roots["fx"] for m in root.modules()}
     for name, module in model.named_modules():
+        if isinstance(module, _THREE_D):
+            report.add_left_alone((f"{name or 'model'} ({type(module).__name__})", "3D: not supported yet"))
+            continue
         entry = _SWAPS.get(type(module))
         if entry is None:
             continue

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import fused_unet
 from tests.conftest import DEVICE
 from tests.test_swap import check_swap, eager_ops, left_alone
 
@@ -108,3 +109,16 @@ def test_smp_encoder_families_swap_or_say_why(encoder):
     report = check_swap(model, x, modes=("eval",), example_input=x)
     assert report.counts().get("upsample+cat+conv+bn+act", 0) >= 1  # the decoder is fused whatever the encoder
     assert all(why for _, why in report.untraced + report.left_alone)
+
+
+def test_a_3d_model_is_left_alone_and_the_report_says_so():
+    torch.manual_seed(0)
+    model = monai_nets.BasicUNet(in_channels=1, out_channels=2, features=(2, 2, 2, 2, 2, 2)).to(DEVICE).eval()  # 3D
+    x = torch.randn(1, 1, 32, 32, 32, device=DEVICE)
+    expected = model(x)
+    _, report = fused_unet.swap(model, x)
+    assert not report.fused and not any(report.swapped.values())
+    three_d = [what for what, why in report.left_alone if why == "3D: not supported yet"]
+    assert sum("(Conv3d)" in what for what in three_d) == 19 and any("(MaxPool3d)" in w for w in three_d)
+    assert any("(ConvTranspose3d)" in w for w in three_d) and any("(InstanceNorm3d)" in w for w in three_d)
+    assert torch.equal(model(x), expected)
