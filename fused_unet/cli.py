@@ -390,7 +390,8 @@ def build_parser():
                                        "OUT/predictions/*_mask.png + *_overlay.png. Under torchrun: DDP, one "
                                        "process per GPU (gloo on CPUs), rank 0 logs and writes.")
     train.add_argument("--data", help="dataset folder (default: the synthetic shapes set, 4 classes)")
-    train.add_argument("--num-classes", type=_positive, default=4)
+    train.add_argument("--num-classes", type=_positive,
+                       help="classes (default: the largest class id in DATA/masks + 1; 4 for the synthetic set)")
     train.add_argument("--size", type=_positive, help="resize images and masks to SIZE x SIZE (default: as they are)")
     train.add_argument("--model", default="unet",
                        help="unet (ours), smp-unet:ENCODER (e.g. smp-unet:resnet34) or monai-basicunet, swapped "

@@ -356,9 +356,11 @@ def _capture_with_compile(module, name, inputs, report):
     original = module.forward
     module.forward = types.MethodType(forward, module)  # a method: copy.deepcopy binds it to the copy
     args, kwargs = inputs
-    for training in (False, True):
+    # Training and eval with autograd, and eval under no_grad (inference): each a graph set of its own, captured
+    # now so that no first call of the user's recompiles.
+    for training, grad in ((False, True), (True, True), (False, False)):
         try:
-            _run(module, module.forward, args, kwargs, training, grad=True)
+            _run(module, module.forward, args, kwargs, training, grad=grad)
         except Exception as error:
             try:
                 _run(module, original, args, kwargs, training)
@@ -770,9 +772,14 @@ class _Rewriter:
         for node in self.graph.nodes:
             if node.op == "call_function" and node.target in _CAT_FUNCTIONS + (F.interpolate,):
                 what = "cat" if node.target in _CAT_FUNCTIONS else "interpolate"
-                self.report.add_left_alone((f"{what} ({self.prefix or 'model'}.{node.name})",
-                                               "not followed by a supported conv (fused: [upsample x2] [+ pad] + "
-                                               "cat([a, b], 1) + conv)"))
+                where = self.name(node) if node.meta.get("nn_module_stack") else \
+                    f"{what} ({self.prefix or 'model'}.{node.name})"
+                if self.functional and any(u.op == "output" for u in node.users):
+                    why = ("its result leaves this torch.compile graph: the code that reads it runs past a graph "
+                           "break, in another graph")
+                else:
+                    why = "not followed by a supported conv (fused: [upsample x2] [+ pad] + cat([a, b], 1) + conv)"
+                self.report.add_left_alone((where, why))
             elif self.module(node, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d) is not None:
                 self.report.add_left_alone((self.name(node), "not an x2 nearest/bilinear up-sampling followed by "
                                                                 "cat + a supported conv"))

@@ -30,19 +30,20 @@ class DataError(ValueError):
     """A file of the dataset cannot be used; the message names it."""
 
 
-def _open_image(path, mode):
+def _open_image(path, mode, what="image"):
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert(mode) if mode else image)
     except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read the image ({error})") from None
+        raise DataError(f"{path}: cannot read the {what} ({error})") from None
 
 
-def load_folder(root, num_classes, size=None):
+def load_folder(root, num_classes=None, size=None):
     """(images [N, 3, H, W] float32 in [0, 1], masks [N, H, W] int64, names) from ``root/images`` and
-    ``root/masks``; every file is checked before anything trains. ``size``: resize to size x size."""
+    ``root/masks``; every file is checked before anything trains (class ids below ``num_classes`` when given).
+    ``size``: resize to size x size."""
     root = Path(root)
     image_dir, mask_dir = root / "images", root / "masks"
     for folder in (image_dir, mask_dir):
@@ -56,12 +57,12 @@ def load_folder(root, num_classes, size=None):
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             raise DataError(f"{mask_path}: missing (the mask of {path})")
-        image, mask = _open_image(path, "RGB"), _open_image(mask_path, None)
+        image, mask = _open_image(path, "RGB"), _open_image(mask_path, None, "mask")
         if mask.ndim != 2:
             raise DataError(f"{mask_path}: a mask must be a single-channel PNG of class ids, got shape {mask.shape}")
         if mask.shape != image.shape[:2]:
             raise DataError(f"{mask_path}: size {mask.shape[::-1]} differs from its image's {image.shape[1::-1]}")
-        if int(mask.max()) >= num_classes:
+        if num_classes is not None and int(mask.max()) >= num_classes:
             raise DataError(f"{mask_path}: class id {int(mask.max())} >= --num-classes {num_classes}")
         image = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
         mask = torch.from_numpy(mask.astype(np.int64))
@@ -107,7 +108,7 @@ def checkpoint_levels(model):
 class TrainConfig:
     out: str = "./fused-unet-train"
     data: str = None
-    num_classes: int = 4
+    num_classes: int = None  # with --data: the largest class id in the masks + 1; the synthetic set has 4
     size: int = None
     model: str = "unet"
     base_channels: int = 16
@@ -192,6 +193,11 @@ def train(config, log=print):
     (train_x, train_y), (val_x, val_y, val_names) = _data(config)
     if config.data is None:
         config = dataclasses.replace(config, num_classes=4)
+    elif config.num_classes is None:
+        largest = max(int(m.max()) for m in (train_y, val_y) if m.numel())
+        config = dataclasses.replace(config, num_classes=largest + 1)
+        if rank == 0:
+            log(f"classes: {largest + 1} (the largest class id in {config.data}/masks + 1; --num-classes sets it)")
     model, report = _model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     amp_dtype = AMP_DTYPES[config.amp]
@@ -279,6 +285,7 @@ def find_max_batch(config, limit=4096, log=print):
     device = _device(config.device, 0)
     if device.type != "cuda":
         raise ValueError("--find-max-batch needs a CUDA GPU (it fills the GPU's memory)")
+    config = dataclasses.replace(config, num_classes=config.num_classes or 4)
     model, _ = _model(config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     amp_dtype, size = AMP_DTYPES[config.amp], config.size or 256

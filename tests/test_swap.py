@@ -293,3 +293,15 @@ def test_report_prints_a_table_and_rejects_non_modules():
     assert "conv+bn+act+maxpool" in text and "concat_conv2d" in text and "classes swapped in" in text
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         fused_unet.swap(lambda x: x)
+
+
+def test_a_torch_compile_capture_needs_no_recompile_for_inference():
+    # swap captures eval under no_grad too: a user's first inference call must not stop to recompile.
+    model = Branchy().to(DEVICE)
+    x = torch.randn(2, 3, 8, 8, device=DEVICE)
+    fused_unet.swap(model, x)
+    compiled_frames = torch._dynamo.utils.counters["frames"]["ok"]
+    with torch.no_grad():
+        model.eval()(x)
+    model.train()(x).sum().backward()
+    assert torch._dynamo.utils.counters["frames"]["ok"] == compiled_frames

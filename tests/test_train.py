@@ -58,7 +58,8 @@ def test_folder_training_and_prediction(tmp_path):
 
 @pytest.mark.parametrize("damage,message", [
     (lambda d: (d / "masks" / "img1.png").unlink(), "img1.png: missing"),
-    (lambda d: (d / "images" / "img2.png").write_bytes(b"garbage"), "img2.png: cannot read"),
+    (lambda d: (d / "images" / "img2.png").write_bytes(b"garbage"), "img2.png: cannot read the image"),
+    (lambda d: (d / "masks" / "img2.png").write_bytes(b"garbage"), "img2.png: cannot read the mask"),
     (lambda d: Image.fromarray(np.full((12, 10), 7, np.uint8), mode="L").save(d / "masks" / "img3.png"),
      "img3.png: class id 7 >= --num-classes 3"),
     (lambda d: Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(d / "masks" / "img4.png"),
@@ -75,6 +76,16 @@ def test_bad_data_is_named_before_anything_is_written(tmp_path, damage, message)
     with pytest.raises(SystemExit, match=re.escape(message)):
         cli.main(["train", "--data", str(data), "--num-classes", "3", "--device", "cpu", "--out", str(out)])
     assert not out.exists()
+
+
+def test_num_classes_comes_from_the_masks_when_not_given(tmp_path):
+    data = _write_folder(tmp_path / "data", classes=3)
+    Image.fromarray(np.full((12, 10), 5, np.uint8), mode="L").save(data / "masks" / "img0.png")
+    lines = []
+    model, _ = train.train(TrainConfig(out=str(tmp_path / "run"), data=str(data), **dict(TINY, size=None)),
+                           log=lines.append)
+    assert model.config["num_classes"] == 6
+    assert any(line.startswith("classes: 6 (the largest class id in") for line in lines)
 
 
 def test_checkpointed_levels_train_exactly_like_plain_ones(tmp_path):
