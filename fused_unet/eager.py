@@ -55,5 +55,8 @@ def upsample_pad(up, height, width, up_mode=None, align_corners=False):
 
 def concat_conv2d(up, skip, weight, bias=None, activation=None, negative_slope=0.01, up_mode=None,
                   align_corners=False, up_first=True):
+    if skip is None:  # the conv of the up-sampled up alone
+        return conv2d(upsample_pad(up, 2 * up.shape[2], 2 * up.shape[3], up_mode, align_corners), weight, bias,
+                      activation, negative_slope)
     up = upsample_pad(up, skip.shape[2], skip.shape[3], up_mode, align_corners)
     return conv2d(torch.cat([up, skip] if up_first else [skip, up], dim=1), weight, bias, activation, negative_slope)

@@ -60,7 +60,7 @@ def _autocast(*tensors):
 
 
 def _split(x, name="x"):
-    """(tensor, scale, shift, activation, negative_slope) of a plain tensor or a Normalized, validated."""
+    """(tensor, scale, shift, activation, negative_slope) of a plain tensor (or None) or a Normalized, validated."""
     if not isinstance(x, Normalized):
         return x, None, None, None, 0.0
     checks.check_pending(name, *x)
@@ -119,7 +119,8 @@ def concat_conv2d(up, skip, weight, bias=None, activation="relu", negative_slope
     ``up_first=False``) without materialising the concatenation or the up-sampled tensor: the kernel reads both
     tensors (plain or Normalized). ``up_mode``: None (``up`` is already up-sampled, e.g. by a transposed conv),
     "nearest" or "bilinear" (x2, ``align_corners`` as in F.interpolate). An up-sampled ``up`` smaller than
-    ``skip`` (odd sizes) is zero-padded centred, like ``F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])``."""
+    ``skip`` (odd sizes) is zero-padded centred, like ``F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])``.
+    ``skip=None``: the conv of the up-sampled ``up`` alone (a decoder step without a skip connection)."""
     return _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, False)
 
 

@@ -184,14 +184,14 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
         grad_up = grad_skip = grad_w = None
         if _needs(ctx, 0, 1, 2, 3, 4, 5):
             grad_cat = _launcher("conv2d_input_grad", dz)(dz, weight)
-            c_up, c_skip = up.shape[1], skip.shape[1]
+            c_up, c_skip = up.shape[1], skip.shape[1] if skip is not None else 0
             if _needs(ctx, 3, 4, 5):
                 grad_skip = grad_cat[:, c_up:] if up_first else grad_cat[:, :c_skip]
             if _needs(ctx, 0, 1, 2):
                 up_channels = slice(0, c_up) if up_first else slice(c_skip, c_skip + c_up)
                 factor = 1 if up_mode is None else 2
                 h_up, w_up = factor * up.shape[2], factor * up.shape[3]
-                top, left = (skip.shape[2] - h_up) // 2, (skip.shape[3] - w_up) // 2
+                top, left = (dz.shape[2] - h_up) // 2, (dz.shape[3] - w_up) // 2
                 grad_up = grad_cat[:, up_channels, top:top + h_up, left:left + w_up]
                 if up_mode is not None:
                     grad_up = _launcher("upsample2x_backward", grad_up)(grad_up, list(up.shape), up_mode,

@@ -35,11 +35,13 @@ conv2d_pool_forward = _op(conv.conv2d_pool_forward,
                           f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}) -> (Tensor, Tensor, Tensor)",
                           lambda x, weight, *rest: conv.conv2d_pool_output(x, weight))
 concat_conv2d_forward = _op(
-    conv.concat_conv2d_forward, f"(Tensor up, Tensor skip, Tensor weight, Tensor? bias, {_ACT}, {_CONCAT}) -> Tensor",
-    lambda up, skip, weight, *rest: conv.conv2d_output(skip, weight))
+    conv.concat_conv2d_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_ACT}, {_CONCAT}) -> Tensor",
+    lambda up, skip, weight, bias, activation, negative_slope, up_mode, *rest:
+    conv.concat_conv2d_output(up, skip, weight, up_mode))
 concat_conv2d_stats_forward = _op(
-    conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor skip, Tensor weight, Tensor? bias, {_CONCAT}) -> "
-    "(Tensor, Tensor)", lambda up, skip, weight, *rest: conv.conv2d_stats_output(skip, weight))
+    conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_CONCAT}) -> "
+    "(Tensor, Tensor)", lambda up, skip, weight, bias, up_mode, *rest:
+    conv.concat_conv2d_stats_output(up, skip, weight, up_mode))
 conv_output_grad = _op(
     grad.conv_output_grad, f"(Tensor grad, Tensor? out, {_ACT}, Tensor? grad_pooled=None, Tensor? argmax=None, "
     "bool bias_grad=False) -> (Tensor, Tensor)", _output_grad_fake)

@@ -659,11 +659,14 @@ class _Rewriter:
         return up._replace(pad=pad, pad_mode=pad_mode, nodes=(*up.nodes, *nodes))
 
     def concatenation(self, conv_node):
-        """The concatenation feeding conv_node (through identities), as (up branch, skip node, up_first, nodes)."""
+        """The concatenation feeding conv_node (through identities), as (up branch, skip node, up_first, nodes); an
+        x2 up-sampling feeding it with no concatenation (a decoder step without a skip) has skip None."""
         node, between = conv_node.args[0], []
         while self.passthrough(node) and len(node.users) == 1:
             between.append(node)
             node = node.args[0]
+        if (up := self.upsampling(node)) is not None:
+            return up, None, True, [*up.nodes, *between[::-1]]
         if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or len(self.data_users(node)) != 1:
             return None
         tensors, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
@@ -722,7 +725,8 @@ class _Rewriter:
                     act, up_first=up_first, up_mode=up.up_mode, align_corners=up.align_corners, size=up.size,
                     pad=up.pad, pad_mode=up.pad_mode, interpolate=up.interpolate,
                     upsampler=self.attr(up.upsampler, first)))
-                pattern = "+".join(["upsample"] * (up.up_mode is not None) + ["pad"] * (up.pad is not None) + ["cat"])
+                pattern = "+".join(["upsample"] * (up.up_mode is not None) + ["pad"] * (up.pad is not None) +
+                                   ["cat"] * (skip is not None))
                 self.report.add_fusion(pattern + "+conv" + suffix, "concat_conv2d",
                                        tuple(self.name(n) for n in extra) + tuple(parts))
             elif pool is not None:
@@ -876,14 +880,14 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
                        pad, pad_mode, interpolate, upsampler):
     """The concatenating conv where the run-time sizes are those the kernel handles (an x2 up-sampling, a centred
     zero pad to the skip's size), else the original ops."""
-    fits = not (fnn.input_unsupported(up, "up") or fnn.input_unsupported(skip, "skip"))
+    fits = not (fnn.input_unsupported(up, "up") or skip is not None and fnn.input_unsupported(skip, "skip"))
     if fits:
         factor = 1 if up_mode is None else 2
         up_size = (factor * up.shape[2], factor * up.shape[3])
         if size is not None:
             fits = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
             fits = tuple(int(s) for s in fits) == up_size
-        skip_size = tuple(skip.shape[2:])
+        skip_size = tuple(skip.shape[2:]) if skip is not None else up_size
         if fits and pad is None:
             fits = up_size == skip_size
         elif fits:
@@ -900,7 +904,9 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
         up = F.interpolate(up, **interpolate)
     if pad is not None:
         up = F.pad(up, pad, pad_mode)
-    return _eager_chain(torch.cat([up, skip] if up_first else [skip, up], 1), conv, bn, activation, negative_slope)
+    if skip is not None:
+        up = torch.cat([up, skip] if up_first else [skip, up], 1)
+    return _eager_chain(up, conv, bn, activation, negative_slope)
 
 
 # Fused op -> how many leading arguments are data inputs (which may be pending batch norms).

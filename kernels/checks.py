@@ -89,14 +89,25 @@ def check_conv_transpose2x2(x, weight, bias):
 
 
 def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):
-    """'same' conv of cat([up, skip], 1): up (up-sampled x2 when up_mode is set) fits inside the skip."""
+    """'same' conv of cat([up, skip], 1): up (up-sampled x2 when up_mode is set) fits inside the skip; without a
+    skip (None), the conv of the up-sampled up alone."""
     check_tensor("up", up, 4)
-    check_tensor("skip", skip, 4, dtype_like=up, device_like=up, like_name="up")
+    if skip is not None:
+        check_tensor("skip", skip, 4, dtype_like=up, device_like=up, like_name="up")
     check_tensor("weight", weight, 4, dtype_like=up, device_like=up, like_name="up")
     if up_mode not in UP_MODES:
         raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
     if not isinstance(align_corners, bool):
         raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+    if skip is None:
+        if up_mode is None:
+            raise ValueError("up_mode must be 'nearest' or 'bilinear' when there is no skip (use conv2d otherwise)")
+        if weight.shape[1] != up.shape[1]:
+            raise ValueError(f"weight expects {weight.shape[1]} input channels ([C_out, C_in, k, k]) but up has "
+                             f"{up.shape[1]}")
+        _check_odd_kernel(weight)
+        check_bias(bias, weight.shape[0], up)
+        return
     if skip.shape[0] != up.shape[0]:
         raise ValueError(f"skip has batch {skip.shape[0]} but up has batch {up.shape[0]}")
     factor = 1 if up_mode is None else 2

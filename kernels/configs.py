@@ -223,8 +223,9 @@ LAUNCH_AXES = {
         "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=0), _EVEN, _TAPS, _BIAS, _IN_NORM],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
                                        IN_ACT=0), _EVEN, _TAPS, _BIAS, _ACTS],
+        # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, **_TAPS[0], TWO_SOURCES=True), _EVEN, _UP_MODES, _BIAS,
+            _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=0, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS],

@@ -659,18 +659,41 @@ def conv2d_pool_forward(x, weight, bias=None, activation=None, negative_slope=0.
     return y, pooled, argmax
 
 
+def concat_grid(up, skip, up_mode):
+    """The conv's input grid (N, H, W) of cat([pad(upsample(up)), skip]): the skip's, or without a skip the
+    up-sampled size of up."""
+    if skip is not None:
+        return skip.shape[0], skip.shape[2], skip.shape[3]
+    factor = 1 if up_mode is None else 2
+    return up.shape[0], factor * up.shape[2], factor * up.shape[3]
+
+
 def _concat_sources(up, skip, up_mode, align_corners, up_first, up_norm=None, skip_norm=None):
-    """(source, placement, weight channel offset, norm) of the two halves of cat([up, skip]) (or [skip, up])."""
-    height, width = skip.shape[2], skip.shape[3]
-    c_up, c_skip = up.shape[1], skip.shape[1]
-    return [(up, _placement(up, height, width, up_mode, align_corners), 0 if up_first else c_skip, up_norm),
-            (skip, _placement(skip, height, width), c_up if up_first else 0, skip_norm)]
+    """(source, placement, weight channel offset, norm) of the two halves of cat([up, skip]) (or [skip, up]); of
+    up alone (up-sampled) without a skip."""
+    _, height, width = concat_grid(up, skip, up_mode)
+    up_source = (up, _placement(up, height, width, up_mode, align_corners), 0 if up_first or skip is None else
+                 skip.shape[1], up_norm)
+    if skip is None:
+        return [up_source]
+    return [up_source, (skip, _placement(skip, height, width), up.shape[1] if up_first else 0, skip_norm)]
 
 
 def _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, up_norm, skip_norm, **kwargs):
-    (_, placement, up_off, _), (_, _, skip_off, _) = _concat_sources(up, skip, up_mode, align_corners, up_first)
-    return _implicit_gemm(up, weight, y, pad=weight.shape[2] // 2, placement=placement, skip=skip,
-                          k_offsets=(up_off, skip_off), norm=up_norm, skip_norm=skip_norm, **kwargs)
+    sources = _concat_sources(up, skip, up_mode, align_corners, up_first)
+    k_offsets = tuple(source[2] for source in sources) + (0,) * (2 - len(sources))
+    return _implicit_gemm(up, weight, y, pad=weight.shape[2] // 2, placement=sources[0][1], skip=skip,
+                          k_offsets=k_offsets, norm=up_norm, skip_norm=skip_norm, **kwargs)
+
+
+def concat_conv2d_output(up, skip, weight, up_mode):
+    batch, height, width = concat_grid(up, skip, up_mode)
+    return _empty_channels_last(batch, weight.shape[0], height, width, up)
+
+
+def concat_conv2d_stats_output(up, skip, weight, up_mode):
+    y = concat_conv2d_output(up, skip, weight, up_mode)
+    return y, _stats_output(y)
 
 
 def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative_slope=0.0, up_mode=None,
@@ -678,8 +701,9 @@ def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative
                           skip_shift=None, in_activation=None, in_negative_slope=0.0):
     """conv2d_forward of cat([pad(upsample(up)), skip], 1) (or [skip, up]) without building the concatenation:
     the GEMM's K loop reads the two tensors, up-sampling ``up`` x2 on the fly (``up_mode`` nearest / bilinear)
-    and zero-padding it centred to the skip's size."""
-    return _concat_conv(up, skip, weight, conv2d_output(skip, weight), up_mode, align_corners, up_first,
+    and zero-padding it centred to the skip's size. Without a skip (None): the conv of upsample(up) alone."""
+    return _concat_conv(up, skip, weight, concat_conv2d_output(up, skip, weight, up_mode), up_mode, align_corners,
+                        up_first,
                         _norm(up_scale, up_shift), _norm(skip_scale, skip_shift), bias=bias, activation=activation,
                         negative_slope=negative_slope, **_in_act(in_activation, in_negative_slope))
 
@@ -688,7 +712,7 @@ def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align
                                 up_scale=None, up_shift=None, skip_scale=None, skip_shift=None, in_activation=None,
                                 in_negative_slope=0.0):
     """(y, stats) of concat_conv2d_forward followed by a batch norm (see conv2d_stats_forward)."""
-    y, stats = conv2d_stats_output(skip, weight)
+    y, stats = concat_conv2d_stats_output(up, skip, weight, up_mode)
     _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, _norm(up_scale, up_shift),
                  _norm(skip_scale, skip_shift), bias=bias, stats=stats, **_in_act(in_activation, in_negative_slope))
     return y, stats
@@ -718,11 +742,11 @@ def _in_weight_dtype(dw, weight):
 
 def conv2d_weight_grad(grad, x, weight, skip=None, up_mode=None, align_corners=False, up_first=True, in_scale=None,
                        in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0):
-    """dL/dweight in the weight's dtype of the conv launchers above (``skip`` given: of the concatenating conv with
-    ``x`` as its ``up``), from the prepared output gradient. The input is read as the forward read it, pending
-    batch norms (``in_*``, ``skip_*``) included."""
+    """dL/dweight in the weight's dtype of the conv launchers above (``skip`` or ``up_mode`` given: of the
+    concatenating conv with ``x`` as its ``up``), from the prepared output gradient. The input is read as the
+    forward read it, pending batch norms (``in_*``, ``skip_*``) included."""
     k = weight.shape[2]
-    if skip is None:
+    if skip is None and up_mode is None:
         sources = [(x, _placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))]
     else:
         sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),

@@ -80,8 +80,8 @@ def test_smp_unet(encoder, depth, decoder, size):
     report = check_swap(model, x, example_input=x)
     assert report.traced == [""] and not report.untraced
     patterns = report.counts()
-    # Decoder: nearest x2 F.interpolate + cat + Conv2dReLU, one per skip.
-    assert patterns["upsample+cat+conv+bn+act"] == depth - 1
+    # Decoder: nearest x2 F.interpolate + cat + Conv2dReLU, one per skip; the last block has no skip.
+    assert patterns["upsample+cat+conv+bn+act"] == depth - 1 and patterns["upsample+conv+bn+act"] == 1
     if encoder.startswith("vgg"):  # conv -> BatchNorm2d -> ReLU -> MaxPool2d closes each encoder stage
         assert patterns["conv+bn+act+maxpool"] == depth
     else:  # strided stem / downsampling convs and the 3x3 max-pool stay eager, with reasons

@@ -1,12 +1,13 @@
 """The adjoint of x2 up-sampling (the concatenating conv's backward into ``up``): our gather kernel against
-PyTorch's float64 autograd of F.interpolate, at edge sizes; and whole U-Net training steps that repeat bit for bit
-under torch.use_deterministic_algorithms(True)."""
+PyTorch's float64 autograd of F.interpolate, at edge sizes; the conv of an up-sampled tensor without a skip; and
+whole U-Net training steps that repeat bit for bit under torch.use_deterministic_algorithms(True)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fused_unet
-from tests.conftest import DEVICE, assert_close, make_tensor
+from tests.conftest import DEVICE, DTYPES, assert_close, check_against_float64, make_tensor
+from fused_unet import eager, functional as FF
 from fused_unet.kernels import upsample
 
 MODES = [("nearest", False), ("bilinear", False), ("bilinear", True)]
@@ -23,6 +24,21 @@ def test_upsample_adjoint_matches_float64(up_mode, align_corners, hw, layout):
     out = upsample.upsample2x_backward(grad, list(x.shape), up_mode, align_corners)
     assert_close(out, ref, torch.float32, f"{up_mode} align_corners={align_corners} {hw}")
     assert torch.equal(out, upsample.upsample2x_backward(grad, list(x.shape), up_mode, align_corners))
+
+
+@pytest.mark.parametrize("up_mode,align_corners", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_upsampling_conv_without_a_skip_matches_float64(up_mode, align_corners, dtype, layout):
+    # A decoder step with no skip connection (smp's last block): the conv reads up-sampled x2 up, never stored.
+    up = make_tensor((2, 5, 4, 3), dtype, layout, requires_grad=True)
+    weight = make_tensor((6, 5, 3, 3), dtype, requires_grad=True, scale=0.3)
+    bias = make_tensor((6,), dtype, requires_grad=True)
+    out = check_against_float64(
+        lambda u, w, b: FF.concat_conv2d(u, None, w, b, "relu", up_mode=up_mode, align_corners=align_corners),
+        lambda u, w, b: eager.concat_conv2d(u, None, w, b, "relu", 0.01, up_mode, align_corners),
+        [up, weight, bias], dtype)
+    assert out.shape == (2, 6, 8, 6)
 
 
 def _training_step(options, x, target):
