@@ -438,11 +438,13 @@ _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 _CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
 _NORM_OR_ACT = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU,
                 nn.Mish, nn.Sigmoid, nn.Tanh, nn.ReLU6, nn.LeakyReLU, nn.ReLU)
-_REPLACED_FUNCTIONS = {f.__name__: f for f in (F.pad, F.interpolate, *_CAT_FUNCTIONS)}
+_REPLACED_FUNCTIONS = {f.__name__: f for f in (F.pad, F.interpolate, *_CAT_FUNCTIONS, torch._C._nn.upsample_nearest2d,
+                                                 torch._C._nn.upsample_bilinear2d)}
 # Module types whose calls a torch.compile graph names by the module's path.
 _LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._NormBase, nn.MaxPool2d, nn.Upsample, nn.Dropout,
            nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.Identity)
 _INTERP_PARAMS = list(inspect.signature(F.interpolate).parameters)
+_UPSAMPLE_CALLS = {torch._C._nn.upsample_nearest2d: "nearest", torch._C._nn.upsample_bilinear2d: "bilinear"}
 
 
 class _Rewriter:
@@ -639,6 +641,12 @@ class _Rewriter:
                 return None
             mode, size = kwargs.get("mode", "nearest"), kwargs.get("size")
             scale, align = kwargs.get("scale_factor"), kwargs.get("align_corners")
+        elif node.op == "call_function" and node.target in _UPSAMPLE_CALLS:
+            # F.interpolate as torch.compile may inline it: (input, output_size, [align_corners,] scale_factors).
+            mode = _UPSAMPLE_CALLS[node.target]
+            size, scale = _arg(node, 1, "output_size"), _arg(node, 3 if mode == "bilinear" else 2, "scale_factors")
+            align = _arg(node, 2, "align_corners", False) if mode == "bilinear" else None
+            kwargs = dict(size=size, scale_factor=scale, mode=mode, align_corners=align)
         else:
             return None
         if mode not in ("nearest", "bilinear") or (mode == "nearest" and align):
@@ -774,7 +782,7 @@ class _Rewriter:
 
     def report_leftovers(self):
         for node in self.graph.nodes:
-            if node.op == "call_function" and node.target in _CAT_FUNCTIONS + (F.interpolate,):
+            if node.op == "call_function" and node.target in (*_CAT_FUNCTIONS, F.interpolate, *_UPSAMPLE_CALLS):
                 what = "cat" if node.target in _CAT_FUNCTIONS else "interpolate"
                 where = self.name(node) if node.meta.get("nn_module_stack") else \
                     f"{what} ({self.prefix or 'model'}.{node.name})"

@@ -305,3 +305,33 @@ def test_a_torch_compile_capture_needs_no_recompile_for_inference():
         model.eval()(x)
     model.train()(x).sum().backward()
     assert torch._dynamo.utils.counters["frames"]["ok"] == compiled_frames
+
+
+class UpThenConv(nn.Module):
+    """A decoder step without a skip (smp's last block): up-sample x2, conv + BN + ReLU; in one of three spellings."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+
+    def forward(self, x):
+        if self.spelling == "interpolate":
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        elif self.spelling == "module":
+            x = self.up(x)
+        else:  # F.interpolate as torch.compile graphs of some versions inline it
+            x = torch._C._nn.upsample_bilinear2d(x, None, False, [2.0, 2.0])
+        return self.block(x)
+
+
+@pytest.mark.parametrize("spelling", ["interpolate", "module", "upsample_bilinear2d"])
+def test_an_upsampling_feeding_a_conv_without_a_skip_is_fused(spelling):
+    torch.manual_seed(0)
+    model = UpThenConv(spelling).to(DEVICE)
+    x = torch.randn(2, 3, 5, 4, device=DEVICE)
+    report = check_swap(model, x, example_input=x)
+    assert report.counts() == {"upsample+conv+bn+act": 1}
+    model.eval()
+    assert eager_ops(model, x) == {}
