@@ -40,8 +40,9 @@ def _enable_interpreter_for_cpu_check(device):
         os.environ["TRITON_INTERPRET"] = "1"
 
 
-def _save_grid(path, images, masks, preds):
-    from PIL import Image
+def _save_grid(path, images, masks, preds, class_names):
+    """Rows of image | true mask | predicted mask, with column titles above and a class legend below."""
+    from PIL import Image, ImageDraw
 
     from fused_unet.train import PALETTE
 
@@ -50,7 +51,21 @@ def _save_grid(path, images, masks, preds):
         rgb = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         rows.append(np.concatenate([rgb, PALETTE[mask.numpy()], PALETTE[pred.numpy()]], axis=1))
     grid = np.concatenate(rows, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
+    grid = Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
+    band = 20
+    measure = ImageDraw.Draw(grid)
+    legend_width = sum(15 + int(measure.textlength(name)) + 12 for name in class_names)
+    canvas = Image.new("RGB", (max(grid.width, legend_width), grid.height + 2 * band), "white")
+    canvas.paste(grid, (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, title in enumerate(("image", "true mask", "predicted mask")):
+        draw.text((i * grid.width // 3 + 4, 4), title, fill="black")
+    x, y = 4, grid.height + band + 4
+    for k, name in enumerate(class_names):
+        draw.rectangle([x, y, x + 11, y + 11], fill=tuple(int(c) for c in PALETTE[k % len(PALETTE)]))
+        draw.text((x + 15, y), name, fill="black")
+        x += 15 + int(draw.textlength(name)) + 12
+    canvas.save(path)
 
 
 def _evaluate(model, images, masks, batch_size, num_classes, device):
@@ -150,7 +165,7 @@ def cmd_demo(args):
             result["check"] = {"backend": check_backend, **diff, "ok": ok}
             if not ok:
                 return 1
-    _save_grid(out / "predictions.png", val_x[:6], val_y[:6], preds[:6])
+    _save_grid(out / "predictions.png", val_x[:6], val_y[:6], preds[:6], CLASS_NAMES)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'predictions.png'} (image | true mask | predicted mask) and {out / 'metrics.json'}")
     return 0

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 from fused_unet.cli import build_parser
 from fused_unet.kernels import interpreter_problem
@@ -50,3 +52,19 @@ def test_memory_command_reports_fused_and_eager_bytes():
     assert "fused UNet" in result.stdout and "eager ReferenceUNet" in result.stdout and "norm batch" in result.stdout
     ratio = float(result.stdout.split("fused / eager")[1].split("x")[0])
     assert 0 < ratio <= 0.5
+
+
+def test_the_demo_grid_has_column_titles_and_a_class_legend(tmp_path):
+    from PIL import Image
+
+    from fused_unet.cli import _save_grid
+    from fused_unet.data import CLASS_NAMES
+    from fused_unet.train import PALETTE
+
+    images, masks = torch.rand(2, 3, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    _save_grid(tmp_path / "grid.png", images, masks, masks, CLASS_NAMES)
+    picture = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    assert picture.shape[0] == 2 * 8 * 4 + 40 and picture.shape[1] >= 3 * 8 * 4  # wide enough for the legend
+    assert (picture[:20] < 100).all(axis=2).any()  # dark title text on white
+    legend = picture[-20:].reshape(-1, 3)
+    assert all((legend == PALETTE[k]).all(axis=1).any() for k in range(len(CLASS_NAMES)))
