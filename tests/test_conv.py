@@ -84,11 +84,13 @@ def test_conv2d_empty_batch():
 
 @gpu_only
 def test_conv2d_tf32_follows_cudnn_flag():
+    # No activation: TF32's ~1e-3 rounding flips the ReLU decision of outputs near 0 against float64 (the first GPU
+    # run saw 1-2 such outputs turn 618 input-gradient elements "wrong": the 3x3 x 64 footprint of their gradient).
     x, weight, b = _inputs((2, 64, 16, 16, 64, 3), torch.float32)
     torch.backends.cudnn.allow_tf32 = True
     try:
-        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
-                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, weight, b], "tf32")
+        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b),
+                              lambda x, w, b: eager.conv2d(x, w, b), [x, weight, b], "tf32")
     finally:
         torch.backends.cudnn.allow_tf32 = False
 
