@@ -115,18 +115,23 @@ def _release():
         torch.cuda.empty_cache()
 
 
-def _fits(c, s, batch, device):
+def fits_in_memory(step, optimizer=None):
+    """Whether ``step()`` runs on the GPU without running out of memory; the gradients and cached memory are
+    released either way. The one out-of-memory probe of ``bench`` and ``train --find-max-batch``."""
     try:
-        x, y = make_inputs(s, batch, device, c.channels_last)
-        make_step(c, s, x, y)()
+        step()
         torch.cuda.synchronize()
         return True
     except torch.cuda.OutOfMemoryError:
         return False
     finally:
-        if c.optimizer is not None:
-            c.optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         _release()
+
+
+def _fits(c, s, batch, device):
+    return fits_in_memory(lambda: make_step(c, s, *make_inputs(s, batch, device, c.channels_last))(), c.optimizer)
 
 
 def largest_batch(fits, start, limit):

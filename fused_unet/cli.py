@@ -280,57 +280,21 @@ def cmd_bench(args):
 
 
 def cmd_profile(args):
-    from fused_unet import ReferenceUNet, UNet, candidates, perf
-    from fused_unet.benchmark import DTYPES, matmul_peak_dtype, model_kwargs
+    from fused_unet import perf
 
     s = _bench_settings(args)
-    model_args = model_kwargs(s)
-    batch = s.batch_sizes[0]
-    x = torch.zeros(batch, 3, s.size, s.size, device="meta")  # the cost model needs shapes only
-    costs = perf.layer_costs(ReferenceUNet(**model_args).to("meta"), x, DTYPES[s.dtype])
-    train = s.mode == "train"
-    title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
-             f"{s.dtype}")
     if not torch.cuda.is_available():
         print("No CUDA GPU here: the FLOP / byte model alone (no times). Bytes are what a fused kernel must move "
               "(input + weights + output); training counts backward as 2x forward.")
-        print(perf.format_profile(perf.profile_table(costs, train=train), title))
+        title, rows = perf.cost_model(s)
+        print(perf.format_profile(rows, title))
         return 0
-    device = torch.device("cuda")
-    peak_tflops = perf.matmul_peak_tflops(device, matmul_peak_dtype(s))
-    peak_gbps = perf.copy_peak_gbps(device)
-    amp = DTYPES[s.dtype] if s.dtype != "fp32" else None
-    report = dict(gpu=perf.gpu_info(device), torch=torch.__version__, matmul_peak_tflops=peak_tflops,
-                  copy_peak_gbps=peak_gbps, settings=dataclasses.asdict(s), models={})
-    print(f"{report['gpu']['name']}: matmul peak {peak_tflops:.0f} TFLOP/s, copy {peak_gbps:.0f} GB/s")
-    for name, cls in (("fused", UNet), ("eager-cl-amp", ReferenceUNet)):
-        torch.manual_seed(0)
-        model = cls(*model_args).to(device, memory_format=torch.channels_last)
-        xd = torch.randn(batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
-        yd = torch.randint(0, 2, (batch, s.size, s.size), device=device)
-        times = perf.profile_layers(model, xd, yd, amp)
-        rows = perf.profile_table(costs, times, peak_tflops, peak_gbps, train=train)
-        print("\n" + perf.format_profile(rows, f"{name}: {title}"))
-        report["models"][name] = rows
-        if name == "fused":
-            report["backward_choices"] = candidates.chosen()
-            print("backward GEMMs, chosen by timing (our Triton kernel or aten / cuDNN):")
-            for key, choice in report["backward_choices"].items():
-                print(f"  {key}: {choice}")
-        if args.trace:
-            trace = Path(args.trace).with_suffix(f".{name}.json")
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
-                perf.profile_layers(model, xd, yd, amp, steps=1)
-            prof.export_chrome_trace(str(trace))
-            print(f"wrote Chrome trace {trace}")
+    report = perf.profile(s, trace=args.trace)
     if args.doctor_json:
-        static = json.loads(Path(args.doctor_json).read_text())
         print("\nstatic report (fused-unet doctor) of the kernels the fused model launches:")
-        for r in static.get("results", []):
-            if r.get("ok") and r["variant"] == 0 and r["arch"] == report["gpu"]["capability"] and r["dtype"] == s.dtype:
-                print(f"  {r['kernel']}/{r['site']} [{r['config_text']}]: {r['regs']} regs, "
-                      f"{r['shared_bytes'] / 1024:.0f} KiB smem, {r['blocks_per_sm']} blocks/SM, mma {r['mma']}")
+        for line in perf.static_lines(json.loads(Path(args.doctor_json).read_text()), report["gpu"]["capability"],
+                                      s.dtype):
+            print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
@@ -338,9 +302,9 @@ def cmd_profile(args):
 
 
 def _add_unet_args(parser):
-    from fused_unet.models import UP_MODES
+    from fused_unet.kernels.codes import DECODER_UP_MODES
 
-    parser.add_argument("--up-mode", choices=UP_MODES, default="transpose", help="decoder up-sampling")
+    parser.add_argument("--up-mode", choices=DECODER_UP_MODES, default="transpose", help="decoder up-sampling")
     parser.add_argument("--norm", choices=("none", "batch"), default="none", help="BatchNorm after every 3x3 conv")
 
 

@@ -4,6 +4,8 @@ What is saved is the least backward needs, and never a copy: the activation's ou
 sign is the mask), the pool's 1-byte argmax, a virtual concatenation's two sources (which exist anyway) and,
 for an input whose batch norm + activation are pending (read through ``in_scale``, ``in_shift``), the pre-norm
 tensor itself: the normalised one is recomputed by the kernels that need it, never stored."""
+from typing import Callable, NamedTuple
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -16,15 +18,21 @@ def _traced(like):
     return torch.compiler.is_compiling() or like.device.type == "meta"
 
 
-def _launcher(name, like):
-    """The launcher ``name``; while torch.compile traces, or for meta tensors like ``like``, its custom-op twin in
-    fused_unet.ops (opaque to the tracer; shape-only on meta tensors)."""
-    if _traced(like):
-        return getattr(ops, name)
-    for module in (conv, grad, pool, norm, upsample):
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise AttributeError(name)
+def _launch(launcher, like):
+    """``launcher`` (a fused_unet.kernels function) itself; while torch.compile traces, or for meta tensors like
+    ``like``, its custom-op twin (opaque to the tracer; shape-only on meta tensors)."""
+    return ops.custom_op(launcher) if _traced(like) else launcher
+
+
+class _Gemms(NamedTuple):
+    """The backward GEMM launchers of a conv-like op, and how aten's convolution_backward computes the same."""
+    input_grad: Callable
+    weight_grad: Callable
+    transposed: bool  # aten: a 2x2 stride-2 transposed conv, else a stride-1 'same' conv
+
+
+_CONV = _Gemms(conv.conv2d_input_grad, conv.conv2d_weight_grad, transposed=False)
+_CONV_TRANSPOSE = _Gemms(conv.conv_transpose2x2_input_grad, conv.conv_transpose2x2_weight_grad, transposed=True)
 
 
 def _needs(ctx, *indices):
@@ -36,7 +44,7 @@ def _through_pending_norm(ctx, grad_z, x, scale, shift, index):
     act(x * scale + shift) when its batch norm was pending (inputs ``index``, ``index + 1``, ``index + 2``)."""
     if grad_z is None or scale is None:
         return grad_z, None, None
-    dx, dscale, dshift = _launcher("batch_norm_act_input_grad", grad_z)(grad_z, x, scale, shift, *ctx.in_act)
+    dx, dscale, dshift = _launch(norm.batch_norm_act_input_grad, grad_z)(grad_z, x, scale, shift, *ctx.in_act)
     return dx if ctx.needs_input_grad[index] else None, dscale, dshift
 
 
@@ -56,11 +64,11 @@ class Conv2dBiasAct(torch.autograd.Function):
                 in_negative_slope, stats):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
         if stats:
-            y, workspace = _launcher("conv2d_stats_forward", x)(x, weight, bias, *pending)
+            y, workspace = _launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending)
             ctx.mark_non_differentiable(workspace)
             result = y, workspace
         else:
-            y = result = _launcher("conv2d_forward", x)(x, weight, bias, activation, negative_slope, *pending)
+            y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
               in_activation=in_activation, in_negative_slope=in_negative_slope)
         return result
@@ -68,7 +76,7 @@ class Conv2dBiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
-        return (*_one_source_backward(ctx, grad_y, "conv2d"), None, None, None, None, None)
+        return (*_one_source_backward(ctx, grad_y, _CONV), None, None, None, None, None)
 
 
 def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
@@ -79,52 +87,51 @@ def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
     if out is None and grad_pooled is None and not bias_grad and \
             grad_y.is_contiguous(memory_format=torch.channels_last):
         return grad_y, None
-    dz, db = _launcher("conv_output_grad", grad_y)(grad_y, out, *ctx.act, grad_pooled, argmax, bias_grad)
+    dz, db = _launch(grad.conv_output_grad, grad_y)(grad_y, out, *ctx.act, grad_pooled, argmax, bias_grad)
     return dz, (db if bias_grad else None)
 
 
-def _aten_backward(dz, x, weight, prefix, output_mask):
-    """aten's convolution_backward of the op ``prefix`` (conv2d: stride 1, 'same'; conv_transpose2x2: stride 2)."""
-    transposed = prefix == "conv_transpose2x2"
+def _aten_backward(dz, x, weight, gemms, output_mask):
+    """aten's convolution_backward of the op of ``gemms`` (conv2d: stride 1, 'same'; conv_transpose2x2: stride 2)."""
     k = weight.shape[2]
-    stride, padding = ([2, 2], [0, 0]) if transposed else ([1, 1], [k // 2, k // 2])
-    return torch.ops.aten.convolution_backward(dz, x, weight, None, stride, padding, [1, 1], transposed, [0, 0], 1,
-                                               output_mask)
+    stride, padding = ([2, 2], [0, 0]) if gemms.transposed else ([1, 1], [k // 2, k // 2])
+    return torch.ops.aten.convolution_backward(dz, x, weight, None, stride, padding, [1, 1], gemms.transposed, [0, 0],
+                                               1, output_mask)
 
 
-def _input_grad(prefix, dz, x, weight):
+def _input_grad(gemms, dz, x, weight):
     """dL/dx from the prepared gradient: our kernel, or aten's where it is faster (fused_unet.candidates)."""
     def triton():
-        return _launcher(f"{prefix}_input_grad", dz)(dz, weight)
+        return _launch(gemms.input_grad, dz)(dz, weight)
 
     if _traced(dz):
         return triton()
-    return candidates.run(f"{prefix}_input_grad", (dz, weight), dict(
-        triton=triton, aten=lambda: _aten_backward(dz, x, weight, prefix, [True, False, False])[0]))
+    return candidates.run(gemms.input_grad.__name__, (dz, weight), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [True, False, False])[0]))
 
 
-def _weight_grad(prefix, dz, x, weight, **pending):
+def _weight_grad(gemms, dz, x, weight, **pending):
     """dL/dweight from the prepared gradient: our kernel, or aten's (x as stored: no pending norm) where faster."""
     def triton():
-        return _launcher(f"{prefix}_weight_grad", dz)(dz, x, weight, **pending)
+        return _launch(gemms.weight_grad, dz)(dz, x, weight, **pending)
 
     if _traced(dz) or pending.get("in_scale") is not None:
         return triton()
-    return candidates.run(f"{prefix}_weight_grad", (dz, x), dict(
-        triton=triton, aten=lambda: _aten_backward(dz, x, weight, prefix, [False, True, False])[1]))
+    return candidates.run(gemms.weight_grad.__name__, (dz, x), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [False, True, False])[1]))
 
 
-def _one_source_backward(ctx, grad_y, prefix):
+def _one_source_backward(ctx, grad_y, gemms):
     """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
     weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out)."""
     x, in_scale, in_shift, weight, out = ctx.saved_tensors
     dz, grad_b = _prepared(ctx, grad_y, out, 4)
     grad_z = grad_w = None
     if _needs(ctx, 0, 1, 2):
-        grad_z = _input_grad(prefix, dz, x, weight)
+        grad_z = _input_grad(gemms, dz, x, weight)
     if ctx.needs_input_grad[3]:
         in_activation, in_negative_slope = ctx.in_act
-        grad_w = _weight_grad(prefix, dz, x, weight, in_scale=in_scale, in_shift=in_shift,
+        grad_w = _weight_grad(gemms, dz, x, weight, in_scale=in_scale, in_shift=in_shift,
                               in_activation=in_activation, in_negative_slope=in_negative_slope)
     return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b)
 
@@ -136,7 +143,7 @@ class Conv2dBiasActPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation, negative_slope):
-        y, pooled, argmax = _launcher("conv2d_pool_forward", x)(x, weight, bias, activation, negative_slope)
+        y, pooled, argmax = _launch(conv.conv2d_pool_forward, x)(x, weight, bias, activation, negative_slope)
         _save(ctx, x, weight, argmax, y=y, activation=activation, negative_slope=negative_slope)
         return y, pooled
 
@@ -147,9 +154,9 @@ class Conv2dBiasActPool(torch.autograd.Function):
         dz, grad_b = _prepared(ctx, grad_y, out, 2, grad_pooled, argmax)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad("conv2d", dz, x, weight)
+            grad_x = _input_grad(_CONV, dz, x, weight)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad("conv2d", dz, x, weight)
+            grad_w = _weight_grad(_CONV, dz, x, weight)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -164,11 +171,11 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
         layout = (up_mode, align_corners, up_first)
         pending = (up_scale, up_shift, skip_scale, skip_shift, in_activation, in_negative_slope)
         if stats:
-            y, workspace = _launcher("concat_conv2d_stats_forward", up)(up, skip, weight, bias, *layout, *pending)
+            y, workspace = _launch(conv.concat_conv2d_stats_forward, up)(up, skip, weight, bias, *layout, *pending)
             ctx.mark_non_differentiable(workspace)
             result = y, workspace
         else:
-            y = result = _launcher("concat_conv2d_forward", up)(up, skip, weight, bias, activation, negative_slope,
+            y = result = _launch(conv.concat_conv2d_forward, up)(up, skip, weight, bias, activation, negative_slope,
                                                                  *layout, *pending)
         _save(ctx, up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, y=y, activation=activation,
               negative_slope=negative_slope, in_activation=in_activation, in_negative_slope=in_negative_slope)
@@ -183,7 +190,7 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
         dz, grad_b = _prepared(ctx, grad_y, out, 7)
         grad_up = grad_skip = grad_w = None
         if _needs(ctx, 0, 1, 2, 3, 4, 5):
-            grad_cat = _launcher("conv2d_input_grad", dz)(dz, weight)
+            grad_cat = _launch(conv.conv2d_input_grad, dz)(dz, weight)
             c_up, c_skip = up.shape[1], skip.shape[1] if skip is not None else 0
             if _needs(ctx, 3, 4, 5):
                 grad_skip = grad_cat[:, c_up:] if up_first else grad_cat[:, :c_skip]
@@ -194,10 +201,10 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
                 top, left = (dz.shape[2] - h_up) // 2, (dz.shape[3] - w_up) // 2
                 grad_up = grad_cat[:, up_channels, top:top + h_up, left:left + w_up]
                 if up_mode is not None:
-                    grad_up = _launcher("upsample2x_backward", grad_up)(grad_up, list(up.shape), up_mode,
+                    grad_up = _launch(upsample.upsample2x_backward, grad_up)(grad_up, list(up.shape), up_mode,
                                                                         align_corners)
         if ctx.needs_input_grad[6]:
-            grad_w = _launcher("conv2d_weight_grad", dz)(dz, up, weight, skip, up_mode, align_corners, up_first,
+            grad_w = _launch(conv.conv2d_weight_grad, dz)(dz, up, weight, skip, up_mode, align_corners, up_first,
                                                          up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)
         return (*_through_pending_norm(ctx, grad_up, up, up_scale, up_shift, 0),
                 *_through_pending_norm(ctx, grad_skip, skip, skip_scale, skip_shift, 3),
@@ -210,7 +217,7 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
                 in_negative_slope):
-        y = _launcher("conv_transpose2x2_forward", x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
+        y = _launch(conv.conv_transpose2x2_forward, x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
                                                       in_activation, in_negative_slope)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
               in_activation=in_activation, in_negative_slope=in_negative_slope)
@@ -219,7 +226,7 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        return (*_one_source_backward(ctx, grad_y, "conv_transpose2x2"), None, None, None, None)
+        return (*_one_source_backward(ctx, grad_y, _CONV_TRANSPOSE), None, None, None, None)
 
 
 class MaxPool2x2(torch.autograd.Function):
@@ -228,7 +235,7 @@ class MaxPool2x2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope):
-        y, argmax = _launcher("max_pool2x2_forward", x)(x, in_scale, in_shift, in_activation, in_negative_slope)
+        y, argmax = _launch(pool.max_pool2x2_forward, x)(x, in_scale, in_shift, in_activation, in_negative_slope)
         pending = (x, in_scale, in_shift) if in_scale is not None else (None, None, None)
         ctx.save_for_backward(argmax, *pending)
         ctx.input_shape = list(x.shape)
@@ -239,7 +246,7 @@ class MaxPool2x2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         argmax, x, in_scale, in_shift = ctx.saved_tensors
-        grad_z = _launcher("max_pool2x2_backward", grad_y)(grad_y, argmax, ctx.input_shape)
+        grad_z = _launch(pool.max_pool2x2_backward, grad_y)(grad_y, argmax, ctx.input_shape)
         return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None)
 
 

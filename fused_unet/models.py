@@ -6,8 +6,7 @@ from torch import nn
 
 from fused_unet import eager
 from fused_unet import nn as fnn
-
-UP_MODES = ("transpose", "bilinear", "nearest")
+from fused_unet.kernels.codes import DECODER_UP_MODES
 
 
 class ConvBlock(nn.Module):
@@ -43,8 +42,8 @@ class _UNetBase(nn.Module):
                             ("base_channels", base_channels), ("depth", depth)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if up_mode not in UP_MODES:
-            raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}")
+        if up_mode not in DECODER_UP_MODES:
+            raise ValueError(f"up_mode must be one of {DECODER_UP_MODES}, got {up_mode!r}")
         if activation not in ("relu", "leaky_relu"):
             raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
         if norm not in (None, "batch"):

@@ -16,7 +16,7 @@ from torch import nn
 
 from fused_unet import eager, functional
 from fused_unet.functional import Normalized
-from fused_unet.kernels.checks import ACTIVATIONS, SUPPORTED_DTYPES, UP_MODES
+from fused_unet.kernels.checks import ACTIVATIONS, SUPPORTED_DTYPES, UP_MODES  # the codes' names
 
 NORMS = (None, "batch")
 

@@ -7,10 +7,19 @@ import torch
 from fused_unet.kernels import conv, grad, norm, pool, upsample
 
 
+_CUSTOM_OPS = {}
+
+
 def _op(launcher, schema, fake):
     op = torch.library.custom_op(f"fused_unet::{launcher.__name__}", launcher, mutates_args=(), schema=schema)
     op.register_fake(fake)
+    _CUSTOM_OPS[launcher] = op
     return op
+
+
+def custom_op(launcher):
+    """The custom op of a launcher (a fused_unet.kernels function)."""
+    return _CUSTOM_OPS[launcher]
 
 
 def _weight_grad_fake(grad_out, x, weight, *args, **kwargs):

@@ -1,6 +1,8 @@
 """Performance model and measurement helpers shared by ``fused-unet bench`` and ``fused-unet profile``:
 a per-layer FLOP / byte model, GPU timing with CUDA events, and peak probes (matmul TFLOP/s, copy GB/s)."""
+import dataclasses
 import statistics
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -199,3 +201,70 @@ def format_profile(rows, title):
                  f"{total_flops / max(total_bytes, 1):>7.1f}" + (f" {sum(r['fwd_ms'] for r in rows):>7.3f} "
                                                                  f"{sum(r['bwd_ms'] for r in rows):>7.3f}" if timed else ""))
     return "\n".join(lines)
+
+
+def _costs(s):
+    """(title, per-layer costs) of one step of the U-Net of benchmark settings ``s`` (shapes only)."""
+    from fused_unet.benchmark import DTYPES, model_kwargs
+    from fused_unet.models import ReferenceUNet
+
+    batch = s.batch_sizes[0]
+    x = torch.zeros(batch, 3, s.size, s.size, device="meta")  # the cost model needs shapes only
+    title = (f"U-Net base {s.base_channels}, depth {s.depth}, {s.size}x{s.size}, batch {batch}, {s.mode}, "
+             f"{s.dtype}")
+    return title, layer_costs(ReferenceUNet(**model_kwargs(s)).to("meta"), x, DTYPES[s.dtype])
+
+
+def cost_model(s):
+    """(title, rows of profile_table without times) of benchmark settings ``s``: no GPU needed."""
+    title, costs = _costs(s)
+    return title, profile_table(costs, train=s.mode == "train")
+
+
+def profile(s, trace=None, log=print):
+    """``fused-unet profile`` on a CUDA GPU: every conv / transposed conv / pool of one step of the fused and the
+    eager-cl-amp U-Net timed with CUDA events, beside its FLOPs, bytes and % of roofline (from the measured matmul
+    peak and copy bandwidth); ``trace``: also a Chrome trace per model (FILE.<model>.json). Returns the report."""
+    from fused_unet import candidates
+    from fused_unet.benchmark import DTYPES, matmul_peak_dtype, model_kwargs
+    from fused_unet.models import ReferenceUNet, UNet
+
+    batch = s.batch_sizes[0]
+    title, costs = _costs(s)
+    device = torch.device("cuda")
+    peak_tflops = matmul_peak_tflops(device, matmul_peak_dtype(s))
+    peak_gbps = copy_peak_gbps(device)
+    amp = DTYPES[s.dtype] if s.dtype != "fp32" else None
+    report = dict(gpu=gpu_info(device), torch=torch.__version__, matmul_peak_tflops=peak_tflops,
+                  copy_peak_gbps=peak_gbps, settings=dataclasses.asdict(s), models={})
+    log(f"{report['gpu']['name']}: matmul peak {peak_tflops:.0f} TFLOP/s, copy {peak_gbps:.0f} GB/s")
+    for name, cls in (("fused", UNet), ("eager-cl-amp", ReferenceUNet)):
+        torch.manual_seed(0)
+        model = cls(**model_kwargs(s)).to(device, memory_format=torch.channels_last)
+        xd = torch.randn(batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
+        yd = torch.randint(0, 2, (batch, s.size, s.size), device=device)
+        rows = profile_table(costs, profile_layers(model, xd, yd, amp), peak_tflops, peak_gbps,
+                             train=s.mode == "train")
+        log("\n" + format_profile(rows, f"{name}: {title}"))
+        report["models"][name] = rows
+        if name == "fused":
+            report["backward_choices"] = candidates.chosen()
+            log("backward GEMMs, chosen by timing (our Triton kernel or aten / cuDNN):")
+            for key, choice in report["backward_choices"].items():
+                log(f"  {key}: {choice}")
+        if trace:
+            path = Path(trace).with_suffix(f".{name}.json")
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
+                profile_layers(model, xd, yd, amp, steps=1)
+            prof.export_chrome_trace(str(path))
+            log(f"wrote Chrome trace {path}")
+    return report
+
+
+def static_lines(doctor_report, capability, dtype_name):
+    """One line per kernel of a ``fused-unet doctor --json`` report at its U-Net variant on this GPU and dtype."""
+    return [f"  {r['kernel']}/{r['site']} [{r['config_text']}]: {r['regs']} regs, {r['shared_bytes'] / 1024:.0f} KiB "
+            f"smem, {r['blocks_per_sm']} blocks/SM, mma {r['mma']}"
+            for r in doctor_report.get("results", [])
+            if r.get("ok") and r["variant"] == 0 and r["arch"] == capability and r["dtype"] == dtype_name]

@@ -280,7 +280,7 @@ def load_checkpoint(path, device):
 def find_max_batch(config, limit=4096, log=print):
     """The largest training batch at ``config.size`` that fits on this CUDA GPU (doubling, then bisection),
     with the model, AMP, channels_last and checkpointing options of ``config``."""
-    from fused_unet.benchmark import largest_batch
+    from fused_unet.benchmark import fits_in_memory, largest_batch
 
     device = _device(config.device, 0)
     if device.type != "cuda":
@@ -290,21 +290,13 @@ def find_max_batch(config, limit=4096, log=print):
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     amp_dtype, size = AMP_DTYPES[config.amp], config.size or 256
 
-    def fits(batch):
-        try:
-            x = torch.rand(batch, 3, size, size, device=device)
-            y = torch.randint(0, config.num_classes, (batch, size, size), device=device)
-            _loss(model, x, y, amp_dtype).backward()
-            optimizer.step()
-            torch.cuda.synchronize()
-            return True
-        except torch.cuda.OutOfMemoryError:
-            return False
-        finally:
-            optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
+    def step(batch):
+        x = torch.rand(batch, 3, size, size, device=device)
+        y = torch.randint(0, config.num_classes, (batch, size, size), device=device)
+        _loss(model, x, y, amp_dtype).backward()
+        optimizer.step()
 
-    batch = largest_batch(fits, 1, limit)
+    batch = largest_batch(lambda batch: fits_in_memory(lambda: step(batch), optimizer), 1, limit)
     log(f"largest batch at {size}x{size}: {batch}")
     return batch
 

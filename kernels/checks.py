@@ -1,14 +1,16 @@
 """Argument validation shared by the launchers and the eager fallback (plain PyTorch, no Triton)."""
 import torch
 
+from . import codes
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Inside the kernels pixel indices are int32 (N*H*W <= 2^31 - 1) and so are offsets within one input image;
 # offsets into outputs and output gradients are int64 (a 3 -> 64 conv at 8192^2 writes 4.3e9 elements per image).
 MAX_INT32 = 2**31 - 1
 
 
-ACTIVATIONS = (None, "relu", "leaky_relu")
-UP_MODES = (None, "nearest", "bilinear")
+ACTIVATIONS = tuple(codes.ACTIVATIONS)
+UP_MODES = tuple(codes.UP_MODES)
 
 
 def check_tensor(name, t, ndim, *, dtype_like=None, device_like=None, like_name="the input x"):

@@ -10,6 +10,7 @@ import os
 import triton
 
 from . import interpreter_problem, interpreter_requested
+from .codes import Act, UpMode
 
 INTERPRETED = interpreter_requested()
 # FUSED_UNET_TUNE=K: each launch takes its K-th registered config that fits (the last if fewer) instead of timing
@@ -98,7 +99,7 @@ STATS_ROWS = 64
 
 # The up-sampling adjoint's gather window per UP_MODE: the up-sampled positions that can read one source index
 # (nearest 2; bilinear 2i-1 .. 2i+2; bilinear with align_corners up to 2 / SCALE + 1 <= 7, one more for rounding).
-UPSAMPLE_WINDOWS = {1: 2, 2: 4, 3: 8}
+UPSAMPLE_WINDOWS = {UpMode.NEAREST: 2, UpMode.BILINEAR: 4, UpMode.BILINEAR_ALIGN_CORNERS: 8}
 
 
 def even_k(block_k, *channels):
@@ -139,7 +140,7 @@ def fits(cfg, flags, cc=90):
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
     if cc < 90 and (acc > 64 or a > 32):
         return False
-    if flags.get("UP_MODE", 0) >= 2:
+    if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
     return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
 
@@ -200,17 +201,21 @@ def _fixed(**flags):
 _TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0)]
 _EVEN = [dict(EVEN_K=False), dict(EVEN_K=True)]
 _BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
-_ACTS = [dict(ACT=2), dict(ACT=1), dict(ACT=0)]
-_UP_MODES = [dict(UP_MODE=3), dict(UP_MODE=2), dict(UP_MODE=1), dict(UP_MODE=0)]
-_IN_ACTS = [dict(IN_ACT=2), dict(IN_ACT=1), dict(IN_ACT=0)]
+# Codes as the plain ints the launchers pass, heaviest first.
+_NO_ACT, _NO_UP = int(Act.NONE), int(UpMode.NONE)
+_ACT_CODES = [int(a) for a in (Act.LEAKY_RELU, Act.RELU, Act.NONE)]
+_ACTS = [dict(ACT=a) for a in _ACT_CODES]
+_UP_MODES = [dict(UP_MODE=int(m))
+             for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
+_IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
 # A source read with its pending batch norm + activation, or as stored.
-_IN_NORM = [dict(NORM_INPUT=True, IN_ACT=act) for act in (2, 1, 0)] + [dict(NORM_INPUT=False, IN_ACT=0)]
+_IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
 # The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
 _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 _FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
-_ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=0, NORM_INPUT2=False)
-_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=False, NORM_INPUT=False, IN_ACT=0,
-                   **_ONE_SOURCE)
+_ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
+_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
+                   IN_ACT=_NO_ACT, **_ONE_SOURCE)
 
 # The constexpr specialisations the launchers produce, per kernel and launch site, as axes of choices (heaviest
 # first): the ahead-of-time compile check (fused-unet doctor) compiles every choice of every axis, one at a time
@@ -220,13 +225,14 @@ _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=0, FUSE_POOL=False, STATS=F
 LAUNCH_AXES = {
     "conv2d_implicit_gemm": {
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=0), _EVEN, _TAPS, _BIAS, _IN_NORM],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
+                                 _IN_NORM],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
-                                       IN_ACT=0), _EVEN, _TAPS, _BIAS, _ACTS],
+                                       IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
             _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
-            [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=0, STATS=True)],
+            [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS],
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS],
@@ -237,14 +243,15 @@ LAUNCH_AXES = {
     "conv2d_weight_grad": {
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
         "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT],
-        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=0), _IN_NORM,
-                                          _FLAT],
+        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP),
+                                          _IN_NORM, _FLAT],
     },
     "conv_output_grad": {"conv_output_grad": [_ACTS, [dict(POOL_GRAD=True), dict(POOL_GRAD=False)],
                                               [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)]]},
-    "upsample2x_backward": {"upsample2x_backward": [[dict(UP_MODE=mode, WINDOW=window) for mode, window
+    "upsample2x_backward": {"upsample2x_backward": [[dict(UP_MODE=int(mode), WINDOW=window) for mode, window
                                                      in sorted(UPSAMPLE_WINDOWS.items(), reverse=True)]]},
-    "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in (2, 1, 0)] + [dict(NORM=False, ACT=0)]]},
+    "max_pool2x2": {"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] +
+                                            [dict(NORM=False, ACT=_NO_ACT)]]},
     "max_pool2x2_backward": {"max_pool2x2_backward": [[{}]]},
     "batch_norm_act_backward": {"batch_norm_act_input_grad": [_ACTS]},
 }
@@ -255,8 +262,8 @@ HEURISTIC_FLAGS = ("EVEN_K",)
 # role, the site's plain U-Net variant (_PLAIN where an axis offers it) with the overrides given must have at
 # least one registered config whose loop reaches the ceiling, and (``fast_loads``) reads its operands only with
 # 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars.
-_PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=1, NORM_INPUT=False,
-              NORM_INPUT2=False, IN_ACT=0, UP_MODE=0, STATS=False)
+_PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
+              NORM_INPUT2=False, IN_ACT=_NO_ACT, UP_MODE=_NO_UP, STATS=False)
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),
@@ -268,12 +275,12 @@ MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_weight_grad", site="conv2d_weight_grad", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_weight_grad", site="conv_transpose2x2_weight_grad", flags={}, ceiling=0.95,
          fast_loads=True),
-    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=1), ceiling=0.8,
-         fast_loads=False),
-    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=1), ceiling=0.8,
-         fast_loads=False),
-    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=2), ceiling=0.5,
-         fast_loads=False),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=int(Act.RELU)),
+         ceiling=0.8, fast_loads=False),
+    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.NEAREST)),
+         ceiling=0.8, fast_loads=False),
+    dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.BILINEAR)),
+         ceiling=0.5, fast_loads=False),
 ]
 # The median ceiling over every compiled 16-bit GEMM job on sm_90 that the doctor holds.
 MEDIAN_CEILING_TARGET = 0.6

@@ -24,68 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .codes import UpMode, act_code, up_mode_code
+from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
+                     take_larger)
 from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
                       prune_by_precision)
 
 _STATS_ROWS = tl.constexpr(STATS_ROWS)
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-# Activation codes of the ACT / IN_ACT constexprs.
-ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
-# Up-sampling codes of the UP_MODE constexpr: how the first source is read onto the conv's input grid.
-UP_MODES = {None: 0, "nearest": 1, "bilinear": 2, "bilinear_align_corners": 3}
-
-
-@triton.jit
-def _activation(v, NEG_SLOPE, ACT: tl.constexpr):
-    if ACT == 1:
-        v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, like torch.relu
-    elif ACT == 2:
-        v = tl.where(v < 0.0, v * NEG_SLOPE, v)
-    return v
-
-
-@triton.jit
-def _activation_grad(g, out, NEG_SLOPE, ACT: tl.constexpr):
-    """The activation's backward from its saved output (same sign as its input for a slope >= 0)."""
-    if ACT == 1:
-        g = tl.where(out <= 0.0, 0.0, g)  # threshold_backward's rule
-    elif ACT == 2:
-        g = tl.where(out > 0.0, g, g * NEG_SLOPE)  # leaky_relu_backward's rule
-    return g
-
-
-@triton.jit
-def _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The [BLOCK_P pixels, BLOCK_C channels] tile of an elementwise program: (pid_p, pixel offsets, channel
-    offsets, channel mask, tile mask, image, row, column)."""
-    pid_p = tl.program_id(0)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_p < PIXELS)[:, None] & c_ok[None, :]
-    w = offs_p % W
-    h = (offs_p // W) % H
-    return pid_p, offs_p, offs_c, c_ok, mask, (offs_p // (W * H)).to(tl.int64), h, w
-
-
-@triton.jit
-def _fast_div(n, magic, shift):
-    """n // d for 0 <= n < 2**31, from the host's ``fast_divisor(d)``: a multiply-high and a shift instead of the
-    ~20-instruction integer division (Granlund & Montgomery; CUTLASS's FastDivmod)."""
-    n = n.to(tl.uint32)
-    return ((tl.umulhi(n, magic.to(tl.uint32, bitcast=True)) + n) >> shift).to(tl.int32)
-
-
-@triton.jit
-def _linear_source(u, N_SRC, SCALE, ALIGN_CORNERS: tl.constexpr):
-    """PyTorch's bilinear source index for destination index u: (i0, i1, weight of i1)."""
-    uf = u.to(tl.float32)
-    if ALIGN_CORNERS:
-        src = uf * SCALE
-    else:
-        src = tl.maximum((uf + 0.5) * SCALE - 0.5, 0.0)
-    i0 = tl.minimum(src.to(tl.int32), N_SRC - 1)
-    return i0, tl.minimum(i0 + 1, N_SRC - 1), src - i0.to(tl.float32)
 
 
 @triton.jit
@@ -94,7 +40,7 @@ def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr,
     zero where masked (the conv pads the normalised tensor with zeros, not the stored one)."""
     v = tl.load(ptrs, mask=mask, other=0.0)
     if NORM:
-        v = tl.where(mask, _activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT), 0.0)
+        v = tl.where(mask, apply_activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT), 0.0)
     return v
 
 
@@ -119,14 +65,14 @@ def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SC
         scale = 1.0
         shift = 0.0
     base = x_ptr + rows
-    if UP_MODE == 0:
+    if UP_MODE == UP_NONE:
         tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
-    elif UP_MODE == 1:
+    elif UP_MODE == UP_NEAREST:
         tile = _load_normalized((base + (uh >> 1) * sh + (uw >> 1) * sw)[:, None] + chan, mask, scale, shift,
                                 IN_NEG_SLOPE, NORM, IN_ACT)
     else:
-        h0, h1, lh = _linear_source(uh, H_SRC, SCALE_H, UP_MODE == 3)
-        w0, w1, lw = _linear_source(uw, W_SRC, SCALE_W, UP_MODE == 3)
+        h0, h1, lh = linear_source(uh, H_SRC, SCALE_H, UP_MODE == UP_BILINEAR_ALIGN_CORNERS)
+        w0, w1, lw = linear_source(uw, W_SRC, SCALE_W, UP_MODE == UP_BILINEAR_ALIGN_CORNERS)
         # Accumulate corner by corner: one loaded tile alive at a time keeps the registers of the MMA free.
         lw = lw[:, None]
         lh = lh[:, None]
@@ -152,22 +98,15 @@ def _tap_bits(first, LIMIT, TAPS: tl.constexpr):
 
 
 @triton.jit
-def _take_larger(best, arg, v, q):
-    # PyTorch's max-pool scan: a strictly larger value or a NaN takes the window.
-    take = (v > best) | (v != v)
-    return tl.where(take, v, best), tl.where(take, q, arg)
-
-
-@triton.jit
 def _max_pool_rows(v, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Max and argmax (q = dy*2 + dx) over each group of four consecutive rows of a [BLOCK_M, BLOCK_N] tile."""
     v = tl.reshape(tl.permute(tl.reshape(v, (BLOCK_M // 4, 4, BLOCK_N)), (0, 2, 1)), (BLOCK_M // 4, BLOCK_N, 2, 2))
     left, right = tl.split(v)
     q0, q2 = tl.split(left)
     q1, q3 = tl.split(right)
-    best, arg = _take_larger(q0, tl.zeros((BLOCK_M // 4, BLOCK_N), dtype=tl.int32), q1, 1)
-    best, arg = _take_larger(best, arg, q2, 2)
-    return _take_larger(best, arg, q3, 3)
+    best, arg = take_larger(q0, tl.zeros((BLOCK_M // 4, BLOCK_N), dtype=tl.int32), q1, 1)
+    best, arg = take_larger(best, arg, q2, 2)
+    return take_larger(best, arg, q3, 3)
 
 
 @triton.jit
@@ -211,7 +150,7 @@ def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, img, ih0, iw0, 
     rows = img * sxn
     tap_step_h = 0
     tap_step_w = 0
-    if UP_MODE == 0:
+    if UP_MODE == UP_NONE:
         rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
         tap_step_h = sxh
         tap_step_w = sxw
@@ -313,7 +252,7 @@ def conv2d_implicit_gemm_kernel(
             acc, x_ptr=x2_ptr, sxn=s2n, sxc=s2c, sxh=s2h, sxw=s2w, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0,
             m_valid=m_valid, H_SRC=H_IN, W_SRC=W_IN, OFF_H=0, OFF_W=0, H_UP=H_IN, W_UP=W_IN, SCALE_H=1.0,
             SCALE_W=1.0, scale_ptr=in2_scale_ptr, shift_ptr=in2_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
-            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=0, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
+            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
             EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
@@ -329,7 +268,7 @@ def conv2d_implicit_gemm_kernel(
         row_off = img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     if HAS_BIAS:
         acc += tl.load(bias_ptr + chan, mask=n_valid, other=0.0).to(tl.float32)[None, :]
-    acc = _activation(acc, NEG_SLOPE, ACT)
+    acc = apply_activation(acc, NEG_SLOPE, ACT)
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + row_off[:, None] + col_off[None, :], y, mask=m_valid[:, None] & n_valid[None, :])
     if STATS:
@@ -397,9 +336,9 @@ def conv2d_weight_grad_kernel(
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + tl.arange(0, BLOCK_K)
         p_ok = p < p_end
-        q = _fast_div(p, W_MAGIC, W_SHIFT)
+        q = fast_div(p, W_MAGIC, W_SHIFT)
         pw = p - q * W_A
-        img = _fast_div(q, H_MAGIC, H_SHIFT)
+        img = fast_div(q, H_MAGIC, H_SHIFT)
         ph = q - img * H_A
         ih = ph * STRIDE + r - PAD
         iw = pw * STRIDE + s - PAD
@@ -414,7 +353,7 @@ def conv2d_weight_grad_kernel(
                             mask=b_ok_rows[:, None] & b_ok[None, :], other=0.0)
             else:
                 x_rows = img.to(tl.int64) * sxn
-                if UP_MODE == 0:
+                if UP_MODE == UP_NONE:
                     x_rows += uh * sxh + uw * sxw
                 b = _source_tile(x_ptr, rows=x_rows, uh=uh, uw=uw, ok=b_ok_rows, kk=offs_b, k_ok=b_ok, sc=sxc, sh=sxh,
                                  sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
@@ -428,7 +367,8 @@ def conv2d_weight_grad_kernel(
                 a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
                                  kk=offs_a, k_ok=a_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_A, W_SRC=W_A, SCALE_H=1.0,
                                  SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr,
-                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=0, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=False)
+                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT, IN_ACT=IN_ACT,
+                                 EVEN_K=False)
             b = tl.load(g_ptr + ((img * H_B + ih).to(tl.int64) * W_B + iw)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
@@ -438,7 +378,7 @@ def conv2d_weight_grad_kernel(
 
 
 def fast_divisor(d):
-    """(magic, shift) for ``_fast_div`` by d >= 1: magic = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d),
+    """(magic, shift) for ``common.fast_div`` by d >= 1: magic = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d),
     magic passed as the int32 with the same bits."""
     shift = (d - 1).bit_length()
     magic = (2**32 * (2**shift - d)) // d + 1
@@ -464,11 +404,11 @@ def _placement(src, height, width, up_mode=None, align_corners=False):
     h_src, w_src = src.shape[2], src.shape[3]
     factor = 1 if up_mode is None else 2
     h_up, w_up = factor * h_src, factor * w_src
-    mode = UP_MODES["bilinear_align_corners" if up_mode == "bilinear" and align_corners else up_mode]
+    mode = up_mode_code(up_mode, align_corners)
 
     def scale(n_src, n_up):
         # PyTorch's source-index scale for a x2 resize (1 / scale_factor without align_corners).
-        if mode == 3:
+        if mode == UpMode.BILINEAR_ALIGN_CORNERS:
             return (n_src - 1) / (n_up - 1) if n_up > 1 else 0.0
         return 0.5
 
@@ -523,9 +463,9 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         *x.stride(), *_strides(skip), weight.stride(0), weight.stride(3),
         *y.stride(), *_strides(pool_out[0] if pool_out is not None else None),
         KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
-        ACT=ACTIVATIONS[activation], TWO_SOURCES=skip is not None, UP_MODE=up_mode, FUSE_POOL=pool_out is not None,
+        ACT=act_code(activation), TWO_SOURCES=skip is not None, UP_MODE=up_mode, FUSE_POOL=pool_out is not None,
         NORM_INPUT=norm is not None, NORM_INPUT2=skip_norm is not None,
-        IN_ACT=ACTIVATIONS[in_activation if norm is not None or skip_norm is not None else None],
+        IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype),
     )
     return y
@@ -563,8 +503,8 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             g, x, scale, shift, dw, batch, h_a, w_a, h_b, w_b, c_a, c_b, c_b_total, b_off, pix_per_split,
             pixel_bucket(num_pix), *fast_divisor(w_a), *fast_divisor(h_a), *placement, float(in_negative_slope),
             *x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode,
-            NORM_INPUT=norm is not None, IN_ACT=ACTIVATIONS[in_activation if norm is not None else None],
-            FLAT_INPUT=norm is None and up_mode == 0 and _flat(x, g if grad_operand == 1 else x),
+            NORM_INPUT=norm is not None, IN_ACT=act_code(in_activation if norm is not None else None),
+            FLAT_INPUT=norm is None and up_mode == UpMode.NONE and _flat(x, g if grad_operand == 1 else x),
             DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype),
         )
     # Fixed-order reduction of the split workspace: the same bits on every run.

@@ -10,7 +10,9 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation_grad, _pixel_channel_tile, _strides
+from .codes import act_code
+from .common import activation_grad, pixel_channel_tile
+from .conv import _strides
 
 
 @triton.autotune(configs=configs("conv_output_grad"), key=["C"])
@@ -23,7 +25,7 @@ def conv_output_grad_kernel(
 ):
     """dz[p, c] (contiguous [PIXELS, C]) and, with BIAS_GRAD, this program's column sums of dz into its own
     workspace row (summed in a fixed order afterwards: no atomics)."""
-    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     # int64: an output's images may pass 2^31 elements.
     h64 = h.to(tl.int64)
     g = tl.load(g_ptr + (img * sgn + h64 * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask,
@@ -40,7 +42,7 @@ def conv_output_grad_kernel(
     if ACT != 0:
         out = tl.load(out_ptr + (img * son + h64 * soh + w * sow)[:, None] + offs_c[None, :] * soc, mask=mask,
                       other=0.0)
-        g = _activation_grad(g, out.to(tl.float32), NEG_SLOPE, ACT)
+        g = activation_grad(g, out.to(tl.float32), NEG_SLOPE, ACT)
     tl.store(dz_ptr + offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], g.to(dz_ptr.dtype.element_ty), mask=mask)
     if BIAS_GRAD:
         tl.store(partial_ptr + pid_p.to(tl.int64) * C + offs_c, tl.sum(tl.where(mask, g, 0.0), axis=0), mask=c_ok)
@@ -64,7 +66,7 @@ def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_p
     rows = max(1, triton.cdiv(pixels, block_p)) if bias_grad else 1
     partial = torch.zeros((rows, c), device=grad.device, dtype=torch.float32)
     if pixels:
-        act = ACTIVATIONS[activation if out is not None else None]
+        act = act_code(activation if out is not None else None)
         conv_output_grad_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
             grad, out if out is not None else grad, grad_pooled if grad_pooled is not None else grad,
             argmax if argmax is not None else grad, dz, partial, pixels, c, h, w, float(negative_slope),

@@ -11,7 +11,8 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation, _activation_grad, _pixel_channel_tile
+from .codes import act_code
+from .common import activation_grad, apply_activation, pixel_channel_tile
 
 
 def batch_statistics(stats):
@@ -34,14 +35,14 @@ def batch_norm_act_backward_kernel(
 ):
     """With u = y * scale + shift and g = dL/d act(u): dy = act'(u) g scale, and per program the partial sums of
     act'(u) g y (-> dL/dscale) and act'(u) g (-> dL/dshift) into its own workspace row [2, C] (no atomics)."""
-    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
     y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
     scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
     shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
     y = y.to(tl.float32)
-    out = _activation(y * scale + shift, NEG_SLOPE, ACT)
-    g = tl.where(mask, _activation_grad(g.to(tl.float32), out, NEG_SLOPE, ACT), 0.0)
+    out = apply_activation(y * scale + shift, NEG_SLOPE, ACT)
+    g = tl.where(mask, activation_grad(g.to(tl.float32), out, NEG_SLOPE, ACT), 0.0)
     tl.store(dy_ptr + (img * sdn + h * sdh + w * sdw)[:, None] + offs_c[None, :] * sdc,
              (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
     row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c
@@ -66,5 +67,5 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
         batch_norm_act_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]),
                                                      triton.cdiv(c, meta["BLOCK_C"]))](
             grad, y, scale, shift, dy, partial, pixels, c, h, w, float(negative_slope),
-            *grad.stride(), *y.stride(), *dy.stride(), ACT=ACTIVATIONS[activation])
+            *grad.stride(), *y.stride(), *dy.stride(), ACT=act_code(activation))
     return dy, partial[:, 0].sum(0), partial[:, 1].sum(0)

@@ -4,7 +4,8 @@ import triton
 import triton.language as tl
 
 from .configs import configs
-from .conv import ACTIVATIONS, _activation, _take_larger
+from .codes import act_code
+from .common import apply_activation, take_larger
 
 
 @triton.jit
@@ -24,7 +25,7 @@ def _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM
     tensor would be stored, so ties break the same."""
     v = tl.load(base + (q // 2) * sxh + (q % 2) * sxw, mask=valid, other=0.0).to(tl.float32)
     if NORM:
-        v = _activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
+        v = apply_activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
     return v
 
 
@@ -49,7 +50,7 @@ def max_pool2x2_kernel(
     best = _window_value(base, 0, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM, ACT)
     arg = tl.zeros((BLOCK,), dtype=tl.int32)
     for q in tl.static_range(1, 4):
-        best, arg = _take_larger(best, arg, _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr,
+        best, arg = take_larger(best, arg, _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr,
                                                           NORM, ACT), q)
     y_off = img * syn + c * syc + oh * syh + ow * syw
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=valid)
@@ -93,7 +94,7 @@ def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_
         max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
             x, in_scale if norm else x, in_shift if norm else x, y, argmax, total, c, h // 2, w // 2,
             float(in_negative_slope), *x.stride(), *y.stride(), NORM=norm,
-            ACT=ACTIVATIONS[in_activation if norm else None])
+            ACT=act_code(in_activation if norm else None))
     return y, argmax
 
 

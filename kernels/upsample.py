@@ -7,17 +7,18 @@ import triton
 import triton.language as tl
 
 from .configs import UPSAMPLE_WINDOWS, configs
-from .conv import _linear_source, _pixel_channel_tile, _placement
+from .common import UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_tile
+from .conv import _placement
 
 
 @triton.jit
 def _reads(u, i, N_SRC, N_UP, SCALE, UP_MODE: tl.constexpr):
     """The weight with which up-sampled position u (of N_UP) reads source index i (of N_SRC): the forward's own
     index math, so the adjoint is exact; 0 where u is outside [0, N_UP)."""
-    if UP_MODE == 1:
+    if UP_MODE == UP_NEAREST:
         weight = (u // 2 == i).to(tl.float32)
     else:
-        i0, i1, lam = _linear_source(u, N_SRC, SCALE, UP_MODE == 3)
+        i0, i1, lam = linear_source(u, N_SRC, SCALE, UP_MODE == UP_BILINEAR_ALIGN_CORNERS)
         weight = tl.where(i0 == i, 1.0 - lam, 0.0) + tl.where(i1 == i, lam, 0.0)
     return tl.where((u >= 0) & (u < N_UP), weight, 0.0)
 
@@ -25,9 +26,9 @@ def _reads(u, i, N_SRC, N_UP, SCALE, UP_MODE: tl.constexpr):
 @triton.jit
 def _first_reader(i, SCALE, UP_MODE: tl.constexpr):
     """A position at or before the first up-sampled position that reads source index i."""
-    if UP_MODE == 1:
+    if UP_MODE == UP_NEAREST:
         return 2 * i
-    if UP_MODE == 3:
+    if UP_MODE == UP_BILINEAR_ALIGN_CORNERS:
         # align_corners: u * SCALE lands in (i - 1, i + 1); one earlier absorbs the float rounding.
         # SCALE 0 (one source pixel): every position reads it, from 0.
         return tl.where(SCALE > 0.0, ((i - 1).to(tl.float32) / tl.where(SCALE > 0.0, SCALE, 1.0)).to(tl.int32) - 1, 0)
@@ -43,7 +44,7 @@ def upsample2x_backward_kernel(
 ):
     """dx[n, c, i, j] = sum over the WINDOW x WINDOW up-sampled positions from (_first_reader(i), _first_reader(j))
     of g[n, c, u, v] * reads(u, i) * reads(v, j); g is [N, C, H_UP, W_UP], dx [N, C, H, W]."""
-    pid_p, offs_p, offs_c, c_ok, mask, img, i, j = _pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    pid_p, offs_p, offs_c, c_ok, mask, img, i, j = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     u0 = _first_reader(i, SCALE_H, UP_MODE)
     v0 = _first_reader(j, SCALE_W, UP_MODE)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)

@@ -116,3 +116,25 @@ def test_full_benchmarks_only_when_bench_is_named(args, expected):
 
     root = Path(__file__).resolve().parents[1]
     assert _names_bench(SimpleNamespace(invocation_params=SimpleNamespace(args=args, dir=root))) is expected
+
+
+def test_largest_batch_with_the_out_of_memory_probe(monkeypatch):
+    # bench and train --find-max-batch share one probe: an out-of-memory error is "does not fit", and the
+    # gradients are released whether the step fit or not.
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+
+    def step(batch):
+        (weight * batch).sum().backward()
+        if batch > 37:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    assert benchmark.largest_batch(lambda b: benchmark.fits_in_memory(lambda: step(b), optimizer), 1, 1024) == 37
+    assert weight.grad is None
+
+    def broken():
+        raise ValueError("not a memory problem")
+
+    with pytest.raises(ValueError, match="not a memory problem"):  # only running out of memory means "too large"
+        benchmark.fits_in_memory(broken)

@@ -1,0 +1,36 @@
+"""The codes of the kernels' constexpr flags and the names the API gives them: one home for the kernels, their
+launchers and configs, the input checks, the modules, the models and swap. Plain Python (no Triton)."""
+import enum
+
+
+class Act(enum.IntEnum):
+    """ACT / IN_ACT: the activation of a conv's epilogue, or of a pending batch norm applied as a source is read."""
+    NONE = 0
+    RELU = 1
+    LEAKY_RELU = 2
+
+
+class UpMode(enum.IntEnum):
+    """UP_MODE: how a conv's first source is read onto its input grid (x2 up-sampled, or as it is)."""
+    NONE = 0
+    NEAREST = 1
+    BILINEAR = 2
+    BILINEAR_ALIGN_CORNERS = 3
+
+
+# The API's names (None: no activation / not up-sampled).
+ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU}
+UP_MODES = {None: UpMode.NONE, "nearest": UpMode.NEAREST, "bilinear": UpMode.BILINEAR}
+# How a U-Net's decoder up-samples (UNet(up_mode=...)): a 2x2 transposed conv, or an up-sampling the next conv reads.
+DECODER_UP_MODES = ("transpose", "bilinear", "nearest")
+
+
+def act_code(activation):
+    """The ACT / IN_ACT constexpr of an activation name."""
+    return int(ACTIVATIONS[activation])
+
+
+def up_mode_code(up_mode, align_corners=False):
+    """The UP_MODE constexpr of an up-sampling name (bilinear's align_corners is a mode of its own)."""
+    mode = UpMode.BILINEAR_ALIGN_CORNERS if up_mode == "bilinear" and align_corners else UP_MODES[up_mode]
+    return int(mode)
