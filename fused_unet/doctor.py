@@ -101,22 +101,23 @@ def environment():
 
 
 def registry_jobs(archs):
-    """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the one registry in kernels/configs.py."""
-    from fused_unet.kernels import configs
+    """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the config registry (kernels/configs.py)
+    and the compile matrix (kernels/compile_matrix.py)."""
+    from fused_unet.kernels import compile_matrix, configs
 
-    dtypes = [d[0] for d in configs.DTYPE_VARIANTS]
+    dtypes = [d[0] for d in compile_matrix.DTYPE_VARIANTS]
     jobs = []
     for arch in archs:
-        for kernel, sites in configs.LAUNCH_VARIANTS.items():
-            kernel_dtypes = dtypes if kernel in configs.GEMM_KERNELS else [d for d in dtypes if d != "tf32"]
+        for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items():
+            kernel_dtypes = dtypes if kernel in compile_matrix.GEMM_KERNELS else [d for d in dtypes if d != "tf32"]
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
                          for c in range(len(configs.gpu_configs(kernel, d, variants[0], ARCHS[arch])))
                          if (d, c) != ("fp16", 0)]
-        for target in configs.MAIN_LOOP_TARGETS:
-            flags = configs.target_flags(target)
-            variant = configs.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(flags)
+        for target in compile_matrix.MAIN_LOOP_TARGETS:
+            flags = compile_matrix.target_flags(target)
+            variant = compile_matrix.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(flags)
             jobs += [Job(target["kernel"], target["site"], variant, "fp16", c, arch)
                      for c in range(len(configs.gpu_configs(target["kernel"], "fp16", flags, ARCHS[arch])))]
     return list(dict.fromkeys(jobs))
@@ -158,18 +159,18 @@ def _job_launch(job):
     import triton
     import triton.language as tl
 
-    from fused_unet.kernels import configs
+    from fused_unet.kernels import compile_matrix, configs
 
-    variant = configs.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
+    variant = compile_matrix.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
     cfg = configs.gpu_configs(job.kernel, job.dtype, variant, ARCHS[job.arch])[job.config]
-    _, element_type, precision = next(d for d in configs.DTYPE_VARIANTS if d[0] == job.dtype)
+    _, element_type, precision = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == job.dtype)
     fn = kernels()[job.kernel]
     while not isinstance(fn, triton.runtime.JITFunction):  # through @triton.autotune / @triton.heuristics
         fn = fn.fn
     launch = _TYPICAL_LAUNCH[job.kernel]
     constexprs = {**variant, **cfg.kwargs,
                   **{name: 1 for name in launch["ones"]}}
-    if job.kernel in configs.GEMM_KERNELS:
+    if job.kernel in compile_matrix.GEMM_KERNELS:
         constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
     return fn, constexprs, launch["multiples_of_16"], "*" + element_type, cfg
 
@@ -189,7 +190,7 @@ def compile_job(job):
     """Compile one job; return a dict of what was found (never raises)."""
     import triton
 
-    from fused_unet.kernels import configs
+    from fused_unet.kernels import compile_matrix
 
     fn, constexprs, multiples_of_16, tensor_type, cfg = _job_launch(job)
     result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
@@ -200,14 +201,14 @@ def compile_job(job):
         return dict(result, ok=False, error=compiled)
     ptx = compiled.asm["ptx"]
     usage = _resource_usage(compiled.asm["cubin"])
-    if job.kernel in configs.GEMM_KERNELS:
+    if job.kernel in compile_matrix.GEMM_KERNELS:
         result.update(main_loop_report(compiled, cc, job.dtype))
     shared = compiled.metadata.shared + usage.get("shared", 0)
     mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
     blocks, warps = _occupancy(cc, usage.get("reg", 0), cfg.num_warps, shared)
     return dict(result, ok=True, error=None, mma=mma, regs=usage.get("reg"),
                 spill_bytes=usage.get("stack", 0) + usage.get("local", 0), shared_bytes=shared,
-                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in configs.GEMM_KERNELS)
+                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in compile_matrix.GEMM_KERNELS)
 
 
 def _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg):
@@ -332,9 +333,9 @@ def run_aot(archs, jobs=None, progress=None):
 def specialisation_problems(arch, jobs=None):
     """Each launch site's first variant compiled with its specialisable integers equal to 1 (compile_with_ones),
     in worker processes: the problems found, one line each."""
-    from fused_unet.kernels import configs
+    from fused_unet.kernels import compile_matrix
 
-    todo = [Job(kernel, site, 0, "fp32", 0, arch) for kernel, sites in configs.LAUNCH_VARIANTS.items()
+    todo = [Job(kernel, site, 0, "fp32", 0, arch) for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items()
             for site in sites]
     with concurrent.futures.ProcessPoolExecutor(jobs or os.cpu_count() or 1,
                                                 mp_context=multiprocessing.get_context("spawn"),
@@ -375,9 +376,10 @@ def format_table(results):
 
 
 def _target_jobs(results, target, arch):
-    from fused_unet.kernels import configs
+    from fused_unet.kernels import compile_matrix
 
-    variant = configs.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(configs.target_flags(target))
+    variants = compile_matrix.LAUNCH_VARIANTS[target["kernel"]][target["site"]]
+    variant = variants.index(compile_matrix.target_flags(target))
     return [r for r in results if r["ok"] and (r["kernel"], r["site"], r["variant"], r["dtype"], r["arch"]) ==
             (target["kernel"], target["site"], variant, "fp16", arch)]
 
@@ -391,13 +393,13 @@ def _fast(result):
 
 
 def main_loop_verdicts(results):
-    """Per MAIN_LOOP_TARGETS entry (kernels/configs.py): its best sm_90 config, that config's ceiling and whether
+    """Per MAIN_LOOP_TARGETS entry (kernels/compile_matrix.py): its best sm_90 config, that config's ceiling and whether
     the target holds (ceiling, and with ``fast_loads`` 128-bit cp.async/TMA loads and no division on sm_90, 128-bit
     loads and no division on sm_80). Plus the median ceiling over every compiled 16-bit sm_90 GEMM job."""
-    from fused_unet.kernels import configs
+    from fused_unet.kernels import compile_matrix
 
     verdicts = []
-    for target in configs.MAIN_LOOP_TARGETS:
+    for target in compile_matrix.MAIN_LOOP_TARGETS:
         jobs = _target_jobs(results, target, "sm_90")
         eligible = [r for r in jobs if r["ceiling"] is not None and (not target["fast_loads"] or _fast(r))]
         best = max(eligible or jobs, key=lambda r: r["ceiling"] or 0.0, default=None)
@@ -413,9 +415,9 @@ def main_loop_verdicts(results):
                 if r.get("gemm") and r["ok"] and r["arch"] == "sm_90" and r["dtype"] in ("fp16", "bf16")]
     if ceilings:
         median = statistics.median(ceilings)
-        verdicts.append(dict(name=f"median of {len(ceilings)} 16-bit GEMM jobs", target=configs.MEDIAN_CEILING_TARGET,
-                             ok=median >= configs.MEDIAN_CEILING_TARGET, config=None, ceiling=median, headroom=None,
-                             loop=None, loads=None))
+        target = compile_matrix.MEDIAN_CEILING_TARGET
+        verdicts.append(dict(name=f"median of {len(ceilings)} 16-bit GEMM jobs", target=target, ok=median >= target,
+                             config=None, ceiling=median, headroom=None, loop=None, loads=None))
     return verdicts
 
 

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import DEVICE
 import fused_unet
 from fused_unet import doctor, sass
-from fused_unet.kernels import configs
+from fused_unet.kernels import compile_matrix
 
 pytest.importorskip("triton.backends.nvidia")
 
@@ -41,7 +41,7 @@ def test_main_loops_reach_their_tensor_core_ceiling(aot_results):
     # peak, reading its operands with 128-bit cp.async / TMA only and never dividing (where the target asks for
     # fast loads; sm_80: 128-bit loads, no division); and the median over all 16-bit jobs holds.
     verdicts = doctor.main_loop_verdicts(aot_results)
-    assert len(verdicts) == len(configs.MAIN_LOOP_TARGETS) + 1
+    assert len(verdicts) == len(compile_matrix.MAIN_LOOP_TARGETS) + 1
     failed = [v for v in verdicts if not v["ok"]]
     assert not failed, "\n".join(f"{v['name']}: best {v['config']} ceiling {v['ceiling']} (target {v['target']}), "
                                   f"loop {v['loop']}, loads {v['loads']}" for v in failed)
@@ -109,10 +109,10 @@ def _record_launches(monkeypatch):
 def _declared(kernel, launched):
     """Whether a launch's constexprs take, on every axis of some site of ``kernel``, one of the axis's choices."""
     def takes(choice):
-        return all(launched[k] == v for k, v in choice.items() if k not in configs.HEURISTIC_FLAGS)
+        return all(launched[k] == v for k, v in choice.items() if k not in compile_matrix.HEURISTIC_FLAGS)
 
     return any(all(any(takes(choice) for choice in axis) for axis in axes)
-               for axes in configs.LAUNCH_AXES[kernel].values())
+               for axes in compile_matrix.LAUNCH_AXES[kernel].values())
 
 
 @pytest.mark.parametrize("options", [dict(), dict(up_mode="bilinear", norm="batch", activation="leaky_relu")])
@@ -123,7 +123,7 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     model(x).sum().backward()
     model.eval()
     model(x).sum().backward()
-    expected = set(configs.LAUNCH_AXES) - ({"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward"}
+    expected = set(compile_matrix.LAUNCH_AXES) - ({"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward"}
                                            if "norm" not in options else set())
     expected -= {"upsample2x_backward"} if "up_mode" not in options else set()
     assert {name for name, _ in seen} == expected

@@ -1,0 +1,142 @@
+"""The fused callables a rewritten graph calls: each checks its run-time sizes and dtypes and runs the fused op,
+or else the original ops."""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import _pytree
+
+from fused_unet import eager, functional
+from fused_unet import nn as fnn
+
+# The profiler label of the shape-only stand-ins (ops on meta tensors, no data).
+SHAPE_ONLY = "fused_unet.swap: shape only (meta tensors)"
+_CAT_FUNCTIONS = (torch.cat, torch.concat, torch.concatenate)
+_REPLACED_FUNCTIONS = {f.__name__: f for f in (F.pad, F.interpolate, *_CAT_FUNCTIONS, torch._C._nn.upsample_nearest2d,
+                                                 torch._C._nn.upsample_bilinear2d)}
+
+
+def _on_meta(op, *args, **kwargs):
+    """op's output on meta tensors (op: a module, or the name of a function a pattern replaces): the shape of a
+    replaced node for code that reads only its shape."""
+    def meta(value):
+        value = value.y if isinstance(value, functional.Normalized) else value
+        return torch.empty_like(value, device="meta") if isinstance(value, torch.Tensor) else value
+
+    op = _REPLACED_FUNCTIONS[op] if isinstance(op, str) else op
+    with torch.profiler.record_function(SHAPE_ONLY):
+        return op(*_pytree.tree_map(meta, args, is_leaf=lambda v: isinstance(v, functional.Normalized)),
+                  **_pytree.tree_map(meta, kwargs))
+
+
+class _ConvArgs(NamedTuple):
+    """A stride-1 'same' conv of a torch.compile graph: what the fused calls read of an nn.Conv2d."""
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
+
+
+class _BatchNormArgs(NamedTuple):
+    """F.batch_norm's arguments in a torch.compile graph: what the fused calls read of an nn.BatchNorm2d. The graph
+    itself counts num_batches_tracked and turns a momentum of None into this call's factor."""
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    training: bool
+    momentum: float
+    eps: float
+    num_batches_tracked = None
+
+    @property
+    def track_running_stats(self):
+        return self.running_mean is not None
+
+    @property
+    def affine(self):
+        return self.weight is not None
+
+    def forward(self, y):
+        return F.batch_norm(y, *self[:4], self.training, self.momentum, self.eps)
+
+
+def _eager_chain(x, conv, bn, activation, negative_slope):
+    """The original ops of a conv chain, in PyTorch."""
+    x = functional.materialize(x)
+    y = nn.Conv2d.forward(conv, x) if isinstance(conv, nn.Conv2d) else conv.forward(x)
+    if bn is not None:
+        y = nn.BatchNorm2d.forward(bn, y) if isinstance(bn, nn.BatchNorm2d) else bn.forward(y)
+    return eager.activate(y, activation, negative_slope)
+
+
+def _fused_conv_transpose(x, weight, bias):
+    if fnn.input_unsupported(x):
+        return F.conv_transpose2d(functional.materialize(x), weight, bias, stride=2)
+    return functional.conv_transpose2x2(x, weight, bias)
+
+
+def _fused_max_pool(x):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
+        return F.max_pool2d(functional.materialize(x), 2)
+    return functional.max_pool2x2(x)
+
+
+def _fused_conv(x, conv, bn, activation, negative_slope, defer):
+    if fnn.input_unsupported(x):
+        return _eager_chain(x, conv, bn, activation, negative_slope)
+    return fnn.conv_bn_act(x, conv, bn, activation, negative_slope, defer)
+
+
+def _fused_conv_pool(x, conv, bn, activation, negative_slope, defer):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
+        y = _eager_chain(x, conv, bn, activation, negative_slope)
+        return y, F.max_pool2d(y, 2)
+    return fnn.conv_bn_act_pool(x, conv, bn, activation, negative_slope, defer)
+
+
+def _centred_pad(up_size, skip_size):
+    dh, dw = skip_size[0] - up_size[0], skip_size[1] - up_size[1]
+    return [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2]
+
+
+def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up_first, up_mode, align_corners, size,
+                       pad, pad_mode, interpolate, upsampler):
+    """The concatenating conv where the run-time sizes are those the kernel handles (an x2 up-sampling, a centred
+    zero pad to the skip's size), else the original ops."""
+    fits = not (fnn.input_unsupported(up, "up") or skip is not None and fnn.input_unsupported(skip, "skip"))
+    if fits:
+        factor = 1 if up_mode is None else 2
+        up_size = (factor * up.shape[2], factor * up.shape[3])
+        if size is not None:
+            fits = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            fits = tuple(int(s) for s in fits) == up_size
+        skip_size = tuple(skip.shape[2:]) if skip is not None else up_size
+        if fits and pad is None:
+            fits = up_size == skip_size
+        elif fits:
+            amounts = [int(p) for p in pad]
+            fits = min(skip_size[0] - up_size[0], skip_size[1] - up_size[1]) >= 0 and \
+                amounts == _centred_pad(up_size, skip_size) and (pad_mode == "constant" or not any(amounts))
+    if fits:
+        return fnn.concat_conv_bn_act(up, skip, conv, bn, activation, negative_slope, defer, up_mode=up_mode,
+                                      align_corners=align_corners, up_first=up_first)
+    up, skip = functional.materialize(up), functional.materialize(skip)
+    if upsampler is not None:
+        up = upsampler(up)
+    elif up_mode is not None:
+        up = F.interpolate(up, **interpolate)
+    if pad is not None:
+        up = F.pad(up, pad, pad_mode)
+    if skip is not None:
+        up = torch.cat([up, skip] if up_first else [skip, up], 1)
+    return _eager_chain(up, conv, bn, activation, negative_slope)
+
+
+# Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
+_FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
+# Every fused call and its leading data arguments (a pending batch norm may reach them); the last two have no
+# batch norm of their own.
+_DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1}
