@@ -25,8 +25,12 @@ def interpreter_enabled():
     return interpreter_requested()
 
 
+# Looked up once, at import: torch.compile 2.11 cannot trace importlib and broke the graph at every fused op.
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_available():
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def backend(tensor_or_device):
