@@ -130,8 +130,9 @@ def gpu_configs(kernel, dtype_name, flags=None, cc=90):
 def fits(cfg, flags, cc=90):
     """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
-    keeps operand fragments in registers: no tile beyond 64 and 32. Bilinear up-sampling keeps its four corner
-    tiles in registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
+    keeps operand fragments in registers: no tile beyond 64 and 32, and beside a normalised bilinear source no
+    accumulator beyond 32 (Triton 3.6 spilled there). Bilinear up-sampling keeps its four corner tiles in
+    registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
     statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
@@ -141,6 +142,8 @@ def fits(cfg, flags, cc=90):
     if cc < 90 and (acc > 64 or a > 32):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
+        if cc < 90 and flags.get("NORM_INPUT"):
+            return acc <= 32
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
     return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
 
