@@ -95,7 +95,7 @@ def test_smp_unet(encoder, depth, decoder, size):
 # One encoder per smp family that builds offline (encoder_weights=None), small enough for the interpreter: swap either
 # fuses with the unswapped model's outputs and gradients, or leaves a part alone and says why — never an exception.
 # Eval mode: efficientnet's drop-connect and the mix transformer's drop-path draw random numbers in training.
-SMP_ENCODERS = ["efficientnet-b0", "mobilenet_v2", "mit_b0", "tu-resnet10t"]
+SMP_ENCODERS = ["efficientnet-b0", "mobilenet_v2", "mit_b0"]
 
 
 @pytest.mark.parametrize("encoder", SMP_ENCODERS)
@@ -105,7 +105,7 @@ def test_smp_encoder_families_swap_or_say_why(encoder):
     torch.manual_seed(0)
     model = smp.Unet(encoder, encoder_weights=None, classes=2, encoder_depth=3, decoder_channels=(16, 8, 8))
     model = model.to(DEVICE).eval()
-    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
     report = check_swap(model, x, modes=("eval",), example_input=x)
     assert report.counts().get("upsample+cat+conv+bn+act", 0) >= 1  # the decoder is fused whatever the encoder
     assert all(why for _, why in report.untraced + report.left_alone)
