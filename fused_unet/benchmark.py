@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fused_unet import candidates, perf
 from fused_unet.models import ReferenceUNet, UNet
+from fused_unet.utils import error_summary
 
 CONTENDERS = ("fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune", "fused-compile")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -207,8 +208,7 @@ def run(s, device, log=print, contender_done=lambda: None):
                                                    s.max_batch_limit)
                 log(f"{name}: largest batch {entry['max_batch']}")
         except Exception as error:  # one contender failing (compile of custom kernels, OOM) must not stop the rest
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            entry["error"] = f"{type(error).__name__}: {first_line[:300]}"
+            entry["error"] = error_summary(error, 300)
             log(f"{name}: FAILED {entry['error']}")
         finally:
             c = None

@@ -20,6 +20,8 @@ import statistics
 
 import torch
 
+from fused_unet.utils import error_summary
+
 ARCHS = {"sm_90": 90, "sm_80": 80}
 # Per-SM limits used for the occupancy estimate: registers, warps, blocks, shared memory per SM and per block.
 ARCH_LIMITS = {
@@ -234,8 +236,7 @@ def _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg):
         return triton.compile(_ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
     except Exception as error:  # report, never raise: one bad configuration must not hide the others
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"{type(error).__name__}: {first_line[:300]}"
+        return error_summary(error, 300)
 
 
 # Yardsticks compiled beside ours (fused_unet.kernels.reference): a plain Triton GEMM and a plain nested-loop conv.

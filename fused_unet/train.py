@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from fused_unet.utils import error_summary
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Colours per class id, for overlays and the demo's grid (cycled for more classes); the synthetic set's
 # background, disc, square, triangle first.
@@ -270,8 +272,7 @@ def load_checkpoint(path, device):
     except OSError:
         raise
     except Exception as error:  # not a torch file, truncated, or holding objects other than tensors and settings
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{path} is not a readable fused-unet checkpoint ({first_line[:200]})") from error
+        raise ValueError(f"{path} is not a readable fused-unet checkpoint ({error_summary(error)})") from error
     if not isinstance(state, dict) or not {"model", "optimizer", "scaler", "epoch", "config"} <= state.keys():
         raise ValueError(f"{path} is not a fused-unet train checkpoint (no model / optimizer / epoch / config)")
     return state

@@ -1,7 +1,13 @@
-"""Small measurement helpers."""
+"""Small helpers: measurement, and the one-line form of an exception for reports."""
 import contextlib
 
 import torch
+
+
+def error_summary(error, limit=200):
+    """``Type: first line of the message`` (cut to ``limit``) of an exception; the type alone for an empty one."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
 
 
 def saved_activation_bytes(model, x, *, autocast_dtype=None):

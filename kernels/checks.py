@@ -107,20 +107,19 @@ def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):
         if weight.shape[1] != up.shape[1]:
             raise ValueError(f"weight expects {weight.shape[1]} input channels ([C_out, C_in, k, k]) but up has "
                              f"{up.shape[1]}")
-        _check_odd_kernel(weight)
-        check_bias(bias, weight.shape[0], up)
-        return
-    if skip.shape[0] != up.shape[0]:
-        raise ValueError(f"skip has batch {skip.shape[0]} but up has batch {up.shape[0]}")
-    factor = 1 if up_mode is None else 2
-    up_size = (factor * up.shape[2], factor * up.shape[3])
-    if up_size[0] > skip.shape[2] or up_size[1] > skip.shape[3]:
-        raise ValueError(f"up{' up-sampled x2' if factor == 2 else ''} has spatial size {up_size}, larger than the "
-                         f"skip's {tuple(skip.shape[2:])}; it is zero-padded (centred) to the skip's size, not cropped")
-    c_in = up.shape[1] + skip.shape[1]
-    if weight.shape[1] != c_in:
-        raise ValueError(f"weight expects {weight.shape[1]} input channels ([C_out, C_in, k, k]) but up has "
-                         f"{up.shape[1]} and skip {skip.shape[1]} ({c_in} concatenated)")
+    else:
+        if skip.shape[0] != up.shape[0]:
+            raise ValueError(f"skip has batch {skip.shape[0]} but up has batch {up.shape[0]}")
+        factor = 1 if up_mode is None else 2
+        up_size = (factor * up.shape[2], factor * up.shape[3])
+        if up_size[0] > skip.shape[2] or up_size[1] > skip.shape[3]:
+            raise ValueError(f"up{' up-sampled x2' if factor == 2 else ''} has spatial size {up_size}, larger than "
+                             f"the skip's {tuple(skip.shape[2:])}; it is zero-padded (centred) to the skip's size, "
+                             "not cropped")
+        c_in = up.shape[1] + skip.shape[1]
+        if weight.shape[1] != c_in:
+            raise ValueError(f"weight expects {weight.shape[1]} input channels ([C_out, C_in, k, k]) but up has "
+                             f"{up.shape[1]} and skip {skip.shape[1]} ({c_in} concatenated)")
     _check_odd_kernel(weight)
     check_bias(bias, weight.shape[0], up)
 

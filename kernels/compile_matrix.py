@@ -44,7 +44,7 @@ _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, S
 # The constexpr specialisations the launchers produce, per kernel and launch site, as axes of choices (heaviest
 # first): the ahead-of-time compile check (fused-unet doctor) compiles every choice of every axis, one at a time
 # from the heaviest variant (a full product would be thousands of compiles); a test checks that every real launch
-# takes each flag from its axis. Block sizes come from the config lists above and dtypes from DTYPE_VARIANTS.
+# takes each flag from its axis. Block sizes come from the config lists in configs.py and dtypes from DTYPE_VARIANTS.
 # Kernel sizes are shapes, not choices: the U-Net's 3x3 and 1x1 stand for every odd size.
 LAUNCH_AXES = {
     "conv2d_implicit_gemm": {

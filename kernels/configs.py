@@ -18,8 +18,8 @@ INTERPRETED = interpreter_requested()
 # Triton cache before a benchmark autotunes. tests/test_configs.py runs every config anyway.
 TUNE_INDEX = int(os.environ["FUSED_UNET_TUNE"]) if os.environ.get("FUSED_UNET_TUNE", "").isdigit() else None
 
-if INTERPRETED and interpreter_problem():
-    raise RuntimeError(f"{interpreter_problem()} (TRITON_INTERPRET=1 is set)")
+if INTERPRETED and (problem := interpreter_problem()):
+    raise RuntimeError(f"{problem} (TRITON_INTERPRET=1 is set)")
 
 
 def _cfg(num_warps=4, num_stages=3, **blocks):

@@ -378,8 +378,8 @@ def conv2d_weight_grad_kernel(
 
 
 def fast_divisor(d):
-    """(magic, shift) for ``common.fast_div`` by d >= 1: magic = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d),
-    magic passed as the int32 with the same bits."""
+    """(magic, shift) for ``common.fast_div`` by d >= 1: magic = floor(2^32 (2^shift - d) / d) + 1,
+    shift = ceil(log2 d), magic passed as the int32 with the same bits."""
     shift = (d - 1).bit_length()
     magic = (2**32 * (2**shift - d)) // d + 1
     return magic - 2**32 if magic >= 2**31 else magic, shift
@@ -599,7 +599,7 @@ def conv2d_pool_forward(x, weight, bias=None, activation=None, negative_slope=0.
     return y, pooled, argmax
 
 
-def concat_grid(up, skip, up_mode):
+def _concat_grid(up, skip, up_mode):
     """The conv's input grid (N, H, W) of cat([pad(upsample(up)), skip]): the skip's, or without a skip the
     up-sampled size of up."""
     if skip is not None:
@@ -611,7 +611,7 @@ def concat_grid(up, skip, up_mode):
 def _concat_sources(up, skip, up_mode, align_corners, up_first, up_norm=None, skip_norm=None):
     """(source, placement, weight channel offset, norm) of the two halves of cat([up, skip]) (or [skip, up]); of
     up alone (up-sampled) without a skip."""
-    _, height, width = concat_grid(up, skip, up_mode)
+    _, height, width = _concat_grid(up, skip, up_mode)
     up_source = (up, _placement(up, height, width, up_mode, align_corners), 0 if up_first or skip is None else
                  skip.shape[1], up_norm)
     if skip is None:
@@ -627,7 +627,7 @@ def _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, up_norm,
 
 
 def concat_conv2d_output(up, skip, weight, up_mode):
-    batch, height, width = concat_grid(up, skip, up_mode)
+    batch, height, width = _concat_grid(up, skip, up_mode)
     return _empty_channels_last(batch, weight.shape[0], height, width, up)
 
 
@@ -643,9 +643,9 @@ def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative
     the GEMM's K loop reads the two tensors, up-sampling ``up`` x2 on the fly (``up_mode`` nearest / bilinear)
     and zero-padding it centred to the skip's size. Without a skip (None): the conv of upsample(up) alone."""
     return _concat_conv(up, skip, weight, concat_conv2d_output(up, skip, weight, up_mode), up_mode, align_corners,
-                        up_first,
-                        _norm(up_scale, up_shift), _norm(skip_scale, skip_shift), bias=bias, activation=activation,
-                        negative_slope=negative_slope, **_in_act(in_activation, in_negative_slope))
+                        up_first, _norm(up_scale, up_shift), _norm(skip_scale, skip_shift), bias=bias,
+                        activation=activation, negative_slope=negative_slope,
+                        **_in_act(in_activation, in_negative_slope))
 
 
 def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align_corners=False, up_first=True,
@@ -682,15 +682,12 @@ def _in_weight_dtype(dw, weight):
 
 def conv2d_weight_grad(grad, x, weight, skip=None, up_mode=None, align_corners=False, up_first=True, in_scale=None,
                        in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0):
-    """dL/dweight in the weight's dtype of the conv launchers above (``skip`` or ``up_mode`` given: of the
-    concatenating conv with ``x`` as its ``up``), from the prepared output gradient. The input is read as the
-    forward read it, pending batch norms (``in_*``, ``skip_*``) included."""
+    """dL/dweight in the weight's dtype of the conv launchers above (with ``skip`` or ``up_mode``: of the
+    concatenating conv with ``x`` as its ``up``; with neither, that is a plain conv of ``x``), from the prepared
+    output gradient. The input is read as the forward read it, pending batch norms (``in_*``, ``skip_*``) included."""
     k = weight.shape[2]
-    if skip is None and up_mode is None:
-        sources = [(x, _placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))]
-    else:
-        sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),
-                                  _norm(skip_scale, skip_shift))
+    sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),
+                              _norm(skip_scale, skip_shift))
     dw = _weight_grad(grad, weight, sources, grad_operand=1, stride=1, pad=k // 2,
                       **_in_act(in_activation, in_negative_slope))
     return _in_weight_dtype(dw, weight)

@@ -139,9 +139,11 @@ def assert_within_eager_error(actual, expected, baseline, name):
     """The largest error of ``actual`` against the float64 ``expected`` is at most EAGER_ERROR_FACTOR times eager
     PyTorch's own (``baseline``, same dtype, same input)."""
     expected = expected.detach().double()
-    scale = expected.abs().max().item() if expected.numel() else 0.0
-    err = (actual.detach().double() - expected).abs().max().item() if expected.numel() else 0.0
-    base = (baseline.detach().double() - expected).abs().max().item() if expected.numel() else 0.0
+    if not expected.numel():
+        return
+    scale = expected.abs().max().item()
+    err = (actual.detach().double() - expected).abs().max().item()
+    base = (baseline.detach().double() - expected).abs().max().item()
     limit = EAGER_ERROR_FACTOR * max(base, EAGER_ERROR_FLOOR * scale)
     assert err <= limit, (f"{name}: largest error {err:.3g} is {err / max(base, 1e-300):.0f}x eager PyTorch's own "
                           f"({base:.3g}; largest value {scale:.3g}); at most {EAGER_ERROR_FACTOR}x is allowed")

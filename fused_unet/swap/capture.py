@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils import _pytree
 
 from fused_unet import nn as fnn
+from fused_unet.utils import error_summary
 from fused_unet.swap.module_level import _SWAPS
 from fused_unet.swap.patterns import _Rewriter, _relative
 
@@ -50,9 +51,8 @@ def _probe(model, example_input):
             return seen, None
         except Exception as error:  # the model rejects this probe size: try the next one
             if example_input is not None:
-                raise ValueError(f"example_input: the model's forward raised {type(error).__name__}: "
-                                 f"{str(error).splitlines()[0][:200]}") from error
-            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+                raise ValueError(f"example_input: the model's forward raised {error_summary(error)}") from error
+            errors.append(error_summary(error, 120))
         finally:
             for handle in handles:
                 handle.remove()
@@ -104,7 +104,7 @@ def _trace(module, inputs):
     try:
         graph = _Tracer().trace(module)
     except Exception as error:
-        return None, f"torch.fx cannot trace its forward ({type(error).__name__}: {str(error).splitlines()[0][:100]})"
+        return None, f"torch.fx cannot trace its forward ({error_summary(error, 100)})"
     traced = torch.fx.GraphModule(module, graph)
     args, kwargs = inputs
     for training in (False, True):
@@ -145,8 +145,8 @@ def _fuse_tree(module, name, inputs, report, roots):
         rewritten = _Rewriter(module, graph, name, report).run()
     except Exception as error:  # a graph our patterns misread: the module stays as it is, and the report says why
         report.fused[:] = fused_before
-        report.untraced.append((name, f"swap could not rewrite its torch.fx graph ({type(error).__name__}: "
-                                      f"{str(error).splitlines()[0][:100] if str(error) else ''}); left unfused"))
+        report.untraced.append((name, f"swap could not rewrite its torch.fx graph ({error_summary(error, 100)}); "
+                                      "left unfused"))
         return
     report.traced.append(name)
     roots["fx"].append(module)
@@ -195,8 +195,7 @@ def _capture_with_compile(module, name, inputs, report):
             except Exception:
                 continue  # the model itself fails in this mode on the probe: captured at its first real call
             del module.forward
-            report.untraced.append((name, f"torch.compile could not capture it either ({type(error).__name__}: "
-                                          f"{str(error).splitlines()[0][:100]})"))
+            report.untraced.append((name, f"torch.compile could not capture it either ({error_summary(error, 100)})"))
             return False
     if not rewrote:  # nothing to fuse in its graphs: no reason to run it under torch.compile
         del module.forward
