@@ -20,6 +20,7 @@ import statistics
 
 import torch
 
+from fused_unet.kernels import specs
 from fused_unet.utils import error_summary
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
@@ -29,49 +30,34 @@ ARCH_LIMITS = {
     80: dict(regs=65536, warps=64, blocks=32, smem_sm=164 * 1024, smem_block=163 * 1024),
 }
 EXPECTED_MMA = {90: "wgmma", 80: "mma.sync"}
-# Pointer element types by argument name; every other pointer has the job's tensor dtype.
-_POINTER_TYPES = {"argmax_ptr": "*u8", "pool_argmax_ptr": "*u8",
-                  **{name: "*fp32" for name in ("dw_ptr", "db_ptr", "stats_ptr", "partial_ptr", "scale_ptr",
-                                                "shift_ptr", "in_scale_ptr", "in_shift_ptr", "in2_scale_ptr",
-                                                "in2_shift_ptr")}}
-# Scalar arguments that are Python floats at run time (every other scalar is an int).
-_FLOAT_ARGS = ("SCALE_H", "SCALE_W", "NEG_SLOPE", "IN_NEG_SLOPE")
-# The launch of a U-Net layer: channels_last tensors, K-contiguous weights and channel counts that are multiples
-# of 16. Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple of 16 gets a
-# divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the same
-# specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
-_TYPICAL_LAUNCH = {
-    "conv2d_implicit_gemm": dict(
-        ones=("sxc", "s2c", "syc", "spc"),
-        multiples_of_16=("sxn", "sxh", "sxw", "s2n", "s2h", "s2w", "swn", "swt", "syn", "syh", "syw", "spn", "sph",
-                         "spw", "C_IN", "C_IN2", "C_OUT", "K_OFF", "K_OFF2")),
-    "conv2d_weight_grad": dict(
-        ones=("sxc",),
-        multiples_of_16=("sxn", "sxh", "sxw", "C_A", "C_B", "C_B_TOTAL", "B_OFF", "PIX_PER_SPLIT")),
-    "conv_output_grad": dict(
-        ones=("sgc", "soc", "spc", "sac"),
-        multiples_of_16=("sgn", "sgh", "sgw", "son", "soh", "sow", "spn", "sph", "spw", "san", "sah", "saw", "C")),
-    "upsample2x_backward": dict(
-        ones=("sgc", "sxc"), multiples_of_16=("sgn", "sgh", "sgw", "sxn", "sxh", "sxw", "C")),
-    "max_pool2x2": dict(ones=("sxc", "syc"), multiples_of_16=("sxn", "sxh", "sxw", "syn", "syh", "syw", "C")),
-    "max_pool2x2_backward": dict(
-        ones=("sgc", "sac", "sxc"),
-        multiples_of_16=("sgn", "sgh", "sgw", "san", "sah", "saw", "sxn", "sxh", "sxw", "C")),
-    "batch_norm_act_backward": dict(
-        ones=("sgc", "syc", "sdc"),
-        multiples_of_16=("sgn", "sgh", "sgw", "syn", "syh", "syw", "sdn", "sdh", "sdw", "C")),
-}
+# Each kernel's compile signature (pointer types, float scalars, what a U-Net layer's launch passes: channels_last
+# tensors, K-contiguous weights, channel counts that are multiples of 16) comes from its declaration
+# (fused_unet.kernels.specs): Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple
+# of 16 gets a divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the
+# same specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
 
 
 def kernels():
-    """The registered kernels by name (imports Triton and decorates them: call after TRITON_INTERPRET is set)."""
+    """The launched kernels by their spec's name (imports Triton and decorates them: call after TRITON_INTERPRET is
+    set)."""
     from fused_unet.kernels import conv, grad, norm, pool, upsample
 
-    return {"conv2d_implicit_gemm": conv.conv2d_implicit_gemm_kernel,
-            "conv2d_weight_grad": conv.conv2d_weight_grad_kernel, "conv_output_grad": grad.conv_output_grad_kernel,
-            "upsample2x_backward": upsample.upsample2x_backward_kernel,
-            "max_pool2x2": pool.max_pool2x2_kernel, "max_pool2x2_backward": pool.max_pool2x2_backward_kernel,
-            "batch_norm_act_backward": norm.batch_norm_act_backward_kernel}
+    return {specs.CONV2D_IMPLICIT_GEMM.name: conv.conv2d_implicit_gemm_kernel,
+            specs.CONV2D_WEIGHT_GRAD.name: conv.conv2d_weight_grad_kernel,
+            specs.CONV_OUTPUT_GRAD.name: grad.conv_output_grad_kernel,
+            specs.UPSAMPLE2X_BACKWARD.name: upsample.upsample2x_backward_kernel,
+            specs.MAX_POOL2X2.name: pool.max_pool2x2_kernel,
+            specs.MAX_POOL2X2_BACKWARD.name: pool.max_pool2x2_backward_kernel,
+            specs.BATCH_NORM_ACT_BACKWARD.name: norm.batch_norm_act_backward_kernel}
+
+
+def jit_function(kernel):
+    """The @triton.jit function (JITFunction, or the interpreter's) under a kernel's autotune / heuristics."""
+    from triton.runtime import Autotuner, Heuristics
+
+    while isinstance(kernel, (Autotuner, Heuristics)):
+        kernel = kernel.fn
+    return kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +143,7 @@ def _occupancy(cc, regs, warps, smem):
 
 
 def _job_launch(job):
-    """(the JITFunction, its constexprs, the launch's multiples of 16, the tensor type, the config) of ``job``."""
-    import triton
+    """(the JITFunction, its spec, its constexprs, the tensor type, the config) of ``job``."""
     import triton.language as tl
 
     from fused_unet.kernels import compile_matrix, configs
@@ -166,25 +151,19 @@ def _job_launch(job):
     variant = compile_matrix.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
     cfg = configs.gpu_configs(job.kernel, job.dtype, variant, ARCHS[job.arch])[job.config]
     _, element_type, precision = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == job.dtype)
-    fn = kernels()[job.kernel]
-    while not isinstance(fn, triton.runtime.JITFunction):  # through @triton.autotune / @triton.heuristics
-        fn = fn.fn
-    launch = _TYPICAL_LAUNCH[job.kernel]
-    constexprs = {**variant, **cfg.kwargs,
-                  **{name: 1 for name in launch["ones"]}}
-    if job.kernel in compile_matrix.GEMM_KERNELS:
+    spec = compile_matrix.SPECS[job.kernel]
+    constexprs = {**variant, **cfg.kwargs}
+    if spec.gemm:
         constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
-    return fn, constexprs, launch["multiples_of_16"], "*" + element_type, cfg
+    return jit_function(kernels()[job.kernel]), spec, constexprs, "*" + element_type, cfg
 
 
 def compile_with_ones(job):
     """Compile ``job`` with every integer argument that Triton specialises at launch equal to 1, as a launch with
     a width, a batch, a stride or a power-of-two divisor's magic number of 1 gets it (a constant, not a tensor).
     None when it compiles, else the error's first line."""
-    fn, constexprs, _, tensor_type, cfg = _job_launch(job)
-    ones = {p.name: 1 for p in fn.params if not p.is_constexpr and not p.do_not_specialize
-            and not p.name.endswith("_ptr") and p.name not in _FLOAT_ARGS and p.name not in constexprs}
-    compiled = _compile(fn, {**constexprs, **ones}, (), tensor_type, ARCHS[job.arch], cfg)
+    fn, spec, constexprs, tensor_type, cfg = _job_launch(job)
+    compiled = _compile(fn, spec.compile_signature(tensor_type, constexprs, ones=True), ARCHS[job.arch], cfg)
     return compiled if isinstance(compiled, str) else None
 
 
@@ -194,11 +173,11 @@ def compile_job(job):
 
     from fused_unet.kernels import compile_matrix
 
-    fn, constexprs, multiples_of_16, tensor_type, cfg = _job_launch(job)
+    fn, spec, constexprs, tensor_type, cfg = _job_launch(job)
     result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages, triton=triton.__version__)
     cc = ARCHS[job.arch]
-    compiled = _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg)
+    compiled = _compile(fn, spec.compile_signature(tensor_type, constexprs), cc, cfg)
     if isinstance(compiled, str):
         return dict(result, ok=False, error=compiled)
     ptx = compiled.asm["ptx"]
@@ -213,25 +192,13 @@ def compile_job(job):
                 blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in compile_matrix.GEMM_KERNELS)
 
 
-def _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg):
-    """triton.compile of ``fn`` for ``cc`` with a launch's specialisation: pointers 16-byte aligned, the named
-    integers multiples of 16, the constexprs given. The compiled kernel, or the error's first line."""
+def _compile(fn, compile_signature, cc, cfg):
+    """triton.compile of ``fn`` for ``cc`` with ``compile_signature`` (KernelSpec.compile_signature). The compiled
+    kernel, or the error's first line."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    signature, attrs = {}, {}
-    for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = _POINTER_TYPES.get(name, tensor_type)
-            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
-        elif name in _FLOAT_ARGS:
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-            if name in multiples_of_16:
-                attrs[(i,)] = [["tt.divisibility", 16]]
+    signature, constexprs, attrs = compile_signature
     try:
         return triton.compile(_ast_source(fn, signature, constexprs, attrs), target=GPUTarget("cuda", cc, 32),
                               options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
@@ -240,8 +207,7 @@ def _compile(fn, constexprs, multiples_of_16, tensor_type, cc, cfg):
 
 
 # Yardsticks compiled beside ours (fused_unet.kernels.reference): a plain Triton GEMM and a plain nested-loop conv.
-_REFERENCES = {"matmul_kernel": ("M", "N", "K", "stride_am", "stride_bk", "stride_cm"),
-               "nested_conv3x3_kernel": ("PIXELS", "H", "W", "C_IN", "C_OUT")}
+_REFERENCES = {"matmul_kernel": specs.MATMUL, "nested_conv3x3_kernel": specs.NESTED_CONV3X3}
 
 
 def _compile_reference(name, arch):
@@ -251,7 +217,7 @@ def _compile_reference(name, arch):
 
     cfg = triton.Config(dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64), num_warps=8, num_stages=3)
     cc = ARCHS[arch]
-    compiled = _compile(getattr(reference, name), dict(cfg.kwargs), _REFERENCES[name], "*fp16", cc, cfg)
+    compiled = _compile(getattr(reference, name), _REFERENCES[name].compile_signature("*fp16", cfg.kwargs), cc, cfg)
     result = dict(kernel=name, arch=arch, config_text=_config_text(cfg), ok=not isinstance(compiled, str))
     if not result["ok"]:
         return dict(result, error=compiled, ceiling=None, loads={})

@@ -97,11 +97,6 @@ WEIGHT_GRAD_PIXEL_CHUNK = 256
 STATS_ROWS = 64
 
 
-# The up-sampling adjoint's gather window per UP_MODE: the up-sampled positions that can read one source index
-# (nearest 2; bilinear 2i-1 .. 2i+2; bilinear with align_corners up to 2 / SCALE + 1 <= 7, one more for rounding).
-UPSAMPLE_WINDOWS = {UpMode.NEAREST: 2, UpMode.BILINEAR: 4, UpMode.BILINEAR_ALIGN_CORNERS: 8}
-
-
 def even_k(block_k, *channels):
     """Whether every source's channel count is a multiple of BLOCK_K: the K loop then needs no channel mask, and
     its channel offset is a provable multiple of BLOCK_K (128-bit loads)."""

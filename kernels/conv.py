@@ -27,6 +27,7 @@ import triton.language as tl
 from .codes import UpMode, act_code, up_mode_code
 from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
                      take_larger)
+from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
                       prune_by_precision)
 
@@ -131,14 +132,16 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_source(acc, x_ptr, sxn, sxc, sxh, sxw, C, K_OFF, img, ih0, iw0, m_valid,
-                       H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, scale_ptr, shift_ptr, IN_NEG_SLOPE,
+def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, IN_NEG_SLOPE,
                        w_ptr, w_cols, n_valid, swt,
                        KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
                        IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
                        INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += the GEMM over this source's K range: taps x its C channels (weight columns K_OFF...). ih0, iw0: the
-    input-grid position of tap (0, 0) of each row."""
+    input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples."""
+    sxn, sxc, sxh, sxw = strides
+    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
+    scale_ptr, shift_ptr = norm
     offs_k = tl.arange(0, BLOCK_K)
     # Position on the source's (up-sampled) grid, and which taps of each row land inside it.
     uh0 = ih0 - OFF_H
@@ -204,29 +207,55 @@ def _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, C_OUT,
     tl.store(row + 2 * C_OUT, m2, mask=mask)
 
 
-# The autotune keys hold the shapes (pixels bucketed to powers of two) and every flag that changes which config is
-# best (or allowed: configs.fits).
-@triton.autotune(configs=configs("conv2d_implicit_gemm"),
-                 prune_configs_by={"early_config_prune": prune_by_precision("conv2d_implicit_gemm")},
-                 key=["C_IN", "C_IN2", "C_OUT", "PIXEL_BUCKET", "KH", "STRIDE", "PHASES", "UP_MODE", "FUSE_POOL",
-                      "NORM_INPUT", "STATS", "INPUT_PRECISION"])
+# The autotune key (specs.CONV2D_IMPLICIT_GEMM) holds the shapes (pixels bucketed to powers of two) and every flag
+# that changes which config is best (or allowed: configs.fits).
+@triton.autotune(configs=configs(CONV2D_IMPLICIT_GEMM.name),
+                 prune_configs_by={"early_config_prune": prune_by_precision(CONV2D_IMPLICIT_GEMM.name)},
+                 key=CONV2D_IMPLICIT_GEMM.autotune_key)
 @triton.heuristics({"EVEN_K": lambda meta: even_k(meta["BLOCK_K"], meta["C_IN"], meta["C_IN2"])})
-@triton.jit(do_not_specialize=["PIXEL_BUCKET"])
+@triton.jit(do_not_specialize=CONV2D_IMPLICIT_GEMM.do_not_specialize)
 def conv2d_implicit_gemm_kernel(
-    x_ptr, x2_ptr, w_ptr, bias_ptr, y_ptr, pool_ptr, pool_argmax_ptr,
-    in_scale_ptr, in_shift_ptr, in2_scale_ptr, in2_shift_ptr, stats_ptr,
-    BATCH, H_OUT, W_OUT, H_IN, W_IN, C_IN, C_IN2, C_OUT, K_OFF, K_OFF2, PIXEL_BUCKET,
-    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, NEG_SLOPE, IN_NEG_SLOPE,
-    sxn, sxc, sxh, sxw, s2n, s2c, s2h, s2w, swn, swt,
-    syn, syc, syh, syw, spn, spc, sph, spw,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, PHASES: tl.constexpr,
-    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, TWO_SOURCES: tl.constexpr, UP_MODE: tl.constexpr,
-    FUSE_POOL: tl.constexpr, NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr, IN_ACT: tl.constexpr,
-    STATS: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,  # first source (any strides): [N, C_IN, H_SRC, W_SRC], read through ``placement``
+    x2_ptr,  # second source (TWO_SOURCES): [N, C_IN2, H_IN, W_IN], read as is
+    w_ptr,  # weights, the GEMM's B: [C_OUT columns, KH, KW, C_IN + C_IN2], K contiguous
+    bias_ptr,  # [C_OUT] (HAS_BIAS)
+    y_ptr,  # output [N, C_OUT, H_OUT, W_OUT]; with PHASES [N, C_OUT / 4, 2 H_OUT, 2 W_OUT]
+    pool_ptr,  # FUSE_POOL: the 2x2 max-pooled output [N, C_OUT, H_OUT // 2, W_OUT // 2]
+    pool_argmax_ptr,  # FUSE_POOL: uint8 argmax (dy * 2 + dx) of each pooled element, pool_strides
+    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM_INPUT)
+    in2_norm,  # (scale, shift) of x2's pending batch norm (NORM_INPUT2)
+    stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
+    BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
+    H_IN, W_IN,  # the conv's input grid (x2's size)
+    C_IN, C_IN2, C_OUT,  # channels of x, of x2 (0 without), GEMM columns
+    k_offsets,  # (x's, x2's) first weight channel along K
+    PIXEL_BUCKET,  # the autotune key's pixel count: BATCH * H_OUT * W_OUT to the next power of two
+    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), see _placement
+    NEG_SLOPE,  # ACT's leaky-ReLU slope
+    IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
+    x_strides, x2_strides,  # (n, c, h, w) strides of the sources
+    w_strides,  # (column, tap) strides of w_ptr
+    y_strides, pool_strides,  # (n, c, h, w) strides of the outputs
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
+    PHASES: tl.constexpr,  # columns are (phase, channel) of a 2x2/s2 transposed conv, stored depth-to-space
+    HAS_BIAS: tl.constexpr,  # add bias_ptr
+    ACT: tl.constexpr,  # the epilogue's activation (codes.Act)
+    TWO_SOURCES: tl.constexpr,  # K runs over x then x2: a virtual channel concatenation
+    UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
+    FUSE_POOL: tl.constexpr,  # rows walk 2x2 windows; also store the pooled output and argmax
+    NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr,  # apply x's / x2's pending batch norm as it is read
+    IN_ACT: tl.constexpr,  # the pending norms' activation (codes.Act)
+    STATS: tl.constexpr,  # write the output's batch statistics to stats_ptr
+    EVEN_K: tl.constexpr,  # every source's channels are a multiple of BLOCK_K (no channel mask; heuristic)
+    DOT_DTYPE: tl.constexpr,  # the MMA's operand type
+    INPUT_PRECISION: tl.constexpr,  # tl.dot's input_precision ("tf32" or "ieee" for fp32 operands)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (autotuned)
 ):
-    """Weights are the GEMM's B as [C_OUT columns, taps, C_IN + C_IN2] with unit stride along K (the launcher
-    lays them out once): column n at w_ptr + n * swn + tap * swt + k."""
+    """Parameters: specs.CONV2D_IMPLICIT_GEMM. Weight column n, tap t, channel k at w_ptr + n * swn + t * swt + k
+    (the launcher lays them out once)."""
+    swn, swt = w_strides
+    K_OFF, K_OFF2 = k_offsets
+    syn, syc, syh, syw = y_strides
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
 
@@ -241,17 +270,15 @@ def conv2d_implicit_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The two sources share the rows, the weights and the dot's settings; they differ in tensor, geometry and norm.
     acc = _accumulate_source(
-        acc, x_ptr=x_ptr, sxn=sxn, sxc=sxc, sxh=sxh, sxw=sxw, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0,
-        m_valid=m_valid, H_SRC=H_SRC, W_SRC=W_SRC, OFF_H=OFF_H, OFF_W=OFF_W, H_UP=H_UP, W_UP=W_UP, SCALE_H=SCALE_H,
-        SCALE_W=SCALE_W, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
-        w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT,
-        EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+        acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
+        placement=placement, norm=in_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid,
+        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE,
+        INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
-            acc, x_ptr=x2_ptr, sxn=s2n, sxc=s2c, sxh=s2h, sxw=s2w, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0,
-            m_valid=m_valid, H_SRC=H_IN, W_SRC=W_IN, OFF_H=0, OFF_W=0, H_UP=H_IN, W_UP=W_IN, SCALE_H=1.0,
-            SCALE_W=1.0, scale_ptr=in2_scale_ptr, shift_ptr=in2_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
+            acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
+            placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
             w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
             EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
@@ -276,6 +303,7 @@ def conv2d_implicit_gemm_kernel(
                           _STATS_ROWS)
     if FUSE_POOL:
         # Pool the values as stored, so ties are broken exactly as a separate max-pool of ``y`` would.
+        spn, spc, sph, spw = pool_strides
         pooled, arg = _max_pool_rows(y.to(tl.float32), BLOCK_M, BLOCK_N)
         win = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
         ww = (W_OUT + 1) // 2
@@ -289,29 +317,40 @@ def conv2d_implicit_gemm_kernel(
         tl.store(pool_argmax_ptr + p_off[:, None] + offs_n[None, :] * spc, arg.to(tl.uint8), mask=p_mask)
 
 
-@triton.autotune(configs=configs("conv2d_weight_grad"),
-                 prune_configs_by={"early_config_prune": prune_by_precision("conv2d_weight_grad")},
-                 key=["C_A", "C_B", "PIXEL_BUCKET", "KH", "STRIDE", "GRAD_OPERAND", "UP_MODE", "NORM_INPUT", "FLAT_INPUT",
-                      "INPUT_PRECISION"])
-# The magic numbers are 1 for every power-of-two divisor: specialised, they would arrive as Python ints.
-@triton.jit(do_not_specialize=["PIXEL_BUCKET", "W_MAGIC", "H_MAGIC"])
+@triton.autotune(configs=configs(CONV2D_WEIGHT_GRAD.name),
+                 prune_configs_by={"early_config_prune": prune_by_precision(CONV2D_WEIGHT_GRAD.name)},
+                 key=CONV2D_WEIGHT_GRAD.autotune_key)
+@triton.jit(do_not_specialize=CONV2D_WEIGHT_GRAD.do_not_specialize)
 def conv2d_weight_grad_kernel(
-    g_ptr, x_ptr, in_scale_ptr, in_shift_ptr, dw_ptr,
-    BATCH, H_A, W_A, H_B, W_B, C_A, C_B, C_B_TOTAL, B_OFF, PIX_PER_SPLIT, PIXEL_BUCKET,
-    W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,
-    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W, IN_NEG_SLOPE,
-    sxn, sxc, sxh, sxw,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, GRAD_OPERAND: tl.constexpr,
-    UP_MODE: tl.constexpr, NORM_INPUT: tl.constexpr, IN_ACT: tl.constexpr, FLAT_INPUT: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    g_ptr,  # the prepared output gradient, contiguous channels_last
+    x_ptr,  # the conv's input (any strides), read as the forward read it
+    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM_INPUT)
+    dw_ptr,  # fp32 workspace [SPLIT, C_A, KH * KW, C_B_TOTAL]
+    BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
+    H_B, W_B,  # operand b's pixel grid
+    C_A, C_B,  # channels of operand a (dw's rows) and of this launch's operand b
+    C_B_TOTAL, B_OFF,  # dw's columns, and this launch's first one (a concatenation's second source)
+    PIX_PER_SPLIT,  # pixels per program along the split axis (a multiple of every BLOCK_K)
+    PIXEL_BUCKET,  # the autotune key's pixel count, to the next power of two
+    W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,  # fast_div by W_A and H_A (fast_divisor)
+    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), see _placement
+    IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
+    x_strides,  # (n, c, h, w) strides of x
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
+    GRAD_OPERAND: tl.constexpr,  # 1: a is g (a conv); 2: b is g (a transposed conv)
+    UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
+    NORM_INPUT: tl.constexpr,  # apply x's pending batch norm as it is read
+    IN_ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
+    FLAT_INPUT: tl.constexpr,  # x is contiguous channels_last on g's grid: read it at p + the tap's shift
+    DOT_DTYPE: tl.constexpr,  # the MMA's operand type
+    INPUT_PRECISION: tl.constexpr,  # tl.dot's input_precision
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (autotuned; K: pixels)
 ):
-    """Operand a is indexed at pixel p of its [H_A, W_A] grid, operand b at p * STRIDE + tap - PAD of its
-    [H_B, W_B] grid. GRAD_OPERAND says which one is the prepared output gradient ``g`` (1: a conv, 2: a transposed
-    conv; contiguous channels_last); the other is the input ``x``, read like the forward read it (UP_MODE, offset,
-    NORM_INPUT), or as a contiguous channels_last tensor on the same grid as g (FLAT_INPUT). Pixels are decoded with
-    multiply-high divisions (W_MAGIC, H_MAGIC). The workspace is contiguous
-    [SPLIT, C_A, KH * KW, C_B_TOTAL] (columns B_OFF...)."""
+    """Parameters: specs.CONV2DCONV2D_WEIGHT_GRAD. Operand a is indexed at pixel p of its [H_A, W_A] grid, operand b at
+    p * STRIDE + tap - PAD of its [H_B, W_B] grid. Pixels are decoded with multiply-high divisions."""
+    sxn, sxc, sxh, sxw = x_strides
+    H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
+    in_scale_ptr, in_shift_ptr = in_norm
     pid_m = tl.program_id(0)
     pid_nt = tl.program_id(1)
     split = tl.program_id(2)
@@ -447,27 +486,26 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         return y
     up_mode, placement = placement or _placement(x, x.shape[2], x.shape[3])
     pooled, pool_argmax = pool_out if pool_out is not None else (y, y)
-    scale, shift = norm if norm is not None else (x, x)
-    skip_scale, skip_shift = skip_norm if skip_norm is not None else (x, x)
     pixels = batch * h_out * w_out
     rows = batch * triton.cdiv(h_out, 2) * triton.cdiv(w_out, 2) * 4 if pool_out is not None else pixels
 
     def grid(meta):
         return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
 
-    conv2d_implicit_gemm_kernel[grid](
-        x, skip if skip is not None else x, weight, bias if bias is not None else x, y, pooled, pool_argmax,
-        scale, shift, skip_scale, skip_shift, stats if stats is not None else x,
-        batch, h_out, w_out, h_in, w_in, c_in, skip.shape[1] if skip is not None else 0, columns, *k_offsets,
-        pixel_bucket(pixels), *placement, float(negative_slope), float(in_negative_slope),
-        *x.stride(), *_strides(skip), weight.stride(0), weight.stride(3),
-        *y.stride(), *_strides(pool_out[0] if pool_out is not None else None),
-        KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
-        ACT=act_code(activation), TWO_SOURCES=skip is not None, UP_MODE=up_mode, FUSE_POOL=pool_out is not None,
-        NORM_INPUT=norm is not None, NORM_INPUT2=skip_norm is not None,
+    conv2d_implicit_gemm_kernel[grid](**CONV2D_IMPLICIT_GEMM.arguments(
+        x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight, bias_ptr=bias if bias is not None else x,
+        y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax, in_norm=norm or (x, x), in2_norm=skip_norm or (x, x),
+        stats_ptr=stats if stats is not None else x, BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
+        C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
+        PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
+        IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), x2_strides=_strides(skip),
+        w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
+        pool_strides=_strides(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
+        PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
+        UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
+        NORM_INPUT2=skip_norm is not None,
         IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
-        STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype),
-    )
+        STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype)))
     return y
 
 
@@ -494,19 +532,21 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     dw = torch.zeros((split, c_a, kh * kw, c_b_total), device=g.device, dtype=torch.float32)
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
-        scale, shift = norm if norm is not None else (g, g)
 
         def grid(meta, c_b=c_b):
             return triton.cdiv(c_a, meta["BLOCK_M"]), kh * kw * triton.cdiv(c_b, meta["BLOCK_N"]), split
 
-        conv2d_weight_grad_kernel[grid](
-            g, x, scale, shift, dw, batch, h_a, w_a, h_b, w_b, c_a, c_b, c_b_total, b_off, pix_per_split,
-            pixel_bucket(num_pix), *fast_divisor(w_a), *fast_divisor(h_a), *placement, float(in_negative_slope),
-            *x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode,
-            NORM_INPUT=norm is not None, IN_ACT=act_code(in_activation if norm is not None else None),
+        w_magic, w_shift = fast_divisor(w_a)
+        h_magic, h_shift = fast_divisor(h_a)
+        conv2d_weight_grad_kernel[grid](**CONV2D_WEIGHT_GRAD.arguments(
+            g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch, H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b,
+            C_A=c_a, C_B=c_b, C_B_TOTAL=c_b_total, B_OFF=b_off, PIX_PER_SPLIT=pix_per_split,
+            PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
+            placement=placement, IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw,
+            STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
+            IN_ACT=act_code(in_activation if norm is not None else None),
             FLAT_INPUT=norm is None and up_mode == UpMode.NONE and _flat(x, g if grad_operand == 1 else x),
-            DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype),
-        )
+            DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype)))
     # Fixed-order reduction of the split workspace: the same bits on every run.
     return dw.sum(0).view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 

@@ -9,22 +9,36 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import configs
 from .codes import act_code
 from .common import activation_grad, pixel_channel_tile
+from .configs import configs
 from .conv import _strides
+from .specs import CONV_OUTPUT_GRAD
 
 
-@triton.autotune(configs=configs("conv_output_grad"), key=["C"])
+@triton.autotune(configs=configs(CONV_OUTPUT_GRAD.name), key=CONV_OUTPUT_GRAD.autotune_key)
 @triton.jit
 def conv_output_grad_kernel(
-    g_ptr, out_ptr, pool_grad_ptr, argmax_ptr, dz_ptr, partial_ptr, PIXELS, C, H, W, NEG_SLOPE,
-    sgn, sgc, sgh, sgw, son, soc, soh, sow, spn, spc, sph, spw, san, sac, sah, saw,
-    ACT: tl.constexpr, POOL_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    g_ptr,  # dL/dy [N, C, H, W]
+    out_ptr,  # the saved output y (ACT)
+    pool_grad_ptr,  # dL/d pooled y [N, C, H // 2, W // 2] (POOL_GRAD)
+    argmax_ptr,  # the pool's uint8 argmax (POOL_GRAD)
+    dz_ptr,  # dz, contiguous [PIXELS, C]
+    partial_ptr,  # fp32 [programs along pixels, C]: per-program column sums of dz (BIAS_GRAD)
+    PIXELS, C, H, W,  # N * H * W, and y's shape
+    NEG_SLOPE,  # ACT's leaky-ReLU slope
+    g_strides, out_strides, pool_grad_strides, argmax_strides,  # (n, c, h, w) strides
+    ACT: tl.constexpr,  # the forward's activation (codes.Act)
+    POOL_GRAD: tl.constexpr,  # add the pooled gradient at each window's argmax
+    BIAS_GRAD: tl.constexpr,  # write the bias-grad partial sums
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
-    """dz[p, c] (contiguous [PIXELS, C]) and, with BIAS_GRAD, this program's column sums of dz into its own
-    workspace row (summed in a fixed order afterwards: no atomics)."""
+    """Parameters: specs.CONV_OUTPUT_GRAD. dz[p, c] and, with BIAS_GRAD, this program's column sums of dz into its
+    own workspace row (summed in a fixed order afterwards: no atomics)."""
+    sgn, sgc, sgh, sgw = g_strides
+    son, soc, soh, sow = out_strides
+    spn, spc, sph, spw = pool_grad_strides
+    san, sac, sah, saw = argmax_strides
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     # int64: an output's images may pass 2^31 elements.
     h64 = h.to(tl.int64)
@@ -62,16 +76,19 @@ def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_p
     batch, c, h, w = grad.shape
     dz, db = conv_output_grad_output(grad, bias_grad)
     pixels = batch * h * w
-    block_p = configs("conv_output_grad")[0].kwargs["BLOCK_P"]
+    block_p = configs(CONV_OUTPUT_GRAD.name)[0].kwargs["BLOCK_P"]
     rows = max(1, triton.cdiv(pixels, block_p)) if bias_grad else 1
     partial = torch.zeros((rows, c), device=grad.device, dtype=torch.float32)
     if pixels:
         act = act_code(activation if out is not None else None)
         conv_output_grad_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))](
-            grad, out if out is not None else grad, grad_pooled if grad_pooled is not None else grad,
-            argmax if argmax is not None else grad, dz, partial, pixels, c, h, w, float(negative_slope),
-            *grad.stride(), *_strides(out), *_strides(grad_pooled), *_strides(argmax),
-            ACT=act, POOL_GRAD=grad_pooled is not None, BIAS_GRAD=bias_grad)
+            **CONV_OUTPUT_GRAD.arguments(
+                g_ptr=grad, out_ptr=out if out is not None else grad,
+                pool_grad_ptr=grad_pooled if grad_pooled is not None else grad,
+                argmax_ptr=argmax if argmax is not None else grad, dz_ptr=dz, partial_ptr=partial, PIXELS=pixels, C=c,
+                H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), out_strides=_strides(out),
+                pool_grad_strides=_strides(grad_pooled), argmax_strides=_strides(argmax), ACT=act,
+                POOL_GRAD=grad_pooled is not None, BIAS_GRAD=bias_grad))
     if bias_grad:
         db.copy_(partial.sum(0))
     return dz, db

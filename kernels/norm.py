@@ -10,9 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import configs
 from .codes import act_code
 from .common import activation_grad, apply_activation, pixel_channel_tile
+from .configs import configs
+from .specs import BATCH_NORM_ACT_BACKWARD
 
 
 def batch_statistics(stats):
@@ -26,15 +27,27 @@ def batch_statistics(stats):
     return mean, m2 / n, n
 
 
-@triton.autotune(configs=configs("batch_norm_act_backward"), key=["C"])
+@triton.autotune(configs=configs(BATCH_NORM_ACT_BACKWARD.name), key=BATCH_NORM_ACT_BACKWARD.autotune_key)
 @triton.jit
 def batch_norm_act_backward_kernel(
-    g_ptr, y_ptr, scale_ptr, shift_ptr, dy_ptr, partial_ptr, PIXELS, C, H, W, NEG_SLOPE,
-    sgn, sgc, sgh, sgw, syn, syc, syh, syw, sdn, sdc, sdh, sdw,
-    ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    g_ptr,  # dL/dz of z = act(y * scale + shift) [N, C, H, W]
+    y_ptr,  # the pre-norm y
+    norm,  # (scale, shift) fp32 per channel
+    dy_ptr,  # dL/dy
+    partial_ptr,  # fp32 [programs along pixels, 2, C]: per-program sums for dL/dscale, dL/dshift
+    PIXELS, C, H, W,  # N * H * W, and y's shape
+    NEG_SLOPE,  # ACT's leaky-ReLU slope
+    g_strides, y_strides, dy_strides,  # (n, c, h, w) strides
+    ACT: tl.constexpr,  # the activation (codes.Act)
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
-    """With u = y * scale + shift and g = dL/d act(u): dy = act'(u) g scale, and per program the partial sums of
-    act'(u) g y (-> dL/dscale) and act'(u) g (-> dL/dshift) into its own workspace row [2, C] (no atomics)."""
+    """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift and g = dL/d act(u):
+    dy = act'(u) g scale, and per program the partial sums of act'(u) g y (-> dL/dscale) and act'(u) g
+    (-> dL/dshift) into its own workspace row (no atomics)."""
+    sgn, sgc, sgh, sgw = g_strides
+    syn, syc, syh, syw = y_strides
+    sdn, sdc, sdh, sdw = dy_strides
+    scale_ptr, shift_ptr = norm
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
     y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
@@ -61,11 +74,13 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
     batch, c, h, w = y.shape
     dy, _, _ = batch_norm_act_input_grad_output(grad, scale)
     pixels = batch * h * w
-    block_p = configs("batch_norm_act_backward")[0].kwargs["BLOCK_P"]
+    block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     partial = torch.zeros((max(1, triton.cdiv(pixels, block_p)), 2, c), device=y.device, dtype=torch.float32)
     if pixels:
         batch_norm_act_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]),
                                                      triton.cdiv(c, meta["BLOCK_C"]))](
-            grad, y, scale, shift, dy, partial, pixels, c, h, w, float(negative_slope),
-            *grad.stride(), *y.stride(), *dy.stride(), ACT=act_code(activation))
+            **BATCH_NORM_ACT_BACKWARD.arguments(
+                g_ptr=grad, y_ptr=y, norm=(scale, shift), dy_ptr=dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
+                NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), y_strides=y.stride(),
+                dy_strides=dy.stride(), ACT=act_code(activation)))
     return dy, partial[:, 0].sum(0), partial[:, 1].sum(0)

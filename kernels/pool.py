@@ -3,9 +3,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import configs
 from .codes import act_code
 from .common import apply_activation, take_larger
+from .configs import configs
+from .specs import MAX_POOL2X2, MAX_POOL2X2_BACKWARD
 
 
 @triton.jit
@@ -29,14 +30,24 @@ def _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM
     return v
 
 
-@triton.autotune(configs=configs("max_pool2x2"), key=["C", "H_OUT", "W_OUT"])
+@triton.autotune(configs=configs(MAX_POOL2X2.name), key=MAX_POOL2X2.autotune_key)
 @triton.jit
 def max_pool2x2_kernel(
-    x_ptr, scale_ptr, shift_ptr, y_ptr, argmax_ptr, TOTAL, C, H_OUT, W_OUT, NEG_SLOPE,
-    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    NORM: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,  # input [N, C, 2 H_OUT (+1), 2 W_OUT (+1)]
+    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM)
+    y_ptr,  # pooled output [N, C, H_OUT, W_OUT]
+    argmax_ptr,  # uint8 argmax (dy * 2 + dx) of each window, y_strides
+    TOTAL, C, H_OUT, W_OUT,  # output elements, and their shape
+    NEG_SLOPE,  # ACT's leaky-ReLU slope
+    x_strides, y_strides,  # (n, c, h, w) strides
+    NORM: tl.constexpr,  # pool act(x * scale + shift): x is a conv's pre-norm output
+    ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
+    BLOCK: tl.constexpr,  # output elements per program
 ):
-    """NORM: x is a conv's pre-norm output; pool act(x * scale + shift), its pending batch norm + activation."""
+    """Parameters: specs.MAX_POOL2X2."""
+    sxn, sxc, sxh, sxw = x_strides
+    syn, syc, syh, syw = y_strides
+    scale_ptr, shift_ptr = in_norm
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < TOTAL
     img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
@@ -57,13 +68,20 @@ def max_pool2x2_kernel(
     tl.store(argmax_ptr + y_off, arg.to(tl.uint8), mask=valid)
 
 
-@triton.autotune(configs=configs("max_pool2x2_backward"), key=["C", "H_OUT", "W_OUT"])
+@triton.autotune(configs=configs(MAX_POOL2X2_BACKWARD.name), key=MAX_POOL2X2_BACKWARD.autotune_key)
 @triton.jit
 def max_pool2x2_backward_kernel(
-    grad_y_ptr, argmax_ptr, grad_x_ptr, TOTAL, C, H_OUT, W_OUT,
-    sgn, sgc, sgh, sgw, san, sac, sah, saw, sxn, sxc, sxh, sxw,
-    BLOCK: tl.constexpr,
+    grad_y_ptr,  # dL/d pooled [N, C, H_OUT, W_OUT]
+    argmax_ptr,  # the forward's uint8 argmax
+    grad_x_ptr,  # dL/dx [N, C, 2 H_OUT (+1), 2 W_OUT (+1)]
+    TOTAL, C, H_OUT, W_OUT,  # pooled elements, and their shape
+    g_strides, argmax_strides, x_strides,  # (n, c, h, w) strides
+    BLOCK: tl.constexpr,  # pooled elements per program
 ):
+    """Parameters: specs.MAX_POOL2X2_BACKWARD."""
+    sgn, sgc, sgh, sgw = g_strides
+    san, sac, sah, saw = argmax_strides
+    sxn, sxc, sxh, sxw = x_strides
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < TOTAL
     img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
@@ -91,10 +109,10 @@ def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_
     total = y.numel()
     norm = in_scale is not None
     if total:
-        max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
-            x, in_scale if norm else x, in_shift if norm else x, y, argmax, total, c, h // 2, w // 2,
-            float(in_negative_slope), *x.stride(), *y.stride(), NORM=norm,
-            ACT=act_code(in_activation if norm else None))
+        max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](**MAX_POOL2X2.arguments(
+            x_ptr=x, in_norm=(in_scale, in_shift) if norm else (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
+            H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
+            y_strides=y.stride(), NORM=norm, ACT=act_code(in_activation if norm else None)))
     return y, argmax
 
 
@@ -111,6 +129,7 @@ def max_pool2x2_backward(grad_y, argmax, input_shape):
     total = argmax.numel()
     if total:
         max_pool2x2_backward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
-            grad_y, argmax, grad_x, total, c, h // 2, w // 2, *grad_y.stride(), *argmax.stride(),
-            *grad_x.stride())
+            **MAX_POOL2X2_BACKWARD.arguments(
+                grad_y_ptr=grad_y, argmax_ptr=argmax, grad_x_ptr=grad_x, TOTAL=total, C=c, H_OUT=h // 2, W_OUT=w // 2,
+                g_strides=grad_y.stride(), argmax_strides=argmax.stride(), x_strides=grad_x.stride()))
     return grad_x

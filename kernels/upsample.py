@@ -6,9 +6,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import UPSAMPLE_WINDOWS, configs
 from .common import UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_tile
+from .configs import configs
 from .conv import _placement
+from .specs import UPSAMPLE2X_BACKWARD, UPSAMPLE_WINDOWS
 
 
 @triton.jit
@@ -35,15 +36,23 @@ def _first_reader(i, SCALE, UP_MODE: tl.constexpr):
     return 2 * i - 1
 
 
-@triton.autotune(configs=configs("upsample2x_backward"), key=["C", "UP_MODE"])
+@triton.autotune(configs=configs(UPSAMPLE2X_BACKWARD.name), key=UPSAMPLE2X_BACKWARD.autotune_key)
 @triton.jit
 def upsample2x_backward_kernel(
-    g_ptr, dx_ptr, PIXELS, C, H, W, H_UP, W_UP, SCALE_H, SCALE_W,
-    sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
-    UP_MODE: tl.constexpr, WINDOW: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    g_ptr,  # dL/d up-sampled [N, C, H_UP, W_UP]
+    dx_ptr,  # dL/dx [N, C, H, W]
+    PIXELS, C, H, W,  # N * H * W, and x's shape
+    H_UP, W_UP,  # the up-sampled size
+    SCALE_H, SCALE_W,  # the forward's source-index scales (see kernels.conv._placement)
+    g_strides, dx_strides,  # (n, c, h, w) strides
+    UP_MODE: tl.constexpr,  # the up-sampling (codes.UpMode)
+    WINDOW: tl.constexpr,  # up-sampled positions per axis that may read one source index (specs.UPSAMPLE_WINDOWS)
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
-    """dx[n, c, i, j] = sum over the WINDOW x WINDOW up-sampled positions from (_first_reader(i), _first_reader(j))
-    of g[n, c, u, v] * reads(u, i) * reads(v, j); g is [N, C, H_UP, W_UP], dx [N, C, H, W]."""
+    """Parameters: specs.UPSAMPLE2X_BACKWARD. dx[n, c, i, j] = sum over the WINDOW x WINDOW up-sampled positions
+    from (_first_reader(i), _first_reader(j)) of g[n, c, u, v] * reads(u, i) * reads(v, j)."""
+    sgn, sgc, sgh, sgw = g_strides
+    sxn, sxc, sxh, sxw = dx_strides
     pid_p, offs_p, offs_c, c_ok, mask, img, i, j = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     u0 = _first_reader(i, SCALE_H, UP_MODE)
     v0 = _first_reader(j, SCALE_W, UP_MODE)
@@ -76,7 +85,8 @@ def upsample2x_backward(grad, input_shape, up_mode, align_corners=False):
     pixels = batch * h * w
     if pixels:
         grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
-        upsample2x_backward_kernel[grid](
-            grad, dx, pixels, c, h, w, h_up, w_up, scale_h, scale_w, *grad.stride(), *dx.stride(),
-            UP_MODE=mode, WINDOW=UPSAMPLE_WINDOWS[mode])
+        upsample2x_backward_kernel[grid](**UPSAMPLE2X_BACKWARD.arguments(
+            g_ptr=grad, dx_ptr=dx, PIXELS=pixels, C=c, H=h, W=w, H_UP=h_up, W_UP=w_up, SCALE_H=scale_h,
+            SCALE_W=scale_w, g_strides=grad.stride(), dx_strides=dx.stride(), UP_MODE=mode,
+            WINDOW=UPSAMPLE_WINDOWS[mode]))
     return dx

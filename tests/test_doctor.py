@@ -9,7 +9,7 @@ import torch
 from tests.conftest import DEVICE
 import fused_unet
 from fused_unet import doctor, sass
-from fused_unet.kernels import compile_matrix
+from fused_unet.kernels import compile_matrix, specs
 
 pytest.importorskip("triton.backends.nvidia")
 
@@ -139,3 +139,38 @@ def test_doctor_cli_without_aot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TRITON_INTERPRET" in out and "cpu:" in out
     assert json.loads((tmp_path / "d.json").read_text())["environment"]["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("spec", specs.KERNELS + (specs.MATMUL, specs.NESTED_CONV3X3), ids=lambda s: s.name)
+def test_each_kernel_declares_its_parameters_in_its_spec(spec):
+    # The spec is the one declaration the launch, the autotune key and the doctor's compile signature come from.
+    from fused_unet.kernels import reference
+
+    kernel = doctor.kernels().get(spec.name) or getattr(reference, spec.name + "_kernel")
+    assert doctor.jit_function(kernel).arg_names == spec.names
+    if spec in specs.KERNELS:
+        assert kernel.keys == spec.autotune_key
+    signature, constants, _ = spec.compile_signature("*fp16", {p.name: 1 for p in spec.params
+                                                               if p.types == "constexpr"})
+    assert list(signature) == spec.names
+
+
+def test_a_launch_with_a_wrong_keyword_is_refused():
+    spec = specs.MAX_POOL2X2_BACKWARD
+    given = {p.name: 0 for p in spec.params if p.role in ("argument", "flag")}
+    assert spec.arguments(**given) == given
+    with pytest.raises(TypeError, match=r"missing \['TOTAL'\] and passes unknown \['TOTALS'\]"):
+        spec.arguments(**{("TOTALS" if k == "TOTAL" else k): v for k, v in given.items()})
+
+
+def test_the_compile_signature_follows_the_hints():
+    # Channel strides of 1 become constants, multiples of 16 get divisibility hints, pointers alignment; with
+    # ``ones`` every specialisable integer is the constant 1 but do_not_specialize ones.
+    spec = specs.CONV2D_WEIGHT_GRAD
+    index = spec.names.index
+    signature, constants, attrs = spec.compile_signature("*bf16", {"KH": 3})
+    assert signature["x_strides"] == ("i32", "constexpr", "i32", "i32") and constants[(index("x_strides"), 1)] == 1
+    assert signature["in_norm"] == ("*fp32", "*fp32") and signature["g_ptr"] == "*bf16"
+    assert (index("C_A"),) in attrs and (index("BATCH"),) not in attrs and signature["KH"] == "constexpr"
+    signature, constants, _ = spec.compile_signature("*bf16", {"KH": 3}, ones=True)
+    assert constants[(index("BATCH"),)] == 1 and signature["W_MAGIC"] == "i32" and signature["IN_NEG_SLOPE"] == "fp32"

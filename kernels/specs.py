@@ -1,0 +1,281 @@
+"""One declaration per kernel: its parameters and its launch sites. Plain Python (no Triton).
+
+A ``KernelSpec`` lists the kernel's parameters in order, each with its compile type, what a U-Net layer passes
+for it and whether the autotuner keys on it, and, per launch site (the launcher that calls it), the constexpr
+flags the site sets as axes of choices. Everything else is derived from it: the keyword arguments a launch must
+pass (``KernelSpec.arguments`` refuses a missing or unknown name), the autotune key and ``do_not_specialize``
+list the kernel is decorated with, the compile signature `fused-unet doctor` builds
+(``KernelSpec.compile_signature``) and the compile matrix's axes (``compile_matrix.LAUNCH_AXES``).
+The kernels document each parameter in one line where they declare it; a test holds the two lists equal.
+
+Adding a flag: the kernel (parameter and code), its ``flag(...)`` here and its choices on the sites that set it,
+the launcher that passes it, and ``configs.fits`` if it changes which tiles fit.
+"""
+import dataclasses
+
+from .codes import Act, UpMode
+
+# The compile type of a tensor of the launch's dtype (fp16 / bf16 / fp32); other tensors name theirs.
+TENSOR = "*"
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A kernel parameter. ``types``: its compile type ("*fp32", "i32", "fp32", TENSOR), a tuple of them for a
+    tuple parameter, or "constexpr". ``hints``: per element, what a U-Net layer's launch passes, as Triton
+    specialises it at run time: 1 (equal to 1: a constant), 16 (a multiple of 16, or a 16-byte aligned pointer) or
+    None. ``role``: "argument" (run time), "flag" (a constexpr the launcher sets), "block" (from the autotune
+    config) or "derived" (computed by @triton.heuristics). ``tuned``: in the autotune key. ``specialise``: False
+    for ``do_not_specialize``."""
+    name: str
+    types: object
+    hints: object = None
+    role: str = "argument"
+    tuned: bool = False
+    specialise: bool = True
+
+    def elements(self):
+        """(path suffix, type, hint) per element: one for a scalar or a pointer, one per entry of a tuple."""
+        if isinstance(self.types, tuple):
+            return [((j,), t, h) for j, (t, h) in enumerate(zip(self.types, self.hints))]
+        return [((), self.types, self.hints)]
+
+
+def tensor(name, element=TENSOR):
+    return Param(name, element, 16)
+
+
+def tensor_pair(name, element=TENSOR):
+    return Param(name, (element, element), (16, 16))
+
+
+def integer(name, hint=None, tuned=False, specialise=True):
+    return Param(name, "i32", hint, tuned=tuned, specialise=specialise)
+
+
+def real(name):
+    return Param(name, "fp32")
+
+
+def integers(name, *hints):
+    return Param(name, ("i32",) * len(hints), hints)
+
+
+def strides(name):
+    """A tensor's (n, c, h, w) strides: channels_last in a U-Net layer (c == 1, the others multiples of 16)."""
+    return integers(name, 16, 1, 16, 16)
+
+
+def flag(name, tuned=False):
+    return Param(name, "constexpr", role="flag", tuned=tuned)
+
+
+def block(name):
+    return Param(name, "constexpr", role="block")
+
+
+def derived(name):
+    return Param(name, "constexpr", role="derived")
+
+
+# Where a source sits on the conv's input grid: its size, the centred zero-padding offset, its up-sampled size and
+# the up-sampling's source-index scales (kernels.conv._placement).
+PLACEMENT = Param("placement", ("i32",) * 6 + ("fp32",) * 2, (None,) * 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+    """A kernel's parameters and launch sites. ``name`` is its key in the config registry (configs.GPU_CONFIGS);
+    ``sites`` maps each launcher to its constexpr axes (lists of partial flag dicts, heaviest first); ``gemm``:
+    its main loop is a tl.dot (the doctor requires tensor-core MMA)."""
+    name: str
+    params: tuple
+    sites: dict = dataclasses.field(default_factory=dict)
+    gemm: bool = False
+
+    @property
+    def names(self):
+        return [p.name for p in self.params]
+
+    @property
+    def autotune_key(self):
+        return [p.name for p in self.params if p.tuned]
+
+    @property
+    def do_not_specialize(self):
+        return [p.name for p in self.params if not p.specialise]
+
+    @property
+    def derived_flags(self):
+        return [p.name for p in self.params if p.role == "derived"]
+
+    def arguments(self, **given):
+        """``given`` when it names exactly the launch's parameters (all but block sizes and derived flags); a
+        TypeError naming the difference otherwise (a keyword Triton does not know would pass as a compile
+        option)."""
+        expected = {p.name for p in self.params if p.role in ("argument", "flag")}
+        if set(given) != expected:
+            raise TypeError(f"{self.name}: launch is missing {sorted(expected - set(given))} and passes unknown "
+                            f"{sorted(set(given) - expected)}")
+        return given
+
+    def compile_signature(self, tensor_type, constexprs, ones=False):
+        """(signature, constexprs, attrs) of ``triton.compile`` for a launch with tensors of ``tensor_type`` and
+        ``constexprs`` (flags and block sizes): as a U-Net layer's launch specialises (pointers 16-byte aligned,
+        integers hinted 1 constant, hinted 16 divisible by 16), or with ``ones`` every specialisable integer equal
+        to 1 (a launch with a width, a batch or a stride of 1)."""
+        signature, constants, attrs = {}, dict(constexprs), {}
+        for i, p in enumerate(self.params):
+            if p.name in constexprs:
+                signature[p.name] = "constexpr"
+                continue
+            types = []
+            for suffix, kind, hint in p.elements():
+                path = (i,) + suffix
+                if kind == "i32" and p.specialise and (hint == 1 or ones):
+                    types.append("constexpr")
+                    constants[path] = 1
+                    continue
+                types.append(tensor_type if kind == TENSOR else kind)
+                if hint == 16 and (kind.startswith("*") or not ones):
+                    attrs[path] = [["tt.divisibility", 16]]
+            signature[p.name] = tuple(types) if isinstance(p.types, tuple) else types[0]
+        return signature, constants, attrs
+
+
+def _fixed(**flags):
+    return [flags]
+
+
+_TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0)]
+_EVEN = [dict(EVEN_K=False), dict(EVEN_K=True)]
+_BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
+# Codes as the plain ints the launchers pass, heaviest first.
+_NO_ACT, _NO_UP = int(Act.NONE), int(UpMode.NONE)
+_ACT_CODES = [int(a) for a in (Act.LEAKY_RELU, Act.RELU, Act.NONE)]
+_ACTS = [dict(ACT=a) for a in _ACT_CODES]
+_UP_MODES = [dict(UP_MODE=int(m))
+             for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
+_IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
+# A source read with its pending batch norm + activation, or as stored.
+_IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
+# The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
+_FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
+_FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
+_ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
+_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
+                   IN_ACT=_NO_ACT, **_ONE_SOURCE)
+_GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
+                  block("BLOCK_K"))
+
+# Kernel sizes are shapes, not choices: the U-Net's 3x3 and 1x1 stand for every odd size.
+CONV2D_IMPLICIT_GEMM = KernelSpec(
+    "conv2d_implicit_gemm",
+    (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
+     tensor("pool_argmax_ptr", "*u8"), tensor_pair("in_norm", "*fp32"), tensor_pair("in2_norm", "*fp32"),
+     tensor("stats_ptr", "*fp32"),
+     integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
+     integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
+     integers("k_offsets", 16, 16), integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
+     real("NEG_SLOPE"), real("IN_NEG_SLOPE"),
+     strides("x_strides"), strides("x2_strides"), integers("w_strides", 16, 16), strides("y_strides"),
+     strides("pool_strides"),
+     flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
+     flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
+     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("IN_ACT"), flag("STATS", tuned=True), derived("EVEN_K"),
+     *_GEMM_SETTINGS),
+    sites={
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
+                                 _IN_NORM],
+        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
+                                       IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS],
+        # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
+        "concat_conv2d_forward": [
+            _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
+            [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
+            [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
+            _IN_ACTS],
+        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS],
+        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
+                                             PAD=0), _EVEN, _BIAS, _ACTS, _IN_NORM],
+        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN],
+    },
+    gemm=True)
+
+CONV2D_WEIGHT_GRAD = KernelSpec(
+    "conv2d_weight_grad",
+    (tensor("g_ptr"), tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("dw_ptr", "*fp32"),
+     integer("BATCH"), integer("H_A"), integer("W_A"), integer("H_B"), integer("W_B"),
+     integer("C_A", 16, tuned=True), integer("C_B", 16, tuned=True), integer("C_B_TOTAL", 16), integer("B_OFF", 16),
+     integer("PIX_PER_SPLIT", 16), integer("PIXEL_BUCKET", tuned=True, specialise=False),
+     # The magic numbers are 1 for every power-of-two divisor: specialised, they would arrive as Python ints.
+     integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
+     integer("H_SHIFT"), PLACEMENT, real("IN_NEG_SLOPE"), strides("x_strides"),
+     flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
+     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("IN_ACT"), flag("FLAT_INPUT", tuned=True),
+     *_GEMM_SETTINGS),
+    sites={
+        # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
+        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT],
+        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP),
+                                          _IN_NORM, _FLAT],
+    },
+    gemm=True)
+
+CONV_OUTPUT_GRAD = KernelSpec(
+    "conv_output_grad",
+    (tensor("g_ptr"), tensor("out_ptr"), tensor("pool_grad_ptr"), tensor("argmax_ptr", "*u8"), tensor("dz_ptr"),
+     tensor("partial_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"),
+     real("NEG_SLOPE"), strides("g_strides"), strides("out_strides"), strides("pool_grad_strides"),
+     strides("argmax_strides"), flag("ACT"), flag("POOL_GRAD"), flag("BIAS_GRAD"), block("BLOCK_P"), block("BLOCK_C")),
+    sites={"conv_output_grad": [_ACTS, [dict(POOL_GRAD=True), dict(POOL_GRAD=False)],
+                                [dict(BIAS_GRAD=True), dict(BIAS_GRAD=False)]]})
+
+# The up-sampling adjoint's gather window per UP_MODE: the up-sampled positions that can read one source index
+# (nearest 2; bilinear 2i-1 .. 2i+2; bilinear with align_corners up to 2 / SCALE + 1 <= 7, one more for rounding).
+UPSAMPLE_WINDOWS = {UpMode.NEAREST: 2, UpMode.BILINEAR: 4, UpMode.BILINEAR_ALIGN_CORNERS: 8}
+
+UPSAMPLE2X_BACKWARD = KernelSpec(
+    "upsample2x_backward",
+    (tensor("g_ptr"), tensor("dx_ptr"), integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"),
+     integer("H_UP"), integer("W_UP"), real("SCALE_H"), real("SCALE_W"), strides("g_strides"), strides("dx_strides"),
+     flag("UP_MODE", tuned=True), flag("WINDOW"), block("BLOCK_P"), block("BLOCK_C")),
+    sites={"upsample2x_backward": [[dict(UP_MODE=int(mode), WINDOW=window) for mode, window
+                                    in sorted(UPSAMPLE_WINDOWS.items(), reverse=True)]]})
+
+MAX_POOL2X2 = KernelSpec(
+    "max_pool2x2",
+    (tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("y_ptr"), tensor("argmax_ptr", "*u8"),
+     integer("TOTAL"), integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True),
+     real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("ACT"), block("BLOCK")),
+    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)]]})
+
+MAX_POOL2X2_BACKWARD = KernelSpec(
+    "max_pool2x2_backward",
+    (tensor("grad_y_ptr"), tensor("argmax_ptr", "*u8"), tensor("grad_x_ptr"), integer("TOTAL"),
+     integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True), strides("g_strides"),
+     strides("argmax_strides"), strides("x_strides"), block("BLOCK")),
+    sites={"max_pool2x2_backward": [[{}]]})
+
+BATCH_NORM_ACT_BACKWARD = KernelSpec(
+    "batch_norm_act_backward",
+    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("dy_ptr"), tensor("partial_ptr", "*fp32"),
+     integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
+     strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), block("BLOCK_P"),
+     block("BLOCK_C")),
+    sites={"batch_norm_act_input_grad": [_ACTS]})
+
+# Every kernel the launchers run, in the doctor's order.
+KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
+           MAX_POOL2X2_BACKWARD, BATCH_NORM_ACT_BACKWARD)
+
+# The doctor's yardsticks (kernels.reference): compiled, never launched.
+MATMUL = KernelSpec(
+    "matmul", (tensor("a_ptr"), tensor("b_ptr"), tensor("c_ptr"), integer("M", 16), integer("N", 16),
+               integer("K", 16), integer("stride_am", 16), integer("stride_bk", 16), integer("stride_cm", 16),
+               block("BLOCK_M"), block("BLOCK_N"), block("BLOCK_K")))
+NESTED_CONV3X3 = KernelSpec(
+    "nested_conv3x3", (tensor("x_ptr"), tensor("w_ptr"), tensor("y_ptr"), integer("PIXELS", 16), integer("H", 16),
+                       integer("W", 16), integer("C_IN", 16), integer("C_OUT", 16), block("BLOCK_M"), block("BLOCK_N"),
+                       block("BLOCK_K")))
