@@ -1,6 +1,7 @@
 """The ``fused-unet`` command (also ``python -m fused_unet``)."""
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 
@@ -68,106 +68,52 @@ def _save_grid(path, images, masks, preds, class_names):
     canvas.save(path)
 
 
-def _evaluate(model, images, masks, batch_size, num_classes, device):
-    from fused_unet.metrics import mean_iou
-
-    preds = torch.cat([model.segment(images[i:i + batch_size].to(device)).cpu()
-                       for i in range(0, len(images), batch_size)])
-    return preds, mean_iou(preds, masks, num_classes)
-
-
-def check_against_reference(model, images, masks):
-    """Forward + backward of ``model`` (fused kernels) vs ``ReferenceUNet`` with the same weights, in float64
-    for the reference. Returns a dict of max abs differences relative to the reference's max magnitude."""
-    from fused_unet import ReferenceUNet
-
-    device = next(model.parameters()).device
-    reference = ReferenceUNet(**model.config).to(device, torch.float64).train(model.training)
-    reference.load_state_dict(model.state_dict())
-    model.zero_grad()
-    images, masks = images.to(device), masks.to(device)
-    logits = model(images)
-    F.cross_entropy(logits, masks).backward()
-    ref_logits = reference(images.double())
-    F.cross_entropy(ref_logits, masks).backward()
-
-    def rel(a, b):
-        return ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
-
-    grads = [rel(p.grad, r.grad) for p, r in zip(model.parameters(), reference.parameters())]
-    model.zero_grad()
-    return {"logits": rel(logits.detach(), ref_logits.detach()), "grads": max(grads)}
-
-
 def cmd_demo(args):
     device = _pick_device(args.device)
     _enable_interpreter_for_cpu_check(device)
     import fused_unet
-    from fused_unet.data import CLASS_NAMES, make_shapes_dataset
-    from tqdm import tqdm
+    from fused_unet import train, verify
+    from fused_unet.data import CLASS_NAMES
 
-    torch.manual_seed(args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    num_classes = len(CLASS_NAMES)
-    train_x, train_y = make_shapes_dataset(args.train_images, args.size, seed=args.seed)
-    val_x, val_y = make_shapes_dataset(args.val_images, args.size, seed=args.seed + 1)
-    model = fused_unet.UNet(3, num_classes, args.base_channels, args.depth, up_mode=args.up_mode,
-                            norm=None if args.norm == "none" else args.norm).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-
-    train_on_cpu = device.type == "cpu"
-    training_backend = "eager" if train_on_cpu else fused_unet.backend(device)
-    print(f"device: {device}  |  torch {torch.__version__}")
-    cpu_note = "eager (eager PyTorch fallback; CPU training is too slow through the Triton interpreter)"
-    print(f"training backend: {cpu_note if train_on_cpu else fused_unet.describe(device)}")
-    print(f"data: {args.train_images} train / {args.val_images} val images, {args.size}x{args.size}, "
-          f"classes {CLASS_NAMES}")
-    history = []
+    total = args.train_images + args.val_images
+    config = train.TrainConfig(
+        out=str(out), size=args.size, base_channels=args.base_channels, depth=args.depth, up_mode=args.up_mode,
+        norm=None if args.norm == "none" else args.norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        synthetic_images=total, val_fraction=args.val_images / total, seed=args.seed, device=str(device),
+        save_predictions=False)
     started = time.time()
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(args.train_images)
-        losses = []
-        bar = tqdm(range(0, args.train_images, args.batch_size), desc=f"epoch {epoch}/{args.epochs}", leave=False,
-                   disable=None)
-        with fused_unet.force_eager() if train_on_cpu else contextlib.nullcontext():
-            for start in bar:
-                idx = order[start:start + args.batch_size]
-                logits = model(train_x[idx].to(device))
-                loss = F.cross_entropy(logits, train_y[idx].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            model.eval()
-            preds, miou = _evaluate(model, val_x, val_y, args.batch_size, num_classes, device)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_mean_iou": miou})
-        print(f"epoch {epoch:2d}  loss {np.mean(losses):.4f}  val mean IoU {miou:.3f}")
+    model, history = train.train(config)
+    training_backend = "eager" if device.type == "cpu" else fused_unet.backend(device)
     print(f"trained in {time.time() - started:.1f}s with backend {training_backend}")
-
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    result = {"device": str(device), "training_backend": training_backend, "settings": settings,
-              "history": history, "chance_mean_iou": 1.0 / num_classes}
+    _, (val_x, val_y, _) = train.split_dataset(config)
+    result = {"device": str(device), "training_backend": training_backend,
+              "settings": {k: v for k, v in vars(args).items() if k != "func"}, "history": history,
+              "chance_mean_iou": 1.0 / len(CLASS_NAMES)}
     if args.check:
         check_backend = fused_unet.backend(device)
         if check_backend == "eager":
             print("check: skipped (no Triton backend on this machine: install triton, or use a CUDA GPU)")
         else:
             started = time.time()
-            diff = check_against_reference(model, val_x[:2], val_y[:2])
-            ok = diff["logits"] < 1e-2 and diff["grads"] < 1e-2
+            # A training step (batch statistics included) of a copy: the trained model's running statistics stay.
+            check = verify.check_model(copy.deepcopy(model).train(), fused_unet.ReferenceUNet(**model.config),
+                                       val_x[:2].to(device))
+            name, ratio = check["worst"]
             print(f"check: UNet via {fused_unet.describe(device)}\n"
-                  f"       vs ReferenceUNet (float64) on 2 images, forward + backward: max rel diff logits "
-                  f"{diff['logits']:.2e}, grads {diff['grads']:.2e} -> {'OK' if ok else 'FAILED'} "
-                  f"({time.time() - started:.1f}s)")
-            result["check"] = {"backend": check_backend, **diff, "ok": ok}
-            if not ok:
+                  f"       vs ReferenceUNet in float64 on 2 images, one training step: largest error "
+                  f"{ratio:.1f}x eager fp32's own ({name}; at most {verify.EAGER_ERROR_FACTOR}x) -> "
+                  f"{'OK' if check['ok'] else 'FAILED'} ({time.time() - started:.1f}s)")
+            result["check"] = {"backend": check_backend, "worst": name, "ratio_to_eager": ratio,
+                               "limit": verify.EAGER_ERROR_FACTOR, "ok": check["ok"]}
+            if not check["ok"]:
                 return 1
-    _save_grid(out / "predictions.png", val_x[:6], val_y[:6], preds[:6], CLASS_NAMES)
+    with fused_unet.force_eager() if device.type == "cpu" else contextlib.nullcontext():  # as it trained
+        preds = train.predict_masks(model, val_x[:6], args.batch_size, device)
+    _save_grid(out / "predictions.png", val_x[:6], val_y[:6], preds, CLASS_NAMES)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'predictions.png'} (image | true mask | predicted mask) and {out / 'metrics.json'}")
+    print(f"wrote {out / 'predictions.png'} (image | true mask | predicted mask), {out / 'metrics.json'} and "
+          f"{out / 'checkpoint.pt'} (for `fused-unet predict`)")
     return 0
 
 
@@ -353,7 +299,7 @@ def build_parser():
     demo.add_argument("--base-channels", type=_positive, default=16)
     demo.add_argument("--depth", type=_positive, default=2)
     _add_unet_args(demo)
-    demo.add_argument("--lr", type=float, default=1e-2)
+    demo.add_argument("--lr", type=float, default=3e-3)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--out", default="./fused-unet-demo/", help="output folder for the PNG and metrics.json")

@@ -10,12 +10,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from fused_unet import candidates, ops
-from fused_unet.kernels import conv, grad, norm, pool, upsample
+from fused_unet.kernels import conv, grad, norm, pool, specs, upsample
 
 
 def _traced(like):
-    """Whether torch.compile is tracing, or ``like`` is a meta tensor: then the custom ops run, nothing else."""
-    return torch.compiler.is_compiling() or like.device.type == "meta"
+    """Whether torch.compile is tracing, or ``like`` is a meta tensor: then the custom ops run, nothing else
+    (but while fused_unet.plan records a step: it reads the launchers' launches)."""
+    return torch.compiler.is_compiling() or (like.device.type == "meta" and not specs.recording_active())
 
 
 def _launch(launcher, like):

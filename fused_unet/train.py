@@ -128,6 +128,7 @@ class TrainConfig:
     resume: str = None
     seed: int = 0
     device: str = "auto"
+    save_predictions: bool = True  # a mask and an overlay PNG per validation image, in OUT/predictions
 
 
 def _distributed():
@@ -148,7 +149,9 @@ def _device(name, rank):
     return torch.device(name)
 
 
-def _data(config):
+def split_dataset(config):
+    """((train images, masks), (validation images, masks, names)) as ``config`` says: its folder, or the synthetic
+    shapes, the last ``val_fraction`` of them held out."""
     from fused_unet.data import make_shapes_dataset
 
     if config.data is None:
@@ -192,7 +195,7 @@ def train(config, log=print):
     device = _device(config.device, rank)
     state = load_checkpoint(config.resume, device) if config.resume else None  # a bad file fails before any work
     torch.manual_seed(config.seed)
-    (train_x, train_y), (val_x, val_y, val_names) = _data(config)
+    (train_x, train_y), (val_x, val_y, val_names) = split_dataset(config)
     if config.data is None:
         config = dataclasses.replace(config, num_classes=4)
     elif config.num_classes is None:
@@ -249,7 +252,7 @@ def train(config, log=print):
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             model.eval()
-            preds = _predict(model, val_x, config.batch_size, device, amp_dtype) if len(val_x) else None
+            preds = predict_masks(model, val_x, config.batch_size, device, amp_dtype) if len(val_x) else None
             miou = mean_iou(preds, val_y, config.num_classes) if preds is not None else float("nan")
             history.append({"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                             "val_mean_iou": miou})
@@ -258,7 +261,7 @@ def train(config, log=print):
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scaler": scaler.state_dict(), "epoch": epoch, "config": dataclasses.asdict(config)},
                            out / "checkpoint.pt")
-    if lead and len(val_x) and history:
+    if lead and config.save_predictions and len(val_x) and history:
         for name, image, pred in zip(val_names, val_x, preds):
             save_prediction(out / "predictions", name, image, pred)
     return model, history
@@ -302,7 +305,8 @@ def find_max_batch(config, limit=4096, log=print):
     return batch
 
 
-def _predict(model, images, batch_size, device, amp_dtype=None):
+def predict_masks(model, images, batch_size, device, amp_dtype=None):
+    """Class-id masks [N, H, W] (on the CPU) of ``images`` by ``model``, ``batch_size`` at a time on ``device``."""
     with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
                           for i in range(0, len(images), batch_size)])
@@ -343,7 +347,7 @@ def predict(checkpoint_path, images_dir, out, device="auto", log=print):
                 problems.append(str(error))
                 log(f"skipped {error}")
                 continue
-            pred = _predict(model, image[None], 1, device)[0]
+            pred = predict_masks(model, image[None], 1, device)[0]
             save_prediction(out, path.stem, image, pred)
     log(f"wrote {len(paths) - len(problems)} mask(s) and overlay(s) to {out}")
     return problems

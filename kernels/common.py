@@ -45,6 +45,11 @@ def pixel_channel_tile(PIXELS, C, H, W, BLOCK_P: tl.constexpr, BLOCK_C: tl.const
     return pid_p, offs_p, offs_c, c_ok, mask, (offs_p // (W * H)).to(tl.int64), h, w
 
 
+def pixel_channel_grid(pixels, channels):
+    """The launch grid of a pixel_channel_tile kernel."""
+    return lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"]))
+
+
 @triton.jit
 def fast_div(n, magic, shift):
     """n // d for 0 <= n < 2**31, from the host's ``fast_divisor(d)``: a multiply-high and a shift instead of the

@@ -27,6 +27,7 @@ import triton.language as tl
 from .codes import UpMode, act_code, up_mode_code
 from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
                      take_larger)
+from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
                       prune_by_precision)
@@ -492,9 +493,10 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     def grid(meta):
         return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
 
-    conv2d_implicit_gemm_kernel[grid](**CONV2D_IMPLICIT_GEMM.arguments(
-        x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight, bias_ptr=bias if bias is not None else x,
-        y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax, in_norm=norm or (x, x), in2_norm=skip_norm or (x, x),
+    CONV2D_IMPLICIT_GEMM.launch(
+        conv2d_implicit_gemm_kernel, grid, x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight,
+        bias_ptr=bias if bias is not None else x, y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax,
+        in_norm=norm or (x, x), in2_norm=skip_norm or (x, x),
         stats_ptr=stats if stats is not None else x, BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
@@ -505,7 +507,7 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         NORM_INPUT2=skip_norm is not None,
         IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
-        STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype)))
+        STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
 
 
@@ -538,15 +540,16 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
 
         w_magic, w_shift = fast_divisor(w_a)
         h_magic, h_shift = fast_divisor(h_a)
-        conv2d_weight_grad_kernel[grid](**CONV2D_WEIGHT_GRAD.arguments(
-            g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch, H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b,
-            C_A=c_a, C_B=c_b, C_B_TOTAL=c_b_total, B_OFF=b_off, PIX_PER_SPLIT=pix_per_split,
+        CONV2D_WEIGHT_GRAD.launch(
+            conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch,
+            H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b, C_B_TOTAL=c_b_total, B_OFF=b_off,
+            PIX_PER_SPLIT=pix_per_split,
             PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
             placement=placement, IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw,
             STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
             IN_ACT=act_code(in_activation if norm is not None else None),
             FLAT_INPUT=norm is None and up_mode == UpMode.NONE and _flat(x, g if grad_operand == 1 else x),
-            DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype)))
+            DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
     # Fixed-order reduction of the split workspace: the same bits on every run.
     return dw.sum(0).view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 
@@ -557,10 +560,11 @@ def _sm_count(device):
 
 
 def _weight_grad_split(num_pix, c_a, c_b, taps, device):
-    """How many pixel chunks to split the weight-grad reduction into: enough programs to fill the GPU."""
-    if INTERPRETED or device.type != "cuda":
+    """How many pixel chunks to split the weight-grad reduction into: enough programs to fill the GPU (the one a
+    recording plans for: specs.recorded_sms)."""
+    sms = specs.recorded_sms() or (None if INTERPRETED or device.type != "cuda" else _sm_count(device))
+    if sms is None:
         return 1
-    sms = _sm_count(device)
     tiles = triton.cdiv(c_a, 64) * triton.cdiv(c_b, 64) * taps
     return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
 

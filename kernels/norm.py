@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import activation_grad, apply_activation, pixel_channel_tile
+from .common import activation_grad, apply_activation, pixel_channel_grid, pixel_channel_tile
 from .configs import configs
 from .specs import BATCH_NORM_ACT_BACKWARD
 
@@ -77,10 +77,8 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     partial = torch.zeros((max(1, triton.cdiv(pixels, block_p)), 2, c), device=y.device, dtype=torch.float32)
     if pixels:
-        batch_norm_act_backward_kernel[lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]),
-                                                     triton.cdiv(c, meta["BLOCK_C"]))](
-            **BATCH_NORM_ACT_BACKWARD.arguments(
-                g_ptr=grad, y_ptr=y, norm=(scale, shift), dy_ptr=dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
-                NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), y_strides=y.stride(),
-                dy_strides=dy.stride(), ACT=act_code(activation)))
+        BATCH_NORM_ACT_BACKWARD.launch(
+            batch_norm_act_backward_kernel, pixel_channel_grid(pixels, c), g_ptr=grad, y_ptr=y, norm=(scale, shift),
+            dy_ptr=dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope),
+            g_strides=grad.stride(), y_strides=y.stride(), dy_strides=dy.stride(), ACT=act_code(activation))
     return dy, partial[:, 0].sum(0), partial[:, 1].sum(0)

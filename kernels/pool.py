@@ -109,10 +109,11 @@ def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_
     total = y.numel()
     norm = in_scale is not None
     if total:
-        max_pool2x2_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](**MAX_POOL2X2.arguments(
-            x_ptr=x, in_norm=(in_scale, in_shift) if norm else (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
+        MAX_POOL2X2.launch(
+            max_pool2x2_kernel, lambda meta: (triton.cdiv(total, meta["BLOCK"]),), x_ptr=x,
+            in_norm=(in_scale, in_shift) if norm else (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
             H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
-            y_strides=y.stride(), NORM=norm, ACT=act_code(in_activation if norm else None)))
+            y_strides=y.stride(), NORM=norm, ACT=act_code(in_activation if norm else None))
     return y, argmax
 
 
@@ -128,8 +129,8 @@ def max_pool2x2_backward(grad_y, argmax, input_shape):
         grad_x.zero_()
     total = argmax.numel()
     if total:
-        max_pool2x2_backward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
-            **MAX_POOL2X2_BACKWARD.arguments(
-                grad_y_ptr=grad_y, argmax_ptr=argmax, grad_x_ptr=grad_x, TOTAL=total, C=c, H_OUT=h // 2, W_OUT=w // 2,
-                g_strides=grad_y.stride(), argmax_strides=argmax.stride(), x_strides=grad_x.stride()))
+        MAX_POOL2X2_BACKWARD.launch(
+            max_pool2x2_backward_kernel, lambda meta: (triton.cdiv(total, meta["BLOCK"]),), grad_y_ptr=grad_y,
+            argmax_ptr=argmax, grad_x_ptr=grad_x, TOTAL=total, C=c, H_OUT=h // 2, W_OUT=w // 2,
+            g_strides=grad_y.stride(), argmax_strides=argmax.stride(), x_strides=grad_x.stride())
     return grad_x

@@ -11,7 +11,9 @@ The kernels document each parameter in one line where they declare it; a test ho
 Adding a flag: the kernel (parameter and code), its ``flag(...)`` here and its choices on the sites that set it,
 the launcher that passes it, and ``configs.fits`` if it changes which tiles fit.
 """
+import contextlib
 import dataclasses
+import functools
 
 from .codes import Act, UpMode
 
@@ -109,38 +111,92 @@ class KernelSpec:
     def derived_flags(self):
         return [p.name for p in self.params if p.role == "derived"]
 
+    @functools.cached_property
+    def launch_names(self):
+        """What a launch passes: every parameter but block sizes and derived flags."""
+        return frozenset(p.name for p in self.params if p.role in ("argument", "flag"))
+
     def arguments(self, **given):
-        """``given`` when it names exactly the launch's parameters (all but block sizes and derived flags); a
-        TypeError naming the difference otherwise (a keyword Triton does not know would pass as a compile
-        option)."""
-        expected = {p.name for p in self.params if p.role in ("argument", "flag")}
-        if set(given) != expected:
+        """``given`` when it names exactly the launch's parameters (launch_names); a TypeError naming the difference
+        otherwise (a keyword Triton does not know would pass as a compile option)."""
+        expected = self.launch_names
+        if given.keys() != expected:
             raise TypeError(f"{self.name}: launch is missing {sorted(expected - set(given))} and passes unknown "
                             f"{sorted(set(given) - expected)}")
         return given
 
-    def compile_signature(self, tensor_type, constexprs, ones=False):
+    def launch(self, kernel, grid, **given):
+        """``kernel[grid](**given)`` after ``arguments`` checked the names; inside ``recording(callback)`` the
+        launch is handed to the callback instead (``fused_unet.plan`` reads a whole step so, on meta tensors)."""
+        arguments = self.arguments(**given)
+        if _RECORDERS:
+            _RECORDERS[-1][0](self, kernel, grid, arguments)
+        else:
+            kernel[grid](**arguments)
+
+    def compile_signature(self, tensor_type, constexprs, ones=False, values=None):
         """(signature, constexprs, attrs) of ``triton.compile`` for a launch with tensors of ``tensor_type`` and
         ``constexprs`` (flags and block sizes): as a U-Net layer's launch specialises (pointers 16-byte aligned,
-        integers hinted 1 constant, hinted 16 divisible by 16), or with ``ones`` every specialisable integer equal
-        to 1 (a launch with a width, a batch or a stride of 1)."""
+        integers hinted 1 constant, hinted 16 divisible by 16), with ``ones`` every specialisable integer equal to
+        1 (a launch with a width, a batch or a stride of 1), or with ``values`` (a recorded launch's arguments) as
+        that launch specialises: each integer by its value, each tensor's own element type."""
         signature, constants, attrs = {}, dict(constexprs), {}
         for i, p in enumerate(self.params):
             if p.name in constexprs:
                 signature[p.name] = "constexpr"
                 continue
+            given = values[p.name] if values is not None else None
             types = []
             for suffix, kind, hint in p.elements():
                 path = (i,) + suffix
+                if values is not None:
+                    kind, hint = _specialisation(kind, given[suffix[0]] if suffix else given)
                 if kind == "i32" and p.specialise and (hint == 1 or ones):
                     types.append("constexpr")
                     constants[path] = 1
                     continue
                 types.append(tensor_type if kind == TENSOR else kind)
-                if hint == 16 and (kind.startswith("*") or not ones):
+                if hint == 16 and p.specialise and (kind.startswith("*") or not ones):
                     attrs[path] = [["tt.divisibility", 16]]
             signature[p.name] = tuple(types) if isinstance(p.types, tuple) else types[0]
         return signature, constants, attrs
+
+
+# Triton's names of the tensor element types the launchers pass.
+_ELEMENT_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8"}
+
+
+def _specialisation(kind, value):
+    """(compile type, hint) of one argument as Triton specialises it at launch: a tensor by its element type (16:
+    allocations are 16-byte aligned), an integer 1 when it equals 1 and 16 when divisible by 16."""
+    if kind.startswith("*"):
+        return "*" + _ELEMENT_TYPES[str(value.dtype)], 16
+    if kind == "i32":
+        return kind, 1 if value == 1 else 16 if value % 16 == 0 else None
+    return kind, None
+
+
+_RECORDERS = []
+
+
+@contextlib.contextmanager
+def recording(callback, sms=None):
+    """Inside this block every launch calls ``callback(spec, kernel, grid, arguments)`` instead of running, and
+    launchers size their grids for a GPU of ``sms`` SMs (fused_unet.plan: a whole step on meta tensors)."""
+    _RECORDERS.append((callback, sms))
+    try:
+        yield
+    finally:
+        _RECORDERS.pop()
+
+
+def recording_active():
+    return bool(_RECORDERS)
+
+
+def recorded_sms():
+    """The SM count a recording sizes grids for (None outside one)."""
+    return _RECORDERS[-1][1] if _RECORDERS else None
 
 
 def _fixed(**flags):

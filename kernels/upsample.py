@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_tile
+from .common import UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_grid, pixel_channel_tile
 from .configs import configs
 from .conv import _placement
 from .specs import UPSAMPLE2X_BACKWARD, UPSAMPLE_WINDOWS
@@ -84,9 +84,8 @@ def upsample2x_backward(grad, input_shape, up_mode, align_corners=False):
     mode, (_, _, _, _, h_up, w_up, scale_h, scale_w) = _placement(dx, 2 * h, 2 * w, up_mode, align_corners)
     pixels = batch * h * w
     if pixels:
-        grid = lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
-        upsample2x_backward_kernel[grid](**UPSAMPLE2X_BACKWARD.arguments(
-            g_ptr=grad, dx_ptr=dx, PIXELS=pixels, C=c, H=h, W=w, H_UP=h_up, W_UP=w_up, SCALE_H=scale_h,
-            SCALE_W=scale_w, g_strides=grad.stride(), dx_strides=dx.stride(), UP_MODE=mode,
-            WINDOW=UPSAMPLE_WINDOWS[mode]))
+        UPSAMPLE2X_BACKWARD.launch(
+            upsample2x_backward_kernel, pixel_channel_grid(pixels, c), g_ptr=grad, dx_ptr=dx, PIXELS=pixels, C=c,
+            H=h, W=w, H_UP=h_up, W_UP=w_up, SCALE_H=scale_h, SCALE_W=scale_w, g_strides=grad.stride(),
+            dx_strides=dx.stride(), UP_MODE=mode, WINDOW=UPSAMPLE_WINDOWS[mode])
     return dx

@@ -11,6 +11,7 @@ if DEVICE == "cpu":
 import pytest  # noqa: E402
 
 import fused_unet  # noqa: E402
+from fused_unet import verify  # noqa: E402
 
 # (atol, rtol) against a float64 reference computed from the same (already rounded) inputs. atol is scaled by
 # the reference's largest magnitude. The low-precision rows are a few ulps of the output dtype, i.e. a small
@@ -23,11 +24,8 @@ TOLERANCES = {
 }
 # A whole network compounds one rounding per layer.
 MODEL_TOLERANCE_FACTOR = 8
-# fp32 whole networks: the largest error of the logits and of every gradient against float64 stays within this
-# multiple of eager PyTorch fp32's own largest error on the same input (a fixed tolerance let a 1000x regression of
-# BatchNorm gradients at batch 1 pass). The floor stands for eager being exact where a different sum order is not.
-EAGER_ERROR_FACTOR = 16
-EAGER_ERROR_FLOOR = 1e-7
+# fp32 whole networks: within fused_unet.verify.EAGER_ERROR_FACTOR times eager PyTorch fp32's own largest error
+# against float64 on the same input (assert_within_eager_error; the library's rule, which the demo checks too).
 # Low precision against a baseline: at most this many elements may miss both per-element rules (a ReLU or
 # max-pool decision flipped by a rounding); a wrong tile (16x16 = 256 elements) never passes.
 LOW_PRECISION_OUTLIERS = 8
@@ -135,27 +133,16 @@ def _reference_run(reference, inputs, diff_index, grad_outs, dtype):
     return outs, grads
 
 
+model_triplet = verify.model_triplet
+
+
 def assert_within_eager_error(actual, expected, baseline, name):
     """The largest error of ``actual`` against the float64 ``expected`` is at most EAGER_ERROR_FACTOR times eager
-    PyTorch's own (``baseline``, same dtype, same input)."""
-    expected = expected.detach().double()
-    if not expected.numel():
-        return
-    scale = expected.abs().max().item()
-    err = (actual.detach().double() - expected).abs().max().item()
-    base = (baseline.detach().double() - expected).abs().max().item()
-    limit = EAGER_ERROR_FACTOR * max(base, EAGER_ERROR_FLOOR * scale)
-    assert err <= limit, (f"{name}: largest error {err:.3g} is {err / max(base, 1e-300):.0f}x eager PyTorch's own "
-                          f"({base:.3g}; largest value {scale:.3g}); at most {EAGER_ERROR_FACTOR}x is allowed")
-
-
-def model_triplet(model, reference):
-    """(model, its float64 reference, PyTorch's own run in model's dtype) with model's weights."""
-    import copy
-
-    dtype = next(model.parameters()).dtype
-    reference.load_state_dict(model.state_dict())
-    return model, reference.double(), copy.deepcopy(reference).to(dtype)
+    PyTorch's own (``baseline``, same dtype, same input): fused_unet.verify's rule."""
+    err, ratio = verify.eager_error_ratio(actual, expected, baseline)
+    assert ratio <= verify.EAGER_ERROR_FACTOR, (
+        f"{name}: largest error {err:.3g} is {ratio:.0f}x eager PyTorch's own (largest value "
+        f"{expected.detach().abs().max().item():.3g}); at most {verify.EAGER_ERROR_FACTOR}x is allowed")
 
 
 def compare_step(models, x, grad, label="", factor=MODEL_TOLERANCE_FACTOR, check_grads=True):
@@ -165,7 +152,7 @@ def compare_step(models, x, grad, label="", factor=MODEL_TOLERANCE_FACTOR, check
     times the fp32 baseline's own largest error (assert_within_eager_error)."""
     model, reference, baseline = models
     dtype = next(model.parameters()).dtype
-    (out, grads), (ref, ref_grads), (base_out, base_grads) = (_run(m, x, grad) for m in (model, reference, baseline))
+    (out, grads), (ref, ref_grads), (base_out, base_grads) = (verify.run_step(m, x, grad) for m in models)
     low_precision = dtype != torch.float32
     assert out.shape == ref.shape
     names = ["logits"] + [f"grad {name}" for name in ["x"] + [name for name, _ in model.named_parameters()]]
@@ -178,12 +165,3 @@ def compare_step(models, x, grad, label="", factor=MODEL_TOLERANCE_FACTOR, check
             assert_within_eager_error(a, r, b, f"{label}{name}")
     for m in models:
         m.zero_grad(set_to_none=True)
-
-
-def _run(model, x, grad):
-    """Logits and the gradients of (x, *parameters) in ``model``'s dtype."""
-    dtype = next(model.parameters()).dtype
-    x = x.detach().to(dtype).requires_grad_()
-    out = model(x)
-    out.backward(grad.to(dtype))
-    return out, [x.grad] + [p.grad for p in model.parameters()]

@@ -38,12 +38,13 @@ def test_tiny_demo_trains_checks_and_writes_a_png(tmp_path, options):
                  "--base-channels", "4", "--depth", "1", "--out", str(tmp_path), "--device", "cpu", *options,
                  env={"TRITON_INTERPRET": ""})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "training backend: eager" in result.stdout
+    assert "backend: eager (eager PyTorch fallback" in result.stdout and "with backend eager" in result.stdout
     assert "check: UNet via triton-interpreter" in result.stdout and "-> OK" in result.stdout
     assert "val mean IoU" in result.stdout
     assert (tmp_path / "predictions.png").stat().st_size > 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["check"]["ok"] and len(metrics["history"]) == 1
+    assert metrics["check"]["ok"] and metrics["check"]["ratio_to_eager"] <= 16 and len(metrics["history"]) == 1
+    assert (tmp_path / "checkpoint.pt").is_file() and not (tmp_path / "predictions").exists()
 
 
 def test_memory_command_reports_fused_and_eager_bytes():

@@ -77,3 +77,23 @@ def test_state_dict_keys_match_for_every_up_mode(up_mode):
     reference = ReferenceUNet(3, 2, base_channels=4, depth=2, up_mode=up_mode)
     assert list(model.state_dict()) == list(reference.state_dict())
     assert not any(".up." in key for key in model.state_dict())
+
+
+class _SlightlyOff(UNet):
+    """A U-Net 1e-4 off: far within a fixed 1e-2 tolerance, 1000x eager fp32's own error."""
+
+    def forward(self, x):
+        return super().forward(x) * (1 + 1e-4)
+
+
+def test_verify_holds_a_model_to_eager_fp32s_own_error():
+    # The library's check (fused_unet.verify, used by `fused-unet demo`): the fused UNet passes, a model off by
+    # 1e-4 fails although a fixed 1e-2 tolerance (the demo's old check) would pass it.
+    from fused_unet import verify
+
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=4, depth=1, norm="batch")
+    x = torch.randn(1, 3, 12, 10, device=DEVICE)
+    good = verify.check_model(UNet(**kwargs).to(DEVICE), ReferenceUNet(**kwargs), x)
+    assert good["ok"] and good["worst"][1] <= verify.EAGER_ERROR_FACTOR
+    bad = verify.check_model(_SlightlyOff(**kwargs).to(DEVICE), ReferenceUNet(**kwargs), x)
+    assert not bad["ok"] and bad["errors"]["logits"][1] > 100

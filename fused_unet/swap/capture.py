@@ -10,7 +10,8 @@ from torch.utils import _pytree
 from fused_unet import nn as fnn
 from fused_unet.utils import error_summary
 from fused_unet.swap.module_level import _SWAPS
-from fused_unet.swap.patterns import _Rewriter, _relative
+from fused_unet.swap.graph import relative
+from fused_unet.swap.rewrite import rewrite
 
 # Probe images tried, smallest first, when no example input is given (many encoders need multiples of 32).
 _PROBE_SIZES = (64, 128, 256)
@@ -142,7 +143,7 @@ def _fuse_tree(module, name, inputs, report, roots):
         return
     fused_before = list(report.fused)
     try:
-        rewritten = _Rewriter(module, graph, name, report).run()
+        rewritten = rewrite(module, graph, name, report)
     except Exception as error:  # a graph our patterns misread: the module stays as it is, and the report says why
         report.fused[:] = fused_before
         report.untraced.append((name, f"swap could not rewrite its torch.fx graph ({error_summary(error, 100)}); "
@@ -168,7 +169,7 @@ def _capture_with_compile(module, name, inputs, report):
         frame = _frame(module, gm, example_inputs)
         # A graph of a submodule's forward (past a graph break) serves every instance of its class: named by it.
         base = name if not frame else type(module.get_submodule(frame)).__name__
-        if _Rewriter(gm, gm.graph, base, report, functional=True).run():
+        if rewrite(gm, gm.graph, base, report, functional=True):
             gm.recompile()
             rewrote.append(gm)
         return gm.forward
@@ -214,7 +215,7 @@ def _frame(module, gm, example_inputs):
         owner = names.get(id(value), "").rpartition(".")[0]
         for user in node.users if id(value) in names else ():
             stack = user.meta.get("nn_module_stack")
-            relative = _relative(list(stack.values())[-1][0]) if stack else None
-            if relative and (owner == relative or owner.endswith("." + relative)):
-                return owner[:len(owner) - len(relative)].rstrip(".")
+            path = relative(list(stack.values())[-1][0]) if stack else None
+            if path and (owner == path or owner.endswith("." + path)):
+                return owner[:len(owner) - len(path)].rstrip(".")
     return ""

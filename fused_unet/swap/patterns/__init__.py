@@ -1,0 +1,9 @@
+"""The fusions, one file each: a matcher that reads a captured graph through ``SwapGraph`` (either dialect) and a
+rewriter that replaces what it matched by one call of a fused callable (``swap.runtime``).
+
+Each conv-chain pattern has ``match(g, chain)`` (what it found after the conv chain ``chain``, or None) and
+``rewrite(g, chain, found)``; ``CHAIN_PATTERNS`` is the order they are tried in for each conv (the first match
+wins). A new fusion is a new file and an entry here."""
+from fused_unet.swap.patterns import concat_conv, conv_act, conv_pool
+
+CHAIN_PATTERNS = (concat_conv, conv_pool, conv_act)

@@ -1,0 +1,55 @@
+"""[x2 up-sampling] [+ F.pad] [+ torch.cat([a, b], 1)] + conv chain -> the concatenating conv, which reads both
+tensors (up-sampling and padding one on the fly) without building the concatenation."""
+import torch
+import torch.nn.functional as F
+
+from fused_unet.swap.graph import UpBranch, arg
+from fused_unet.swap.runtime import _CAT_FUNCTIONS, _fused_concat_conv
+
+
+def _up_branch(g, node):
+    """What feeds one side of a concatenation, [F.pad(] [upsample(] source [)] [)], as an UpBranch."""
+    pad, pad_mode, nodes = None, "constant", []
+    if node.op == "call_function" and node.target in (F.pad, torch._C._nn.pad) and \
+            len(g.data_users(node)) == 1 and arg(node, 3, "value") in (None, 0, 0.0):
+        # Only a zero pad fuses; another mode (MONAI pads by replicating) only where all amounts are 0.
+        pad, pad_mode, nodes, node = arg(node, 1, "pad"), arg(node, 2, "mode", "constant"), [node], node.args[0]
+    up = g.upsampling(node) or UpBranch(node)
+    return up._replace(pad=pad, pad_mode=pad_mode, nodes=(*up.nodes, *nodes))
+
+
+def match(g, chain):
+    """(up branch, skip node, up_first, nodes replaced) of the concatenation feeding the chain's conv (through
+    identities); an x2 up-sampling feeding it with no concatenation (a decoder step without a skip) has skip
+    None. None when neither feeds it."""
+    node, between = chain.conv.args[0], []
+    while g.passthrough(node) and len(node.users) == 1:
+        between.append(node)
+        node = node.args[0]
+    if (up := g.upsampling(node)) is not None:
+        return up, None, True, [*up.nodes, *between[::-1]]
+    if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or len(g.data_users(node)) != 1:
+        return None
+    tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
+    if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
+        g.report.add_left_alone((f"cat before {g.name(chain.conv)}",
+                                 "not two tensors along the channels (fused: cat([a, b], 1))"))
+        return None
+    branches = [_up_branch(g, t) for t in tensors]
+    # The up-sampled (or padded) side is "up"; with neither, the first tensor.
+    index = next((i for i, b in enumerate(branches) if b.up_mode is not None), None)
+    index = next((i for i, b in enumerate(branches) if b.pad is not None), 0) if index is None else index
+    up = branches[index]
+    return up, tensors[1 - index], index == 0, [*up.nodes, node, *between[::-1]]
+
+
+def rewrite(g, chain, found):
+    up, skip, up_first, extra = found
+    conv, bn = chain.fused_args(g)
+    g.replace(extra + chain.nodes, _fused_concat_conv, (up.source, skip, conv, bn), dict(
+        chain.epilogue(), up_first=up_first, up_mode=up.up_mode, align_corners=up.align_corners, size=up.size,
+        pad=up.pad, pad_mode=up.pad_mode, interpolate=up.interpolate, upsampler=g.attr(up.upsampler, chain.conv)))
+    pattern = "+".join(["upsample"] * (up.up_mode is not None) + ["pad"] * (up.pad is not None) +
+                       ["cat"] * (skip is not None))
+    g.report.add_fusion(pattern + "+conv" + chain.suffix(), "concat_conv2d",
+                        tuple(g.name(n) for n in extra) + tuple(g.name(n) for n in chain.nodes))

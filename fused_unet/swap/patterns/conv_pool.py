@@ -1,0 +1,24 @@
+"""A conv chain whose output is also 2x2 max-pooled -> the conv+pool kernel (both outputs from one launch)."""
+import operator
+
+from fused_unet.swap.runtime import _fused_conv_pool
+
+
+def match(g, chain):
+    """The 2x2 max-pool reading the chain's output, or None."""
+    last = chain.nodes[-1]
+    return next((user for user in last.users if user.args[:1] == (last,) and g.is_pool(user)), None)
+
+
+def rewrite(g, chain, pool):
+    conv, bn = chain.fused_args(g)
+    new = g.replace(chain.nodes, _fused_conv_pool, (chain.conv.args[0], conv, bn), chain.epilogue())
+    with g.graph.inserting_after(new):
+        full = g.graph.call_function(operator.getitem, (new, 0))
+    with g.graph.inserting_after(full):
+        pooled = g.graph.call_function(operator.getitem, (new, 1))
+    new.replace_all_uses_with(full, delete_user_cb=lambda user: user not in (full, pooled))
+    pool.replace_all_uses_with(pooled)
+    g.graph.erase_node(pool)
+    g.report.add_fusion("conv" + chain.suffix() + "+maxpool", "conv2d_pool",
+                        tuple(g.name(n) for n in chain.nodes) + (g.name(pool),))

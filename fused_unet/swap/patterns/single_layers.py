@@ -1,0 +1,27 @@
+"""In a torch.compile graph, what the module level does elsewhere: each remaining supported conv, 2x2/s2
+transposed conv and 2x2 max-pool call runs its fused op (or, at run time, the original one)."""
+from fused_unet.swap.graph import arg
+from fused_unet.swap.runtime import _fused_conv, _fused_conv_transpose, _fused_max_pool
+
+
+def swap(g):
+    """Swap the single layers of ``g``; True when the graph changed."""
+    changed = False
+    for node in list(g.graph.nodes):
+        if node.op != "call_function":
+            continue
+        conv = g.conv(node)
+        if conv is not None and not conv[1]:
+            g.report.add_fusion("conv", "conv2d", (g.name(node),))
+            g.replace([node], _fused_conv, (node.args[0], g.spec(node, node), None),
+                      dict(activation=None, negative_slope=0.01, defer=False))
+        elif g.conv_transpose2x2(node):
+            g.report.add_fusion("convtranspose", "conv_transpose2x2", (g.name(node),))
+            g.replace([node], _fused_conv_transpose, (node.args[0], node.args[1], arg(node, 2, "bias")), {})
+        elif g.is_pool(node):
+            g.report.add_fusion("maxpool", "max_pool2x2", (g.name(node),))
+            g.replace([node], _fused_max_pool, (node.args[0],), {})
+        else:
+            continue
+        changed = True
+    return changed

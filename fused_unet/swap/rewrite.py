@@ -1,0 +1,72 @@
+"""Rewrite one captured graph: every conv chain by the first pattern that matches it (``patterns``), the single
+layers of a torch.compile graph, then which batch norms may stay pending and what was left alone."""
+import torch.nn.functional as F
+
+from fused_unet import nn as fnn
+from fused_unet.swap.graph import UPSAMPLE_CALLS, UPSAMPLE_MODULES, SwapGraph
+from fused_unet.swap.module_level import _SWAPS
+from fused_unet.swap.patterns import CHAIN_PATTERNS, conv_chain, single_layers
+from fused_unet.swap.runtime import _CAT_FUNCTIONS, _DATA_INPUTS, _FUSED_OPS, _fused_conv_pool
+
+
+def rewrite(root, graph, prefix, report, functional=False):
+    """Rewrite ``graph`` (of ``root``, named ``prefix`` in ``report``) in place; True when it changed.
+    ``functional``: a torch.compile graph (torch-level calls, no modules), where single layers are swapped too."""
+    g = SwapGraph(root, graph, prefix, report, functional)
+    changed = False
+    for conv_node in [n for n in graph.nodes if g.conv(n) is not None]:
+        if g.conv(conv_node)[1]:  # unsupported configuration: the module level reports it
+            continue
+        chain = conv_chain.find(g, conv_node)
+        for pattern in CHAIN_PATTERNS:
+            if (found := pattern.match(g, chain)) is not None:
+                pattern.rewrite(g, chain, found)
+                changed = True
+                break
+    if functional:
+        changed = single_layers.swap(g) or changed
+    _defer_norms(g)
+    _report_leftovers(g)
+    graph.lint()
+    return changed
+
+
+def _reads_normalized(g, user, value):
+    """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it)."""
+    if user.op == "call_function" and user.target in _DATA_INPUTS:
+        data = _DATA_INPUTS[user.target]
+        return value in user.args[:data] and value not in user.args[data:]
+    if user.args != (value,) or user.kwargs:
+        return False
+    if g.module(user, fnn.Conv2d, fnn.MaxPool2d, fnn.ConvTranspose2d) is not None:
+        return True
+    m = g.module(user, *_SWAPS)  # swapped for its fused class below when supported
+    return m is not None and _SWAPS[type(m)][1](m) is None
+
+
+def _defer_norms(g):
+    """A fused conv's batch norm stays pending (its readers normalise as they read) when only fused layers read it."""
+    for node in g.graph.nodes:
+        if node.op != "call_function" or node.target not in _FUSED_OPS or \
+                node.args[_FUSED_OPS[node.target] + 1] is None:  # no batch norm
+            continue
+        outputs = [u for u in node.users if u.args[1] == 0] if node.target is _fused_conv_pool else [node]
+        readers = [(u, out) for out in outputs for u in out.users]
+        if readers and all(_reads_normalized(g, u, out) for u, out in readers):
+            node.kwargs = dict(node.kwargs, defer=True)
+
+
+def _report_leftovers(g):
+    for node in g.graph.nodes:
+        if node.op == "call_function" and node.target in (*_CAT_FUNCTIONS, F.interpolate, *UPSAMPLE_CALLS):
+            what = "cat" if node.target in _CAT_FUNCTIONS else "interpolate"
+            where = g.name(node) if node.meta.get("nn_module_stack") else f"{what} ({g.prefix or 'model'}.{node.name})"
+            if g.functional and any(u.op == "output" for u in node.users):
+                why = ("its result leaves this torch.compile graph: the code that reads it runs past a graph break, "
+                       "in another graph")
+            else:
+                why = "not followed by a supported conv (fused: [upsample x2] [+ pad] + cat([a, b], 1) + conv)"
+            g.report.add_left_alone((where, why))
+        elif g.module(node, *UPSAMPLE_MODULES) is not None:
+            g.report.add_left_alone((g.name(node), "not an x2 nearest/bilinear up-sampling followed by cat + a "
+                                                   "supported conv"))
