@@ -393,6 +393,26 @@ def build_parser():
     profile.add_argument("--doctor-json", help="a `fused-unet doctor --json` report to show next to the times")
     profile.set_defaults(func=cmd_profile)
 
+    plan = sub.add_parser("plan", help="static time of every kernel launch of a training step (no GPU needed)",
+                          description="Every kernel launch of one training (or inference) step of a model, recorded "
+                                      "on meta tensors, each compiled for the target and timed statically: "
+                                      "tensor-core, L2 and HBM bounds, the limiting one, %% of peak; then the step. "
+                                      "Compiled kernels are cached: a second plan of the same model takes seconds.")
+    plan.add_argument("--model", default="unet", help="unet (ours), smp-unet:ENCODER or monai-basicunet (swapped)")
+    plan.add_argument("--base-channels", type=_positive, default=64, help="--model unet")
+    plan.add_argument("--depth", type=_positive, default=4, help="--model unet")
+    _add_unet_args(plan)
+    plan.add_argument("--classes", type=_positive, default=2)
+    plan.add_argument("--size", type=_positive, default=512, help="image height and width (default: 512)")
+    plan.add_argument("--batch", type=_positive, default=16)
+    plan.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    plan.add_argument("--mode", choices=("train", "infer"), default="train")
+    plan.add_argument("--arch", choices=("sm_90", "sm_80"), default="sm_90")
+    plan.add_argument("--top", type=_positive, help="list only the TOP slowest launches")
+    plan.add_argument("--json", help="also write the plan to this JSON file")
+    plan.add_argument("--jobs", type=_positive, help="compile processes (default: all cores)")
+    plan.set_defaults(func=cmd_plan)
+
     memory = sub.add_parser("memory", help="activation memory saved for backward: fused vs eager (no GPU needed)",
                             description="Bytes one training forward saves for backward, fused UNet vs eager "
                                         "ReferenceUNet, measured shape-only on meta tensors (any size, no GPU).")
@@ -421,6 +441,26 @@ def cmd_predict(args):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
     return 1 if train.predict(args.checkpoint, args.images, args.out, args.device) else 0
+
+
+def cmd_plan(args):
+    from tqdm import tqdm
+
+    from fused_unet import static_plan, train
+
+    model, _ = train.build_model(args.model, 3, args.classes, args.base_channels, args.depth, args.up_mode,
+                                 None if args.norm == "none" else args.norm)
+    x = torch.empty(args.batch, 3, args.size, args.size, device="meta")
+    print(f"plan: {args.model} at {args.size}x{args.size}, batch {args.batch}, {args.dtype}, {args.mode}, "
+          f"{static_plan.HARDWARE[args.arch]['gpu']} ({args.arch}); kernels compiled for the target, no GPU used")
+    with tqdm(desc="compiling", unit="kernel", leave=False, disable=None) as bar:
+        result = static_plan.plan(model, x, args.dtype, args.mode, args.arch, workers=args.jobs,
+                                  progress=bar.update)
+    print(static_plan.format_plan(result, args.top))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
 
 
 def cmd_memory(args):

@@ -23,6 +23,7 @@ _LABEL = re.compile(r"^(\.L_x_\d+):")
 _BRANCH = re.compile(r"\bBRA\b.*`\((\.L_x_\d+)\)")
 _HGMMA = re.compile(r"^HGMMA\.(\d+)x(\d+)x(\d+)")
 _HMMA = re.compile(r"^HMMA\.(16)(8)(16|8)")  # m16n8k16 / m16n8k8
+_WAIT_DEPTH = re.compile(r"gsb0,\s*0x([0-9a-f]+)")
 
 
 def tool(name):
@@ -117,7 +118,10 @@ def main_loops(sass, cc, operand_class):
             if (kind := load_kind(op)):
                 kinds[kind] = kinds.get(kind, 0) + 1
         shapes = sorted({op.split(".F32")[0] for op in body if _mma_work(op)[0]})
-        reports.append(dict(instructions=len(body), mma=shapes,
+        # How many wgmma groups stay in flight at the loop's waits: 0 = each waits for its own MMA (no overlap).
+        waits = [int(m.group(1), 16) for op, operands in instructions[start:end + 1]
+                 if op == "WARPGROUP.DEPBAR.LE" and (m := _WAIT_DEPTH.search(operands))]
+        reports.append(dict(instructions=len(body), mma=shapes, wgmma_wait=min(waits) if waits else None,
                             mma_count=sum(1 for w, _ in work if w), mma_work=flops, ceiling=ceiling,
                             headroom=headroom, loads=kinds,
                             int_division=any(op.startswith("I2F") and ".RP" in op for op in body)))
@@ -128,7 +132,8 @@ def summary(loops):
     """The report of a kernel from its MMA loops: the worst loop's ceiling (two-source kernels run both), every
     loop's instruction count, all load kinds and whether any loop divides."""
     if not loops:
-        return dict(loop_instructions=None, ceiling=None, headroom=None, loads={}, int_division=False, mma=[])
+        return dict(loop_instructions=None, ceiling=None, headroom=None, loads={}, int_division=False, mma=[],
+                    wgmma_wait=None)
     ceilings = [loop["ceiling"] for loop in loops if loop["ceiling"] is not None]
     headrooms = [loop["headroom"] for loop in loops if loop["headroom"] is not None]
     loads = {}
@@ -139,7 +144,8 @@ def summary(loops):
                 ceiling=min(ceilings) if ceilings else None, headroom=min(headrooms) if headrooms else None,
                 loads=loads,
                 int_division=any(loop["int_division"] for loop in loops),
-                mma=sorted({shape for loop in loops for shape in loop["mma"]}))
+                mma=sorted({shape for loop in loops for shape in loop["mma"]}),
+                wgmma_wait=min((loop["wgmma_wait"] for loop in loops if loop["wgmma_wait"] is not None), default=None))
 
 
 def fast_loads_only(loads):

@@ -17,7 +17,7 @@ def run(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["info"], ["train"], ["predict"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["info"], ["train"], ["predict"], ["plan"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])

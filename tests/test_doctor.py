@@ -69,6 +69,7 @@ def test_main_loop_parser_counts_a_loop():
         /*0010*/                   LDGSTS.E.BYPASS.128 [R2], desc[UR4][R4.64] ;
         /*0020*/                   LDGDEPBAR ;
         /*0030*/                   HGMMA.64x8x16.F32 R24, gdesc[UR8], R24 ;
+        /*0038*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
         /*0040*/                   I2F.U32.RP R12, R118 ;
         /*0050*/               @P3 BRA `(.L_x_1) ;
         /*0060*/                   EXIT ;
@@ -76,12 +77,12 @@ def test_main_loop_parser_counts_a_loop():
     loops = sass.main_loops(text, 90, "16bit")
     assert len(loops) == 1
     loop = loops[0]
-    assert loop["instructions"] == 5 and loop["mma_work"] == 64 * 8 * 16
-    assert loop["ceiling"] == pytest.approx(64 * 8 * 16 / (2048 * 5)) == loop["headroom"]
+    assert loop["instructions"] == 6 and loop["mma_work"] == 64 * 8 * 16 and loop["wgmma_wait"] == 1
+    assert loop["ceiling"] == pytest.approx(64 * 8 * 16 / (2048 * 6)) == loop["headroom"]
     assert loop["loads"] == {"cp.async.128": 1} and loop["int_division"]
     # sm_80: every warp's HMMA is its own work; the ceiling is capped at 1, the headroom is not.
     mma_sync = sass.main_loops(text.replace("HGMMA.64x8x16", "HMMA.16816"), 80, "16bit")[0]
-    assert mma_sync["ceiling"] == 1.0 and mma_sync["headroom"] == pytest.approx(4 * 16 * 8 * 16 / (1024 * 5))
+    assert mma_sync["ceiling"] == 1.0 and mma_sync["headroom"] == pytest.approx(4 * 16 * 8 * 16 / (1024 * 6))
 
 
 def test_problems_are_reported():
