@@ -2,7 +2,8 @@
 # One GPU session's checks: install, the headline benchmarks, the test suite on the GPU. Each stage has a time
 # budget (seconds) so the whole run fits a short lease; a stage cut short says so. Results land in
 # bench/results/<gpu>/; where $OUT is set (the device tool) the logs and a tarball of the results are copied there.
-# Usage: STAGES="warm bench bench-infer tests" bash bench/gpu_session.sh (also: profile)
+# Usage: STAGES="warm bench bench-infer tests" bash bench/gpu_session.sh (also: profile, and plan: the static
+# prediction of the same step, to commit beside the profile's measurement)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/fused-unet-gpu}
@@ -51,6 +52,11 @@ for s in $STAGES; do
       mkdir -p "$gpu"
       timeout --signal=INT "$BENCH_BUDGET" fused-unet profile --batch-sizes 8 --json "$gpu/profile-train-512-bf16.json" \
         2>&1 | tail -60;;
+    plan)
+      stage "plan (budget ${BENCH_BUDGET}s)"
+      gpu=$(python3 -c "from fused_unet import benchmark, perf; print(benchmark.default_out_dir(perf.gpu_info('cuda')['name']))")
+      mkdir -p "$gpu"
+      timeout --signal=INT "$BENCH_BUDGET" fused-unet plan --json "$gpu/plan-train-512-bf16.json" --top 30 2>&1 | tail -35;;
     tests)
       stage "tests (budget ${TEST_BUDGET}s, FUSED_UNET_TUNE=$TEST_TUNE)"
       workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 14" || echo "")
