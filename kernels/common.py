@@ -1,9 +1,9 @@
-"""``@triton.jit`` helpers shared by the kernels, and the constexpr codes they compare flags with
-(fused_unet.kernels.codes gives their names)."""
+"""``@triton.jit`` helpers shared by the kernels, the constexpr codes they compare flags with
+(fused_unet.kernels.codes gives their names), and the launchers' shared host-side helpers."""
 import triton
 import triton.language as tl
 
-from .codes import Act, UpMode
+from .codes import Act, UpMode, up_mode_code
 
 ACT_RELU = tl.constexpr(int(Act.RELU))
 ACT_LEAKY_RELU = tl.constexpr(int(Act.LEAKY_RELU))
@@ -43,6 +43,33 @@ def pixel_channel_tile(PIXELS, C, H, W, BLOCK_P: tl.constexpr, BLOCK_C: tl.const
     w = offs_p % W
     h = (offs_p // W) % H
     return pid_p, offs_p, offs_c, c_ok, mask, (offs_p // (W * H)).to(tl.int64), h, w
+
+
+def source_placement(src, height, width, up_mode=None, align_corners=False):
+    """How ``src`` is read onto a [height, width] grid: up-sampled x2 (``up_mode`` nearest / bilinear) or as is,
+    then zero-padded centred (the ``F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])`` of popular
+    U-Nets). Returns UP_MODE and the kernels' (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W)."""
+    h_src, w_src = src.shape[2], src.shape[3]
+    factor = 1 if up_mode is None else 2
+    h_up, w_up = factor * h_src, factor * w_src
+    mode = up_mode_code(up_mode, align_corners)
+
+    def scale(n_src, n_up):
+        # PyTorch's source-index scale for a x2 resize (1 / scale_factor without align_corners).
+        if mode == UpMode.BILINEAR_ALIGN_CORNERS:
+            return (n_src - 1) / (n_up - 1) if n_up > 1 else 0.0
+        return 0.5
+
+    return mode, (h_src, w_src, (height - h_up) // 2, (width - w_up) // 2, h_up, w_up, scale(h_src, h_up),
+                  scale(w_src, w_up))
+
+
+_NO_STRIDES = (0, 0, 0, 0)
+
+
+def strides_of(t):
+    """A tensor's strides, or zeros for an absent one (its pointer is a placeholder)."""
+    return t.stride() if t is not None else _NO_STRIDES
 
 
 def pixel_channel_grid(pixels, channels):

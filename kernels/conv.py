@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .codes import UpMode, act_code, up_mode_code
+from .codes import UpMode, act_code
 from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
-                     take_larger)
+                     source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
@@ -231,7 +231,7 @@ def conv2d_implicit_gemm_kernel(
     C_IN, C_IN2, C_OUT,  # channels of x, of x2 (0 without), GEMM columns
     k_offsets,  # (x's, x2's) first weight channel along K
     PIXEL_BUCKET,  # the autotune key's pixel count: BATCH * H_OUT * W_OUT to the next power of two
-    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), see _placement
+    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
     NEG_SLOPE,  # ACT's leaky-ReLU slope
     IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
     x_strides, x2_strides,  # (n, c, h, w) strides of the sources
@@ -334,7 +334,7 @@ def conv2d_weight_grad_kernel(
     PIX_PER_SPLIT,  # pixels per program along the split axis (a multiple of every BLOCK_K)
     PIXEL_BUCKET,  # the autotune key's pixel count, to the next power of two
     W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,  # fast_div by W_A and H_A (fast_divisor)
-    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), see _placement
+    placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
     IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
     x_strides,  # (n, c, h, w) strides of x
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
@@ -437,32 +437,6 @@ def _input_precision(dtype):
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-def _placement(src, height, width, up_mode=None, align_corners=False):
-    """How ``src`` is read onto a [height, width] grid: up-sampled x2 (``up_mode`` nearest / bilinear) or as is,
-    then zero-padded centred (the ``F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])`` of popular
-    U-Nets). Returns UP_MODE and the kernels' (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W)."""
-    h_src, w_src = src.shape[2], src.shape[3]
-    factor = 1 if up_mode is None else 2
-    h_up, w_up = factor * h_src, factor * w_src
-    mode = up_mode_code(up_mode, align_corners)
-
-    def scale(n_src, n_up):
-        # PyTorch's source-index scale for a x2 resize (1 / scale_factor without align_corners).
-        if mode == UpMode.BILINEAR_ALIGN_CORNERS:
-            return (n_src - 1) / (n_up - 1) if n_up > 1 else 0.0
-        return 0.5
-
-    return mode, (h_src, w_src, (height - h_up) // 2, (width - w_up) // 2, h_up, w_up, scale(h_src, h_up),
-                  scale(w_src, w_up))
-
-
-_NO_STRIDES = (0, 0, 0, 0)
-
-
-def _strides(t):
-    return t.stride() if t is not None else _NO_STRIDES
-
-
 def _gemm_weight(weight):
     """A [columns, C_in, KH, KW] weight as the kernel's B: [columns, KH, KW, C_in] contiguous (K runs along
     contiguous channels, so weight tiles load as 128-bit vectors). Free when the weight already is."""
@@ -485,7 +459,7 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     h_in, w_in = (skip.shape[2], skip.shape[3]) if skip is not None else (x.shape[2], x.shape[3])
     if y.numel() == 0:
         return y
-    up_mode, placement = placement or _placement(x, x.shape[2], x.shape[3])
+    up_mode, placement = placement or source_placement(x, x.shape[2], x.shape[3])
     pooled, pool_argmax = pool_out if pool_out is not None else (y, y)
     pixels = batch * h_out * w_out
     rows = batch * triton.cdiv(h_out, 2) * triton.cdiv(w_out, 2) * 4 if pool_out is not None else pixels
@@ -500,9 +474,9 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         stats_ptr=stats if stats is not None else x, BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
-        IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), x2_strides=_strides(skip),
+        IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), x2_strides=strides_of(skip),
         w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
-        pool_strides=_strides(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
+        pool_strides=strides_of(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
         PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         NORM_INPUT2=skip_norm is not None,
@@ -656,11 +630,11 @@ def _concat_sources(up, skip, up_mode, align_corners, up_first, up_norm=None, sk
     """(source, placement, weight channel offset, norm) of the two halves of cat([up, skip]) (or [skip, up]); of
     up alone (up-sampled) without a skip."""
     _, height, width = _concat_grid(up, skip, up_mode)
-    up_source = (up, _placement(up, height, width, up_mode, align_corners), 0 if up_first or skip is None else
+    up_source = (up, source_placement(up, height, width, up_mode, align_corners), 0 if up_first or skip is None else
                  skip.shape[1], up_norm)
     if skip is None:
         return [up_source]
-    return [up_source, (skip, _placement(skip, height, width), up.shape[1] if up_first else 0, skip_norm)]
+    return [up_source, (skip, source_placement(skip, height, width), up.shape[1] if up_first else 0, skip_norm)]
 
 
 def _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, up_norm, skip_norm, **kwargs):
@@ -769,7 +743,7 @@ def conv_transpose2x2_input_grad(grad, weight):
 def conv_transpose2x2_weight_grad(grad, x, weight, in_scale=None, in_shift=None, in_activation=None,
                                   in_negative_slope=0.0):
     """dL/dweight of conv_transpose2x2_forward from the prepared output gradient."""
-    source = (x, _placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))
+    source = (x, source_placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))
     dw = _weight_grad(grad, weight, [source], grad_operand=2, stride=2, pad=0,
                       **_in_act(in_activation, in_negative_slope))
     return _in_weight_dtype(dw, weight)

@@ -10,9 +10,8 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import activation_grad, pixel_channel_grid, pixel_channel_tile
+from .common import activation_grad, pixel_channel_grid, pixel_channel_tile, strides_of
 from .configs import configs
-from .conv import _strides
 from .specs import CONV_OUTPUT_GRAD
 
 
@@ -85,8 +84,8 @@ def conv_output_grad(grad, out=None, activation=None, negative_slope=0.0, grad_p
             conv_output_grad_kernel, pixel_channel_grid(pixels, c), g_ptr=grad,
             out_ptr=out if out is not None else grad, pool_grad_ptr=grad_pooled if grad_pooled is not None else grad,
             argmax_ptr=argmax if argmax is not None else grad, dz_ptr=dz, partial_ptr=partial, PIXELS=pixels, C=c,
-            H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), out_strides=_strides(out),
-            pool_grad_strides=_strides(grad_pooled), argmax_strides=_strides(argmax), ACT=act,
+            H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), out_strides=strides_of(out),
+            pool_grad_strides=strides_of(grad_pooled), argmax_strides=strides_of(argmax), ACT=act,
             POOL_GRAD=grad_pooled is not None, BIAS_GRAD=bias_grad)
     if bias_grad:
         db.copy_(partial.sum(0))

@@ -81,7 +81,7 @@ def derived(name):
 
 
 # Where a source sits on the conv's input grid: its size, the centred zero-padding offset, its up-sampled size and
-# the up-sampling's source-index scales (kernels.conv._placement).
+# the up-sampling's source-index scales (kernels.common.source_placement).
 PLACEMENT = Param("placement", ("i32",) * 6 + ("fp32",) * 2, (None,) * 8)
 
 

@@ -6,9 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_grid, pixel_channel_tile
+from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, linear_source, pixel_channel_grid, pixel_channel_tile,
+                     source_placement)
 from .configs import configs
-from .conv import _placement
 from .specs import UPSAMPLE2X_BACKWARD, UPSAMPLE_WINDOWS
 
 
@@ -43,7 +43,7 @@ def upsample2x_backward_kernel(
     dx_ptr,  # dL/dx [N, C, H, W]
     PIXELS, C, H, W,  # N * H * W, and x's shape
     H_UP, W_UP,  # the up-sampled size
-    SCALE_H, SCALE_W,  # the forward's source-index scales (see kernels.conv._placement)
+    SCALE_H, SCALE_W,  # the forward's source-index scales (see common.source_placement)
     g_strides, dx_strides,  # (n, c, h, w) strides
     UP_MODE: tl.constexpr,  # the up-sampling (codes.UpMode)
     WINDOW: tl.constexpr,  # up-sampled positions per axis that may read one source index (specs.UPSAMPLE_WINDOWS)
@@ -81,7 +81,7 @@ def upsample2x_backward(grad, input_shape, up_mode, align_corners=False):
     from ``grad`` ([N, C, 2H, 2W], any strides)."""
     batch, c, h, w = input_shape
     dx = upsample2x_backward_output(grad, input_shape)
-    mode, (_, _, _, _, h_up, w_up, scale_h, scale_w) = _placement(dx, 2 * h, 2 * w, up_mode, align_corners)
+    mode, (_, _, _, _, h_up, w_up, scale_h, scale_w) = source_placement(dx, 2 * h, 2 * w, up_mode, align_corners)
     pixels = batch * h * w
     if pixels:
         UPSAMPLE2X_BACKWARD.launch(
