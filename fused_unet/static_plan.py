@@ -385,12 +385,14 @@ def format_plan(result, top=None):
     shown = sorted(rows, key=lambda r: -r["ms"])[:top] if top else rows
     lines = [f"static plan for {result['gpu']} ({result['arch']}): {len(rows)} launches of fused_unet's kernels "
              "(what runs in eager PyTorch, e.g. a swapped model's unsupported layers, is not in it)",
-             f"  {'pass':<8} {'layer':<34} {'launch':<46} {'config':<18} {'GFLOP':>7} {'MB':>7} {'ms':>8} "
-             f"{'limit':<6} {'% peak':>6}"]
+             f"  {'pass':<8} {'layer':<34} {'launch':<46} {'config':<18} {'GFLOP':>7} {'MB':>7} {'L2 B/F':>6} "
+             f"{'ms':>8} {'limit':<6} {'% peak':>6}"]
     for r in shown:
         share = f"{100 * r['fraction_of_peak']:.0f}" if r["fraction_of_peak"] is not None else "-"
+        per_flop = f"{r['l2_bytes'] / r['flops']:.3f}" if r["flops"] else "-"  # L2 -> shared bytes per FLOP
         lines.append(f"  {r['pass']:<8} {r['layer'][:34]:<34} {r['name'][:46]:<46} {r['config']:<18} "
-                     f"{r['flops'] / 1e9:>7.1f} {r['bytes'] / 1e6:>7.1f} {r['ms']:>8.3f} {r['limit']:<6} {share:>6}")
+                     f"{r['flops'] / 1e9:>7.1f} {r['bytes'] / 1e6:>7.1f} {per_flop:>6} {r['ms']:>8.3f} {r['limit']:<6} "
+                     f"{share:>6}")
     step = result["step"]
     lines.append(f"step ({result['mode']}, batch {result['batch']}, {result['dtype']}): {step['ms']:.2f} ms predicted, "
                  f"{step['img_per_s']:.0f} img/s, {100 * step['fraction_of_peak']:.0f}% of the tensor peak; at "
