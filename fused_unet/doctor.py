@@ -30,13 +30,6 @@ ARCH_LIMITS = {
     80: dict(regs=65536, warps=64, blocks=32, smem_sm=164 * 1024, smem_block=163 * 1024),
 }
 EXPECTED_MMA = {90: "wgmma", 80: "mma.sync"}
-# Each kernel's compile signature (pointer types, float scalars, what a U-Net layer's launch passes: channels_last
-# tensors, K-contiguous weights, channel counts that are multiples of 16) comes from its declaration
-# (fused_unet.kernels.specs): Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple
-# of 16 gets a divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the
-# same specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
-
-
 def kernels():
     """The launched kernels by their spec's name (imports Triton and decorates them: call after TRITON_INTERPRET is
     set)."""
@@ -142,6 +135,11 @@ def _occupancy(cc, regs, warps, smem):
     return blocks, blocks * warps
 
 
+# Each kernel's compile signature (pointer types, float scalars, what a U-Net layer's launch passes: channels_last
+# tensors, K-contiguous weights, channel counts that are multiples of 16) comes from its declaration
+# (fused_unet.kernels.specs): Triton specialises integer arguments at run time (== 1 becomes a constant, a multiple
+# of 16 gets a divisibility hint that enables vector loads and the cp.async pipeline), so the check compiles the
+# same specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
 def _job_launch(job):
     """(the JITFunction, its spec, its constexprs, the tensor type, the config) of ``job``."""
     import triton.language as tl
@@ -171,8 +169,6 @@ def compile_job(job):
     """Compile one job; return a dict of what was found (never raises)."""
     import triton
 
-    from fused_unet.kernels import compile_matrix
-
     fn, spec, constexprs, tensor_type, cfg = _job_launch(job)
     result = dict(dataclasses.asdict(job), config_text=_config_text(cfg), num_warps=cfg.num_warps,
                   num_stages=cfg.num_stages, triton=triton.__version__)
@@ -181,15 +177,19 @@ def compile_job(job):
     if isinstance(compiled, str):
         return dict(result, ok=False, error=compiled)
     ptx = compiled.asm["ptx"]
-    usage = _resource_usage(compiled.asm["cubin"])
-    if job.kernel in compile_matrix.GEMM_KERNELS:
+    if spec.gemm:
         result.update(main_loop_report(compiled, cc, job.dtype))
-    shared = compiled.metadata.shared + usage.get("shared", 0)
     mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
-    blocks, warps = _occupancy(cc, usage.get("reg", 0), cfg.num_warps, shared)
-    return dict(result, ok=True, error=None, mma=mma, regs=usage.get("reg"),
-                spill_bytes=usage.get("stack", 0) + usage.get("local", 0), shared_bytes=shared,
-                blocks_per_sm=blocks, warps_per_sm=warps, gemm=job.kernel in compile_matrix.GEMM_KERNELS)
+    return dict(result, ok=True, error=None, mma=mma, gemm=spec.gemm, **resources(compiled, cc, cfg.num_warps))
+
+
+def resources(compiled, cc, num_warps):
+    """Registers, spilled bytes, shared memory and occupancy (CTAs and warps per SM) of a compiled kernel."""
+    usage = _resource_usage(compiled.asm["cubin"])
+    shared = compiled.metadata.shared + usage.get("shared", 0)
+    blocks, warps = _occupancy(cc, usage.get("reg", 0), num_warps, shared)
+    return dict(regs=usage.get("reg"), spill_bytes=usage.get("stack", 0) + usage.get("local", 0),
+                shared_bytes=shared, blocks_per_sm=blocks, warps_per_sm=warps)
 
 
 def _compile(fn, compile_signature, cc, cfg):

@@ -21,6 +21,7 @@ GPU run measures them. Compiled kernels' static reports are cached on disk, so a
 import concurrent.futures
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -51,7 +52,6 @@ HARDWARE = {
 }
 PLAN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _CACHE = Path(os.environ.get("FUSED_UNET_CACHE", Path.home() / ".cache" / "fused-unet")) / "plan"
-_GEMM_TENSORS = {"conv2d_implicit_gemm": "x_ptr", "conv2d_weight_grad": "g_ptr"}
 
 
 @dataclasses.dataclass
@@ -152,11 +152,14 @@ def _derived_flags(kernel, args, blocks):
     return out
 
 
+def _data_tensor(launch):
+    """The launch's first tensor of the launch dtype (a GEMM's A operand)."""
+    return launch.args[next(p.name for p in launch.spec.params if p.types == specs.TENSOR)]
+
+
 def _dtype_name(launch):
-    """The launch's precision class name as configs names it: bf16 / fp16 / fp32 / tf32."""
-    first = next(p for p in launch.spec.params if p.types == specs.TENSOR)
-    dtype = launch.args[first.name].dtype
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    """The launch's dtype as compile_matrix.DTYPE_VARIANTS names it: bf16 / fp16 / fp32 / tf32."""
+    name = specs.element_type(_data_tensor(launch).dtype)
     return "tf32" if name == "fp32" and launch.args.get("INPUT_PRECISION") == "tf32" else name
 
 
@@ -179,6 +182,7 @@ def _job(launch, cfg, arch):
     return job, hashlib.sha256(json.dumps([job, _source_hash()], sort_keys=True).encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
 def _source_hash():
     """The kernels' source and the Triton version: a cached report is reused only for the same code."""
     import triton
@@ -195,25 +199,24 @@ def compile_static(job):
     import triton.language as tl
 
     from fused_unet import doctor
+    from fused_unet.kernels import compile_matrix
 
     cc = HARDWARE[job["arch"]]["cc"]
+    gemm = compile_matrix.SPECS[job["kernel"]].gemm
     fn = doctor.jit_function(doctor.kernels()[job["kernel"]])
     constants = {**job["constexprs"], **{tuple(path): v for path, v in job["constants"]}}
-    if job["kernel"] in _GEMM_TENSORS:
-        element = {"tf32": "fp32"}.get(job["dtype"], job["dtype"])
-        constants.update(DOT_DTYPE=tl.dtype(element), INPUT_PRECISION="tf32" if job["dtype"] == "tf32" else "ieee")
+    if gemm:
+        _, element, precision = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == job["dtype"])
+        constants.update(DOT_DTYPE=tl.dtype(element), INPUT_PRECISION=precision)
     attrs = {tuple(path): v for path, v in job["attrs"]}
     signature = {k: tuple(v) if isinstance(v, list) else v for k, v in job["signature"].items()}
     cfg = triton.Config({}, num_warps=job["num_warps"], num_stages=job["num_stages"])
     compiled = doctor._compile(fn, (signature, constants, attrs), cc, cfg)
     if isinstance(compiled, str):
         return dict(ok=False, error=compiled)
-    usage = doctor._resource_usage(compiled.asm["cubin"])
-    shared = compiled.metadata.shared + usage.get("shared", 0)
-    blocks, _ = doctor._occupancy(cc, usage.get("reg", 0), job["num_warps"], shared)
-    report = dict(ok=True, regs=usage.get("reg"), shared_bytes=shared, blocks_per_sm=max(blocks, 1),
-                  spill_bytes=usage.get("stack", 0) + usage.get("local", 0))
-    if job["kernel"] in _GEMM_TENSORS:
+    report = dict(ok=True, **doctor.resources(compiled, cc, job["num_warps"]))
+    report["blocks_per_sm"] = max(report["blocks_per_sm"], 1)
+    if gemm:
         main = doctor.main_loop_report(compiled, cc, job["dtype"])
         report.update({k: main[k] for k in ("ceiling", "headroom", "wgmma_wait", "loop_instructions")})
     return report
@@ -243,10 +246,6 @@ def _static_reports(jobs, workers=None, progress=None):
     return reports
 
 
-def _product(values):
-    return math.prod(values)
-
-
 def _fraction(size, block):
     """The useful share of ``size`` padded to whole blocks."""
     return size / (math.ceil(size / block) * block) if size else 1.0
@@ -268,20 +267,19 @@ def _gemm_shape(launch, cfg):
     """(M, N, K, useful fraction, L2 bytes loaded into shared memory) of a GEMM launch with ``cfg``."""
     a, blocks = launch.args, cfg.kwargs
     bm, bn, bk = blocks["BLOCK_M"], blocks["BLOCK_N"], blocks["BLOCK_K"]
-    element = launch.args[_GEMM_TENSORS[launch.spec.name]].element_size()
-    ctas = _product(launch.grid(blocks))
-    if launch.spec.name == "conv2d_implicit_gemm":
-        taps = a["KH"] * a["KW"]
+    element = _data_tensor(launch).element_size()
+    grid = launch.grid(blocks)
+    ctas = math.prod(grid)
+    taps = a["KH"] * a["KW"]
+    if launch.spec is specs.CONV2D_IMPLICIT_GEMM:
         channels = [c for c in (a["C_IN"], a["C_IN2"]) if c]
         m, n, k = a["BATCH"] * a["H_OUT"] * a["W_OUT"], a["C_OUT"], taps * sum(channels)
         # Rows padded to whole tiles (and, with FUSE_POOL, odd sizes to whole 2x2 windows) do no useful work.
-        useful = m / (launch.grid(blocks)[0] * bm) * _fraction(n, bn) * \
-            sum(channels) / sum(math.ceil(c / bk) * bk for c in channels)
+        useful = m / (grid[0] * bm) * _fraction(n, bn) * sum(channels) / sum(math.ceil(c / bk) * bk for c in channels)
         steps = taps * sum(math.ceil(c / bk) for c in channels)
         a_reads = 4 if a["UP_MODE"] >= 2 else 1  # bilinear: four corner tiles per A tile
         l2 = ctas * steps * bk * (a_reads * bm + bn) * element
     else:
-        taps = a["KH"] * a["KW"]
         pixels = a["BATCH"] * a["H_A"] * a["W_A"]
         m, n, k = a["C_A"], taps * a["C_B"], pixels
         useful = _fraction(a["C_A"], bm) * _fraction(a["C_B"], bn)
@@ -292,6 +290,8 @@ def _gemm_shape(launch, cfg):
 
 def estimate(launch, cfg, report, hardware):
     """The bounds (ms) of ``launch`` run with ``cfg`` on ``hardware``, the limiting one, and the time."""
+    from fused_unet.kernels import configs
+
     hbm = _unique_bytes(launch)
     bounds = {"hbm": hbm / (hardware["hbm_gbps"] * 1e9) * 1e3}
     row = dict(flops=0, bytes=hbm, l2_bytes=0, useful=None, balance=None, issue=None, ctas=None,
@@ -301,8 +301,7 @@ def estimate(launch, cfg, report, hardware):
         m, n, k, useful, l2, ctas = _gemm_shape(launch, cfg)
         sms = hardware["sms"]
         balance = ctas / (sms * math.ceil(ctas / sms)) if ctas else 1.0
-        dtype = _dtype_name(launch)
-        cls = {"bf16": "16bit", "fp16": "16bit"}.get(dtype, dtype)
+        cls = configs.precision_class(_dtype_name(launch))
         headroom = report.get("headroom")
         if headroom is None:  # IEEE fp32: FMA units, no tensor-core loop to read
             issue = 1.0

@@ -23,12 +23,12 @@ def model_triplet(model, reference):
 
 
 def run_step(model, x, grad):
-    """Logits and the gradients of (x, *parameters) of one forward + backward (upstream gradient ``grad``) in
-    ``model``'s dtype."""
+    """Logits and the gradients of (x, *parameters) of one forward + backward in ``model``'s dtype. ``grad``: the
+    upstream gradient, or a function of the logits' shape that returns it."""
     dtype = next(model.parameters()).dtype
     x = x.detach().to(dtype).requires_grad_()
     out = model(x)
-    out.backward(grad.to(dtype))
+    out.backward((grad(out.shape) if callable(grad) else grad).to(out.device, dtype))
     return out, [x.grad] + [p.grad for p in model.parameters()]
 
 
@@ -45,8 +45,9 @@ def eager_error_ratio(actual, expected, baseline):
 
 
 def step_errors(models, x, grad):
-    """One step of (model, reference, baseline) from ``model_triplet``: {name: (largest error, ratio to eager's)}
-    for the logits and every gradient the reference has (names: "logits", "grad x", "grad PARAMETER")."""
+    """One step of (model, reference, baseline) from ``model_triplet`` (``grad`` as run_step takes it): {name:
+    (largest error, ratio to eager's)} for the logits and every gradient the reference has (names: "logits",
+    "grad x", "grad PARAMETER")."""
     model, reference, baseline = models
     (out, grads), (ref, ref_grads), (base_out, base_grads) = (run_step(m, x, grad) for m in models)
     if out.shape != ref.shape:
@@ -65,9 +66,10 @@ def check_model(model, reference, x, seed=0):
     """``model`` (fp32) against ``reference`` (the same architecture in eager PyTorch, given model's weights here)
     on input ``x`` for one random upstream gradient: {"errors": step_errors, "worst": (name, ratio), "ok"}."""
     models = model_triplet(model, reference.to(x.device))
-    with torch.no_grad():
-        shape = models[1](x.double()).shape
-    grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+
+    def grad(shape):  # the same draw for each of the three runs
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
     errors = step_errors(models, x, grad)
     worst = max(errors, key=lambda name: errors[name][1])
     return {"errors": errors, "worst": (worst, errors[worst][1]), "ok": errors[worst][1] <= EAGER_ERROR_FACTOR}

@@ -506,14 +506,14 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     pix_per_split = triton.cdiv(max(1, triton.cdiv(num_pix, split)), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
     split = max(1, triton.cdiv(num_pix, pix_per_split))
     dw = torch.zeros((split, c_a, kh * kw, c_b_total), device=g.device, dtype=torch.float32)
+    w_magic, w_shift = fast_divisor(w_a)
+    h_magic, h_shift = fast_divisor(h_a)
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
 
         def grid(meta, c_b=c_b):
             return triton.cdiv(c_a, meta["BLOCK_M"]), kh * kw * triton.cdiv(c_b, meta["BLOCK_N"]), split
 
-        w_magic, w_shift = fast_divisor(w_a)
-        h_magic, h_shift = fast_divisor(h_a)
         CONV2D_WEIGHT_GRAD.launch(
             conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch,
             H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b, C_B_TOTAL=c_b_total, B_OFF=b_off,

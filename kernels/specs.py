@@ -128,11 +128,11 @@ class KernelSpec:
     def launch(self, kernel, grid, **given):
         """``kernel[grid](**given)`` after ``arguments`` checked the names; inside ``recording(callback)`` the
         launch is handed to the callback instead (``fused_unet.plan`` reads a whole step so, on meta tensors)."""
-        arguments = self.arguments(**given)
+        self.arguments(**given)
         if _RECORDERS:
-            _RECORDERS[-1][0](self, kernel, grid, arguments)
+            _RECORDERS[-1][0](self, kernel, grid, given)
         else:
-            kernel[grid](**arguments)
+            kernel[grid](**given)
 
     def compile_signature(self, tensor_type, constexprs, ones=False, values=None):
         """(signature, constexprs, attrs) of ``triton.compile`` for a launch with tensors of ``tensor_type`` and
@@ -166,11 +166,16 @@ class KernelSpec:
 _ELEMENT_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8"}
 
 
+def element_type(dtype):
+    """Triton's name of a torch dtype the launchers pass ("fp32", "fp16", "bf16", "u8")."""
+    return _ELEMENT_TYPES[str(dtype)]
+
+
 def _specialisation(kind, value):
     """(compile type, hint) of one argument as Triton specialises it at launch: a tensor by its element type (16:
     allocations are 16-byte aligned), an integer 1 when it equals 1 and 16 when divisible by 16."""
     if kind.startswith("*"):
-        return "*" + _ELEMENT_TYPES[str(value.dtype)], 16
+        return "*" + element_type(value.dtype), 16
     if kind == "i32":
         return kind, 1 if value == 1 else 16 if value % 16 == 0 else None
     return kind, None
