@@ -265,6 +265,8 @@ def _unique_bytes(launch):
 
 def _gemm_shape(launch, cfg):
     """(M, N, K, useful fraction, L2 bytes loaded into shared memory) of a GEMM launch with ``cfg``."""
+    from fused_unet.kernels import conv
+
     a, blocks = launch.args, cfg.kwargs
     bm, bn, bk = blocks["BLOCK_M"], blocks["BLOCK_N"], blocks["BLOCK_K"]
     element = _data_tensor(launch).element_size()
@@ -275,15 +277,15 @@ def _gemm_shape(launch, cfg):
         channels = [c for c in (a["C_IN"], a["C_IN2"]) if c]
         m, n, k = a["BATCH"] * a["H_OUT"] * a["W_OUT"], a["C_OUT"], taps * sum(channels)
         # Rows padded to whole tiles (and, with FUSE_POOL, odd sizes to whole 2x2 windows) do no useful work.
-        useful = m / (grid[0] * bm) * _fraction(n, bn) * sum(channels) / sum(math.ceil(c / bk) * bk for c in channels)
-        steps = taps * sum(math.ceil(c / bk) for c in channels)
+        steps = math.ceil(k / bk) if a["FLAT_TAPS"] else taps * sum(math.ceil(c / bk) for c in channels)
+        useful = m / (grid[0] * bm) * _fraction(n, bn) * k / (steps * bk)
         a_reads = 4 if a["UP_MODE"] >= 2 else 1  # bilinear: four corner tiles per A tile
         l2 = ctas * steps * bk * (a_reads * bm + bn) * element
     else:
         pixels = a["BATCH"] * a["H_A"] * a["W_A"]
         m, n, k = a["C_A"], taps * a["C_B"], pixels
-        useful = _fraction(a["C_A"], bm) * _fraction(a["C_B"], bn)
-        steps = math.ceil(a["PIX_PER_SPLIT"] / bk)
+        useful = _fraction(a["C_A"], bm) * _fraction(n if a["TAPS_ON_N"] else a["C_B"], bn)
+        steps = math.ceil(conv.weight_grad_pixels_per_split(pixels, grid[2]) / bk)
         l2 = ctas * steps * bk * (bm + bn) * element
     return m, n, k, useful, l2, ctas
 

@@ -90,6 +90,9 @@ INTERPRETER_CONFIGS = {
 
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.
 WEIGHT_GRAD_PIXEL_CHUNK = 256
+# An operand with fewer channels than this per tap (an RGB image, a few-class output) runs all its taps as one GEMM
+# dimension (FLAT_TAPS, TAPS_ON_N): 16 is the narrowest K tile of a 16-bit tensor-core MMA.
+FLAT_TAPS_CHANNELS = 16
 # The conv's batch-statistics epilogue writes one workspace row per this many output pixels, whatever the tile
 # (launches with statistics take the configs whose BLOCK_M is a multiple: configs.fits): the rows, and so the
 # statistics, do not depend on the config. 12 bytes per channel per row: 64 keeps the workspace under 10% of a

@@ -29,10 +29,11 @@ from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activ
                      source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
-from .configs import (INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k, pixel_bucket,
-                      prune_by_precision)
+from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
+                      pixel_bucket, prune_by_precision)
 
 _STATS_ROWS = tl.constexpr(STATS_ROWS)
+_PIXEL_CHUNK = tl.constexpr(WEIGHT_GRAD_PIXEL_CHUNK)
 _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -136,10 +137,12 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, IN_NEG_SLOPE,
                        w_ptr, w_cols, n_valid, swt,
                        KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
-                       IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                       IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr, DOT_DTYPE: tl.constexpr,
                        INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += the GEMM over this source's K range: taps x its C channels (weight columns K_OFF...). ih0, iw0: the
-    input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples."""
+    input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples.
+    FLAT_TAPS (UP_MODE 0): K runs over (tap, channel) pairs as one range, so a source of a few channels (an RGB
+    image) fills the K tile instead of padding every tap to BLOCK_K."""
     sxn, sxc, sxh, sxw = strides
     H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
     scale_ptr, shift_ptr = norm
@@ -158,32 +161,53 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
         rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
         tap_step_h = sxh
         tap_step_w = sxw
-    # One flat loop over (tap, channel block), so the software pipeliner overlaps loads across taps; the tap
-    # (r, s) and channel offset c0 advance by counters, never by division.
-    c0 = 0
-    r = 0
-    s = 0
-    for _ in range(0, KH * KW * tl.cdiv(C, BLOCK_K)):
-        ok = ((h_bits >> r) & (w_bits >> s) & 1) != 0
-        kk = c0 + offs_k
-        k_ok = kk < C
-        a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok, kk=kk,
-                         k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
-                         scale_ptr=scale_ptr, shift_ptr=shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE,
-                         NORM=NORM, IN_ACT=IN_ACT, EVEN_K=EVEN_K)
-        w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
-        if EVEN_K:
-            b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
-        else:
-            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_valid[None, :], other=0.0)
-        acc += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
-        c0 += BLOCK_K
-        next_tap = c0 >= C
-        c0 = tl.where(next_tap, 0, c0)
-        s = tl.where(next_tap, s + 1, s)
-        next_row = s == KW
-        s = tl.where(next_row, 0, s)
-        r = tl.where(next_row, r + 1, r)
+    if FLAT_TAPS:
+        for k0 in range(0, KH * KW * C, BLOCK_K):
+            kk = k0 + offs_k
+            k_ok = kk < KH * KW * C
+            tap = kk // C
+            ch = kk - tap * C
+            r = tap // KW
+            s = tap - r * KW
+            ok = (((h_bits[:, None] >> r[None, :]) & (w_bits[:, None] >> s[None, :]) & 1) != 0) & k_ok[None, :]
+            if NORM:
+                scale = tl.load(scale_ptr + ch, mask=k_ok, other=0.0)[None, :]
+                shift = tl.load(shift_ptr + ch, mask=k_ok, other=0.0)[None, :]
+            else:
+                scale = 1.0
+                shift = 0.0
+            a = _load_normalized(x_ptr + rows[:, None] + (r * sxh + s * sxw + ch * sxc)[None, :], ok, scale, shift,
+                                 IN_NEG_SLOPE, NORM, IN_ACT)
+            b = tl.load(w_ptr + w_cols[None, :] + (tap * swt + K_OFF + ch)[:, None],
+                        mask=k_ok[:, None] & n_valid[None, :], other=0.0)
+            acc += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+    else:
+        # One flat loop over (tap, channel block), so the software pipeliner overlaps loads across taps; the tap
+        # (r, s) and channel offset c0 advance by counters, never by division.
+        c0 = 0
+        r = 0
+        s = 0
+        for _ in range(0, KH * KW * tl.cdiv(C, BLOCK_K)):
+            ok = ((h_bits >> r) & (w_bits >> s) & 1) != 0
+            kk = c0 + offs_k
+            k_ok = kk < C
+            a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok,
+                             kk=kk, k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H,
+                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
+                             UP_MODE=UP_MODE, NORM=NORM, IN_ACT=IN_ACT, EVEN_K=EVEN_K)
+            w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
+            if EVEN_K:
+                b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
+            else:
+                b = tl.load(w_ptrs, mask=k_ok[:, None] & n_valid[None, :], other=0.0)
+            acc += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
+            c0 += BLOCK_K
+            next_tap = c0 >= C
+            c0 = tl.where(next_tap, 0, c0)
+            s = tl.where(next_tap, s + 1, s)
+            next_row = s == KW
+            s = tl.where(next_row, 0, s)
+            r = tl.where(next_row, r + 1, r)
     return acc
 
 
@@ -248,6 +272,7 @@ def conv2d_implicit_gemm_kernel(
     IN_ACT: tl.constexpr,  # the pending norms' activation (codes.Act)
     STATS: tl.constexpr,  # write the output's batch statistics to stats_ptr
     EVEN_K: tl.constexpr,  # every source's channels are a multiple of BLOCK_K (no channel mask; heuristic)
+    FLAT_TAPS: tl.constexpr,  # x (one source, UP_MODE 0) has few channels: K runs over (tap, channel) pairs at once
     DOT_DTYPE: tl.constexpr,  # the MMA's operand type
     INPUT_PRECISION: tl.constexpr,  # tl.dot's input_precision ("tf32" or "ieee" for fp32 operands)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (autotuned)
@@ -273,15 +298,15 @@ def conv2d_implicit_gemm_kernel(
     acc = _accumulate_source(
         acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
         placement=placement, norm=in_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid,
-        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE,
-        INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS,
+        DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
             acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
             placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
             w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
-            EVEN_K=EVEN_K, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+            EVEN_K=EVEN_K, FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
         # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
@@ -318,20 +343,19 @@ def conv2d_implicit_gemm_kernel(
         tl.store(pool_argmax_ptr + p_off[:, None] + offs_n[None, :] * spc, arg.to(tl.uint8), mask=p_mask)
 
 
+# The split (the grid's third axis) follows the config, so a trial's workspace slices are zeroed before the next.
 @triton.autotune(configs=configs(CONV2D_WEIGHT_GRAD.name),
                  prune_configs_by={"early_config_prune": prune_by_precision(CONV2D_WEIGHT_GRAD.name)},
-                 key=CONV2D_WEIGHT_GRAD.autotune_key)
+                 key=CONV2D_WEIGHT_GRAD.autotune_key, reset_to_zero=["dw_ptr"])
 @triton.jit(do_not_specialize=CONV2D_WEIGHT_GRAD.do_not_specialize)
 def conv2d_weight_grad_kernel(
     g_ptr,  # the prepared output gradient, contiguous channels_last
     x_ptr,  # the conv's input (any strides), read as the forward read it
     in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM_INPUT)
-    dw_ptr,  # fp32 workspace [SPLIT, C_A, KH * KW, C_B_TOTAL]
+    dw_ptr,  # fp32 workspace [splits (the grid's third axis), C_A, KH * KW, C_B]
     BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
     H_B, W_B,  # operand b's pixel grid
-    C_A, C_B,  # channels of operand a (dw's rows) and of this launch's operand b
-    C_B_TOTAL, B_OFF,  # dw's columns, and this launch's first one (a concatenation's second source)
-    PIX_PER_SPLIT,  # pixels per program along the split axis (a multiple of every BLOCK_K)
+    C_A, C_B,  # channels of operand a (dw's rows) and of operand b (dw's columns per tap)
     PIXEL_BUCKET,  # the autotune key's pixel count, to the next power of two
     W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,  # fast_div by W_A and H_A (fast_divisor)
     placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
@@ -343,30 +367,39 @@ def conv2d_weight_grad_kernel(
     NORM_INPUT: tl.constexpr,  # apply x's pending batch norm as it is read
     IN_ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
     FLAT_INPUT: tl.constexpr,  # x is contiguous channels_last on g's grid: read it at p + the tap's shift
+    TAPS_ON_N: tl.constexpr,  # x (GRAD_OPERAND 1, UP_MODE 0, no norm) has few channels: columns are (tap, channel)
     DOT_DTYPE: tl.constexpr,  # the MMA's operand type
     INPUT_PRECISION: tl.constexpr,  # tl.dot's input_precision
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # the tile (autotuned; K: pixels)
 ):
-    """Parameters: specs.CONV2DCONV2D_WEIGHT_GRAD. Operand a is indexed at pixel p of its [H_A, W_A] grid, operand b at
-    p * STRIDE + tap - PAD of its [H_B, W_B] grid. Pixels are decoded with multiply-high divisions."""
+    """Parameters: specs.CONV2D_WEIGHT_GRAD. Operand a is indexed at pixel p of its [H_A, W_A] grid, operand b at
+    p * STRIDE + tap - PAD of its [H_B, W_B] grid. Pixels are decoded with multiply-high divisions. The grid's third
+    axis splits the pixels into equal chunks (weight_grad_pixels_per_split), each into its own workspace slice."""
     sxn, sxc, sxh, sxw = x_strides
     H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
     in_scale_ptr, in_shift_ptr = in_norm
     pid_m = tl.program_id(0)
     pid_nt = tl.program_id(1)
     split = tl.program_id(2)
-    num_b_tiles = tl.cdiv(C_B, BLOCK_N)
-    tap = pid_nt // num_b_tiles
-    r = tap // KW
-    s = tap % KW
-
     offs_a = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     a_ok = offs_a < C_A
-    offs_b = (pid_nt % num_b_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-    b_ok = offs_b < C_B
+    if TAPS_ON_N:
+        # Column n is (tap, channel) of x: one tile holds every tap of a few-channel input.
+        offs_n = pid_nt * BLOCK_N + tl.arange(0, BLOCK_N)
+        b_ok = offs_n < KH * KW * C_B
+        tap = offs_n // C_B
+        offs_b = offs_n - tap * C_B
+    else:
+        num_b_tiles = tl.cdiv(C_B, BLOCK_N)
+        tap = pid_nt // num_b_tiles
+        offs_b = (pid_nt % num_b_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        b_ok = offs_b < C_B
+    r = tap // KW
+    s = tap % KW
     num_pix = BATCH * H_A * W_A
-    p_start = split * PIX_PER_SPLIT
-    p_end = tl.minimum(p_start + PIX_PER_SPLIT, num_pix)
+    pix_per_split = tl.cdiv(tl.cdiv(num_pix, tl.num_programs(2)), _PIXEL_CHUNK) * _PIXEL_CHUNK
+    p_start = split * pix_per_split
+    p_end = tl.minimum(p_start + pix_per_split, num_pix)
 
     # The prepared gradient is contiguous channels_last: pixel p sits at p * its channel count (whatever strides
     # torch reports for size-1 dimensions). So is a plain input (FLAT_INPUT), read at p + this tap's pixel shift:
@@ -380,13 +413,21 @@ def conv2d_weight_grad_kernel(
         pw = p - q * W_A
         img = fast_div(q, H_MAGIC, H_SHIFT)
         ph = q - img * H_A
-        ih = ph * STRIDE + r - PAD
-        iw = pw * STRIDE + s - PAD
-        if GRAD_OPERAND == 1:
+        ih0 = ph * STRIDE - PAD
+        iw0 = pw * STRIDE - PAD
+        if TAPS_ON_N:
             a = tl.load(g_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :], mask=p_ok[:, None] & a_ok[None, :],
                         other=0.0)
-            uh = ih - OFF_H
-            uw = iw - OFF_W
+            ih = ih0[:, None] + r[None, :]
+            iw = iw0[:, None] + s[None, :]
+            b_mask = (p_ok[:, None] & b_ok[None, :]) & (ih >= 0) & (ih < H_B) & (iw >= 0) & (iw < W_B)
+            b = tl.load(x_ptr + (img.to(tl.int64) * sxn)[:, None] + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+                        + (offs_b * sxc)[None, :], mask=b_mask, other=0.0)
+        elif GRAD_OPERAND == 1:
+            a = tl.load(g_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :], mask=p_ok[:, None] & a_ok[None, :],
+                        other=0.0)
+            uh = ih0 + r - OFF_H
+            uw = iw0 + s - OFF_W
             b_ok_rows = p_ok & (uh >= 0) & (uh < H_UP) & (uw >= 0) & (uw < W_UP)
             if FLAT_INPUT:
                 b = tl.load(x_ptr + (p + tap_shift).to(tl.int64)[:, None] * C_B + offs_b[None, :],
@@ -409,12 +450,13 @@ def conv2d_weight_grad_kernel(
                                  SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr,
                                  IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT, IN_ACT=IN_ACT,
                                  EVEN_K=False)
-            b = tl.load(g_ptr + ((img * H_B + ih).to(tl.int64) * W_B + iw)[:, None] * C_B + offs_b[None, :],
+            b = tl.load(g_ptr + ((img * H_B + ih0 + r).to(tl.int64) * W_B + iw0 + s)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
 
-    row = (split.to(tl.int64) * C_A + offs_a) * (KH * KW) + tap
-    tl.store(dw_ptr + (row * C_B_TOTAL + B_OFF)[:, None] + offs_b[None, :], acc, mask=a_ok[:, None] & b_ok[None, :])
+    row = (split.to(tl.int64) * C_A + offs_a) * (KH * KW * C_B)
+    tl.store(dw_ptr + row[:, None] + (tap * C_B + offs_b)[None, :], acc,
+             mask=a_ok[:, None] & b_ok[None, :])
 
 
 def fast_divisor(d):
@@ -479,10 +521,17 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         pool_strides=strides_of(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
         PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
+        FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
         NORM_INPUT2=skip_norm is not None,
         IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
+
+
+def _few_channels(channels, taps):
+    """Whether a GEMM operand of ``channels`` per tap runs its taps as one K (or N) range: below the narrowest
+    16-bit K tile a tap would leave most of every tile empty."""
+    return taps > 1 and channels < FLAT_TAPS_CHANNELS
 
 
 def _flat(x, grid):
@@ -491,7 +540,7 @@ def _flat(x, grid):
 
 
 def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation=None, in_negative_slope=0.0):
-    """dw (fp32, [C_A, C_B_TOTAL, KH, KW] = the weight's logical shape) from the prepared output gradient ``g``
+    """dw (fp32, [C_A, C_B total, KH, KW] = the weight's logical shape) from the prepared output gradient ``g``
     (made contiguous channels_last here: a no-op for fused_unet.kernels.grad's output).
     ``sources`` are (x, placement, channel offset, norm) quadruples, the input operand of each launch (``norm``:
     (scale, shift) of its pending batch norm, or None)."""
@@ -502,30 +551,40 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     batch, _, h_a, w_a = a_grid.shape
     h_b, w_b = g.shape[2], g.shape[3]
     num_pix = batch * h_a * w_a
-    split = _weight_grad_split(num_pix, c_a, c_b_total, kh * kw, g.device)
-    pix_per_split = triton.cdiv(max(1, triton.cdiv(num_pix, split)), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
-    split = max(1, triton.cdiv(num_pix, pix_per_split))
-    dw = torch.zeros((split, c_a, kh * kw, c_b_total), device=g.device, dtype=torch.float32)
+    sms = specs.recorded_sms() or (None if INTERPRETED or g.device.type != "cuda" else _sm_count(g.device))
     w_magic, w_shift = fast_divisor(w_a)
     h_magic, h_shift = fast_divisor(h_a)
+    parts = []
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
+        taps_on_n = grad_operand == 1 and up_mode == UpMode.NONE and norm is None and _few_channels(c_b, kh * kw)
 
-        def grid(meta, c_b=c_b):
-            return triton.cdiv(c_a, meta["BLOCK_M"]), kh * kw * triton.cdiv(c_b, meta["BLOCK_N"]), split
+        def grid(meta, c_b=c_b, taps_on_n=taps_on_n):
+            n_tiles = triton.cdiv(kh * kw * c_b, meta["BLOCK_N"]) if taps_on_n else kh * kw * triton.cdiv(
+                c_b, meta["BLOCK_N"])
+            m_tiles = triton.cdiv(c_a, meta["BLOCK_M"])
+            return m_tiles, n_tiles, _weight_grad_split(num_pix, m_tiles * n_tiles, sms)
 
+        # Each source its own workspace (the autotuner zeroes it between trials), one slice per pixel chunk of the
+        # autotuner's config that splits most.
+        splits = max(grid(cfg.kwargs)[2] for cfg in conv2d_weight_grad_kernel.configs)
+        dw = torch.zeros((splits, c_a, kh * kw, c_b), device=g.device, dtype=torch.float32)
         CONV2D_WEIGHT_GRAD.launch(
             conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch,
-            H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b, C_B_TOTAL=c_b_total, B_OFF=b_off,
-            PIX_PER_SPLIT=pix_per_split,
-            PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
-            placement=placement, IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw,
-            STRIDE=stride, PAD=pad, GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
+            H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b, PIXEL_BUCKET=pixel_bucket(num_pix),
+            W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift, placement=placement,
+            IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
+            GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
             IN_ACT=act_code(in_activation if norm is not None else None),
-            FLAT_INPUT=norm is None and up_mode == UpMode.NONE and _flat(x, g if grad_operand == 1 else x),
-            DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
-    # Fixed-order reduction of the split workspace: the same bits on every run.
-    return dw.sum(0).view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
+            FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and _flat(
+                x, g if grad_operand == 1 else x),
+            TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
+        # Fixed-order reduction of the split workspace: the same bits on every run.
+        parts.append((b_off, dw.sum(0)))
+    if not parts:
+        return torch.zeros_like(weight, dtype=torch.float32)
+    dw = torch.cat([part for _, part in sorted(parts, key=lambda p: p[0])], dim=2)
+    return dw.view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -533,14 +592,30 @@ def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _weight_grad_split(num_pix, c_a, c_b, taps, device):
-    """How many pixel chunks to split the weight-grad reduction into: enough programs to fill the GPU (the one a
-    recording plans for: specs.recorded_sms)."""
-    sms = specs.recorded_sms() or (None if INTERPRETED or device.type != "cuda" else _sm_count(device))
-    if sms is None:
+def weight_grad_pixels_per_split(num_pix, splits):
+    """Pixels per program of a weight-grad launch whose grid splits ``num_pix`` pixels ``splits`` ways (as the
+    kernel computes it: equal chunks, each a multiple of WEIGHT_GRAD_PIXEL_CHUNK)."""
+    return triton.cdiv(triton.cdiv(num_pix, splits), WEIGHT_GRAD_PIXEL_CHUNK) * WEIGHT_GRAD_PIXEL_CHUNK
+
+
+def _weight_grad_split(num_pix, tiles, sms):
+    """How many pixel chunks a weight-grad launch of ``tiles`` output tiles (those of the config launched) splits
+    into on a GPU of ``sms`` SMs (1 without one): the fewest whose programs fill at least 90% of the last wave,
+    else the split that fills it best, within four waves and chunks of at least four WEIGHT_GRAD_PIXEL_CHUNKs."""
+    if not sms or not num_pix:
         return 1
-    tiles = triton.cdiv(c_a, 64) * triton.cdiv(c_b, 64) * taps
-    return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
+    best, best_fill = 1, 0.0
+    for asked in range(1, max(1, min(triton.cdiv(4 * sms, tiles), triton.cdiv(num_pix, 4 * WEIGHT_GRAD_PIXEL_CHUNK)))
+                       + 1):
+        # Chunks are whole multiples of the chunk size: the split that runs may be smaller than the one asked.
+        split = triton.cdiv(num_pix, weight_grad_pixels_per_split(num_pix, asked))
+        ctas = tiles * split
+        fill = ctas / (sms * triton.cdiv(ctas, sms))
+        if fill >= 0.9:
+            return split
+        if fill > best_fill:
+            best, best_fill = split, fill
+    return best
 
 
 def _empty_channels_last(batch, channels, height, width, like):

@@ -222,6 +222,11 @@ _IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
 _IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
 # The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
 _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
+# A source of few channels (one source, not up-sampled) runs its taps as one K range (kernels.conv._few_channels).
+_FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
+# The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
+_TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, IN_ACT=_NO_ACT,
+                                          UP_MODE=_NO_UP)]
 _FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
@@ -244,23 +249,25 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
      flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("IN_ACT"), flag("STATS", tuned=True), derived("EVEN_K"),
-     *_GEMM_SETTINGS),
+     flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
-        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM],
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
+                           _FLAT_TAPS],
         "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
-                                 _IN_NORM],
+                                 _IN_NORM, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
-                                       IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS],
+                                       IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
             _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
-            _IN_ACTS],
-        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS],
+            _IN_ACTS,
+            [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
+        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS, _FLAT_TAPS],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
-                                             PAD=0), _EVEN, _BIAS, _ACTS, _IN_NORM],
-        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN],
+                                             PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS, _IN_NORM],
+        "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
     gemm=True)
 
@@ -268,19 +275,19 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
     "conv2d_weight_grad",
     (tensor("g_ptr"), tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("dw_ptr", "*fp32"),
      integer("BATCH"), integer("H_A"), integer("W_A"), integer("H_B"), integer("W_B"),
-     integer("C_A", 16, tuned=True), integer("C_B", 16, tuned=True), integer("C_B_TOTAL", 16), integer("B_OFF", 16),
-     integer("PIX_PER_SPLIT", 16), integer("PIXEL_BUCKET", tuned=True, specialise=False),
+     integer("C_A", 16, tuned=True), integer("C_B", 16, tuned=True),
+     integer("PIXEL_BUCKET", tuned=True, specialise=False),
      # The magic numbers are 1 for every power-of-two divisor: specialised, they would arrive as Python ints.
      integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
      integer("H_SHIFT"), PLACEMENT, real("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
      flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("IN_ACT"), flag("FLAT_INPUT", tuned=True),
-     *_GEMM_SETTINGS),
+     flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
-        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT],
-        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP),
-                                          _IN_NORM, _FLAT],
+        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT, _TAPS_ON_N],
+        "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP,
+                                                 TAPS_ON_N=False), _IN_NORM, _FLAT],
     },
     gemm=True)
 

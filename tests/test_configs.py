@@ -28,26 +28,38 @@ def forced(kernel, cfg):
 def emulated_autotuner(kernel, trials, chosen):
     """Each launch of ``kernel`` first runs every config of ``trials`` that the autotuner's pruning keeps for it
     (configs.fits) on the same arguments (as its benchmark does, on the same output and workspace buffers), then
-    ``chosen``."""
+    ``chosen`` after the autotuner's own reset."""
     run = kernel.run
 
     def tuning_run(*args, **kwargs):
-        for cfg in [c for c in trials if configs.fits(c, kwargs)] + [chosen]:
+        for cfg in [c for c in trials if configs.fits(c, kwargs)]:
             with forced(kernel, cfg):
-                result = run(*args, **kwargs)
-        return result
+                run(*args, **kwargs)
+        # The autotuner zeroes the workspaces its trials wrote (reset_to_zero) before the chosen config runs.
+        kernel.pre_hook({**dict(zip(kernel.arg_names, args)), **kwargs}, reset_only=True)
+        with forced(kernel, chosen):
+            return run(*args, **kwargs)
 
+    # The autotuner holds every candidate while it tunes: launchers size their workspaces from that list.
+    saved, kernel.configs = kernel.configs, list(trials) + [chosen]
     kernel.run = tuning_run
     try:
         yield
     finally:
         del kernel.run
+        kernel.configs = saved
 
 
 @pytest.fixture
 def two_splits(monkeypatch):
     # The weight-grad splits its pixels over programs on a GPU; make it do so here.
     monkeypatch.setattr(conv, "_weight_grad_split", lambda *args: 2)
+
+
+@pytest.fixture
+def splits_by_tile(monkeypatch):
+    # As on a GPU, the split follows the tile launched: smaller tiles (more of them), more splits.
+    monkeypatch.setattr(conv, "_weight_grad_split", lambda num_pix, tiles, sms: min(3, max(1, tiles // 9)))
 
 
 def _conv_case(cfg, c_in, c_out):
@@ -108,6 +120,69 @@ def test_every_weight_grad_config(cfg, two_splits):
     with forced(conv.conv2d_weight_grad_kernel, cfg):
         check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
                               lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, w, b], torch.float32)
+
+
+def _few_channels_case(cfg, c_in, kernel):
+    """An NCHW input of ``c_in`` channels (taps run as one K range forward, on the weight-grad's columns) spanning
+    2+ row tiles of ``cfg``, with 2+ output-channel tiles."""
+    side = max(9, int((2 * cfg.kwargs["BLOCK_M"]) ** 0.5) + 1)
+    x = make_tensor((1, c_in, side, side + 1), requires_grad=True)
+    w = make_tensor((cfg.kwargs["BLOCK_N"] + 16, c_in, kernel, kernel), requires_grad=True,
+                    scale=(c_in * kernel * kernel) ** -0.5)
+    return [x, w, make_tensor((w.shape[0],), requires_grad=True)]
+
+
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_implicit_gemm"), ids=str)
+def test_every_conv_config_on_a_few_channel_input(cfg):
+    # 6 channels x 25 taps = 150 of K: several K tiles, each spanning taps; the input-grad's K is 16+ channels.
+    with forced(conv.conv2d_implicit_gemm_kernel, cfg):
+        check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
+                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), _few_channels_case(cfg, 6, 5),
+                              torch.float32)
+
+
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_weight_grad"), ids=str)
+def test_every_weight_grad_config_on_a_few_channel_input(cfg, two_splits):
+    # 15 channels x 9 taps = 135 columns of (tap, channel): 2+ column tiles of every config but the widest.
+    x, w, b = _few_channels_case(cfg, 15, 3)
+    w = make_tensor((cfg.kwargs["BLOCK_M"] + 16, 15, 3, 3), requires_grad=True, scale=0.1)
+    with forced(conv.conv2d_weight_grad_kernel, cfg):
+        check_against_float64(lambda x, w: FF.conv2d(x, w, None, "relu"),
+                              lambda x, w: eager.conv2d(x, w, None, "relu"), [x, w], torch.float32)
+
+
+def test_weight_grad_split_fills_the_gpu():
+    # The 64->64 weight-grad of a 512x512 batch-16 layer on 132 SMs: 9 tiles of 64x64 (one per tap).
+    split = conv._weight_grad_split(16 * 512 * 512, 9, 132)
+    assert 9 * split <= 132 and 9 * split >= 0.9 * 132
+    # Enough tiles already: no split. Too few pixels to split: none either.
+    assert conv._weight_grad_split(16 * 64 * 64, 1152, 132) == 1
+    assert conv._weight_grad_split(2 * conv.WEIGHT_GRAD_PIXEL_CHUNK, 9, 132) == 1
+    # Every split the kernel runs gives every program pixels.
+    for pixels in (1000, 4096, 123457):
+        for tiles in (1, 9, 40):
+            split = conv._weight_grad_split(pixels, tiles, 132)
+            assert (split - 1) * conv.weight_grad_pixels_per_split(pixels, split) < pixels
+
+
+def test_weight_grad_workspace_of_a_trial_is_not_summed(splits_by_tile):
+    # The trials' smaller row tiles split the pixels more ways than the chosen tile: their slices must not survive.
+    x = make_tensor((2, 24, 12, 12), layout="channels_last", requires_grad=True)
+    w = make_tensor((40, 24, 3, 3), requires_grad=True, scale=0.1)
+    chosen = configs.GPU_CONFIGS["conv2d_weight_grad"]["16bit"][0]
+
+    def weight_grad():
+        return torch.autograd.grad(FF.conv2d(x, w, None).square().sum(), [w])[0]
+
+    with forced(conv.conv2d_weight_grad_kernel, chosen):
+        clean = weight_grad()
+    with emulated_autotuner(conv.conv2d_weight_grad_kernel, configs.GPU_CONFIGS["conv2d_weight_grad"]["fp32"],
+                            chosen):
+        tuned = weight_grad()
+    assert torch.equal(clean, tuned)
+    wr = w.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(eager.conv2d(x.detach().double(), wr, None).square().sum(), [wr])
+    torch.testing.assert_close(tuned.double(), ref, rtol=1e-4, atol=1e-3)
 
 
 def _bn_step(x, w, skip):
