@@ -23,10 +23,21 @@ def batch_norm_scale_shift(y, weight, bias, eps):
     return scale, bias.float() - mean * scale, mean.detach(), var.detach()
 
 
+def group_norm_scale_shift(y, groups, weight, bias, eps):
+    """(scale, shift) per (image, channel) [N, C] and (mean, biased var) per (image, group) [N, groups] of a group
+    norm of y (instance norm: ``groups`` = C), fp32, differentiable."""
+    batch, c = y.shape[:2]
+    parts = y.float().reshape(batch, groups, -1)
+    var, mean = torch.var_mean(parts, dim=2, correction=0)
+    invstd = torch.rsqrt(var + eps).repeat_interleave(c // groups, dim=1)
+    scale = weight.float() * invstd
+    return scale, bias.float() - mean.repeat_interleave(c // groups, dim=1) * scale, mean.detach(), var.detach()
+
+
 def pending_norm(y, scale, shift, activation=None, negative_slope=0.01):
-    """act(y * scale + shift) per channel, in y's dtype: a batch norm (scale, shift from its statistics) and its
-    activation, as the fused kernels apply them while reading y."""
-    view = (1, -1, 1, 1)
+    """act(y * scale + shift) in y's dtype: a norm (scale, shift from its statistics: per channel [C], or per image
+    and channel [N, C]) and its activation, as the fused kernels apply them while reading y."""
+    view = (-1 if scale.dim() == 2 else 1, y.shape[1], 1, 1)
     return activate(y * scale.view(view) + shift.view(view), activation, negative_slope).to(y.dtype)
 
 

@@ -16,8 +16,9 @@ from fused_unet.kernels import checks
 
 
 class Normalized(NamedTuple):
-    """A conv's pre-norm output ``y`` whose batch norm and activation are pending: it stands for
-    ``act(y * scale + shift)`` (``scale``, ``shift``: fp32, one per channel)."""
+    """A conv's pre-norm output ``y`` whose norm and activation are pending: it stands for
+    ``act(y * scale + shift)`` (``scale``, ``shift``: fp32, one per channel [C] for batch norm, one per image and
+    channel [N, C] for instance and group norm)."""
     y: torch.Tensor
     scale: torch.Tensor
     shift: torch.Tensor
@@ -163,13 +164,49 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
         scale, shift, mean, var = eager.batch_norm_scale_shift(y, weight, bias, eps)
     else:
         scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
-    if running_mean is not None:
-        count = y.numel() // channels
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = var * count / max(count - 1, 1)
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    _update_running(running_mean, running_var, mean, var, y.numel() // channels, momentum)
     return Normalized(y, scale, shift, activation, float(negative_slope))
+
+
+def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None, negative_slope=0.01):
+    """Group norm of a conv's output ``y`` (plain tensor [N, C, H, W], C divisible by ``num_groups``) as the
+    Normalized ``act((y - mean) / sqrt(var + eps) * weight + bias)``, mean and biased variance per (image, group):
+    its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``."""
+    scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope)
+    return Normalized(y, scale, shift, activation, float(negative_slope))
+
+
+def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
+                  activation=None, negative_slope=0.01):
+    """Instance norm (statistics per image and channel) of a conv's output ``y`` as a Normalized (see
+    ``group_norm``). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d`` with
+    ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
+    scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
+    _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
+    return Normalized(y, scale, shift, activation, float(negative_slope))
+
+
+def _group_norm(y, groups, weight, bias, eps, activation, negative_slope):
+    """(scale, shift) [N, C] and (mean, biased var) [N, groups] of a group norm of y."""
+    checks.check_group_norm(y, groups, weight, bias)
+    checks.check_activation(activation, negative_slope)
+    channels = y.shape[1]
+    weight = weight if weight is not None else torch.ones(channels, device=y.device)
+    bias = bias if bias is not None else torch.zeros(channels, device=y.device)
+    if backend(y) == "eager":
+        return eager.group_norm_scale_shift(y, groups, weight, bias, eps)
+    return _functions().GroupNormScaleShift.apply(y, weight, bias, int(groups), float(eps))
+
+
+def _update_running(running_mean, running_var, mean, var, count, momentum):
+    """Running statistics updated in place like nn.BatchNorm2d's: ``momentum`` weighs this batch's mean and
+    unbiased variance (``var`` is biased over ``count`` elements)."""
+    if running_mean is None:
+        return
+    with torch.no_grad():
+        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        unbiased = var * count / max(count - 1, 1)
+        running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
 
 
 def max_pool2x2(x):

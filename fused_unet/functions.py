@@ -251,6 +251,41 @@ class MaxPool2x2(torch.autograd.Function):
         return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None)
 
 
+class _Granularity(NamedTuple):
+    """How a norm's statistics map onto its per-channel (scale, shift): ``to_stat`` sums a scale-shaped tensor
+    over the channels of each statistic, ``to_channel`` repeats a statistic-shaped one onto its channels, ``view``
+    broadcasts a scale-shaped one over y."""
+    to_stat: Callable
+    to_channel: Callable
+    view: tuple
+
+
+def _scale_shift(gamma, beta, mean, invstd, granularity):
+    scale = gamma.double() * granularity.to_channel(invstd)
+    return scale, beta.double() - granularity.to_channel(mean) * scale
+
+
+def _scale_shift_backward(ctx, grad_scale, grad_shift):
+    """(dL/dy, dL/dgamma, dL/dbeta) of scale = gamma * invstd, shift = beta - mean * scale, with mean and
+    invstd = 1 / sqrt(var + eps) statistics of y: dL/dy through the statistics is a * y + b per statistic."""
+    y, gamma, mean, invstd = ctx.saved_tensors
+    g = ctx.granularity
+    grad_scale, grad_shift, gamma = grad_scale.double(), grad_shift.double(), gamma.double()
+    grad_scale_total = grad_scale - g.to_channel(mean) * grad_shift  # scale also enters shift
+    grad_var = -0.5 * g.to_stat(grad_scale_total * gamma) * invstd ** 3
+    grad_mean = -g.to_stat(gamma * grad_shift) * invstd
+    a = 2 * grad_var / ctx.count
+    b = grad_mean / ctx.count - a * mean
+    grad_y = (y.float() * g.to_channel(a).float().view(g.view) + g.to_channel(b).float().view(g.view)).to(y.dtype)
+    grad_gamma = grad_scale_total * g.to_channel(invstd)
+    if grad_gamma.dim() == 2:  # per-sample scales: gamma and beta are shared by the images
+        grad_gamma, grad_shift = grad_gamma.sum(0), grad_shift.sum(0)
+    return grad_y, grad_gamma.to(ctx.gamma_dtype), grad_shift.to(ctx.gamma_dtype)
+
+
+_PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t, view=(1, -1, 1, 1))
+
+
 class BatchNormScaleShift(torch.autograd.Function):
     """Per-channel (scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
     wrote: scale = gamma / sqrt(var + eps), shift = beta - mean * scale (fp32), plus (mean, biased var) for the
@@ -262,24 +297,46 @@ class BatchNormScaleShift(torch.autograd.Function):
     def forward(ctx, y, stats, gamma, beta, eps):
         mean, var, count = norm.batch_statistics(stats)
         invstd = torch.rsqrt(var + eps)
-        scale = gamma.double() * invstd
-        shift = beta.double() - mean * scale
+        scale, shift = _scale_shift(gamma, beta, mean, invstd, _PER_CHANNEL)
         ctx.save_for_backward(y, gamma, mean, invstd)
-        ctx.count = count
+        ctx.count, ctx.granularity, ctx.gamma_dtype = count, _PER_CHANNEL, gamma.dtype
         ctx.mark_non_differentiable(mean, var)
         return scale.float(), shift.float(), mean.float(), var.float()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_scale, grad_shift, grad_mean, grad_var):
-        y, gamma, mean, invstd = ctx.saved_tensors
-        grad_scale, grad_shift = grad_scale.double(), grad_shift.double()
-        grad_scale_total = grad_scale - mean * grad_shift  # scale also enters shift = beta - mean * scale
-        grad_invstd = grad_scale_total * gamma.double()
-        grad_var = -0.5 * grad_invstd * invstd ** 3
-        grad_mean = -gamma.double() * invstd * grad_shift
-        a = 2 * grad_var / ctx.count
-        b = grad_mean / ctx.count - a * mean
-        view = (1, -1, 1, 1)
-        grad_y = (y.float() * a.float().view(view) + b.float().view(view)).to(y.dtype)
-        return grad_y, None, (grad_scale_total * invstd).to(gamma.dtype), grad_shift.to(gamma.dtype), None
+        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_scale, grad_shift)
+        return grad_y, None, grad_gamma, grad_beta, None
+
+
+def _per_group(batch, channels, groups):
+    """The granularity of a group norm's statistics: one per (image, group of channels / groups channels)."""
+    width = channels // groups
+    return _Granularity(to_stat=lambda t: t.view(batch, groups, width).sum(2),
+                        to_channel=lambda t: t.repeat_interleave(width, dim=1), view=(batch, channels, 1, 1))
+
+
+class GroupNormScaleShift(torch.autograd.Function):
+    """Per (image, channel) (scale, shift) [N, C] of a group norm of y (instance norm: ``groups`` = C), from y's
+    statistics per (image, group) (one reduction kernel: fused_unet.kernels.norm.channel_statistics), plus
+    (mean, biased var) [N, groups] for running statistics. Backward as BatchNormScaleShift's, per (image, group);
+    saves y (already alive), mean and 1/std."""
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, groups, eps):
+        stats = _launch(norm.channel_statistics, y)(y)
+        mean, var, count = norm.group_statistics(stats, groups)
+        invstd = torch.rsqrt(var + eps)
+        granularity = _per_group(y.shape[0], y.shape[1], groups)
+        scale, shift = _scale_shift(gamma, beta, mean, invstd, granularity)
+        ctx.save_for_backward(y, gamma, mean, invstd)
+        ctx.count, ctx.granularity, ctx.gamma_dtype = count, granularity, gamma.dtype
+        ctx.mark_non_differentiable(mean, var)
+        return scale.float(), shift.float(), mean.float(), var.float()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_scale, grad_shift, grad_mean, grad_var):
+        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_scale, grad_shift)
+        return grad_y, grad_gamma, grad_beta, None, None

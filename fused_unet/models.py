@@ -36,7 +36,7 @@ class DecoderLevel(nn.Module):
 
 class _UNetBase(nn.Module):
     def __init__(self, in_channels=3, num_classes=2, base_channels=64, depth=4, double_conv=True,
-                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None):
+                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None, norm_groups=32):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("base_channels", base_channels), ("depth", depth)):
@@ -46,16 +46,18 @@ class _UNetBase(nn.Module):
             raise ValueError(f"up_mode must be one of {DECODER_UP_MODES}, got {up_mode!r}")
         if activation not in ("relu", "leaky_relu"):
             raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
-        if norm not in (None, "batch"):
-            raise ValueError(f"norm must be None or 'batch', got {norm!r}")
+        if norm not in fnn.NORMS:
+            raise ValueError(f"norm must be one of {fnn.NORMS}, got {norm!r}")
+        if norm == "group" and (not isinstance(norm_groups, int) or base_channels % norm_groups):
+            raise ValueError(f"norm_groups must be an int dividing base_channels {base_channels}, got {norm_groups!r}")
         self.in_channels, self.num_classes, self.depth, self.up_mode = in_channels, num_classes, depth, up_mode
         # The constructor's arguments: ReferenceUNet(**unet.config) is the same network in plain torch.nn.
         self.config = dict(in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, depth=depth,
                            double_conv=double_conv, up_mode=up_mode, activation=activation,
-                           negative_slope=negative_slope, norm=norm)
+                           negative_slope=negative_slope, norm=norm, norm_groups=norm_groups)
         self.act = dict(activation=activation, negative_slope=negative_slope)
-        # conv -> BatchNorm2d -> activation; the conv's bias is then redundant (the norm's shift replaces it).
-        self.conv_options = dict(self.act, norm=norm, bias=norm is None)
+        # conv -> norm -> activation; the conv's bias is then redundant (the norm's shift replaces it).
+        self.conv_options = dict(self.act, norm=norm, norm_groups=norm_groups, bias=norm is None)
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
             ConvBlock(self._conv(c_in, c_out), self._conv_pool(c_out, c_out)) if double_conv
@@ -107,8 +109,9 @@ class UNet(_UNetBase):
     """The classic U-Net (padding 1) with every layer in fused_unet's kernels: each encoder level's last conv
     also writes the pooled output, each decoder level's first conv reads [up, skip] without a concatenation
     (``up_mode`` "transpose": a 2x2 transposed conv + activation; "bilinear" / "nearest": up-sampled inside
-    that conv). ``norm="batch"``: conv -> BatchNorm2d -> activation in every 3x3 conv; in training the
-    normalised tensors are never stored, each consumer kernel normalises its input as it reads it. Conv
+    that conv). ``norm`` "batch", "instance" or "group" (``norm_groups`` groups): conv -> norm -> activation in every
+    3x3 conv; a pending norm's normalised tensor is never stored, each consumer kernel normalises its input as it
+    reads it. Conv
     weights are stored channels_last ([C_out, kh, kw, C_in] in memory), the layout the kernels read; values
     and state_dict keys are those of ReferenceUNet with the same options."""
 
@@ -137,12 +140,12 @@ class UNet(_UNetBase):
 
 
 class ReferenceConvAct(nn.Conv2d):
-    """conv (-> BatchNorm2d as ``bn``) -> activation."""
+    """conv (-> the norm as ``bn``) -> activation."""
 
-    def __init__(self, *args, activation, negative_slope, norm=None, **kwargs):
+    def __init__(self, *args, activation, negative_slope, norm=None, norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
         self.act = dict(activation=activation, negative_slope=negative_slope)
-        self.bn = nn.BatchNorm2d(self.out_channels) if norm else None
+        self.bn = fnn.norm_layer(norm, self.out_channels, norm_groups=norm_groups)
 
     def forward(self, x):
         y = super().forward(x)

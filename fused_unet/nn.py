@@ -2,11 +2,13 @@
 the fused op; a configuration the kernels do not cover falls back to the parent's forward with one warning.
 ``activation``: None, "relu" or "leaky_relu" (with ``negative_slope``), applied in the kernel's epilogue.
 
-``norm="batch"`` (the convs): an ``nn.BatchNorm2d`` child ``bn`` between the conv and its activation, so the
-state_dict is that of a Conv2d plus a BatchNorm2d (``bn.weight``, ``bn.running_mean``, ...). In eval mode it is
-folded into the conv's weight and bias (exact). In training mode the conv's epilogue writes the batch
-statistics, running statistics update like ``nn.BatchNorm2d``'s, and the output is a
-``fused_unet.functional.Normalized``: with ``defer_norm=True`` (what ``UNet`` sets) it is returned as is and
+``norm`` (the convs): "batch", "instance" or "group", a norm child ``bn`` (``nn.BatchNorm2d``, affine
+``nn.InstanceNorm2d``, ``nn.GroupNorm`` of ``norm_groups`` groups) between the conv and its activation, so the
+state_dict is that of a Conv2d plus the torch.nn norm (``bn.weight``, ``bn.running_mean``, ...). A norm with running
+statistics in eval mode is folded into the conv's weight and bias (exact). Otherwise (training; instance norm
+without running statistics; group norm always) the statistics come from the conv's epilogue (batch norm) or one
+reduction kernel (per image: instance / group norm), running statistics update like torch.nn's, and the output is
+a ``fused_unet.functional.Normalized``: with ``defer_norm=True`` (what ``UNet`` sets) it is returned as is and
 the next fused layer applies norm + activation while reading it; otherwise it is materialised."""
 import warnings
 
@@ -18,7 +20,21 @@ from fused_unet import eager, functional
 from fused_unet.functional import Normalized
 from fused_unet.kernels.checks import ACTIVATIONS, SUPPORTED_DTYPES, UP_MODES  # the codes' names
 
-NORMS = (None, "batch")
+NORMS = (None, "batch", "instance", "group")
+
+
+def norm_layer(norm, channels, eps=1e-5, momentum=0.1, norm_groups=32, **factory):
+    """The torch.nn module of a ``norm`` name (None: none): BatchNorm2d, affine InstanceNorm2d (nnU-Net's and
+    MONAI's), GroupNorm of ``norm_groups`` groups."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, eps, momentum, **factory)
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, eps, momentum, affine=True, **factory)
+    if norm == "group":
+        return nn.GroupNorm(norm_groups, channels, eps, **factory)
+    return None
 
 
 def _tensor(x):
@@ -110,14 +126,23 @@ def conv_transpose2d_config_unsupported(conv):
     return None
 
 
-def _batch_statistics(bn):
-    """Whether ``bn`` normalises with the batch's statistics (training, or no running statistics)."""
-    return bn is not None and (bn.training or not bn.track_running_stats)
+def _pending(bn):
+    """Whether the norm ``bn`` normalises with statistics of this batch (training, no running statistics, group
+    norm): it stays pending after the conv instead of folding into it."""
+    return bn is not None and (bn.training or not getattr(bn, "track_running_stats", False))
+
+
+def norm_unsupported(bn):
+    """Why the kernels cannot run the norm module ``bn`` after a conv (None: they can)."""
+    if isinstance(bn, nn.InstanceNorm2d) and bn.track_running_stats and bn.momentum is None:
+        return "InstanceNorm2d with momentum=None (torch.nn never updates its running statistics)"
+    return None
 
 
 def _folded(conv, bn):
-    """(weight, bias) of ``conv`` with an eval-mode ``bn`` folded in: exact, and differentiable in every parameter."""
-    if bn is None or _batch_statistics(bn):
+    """(weight, bias) of ``conv`` with an eval-mode ``bn`` (running statistics) folded in: exact, and
+    differentiable in every parameter."""
+    if bn is None or _pending(bn):
         return conv.weight, conv.bias
     # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes; rounded once at the end.
     scale = torch.rsqrt(bn.running_var.float() + bn.eps)
@@ -131,9 +156,16 @@ def _folded(conv, bn):
 
 
 def _normalize(y, stats, bn, activation, negative_slope):
-    """The training-mode batch norm + activation of the pre-norm output ``y``, like nn.BatchNorm2d's
-    (momentum, cumulative average when momentum is None, num_batches_tracked): a Normalized."""
+    """The pending norm + activation of the pre-norm output ``y`` as torch.nn's norm ``bn`` computes it in this mode
+    (running statistics, BatchNorm2d's cumulative average when momentum is None, num_batches_tracked): a
+    Normalized. ``stats``: a batch norm's statistics from the conv's epilogue."""
+    if isinstance(bn, nn.GroupNorm):
+        return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope)
     update = bn.training and bn.track_running_stats
+    if isinstance(bn, nn.InstanceNorm2d):
+        return functional.instance_norm(y, bn.weight, bn.bias, bn.running_mean if update else None,
+                                        bn.running_var if update else None, bn.momentum, bn.eps,
+                                        activation=activation, negative_slope=negative_slope)
     factor = 0.0 if bn.momentum is None else bn.momentum
     if update and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -147,21 +179,30 @@ def _finish(z, defer):
     return z if defer else z.materialize()
 
 
+def _pre_norm(bn, stats_op, plain_op, *inputs, **layout):
+    """(y, statistics) of the conv before the pending norm ``bn``: a batch norm's from the conv's epilogue
+    (``stats_op``), none for a per-image norm (its own reduction kernel reads y)."""
+    if isinstance(bn, nn.BatchNorm2d):
+        return stats_op(*inputs, **layout)
+    return plain_op(*inputs, activation=None, **layout), None
+
+
 def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
     """``act(bn(conv(x)))`` in the kernels, from the parameters of a supported ``nn.Conv2d`` and an optional
-    ``nn.BatchNorm2d`` (eval: folded into the conv; training: statistics from the conv's epilogue, running
-    statistics updated like nn.BatchNorm2d). ``defer``: return a training-mode result as a Normalized."""
-    if _batch_statistics(bn):
-        return _finish(_normalize(*functional.conv2d_stats(x, conv.weight, conv.bias), bn, activation,
-                                  negative_slope), defer)
+    norm module (folded into the conv when it uses running statistics; else pending, with running statistics
+    updated like torch.nn's). ``defer``: return a pending result as a Normalized."""
+    if _pending(bn):
+        y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias)
+        return _finish(_normalize(y, stats, bn, activation, negative_slope), defer)
     return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope)
 
 
 def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
-    """``(y, max_pool2d(y, 2))`` with ``y = conv_bn_act(...)``: one kernel writes both; in training mode with
-    ``bn`` the pool is a second kernel (the statistics exist only once the whole conv ran) reading y normalised."""
-    if _batch_statistics(bn):
-        z = _normalize(*functional.conv2d_stats(x, conv.weight, conv.bias), bn, activation, negative_slope)
+    """``(y, max_pool2d(y, 2))`` with ``y = conv_bn_act(...)``: one kernel writes both; with a pending norm the
+    pool is a second kernel (the statistics exist only once the whole conv ran) reading y normalised."""
+    if _pending(bn):
+        y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias)
+        z = _normalize(y, stats, bn, activation, negative_slope)
         return _finish(z, defer), functional.max_pool2x2(z)
     return functional.conv2d_pool(x, *_folded(conv, bn), activation, negative_slope)
 
@@ -169,9 +210,10 @@ def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, def
 def concat_conv_bn_act(up, skip, conv, bn=None, activation=None, negative_slope=0.01, defer=False, **layout):
     """``act(bn(conv(cat([pad(upsample(up)), skip]))))`` without the concatenation (``layout``: up_mode,
     align_corners, up_first as in ``functional.concat_conv2d``)."""
-    if _batch_statistics(bn):
-        return _finish(_normalize(*functional.concat_conv2d_stats(up, skip, conv.weight, conv.bias, **layout), bn,
-                                  activation, negative_slope), defer)
+    if _pending(bn):
+        y, stats = _pre_norm(bn, functional.concat_conv2d_stats, functional.concat_conv2d, up, skip, conv.weight,
+                             conv.bias, **layout)
+        return _finish(_normalize(y, stats, bn, activation, negative_slope), defer)
     return functional.concat_conv2d(up, skip, *_folded(conv, bn), activation, negative_slope, **layout)
 
 
@@ -180,13 +222,14 @@ class Conv2d(_FusedMixin, nn.Conv2d):
     padding k//2 or 'same', dilation 1, groups 1, zero padding mode; output is channels_last. Accepts a
     ``Normalized`` input (its pending norm is applied while reading it)."""
 
-    def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
+    def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1,
+                 norm_groups=32, **kwargs):
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
         factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-        self.bn = nn.BatchNorm2d(self.out_channels, eps, momentum, **factory) if norm else None
+        self.bn = norm_layer(norm, self.out_channels, eps, momentum, norm_groups, **factory)
         self.defer_norm = False
 
     def _reference(self, x):
@@ -195,7 +238,7 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         return self._activate(self.bn(y) if self.bn is not None else y)
 
     def _config_unsupported(self):
-        return conv2d_config_unsupported(self) or self._activation_unsupported()
+        return conv2d_config_unsupported(self) or self._activation_unsupported() or norm_unsupported(self.bn)
 
     def _fused(self, op, *inputs, **layout):
         return op(*inputs, self, self.bn, **self._act_args(), defer=self.defer_norm, **layout)

@@ -78,3 +78,4 @@ batch_norm_act_input_grad = _op(
 upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))
+channel_statistics = _op(norm.channel_statistics, "(Tensor y) -> Tensor", norm.channel_statistics_output)

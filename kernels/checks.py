@@ -125,15 +125,33 @@ def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):
 
 
 def check_pending(name, y, scale, shift, activation, negative_slope):
-    """A Normalized input: y plus one fp32 scale and shift per channel."""
+    """A Normalized input: y plus fp32 scale and shift, one per channel (batch norm) or per (image, channel)
+    (instance / group norm)."""
     check_tensor(f"{name}.y", y, 4)
+    shapes = (tuple(y.shape[1:2]), tuple(y.shape[:2]))
     for part, t in (("scale", scale), ("shift", shift)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != y.shape[1] or t.dtype != torch.float32:
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) not in shapes or t.dtype != torch.float32:
             raise ValueError(f"{name}.{part} must be a float32 tensor of shape [{y.shape[1]}] (one per channel of "
-                             f"{name}.y), got {getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+                             f"{name}.y) or [{y.shape[0]}, {y.shape[1]}] (per image and channel), got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
         if t.device != y.device:
             raise ValueError(f"{name}.{part} is on {t.device} but {name}.y is on {y.device}; mixed devices")
+    if scale.shape != shift.shape:
+        raise ValueError(f"{name}.scale {tuple(scale.shape)} and {name}.shift {tuple(shift.shape)} differ in shape")
     check_activation(activation, negative_slope)
+
+
+def check_group_norm(y, groups, weight, bias):
+    """A group (or instance) norm of y: ``groups`` divides y's channels; affine parameters one per channel."""
+    check_tensor("y", y, 4)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or y.shape[1] % groups:
+        raise ValueError(f"num_groups must be a positive integer dividing y's {y.shape[1]} channels, got {groups!r}")
+    if y.shape[2] * y.shape[3] == 0 and y.numel():
+        raise ValueError(f"y has no pixels to normalise, got spatial size {tuple(y.shape[2:])}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != (y.shape[1],)):
+            raise ValueError(f"{name} must be a tensor of shape [{y.shape[1]}] (one per channel of y), got "
+                             f"{tuple(getattr(t, 'shape', ())) if isinstance(t, torch.Tensor) else type(t).__name__}")
 
 
 def check_max_pool2x2(x):

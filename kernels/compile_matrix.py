@@ -34,7 +34,7 @@ HEURISTIC_FLAGS = tuple(dict.fromkeys(name for spec in KERNELS for name in spec.
 # 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars.
 _PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
               NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=False, FLAT_TAPS=False,
-              TAPS_ON_N=False)
+              TAPS_ON_N=False, NORM_PER_SAMPLE=False)
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),

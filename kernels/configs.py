@@ -76,6 +76,8 @@ GPU_CONFIGS = {
     "conv_output_grad": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "upsample2x_backward": {"any": [_cfg(BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
+    # One block size only: the statistics' parts (and so their bits) must not depend on the config.
+    "channel_statistics": {"any": [_cfg(BLOCK_P=128, BLOCK_C=64, num_warps=4, num_stages=1)]},
 }
 
 INTERPRETER_CONFIGS = {
@@ -86,6 +88,7 @@ INTERPRETER_CONFIGS = {
     "conv_output_grad": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "upsample2x_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
+    "channel_statistics": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
 }
 
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.

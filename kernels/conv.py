@@ -48,25 +48,39 @@ def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr,
 
 
 @triton.jit
+def _norm_affine(scale_ptr, shift_ptr, norm_rows, kk, k_ok, mask, NORM: tl.constexpr, PER_SAMPLE: tl.constexpr):
+    """A pending norm's (scale, shift) for a tile of rows x channels ``kk`` (``mask``: the tile's): one per channel
+    ([1, K]), or with PER_SAMPLE (instance / group norm) one per (image, channel) ([M, K]) at ``norm_rows``
+    (each row's image times the source's channels) + kk; (1, 0) without NORM."""
+    if NORM:
+        if PER_SAMPLE:
+            at = norm_rows[:, None] + kk[None, :]
+            scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
+            shift = tl.load(shift_ptr + at, mask=mask, other=0.0)
+        else:
+            scale = tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :]
+            shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :]
+    else:
+        scale = 1.0
+        shift = 0.0
+    return scale, shift
+
+
+@triton.jit
 def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SCALE_H, SCALE_W,
-                 scale_ptr, shift_ptr, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
-                 IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
+                 scale_ptr, shift_ptr, norm_rows, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
+                 PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
     """The [pixels, channels kk] tile of a source at positions (uh, uw) of its (up-sampled) grid, zero where not
     ``ok``: read as is (UP_MODE 0: ``rows`` are the pixels' offsets), or up-sampled x2 from its [H_SRC, W_SRC]
     pixels (``rows``: the images' offsets; 1 nearest, 2 bilinear, 3 bilinear with align_corners). NORM: the
-    source is a conv's pre-norm output, normalised (per-channel scale, shift) and activated (IN_ACT) as it is
-    read. Up-sampled or normalised tiles are fp32."""
+    source is a conv's pre-norm output, normalised (_norm_affine) and activated (IN_ACT) as it is read.
+    Up-sampled or normalised tiles are fp32."""
     if EVEN_K:
         mask = ok[:, None]
     else:
         mask = ok[:, None] & k_ok[None, :]
     chan = (kk * sc)[None, :]
-    if NORM:
-        scale = tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :]
-        shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :]
-    else:
-        scale = 1.0
-        shift = 0.0
+    scale, shift = _norm_affine(scale_ptr, shift_ptr, norm_rows, kk, k_ok, mask, NORM, PER_SAMPLE)
     base = x_ptr + rows
     if UP_MODE == UP_NONE:
         tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
@@ -137,8 +151,8 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, IN_NEG_SLOPE,
                        w_ptr, w_cols, n_valid, swt,
                        KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
-                       IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+                       PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
+                       DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += the GEMM over this source's K range: taps x its C channels (weight columns K_OFF...). ih0, iw0: the
     input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples.
     FLAT_TAPS (UP_MODE 0): K runs over (tap, channel) pairs as one range, so a source of a few channels (an RGB
@@ -161,6 +175,7 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
         rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
         tap_step_h = sxh
         tap_step_w = sxw
+    norm_rows = img * C  # each row's image in a per-sample scale table (PER_SAMPLE)
     if FLAT_TAPS:
         for k0 in range(0, KH * KW * C, BLOCK_K):
             kk = k0 + offs_k
@@ -170,12 +185,7 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             r = tap // KW
             s = tap - r * KW
             ok = (((h_bits[:, None] >> r[None, :]) & (w_bits[:, None] >> s[None, :]) & 1) != 0) & k_ok[None, :]
-            if NORM:
-                scale = tl.load(scale_ptr + ch, mask=k_ok, other=0.0)[None, :]
-                shift = tl.load(shift_ptr + ch, mask=k_ok, other=0.0)[None, :]
-            else:
-                scale = 1.0
-                shift = 0.0
+            scale, shift = _norm_affine(scale_ptr, shift_ptr, norm_rows, ch, k_ok, ok, NORM, PER_SAMPLE)
             a = _load_normalized(x_ptr + rows[:, None] + (r * sxh + s * sxw + ch * sxc)[None, :], ok, scale, shift,
                                  IN_NEG_SLOPE, NORM, IN_ACT)
             b = tl.load(w_ptr + w_cols[None, :] + (tap * swt + K_OFF + ch)[:, None],
@@ -193,8 +203,9 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             k_ok = kk < C
             a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok,
                              kk=kk, k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H,
-                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
-                             UP_MODE=UP_MODE, NORM=NORM, IN_ACT=IN_ACT, EVEN_K=EVEN_K)
+                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, norm_rows=norm_rows,
+                             IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM, PER_SAMPLE=PER_SAMPLE,
+                             IN_ACT=IN_ACT, EVEN_K=EVEN_K)
             w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
             if EVEN_K:
                 b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
@@ -247,8 +258,8 @@ def conv2d_implicit_gemm_kernel(
     y_ptr,  # output [N, C_OUT, H_OUT, W_OUT]; with PHASES [N, C_OUT / 4, 2 H_OUT, 2 W_OUT]
     pool_ptr,  # FUSE_POOL: the 2x2 max-pooled output [N, C_OUT, H_OUT // 2, W_OUT // 2]
     pool_argmax_ptr,  # FUSE_POOL: uint8 argmax (dy * 2 + dx) of each pooled element, pool_strides
-    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM_INPUT)
-    in2_norm,  # (scale, shift) of x2's pending batch norm (NORM_INPUT2)
+    in_norm,  # (scale, shift) fp32 per channel ([C_IN], or [N, C_IN]: NORM_PER_SAMPLE) of x's pending norm
+    in2_norm,  # (scale, shift) of x2's pending norm (NORM_INPUT2), [C_IN2] or [N, C_IN2]
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
     BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
     H_IN, W_IN,  # the conv's input grid (x2's size)
@@ -268,7 +279,8 @@ def conv2d_implicit_gemm_kernel(
     TWO_SOURCES: tl.constexpr,  # K runs over x then x2: a virtual channel concatenation
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
     FUSE_POOL: tl.constexpr,  # rows walk 2x2 windows; also store the pooled output and argmax
-    NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr,  # apply x's / x2's pending batch norm as it is read
+    NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr,  # apply x's / x2's pending norm as it is read
+    NORM_PER_SAMPLE: tl.constexpr,  # the pending norms' scale and shift are [N, C] (instance / group norm), not [C]
     IN_ACT: tl.constexpr,  # the pending norms' activation (codes.Act)
     STATS: tl.constexpr,  # write the output's batch statistics to stats_ptr
     EVEN_K: tl.constexpr,  # every source's channels are a multiple of BLOCK_K (no channel mask; heuristic)
@@ -298,15 +310,16 @@ def conv2d_implicit_gemm_kernel(
     acc = _accumulate_source(
         acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
         placement=placement, norm=in_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid,
-        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS,
-        DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT,
+        EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
             acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
             placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
-            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, IN_ACT=IN_ACT,
-            EVEN_K=EVEN_K, FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2,
+            PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE,
+            INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
         # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
@@ -351,7 +364,7 @@ def conv2d_implicit_gemm_kernel(
 def conv2d_weight_grad_kernel(
     g_ptr,  # the prepared output gradient, contiguous channels_last
     x_ptr,  # the conv's input (any strides), read as the forward read it
-    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM_INPUT)
+    in_norm,  # (scale, shift) fp32 per channel ([C] or [N, C]: NORM_PER_SAMPLE) of x's pending norm (NORM_INPUT)
     dw_ptr,  # fp32 workspace [splits (the grid's third axis), C_A, KH * KW, C_B]
     BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
     H_B, W_B,  # operand b's pixel grid
@@ -364,7 +377,8 @@ def conv2d_weight_grad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
     GRAD_OPERAND: tl.constexpr,  # 1: a is g (a conv); 2: b is g (a transposed conv)
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
-    NORM_INPUT: tl.constexpr,  # apply x's pending batch norm as it is read
+    NORM_INPUT: tl.constexpr,  # apply x's pending norm as it is read
+    NORM_PER_SAMPLE: tl.constexpr,  # its scale and shift are [N, C] (instance / group norm)
     IN_ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
     FLAT_INPUT: tl.constexpr,  # x is contiguous channels_last on g's grid: read it at p + the tap's shift
     TAPS_ON_N: tl.constexpr,  # x (GRAD_OPERAND 1, UP_MODE 0, no norm) has few channels: columns are (tap, channel)
@@ -418,9 +432,10 @@ def conv2d_weight_grad_kernel(
         if TAPS_ON_N:
             a = tl.load(g_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :], mask=p_ok[:, None] & a_ok[None, :],
                         other=0.0)
-            ih = ih0[:, None] + r[None, :]
-            iw = iw0[:, None] + s[None, :]
-            b_mask = (p_ok[:, None] & b_ok[None, :]) & (ih >= 0) & (ih < H_B) & (iw >= 0) & (iw < W_B)
+            # x's position: its placement offset (a smaller source is zero-padded centred) taken off.
+            ih = ih0[:, None] + r[None, :] - OFF_H
+            iw = iw0[:, None] + s[None, :] - OFF_W
+            b_mask = (p_ok[:, None] & b_ok[None, :]) & (ih >= 0) & (ih < H_UP) & (iw >= 0) & (iw < W_UP)
             b = tl.load(x_ptr + (img.to(tl.int64) * sxn)[:, None] + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
                         + (offs_b * sxc)[None, :], mask=b_mask, other=0.0)
         elif GRAD_OPERAND == 1:
@@ -438,8 +453,9 @@ def conv2d_weight_grad_kernel(
                     x_rows += uh * sxh + uw * sxw
                 b = _source_tile(x_ptr, rows=x_rows, uh=uh, uw=uw, ok=b_ok_rows, kk=offs_b, k_ok=b_ok, sc=sxc, sh=sxh,
                                  sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
-                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
-                                 UP_MODE=UP_MODE, NORM=NORM_INPUT, IN_ACT=IN_ACT, EVEN_K=False)
+                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, norm_rows=img.to(tl.int64) * C_B,
+                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM_INPUT,
+                                 PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
         else:
             if FLAT_INPUT:
                 a = tl.load(x_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :],
@@ -448,8 +464,8 @@ def conv2d_weight_grad_kernel(
                 a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
                                  kk=offs_a, k_ok=a_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_A, W_SRC=W_A, SCALE_H=1.0,
                                  SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr,
-                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT, IN_ACT=IN_ACT,
-                                 EVEN_K=False)
+                                 norm_rows=img.to(tl.int64) * C_A, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE,
+                                 NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
             b = tl.load(g_ptr + ((img * H_B + ih0 + r).to(tl.int64) * W_B + iw0 + s)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
@@ -496,6 +512,8 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     on, ``stats`` (a workspace) the batch-statistics epilogue. Validation is the caller's job."""
     weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
+    per_sample = _per_sample(norm) or _per_sample(skip_norm)
+    norm, skip_norm = _norm_table(norm, batch, per_sample), _norm_table(skip_norm, batch, per_sample)
     columns, _, kh, kw = weight.shape
     h_out, w_out = (y.shape[2] // 2, y.shape[3] // 2) if phases else (y.shape[2], y.shape[3])
     h_in, w_in = (skip.shape[2], skip.shape[3]) if skip is not None else (x.shape[2], x.shape[3])
@@ -522,10 +540,23 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
-        NORM_INPUT2=skip_norm is not None,
+        NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_sample,
         IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
+
+
+def _per_sample(norm):
+    """Whether a pending norm's (scale, shift) are per (image, channel): instance or group norm."""
+    return norm is not None and norm[0].dim() == 2
+
+
+def _norm_table(norm, batch, per_sample):
+    """A pending norm's (scale, shift) as the kernels index them: [C], or [N, C] contiguous when ``per_sample``
+    (a per-channel one beside a per-sample one is expanded to it)."""
+    if norm is None or not per_sample:
+        return norm
+    return tuple(t.expand(batch, t.shape[-1]).contiguous() for t in norm)
 
 
 def _few_channels(channels, taps):
@@ -554,9 +585,12 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     sms = specs.recorded_sms() or (None if INTERPRETED or g.device.type != "cuda" else _sm_count(g.device))
     w_magic, w_shift = fast_divisor(w_a)
     h_magic, h_shift = fast_divisor(h_a)
-    parts = []
+    # Each source's columns of dw; no pixels: zero.
+    dw_total = (torch.empty if num_pix else torch.zeros)((c_a, kh * kw, c_b_total), device=g.device,
+                                                          dtype=torch.float32)
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
+        norm = _norm_table(norm, batch, _per_sample(norm))
         taps_on_n = grad_operand == 1 and up_mode == UpMode.NONE and norm is None and _few_channels(c_b, kh * kw)
 
         def grid(meta, c_b=c_b, taps_on_n=taps_on_n):
@@ -575,16 +609,13 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift, placement=placement,
             IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
             GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
-            IN_ACT=act_code(in_activation if norm is not None else None),
+            NORM_PER_SAMPLE=_per_sample(norm), IN_ACT=act_code(in_activation if norm is not None else None),
             FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and _flat(
                 x, g if grad_operand == 1 else x),
             TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
         # Fixed-order reduction of the split workspace: the same bits on every run.
-        parts.append((b_off, dw.sum(0)))
-    if not parts:
-        return torch.zeros_like(weight, dtype=torch.float32)
-    dw = torch.cat([part for _, part in sorted(parts, key=lambda p: p[0])], dim=2)
-    return dw.view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
+        dw_total[:, :, b_off:b_off + c_b] = dw.sum(0)
+    return dw_total.view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=None)

@@ -34,13 +34,14 @@ def _window_value(base, q, sxh, sxw, valid, scale, shift, NEG_SLOPE, y_ptr, NORM
 @triton.jit
 def max_pool2x2_kernel(
     x_ptr,  # input [N, C, 2 H_OUT (+1), 2 W_OUT (+1)]
-    in_norm,  # (scale, shift) fp32 per channel of x's pending batch norm (NORM)
+    in_norm,  # (scale, shift) fp32 of x's pending norm (NORM): [C], or [N, C] with PER_SAMPLE
     y_ptr,  # pooled output [N, C, H_OUT, W_OUT]
     argmax_ptr,  # uint8 argmax (dy * 2 + dx) of each window, y_strides
     TOTAL, C, H_OUT, W_OUT,  # output elements, and their shape
     NEG_SLOPE,  # ACT's leaky-ReLU slope
     x_strides, y_strides,  # (n, c, h, w) strides
     NORM: tl.constexpr,  # pool act(x * scale + shift): x is a conv's pre-norm output
+    PER_SAMPLE: tl.constexpr,  # scale and shift per (image, channel): instance / group norm
     ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
     BLOCK: tl.constexpr,  # output elements per program
 ):
@@ -53,8 +54,11 @@ def max_pool2x2_kernel(
     img, c, oh, ow = _pool_window(offs, C, H_OUT, W_OUT)
     base = x_ptr + img * sxn + c * sxc + (2 * oh) * sxh + (2 * ow) * sxw
     if NORM:
-        scale = tl.load(scale_ptr + c, mask=valid, other=0.0)
-        shift = tl.load(shift_ptr + c, mask=valid, other=0.0)
+        at = c
+        if PER_SAMPLE:
+            at += img * C
+        scale = tl.load(scale_ptr + at, mask=valid, other=0.0)
+        shift = tl.load(shift_ptr + at, mask=valid, other=0.0)
     else:
         scale = 1.0
         shift = 0.0
@@ -103,7 +107,8 @@ def max_pool2x2_output(x):
 
 def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_negative_slope=0.0):
     """(pooled, argmax uint8 in 0..3 = dy*2+dx); output keeps x's memory format, odd rows/cols are dropped.
-    ``in_scale`` / ``in_shift``: x's pending batch norm, applied with ``in_activation`` before pooling."""
+    ``in_scale`` / ``in_shift``: x's pending norm ([C], or [N, C] for instance / group norm), applied with
+    ``in_activation`` before pooling."""
     batch, c, h, w = x.shape
     y, argmax = max_pool2x2_output(x)
     total = y.numel()
@@ -111,9 +116,10 @@ def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_
     if total:
         MAX_POOL2X2.launch(
             max_pool2x2_kernel, lambda meta: (triton.cdiv(total, meta["BLOCK"]),), x_ptr=x,
-            in_norm=(in_scale, in_shift) if norm else (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
-            H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
-            y_strides=y.stride(), NORM=norm, ACT=act_code(in_activation if norm else None))
+            in_norm=(in_scale.contiguous(), in_shift.contiguous()) if norm else (x, x), y_ptr=y, argmax_ptr=argmax,
+            TOTAL=total, C=c, H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
+            y_strides=y.stride(), NORM=norm, PER_SAMPLE=norm and in_scale.dim() == 2,
+            ACT=act_code(in_activation if norm else None))
     return y, argmax
 
 

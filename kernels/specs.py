@@ -218,19 +218,21 @@ _ACTS = [dict(ACT=a) for a in _ACT_CODES]
 _UP_MODES = [dict(UP_MODE=int(m))
              for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
 _IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
-# A source read with its pending batch norm + activation, or as stored.
+# A source read with its pending norm + activation, or as stored.
 _IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
+# A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm).
+_PER_SAMPLE = [dict(NORM_PER_SAMPLE=False), dict(NORM_PER_SAMPLE=True)]
 # The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
 _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 # A source of few channels (one source, not up-sampled) runs its taps as one K range (kernels.conv._few_channels).
 _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 # The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
-_TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, IN_ACT=_NO_ACT,
-                                          UP_MODE=_NO_UP)]
+_TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, NORM_PER_SAMPLE=False,
+                                          IN_ACT=_NO_ACT, UP_MODE=_NO_UP)]
 _FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
-                   IN_ACT=_NO_ACT, **_ONE_SOURCE)
+                   NORM_PER_SAMPLE=False, IN_ACT=_NO_ACT, **_ONE_SOURCE)
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -248,25 +250,26 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      strides("pool_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
-     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("IN_ACT"), flag("STATS", tuned=True), derived("EVEN_K"),
+     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
+     flag("STATS", tuned=True), derived("EVEN_K"),
      flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
-                           _FLAT_TAPS],
+                           _PER_SAMPLE, _FLAT_TAPS],
         "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
-                                 _IN_NORM, _FLAT_TAPS],
+                                 _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
-                                       IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
+                                       NORM_PER_SAMPLE=False, IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
             _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
-            _IN_ACTS,
+            _IN_ACTS, _PER_SAMPLE,
             [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS, _FLAT_TAPS],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
-                                             PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS, _IN_NORM],
+                                             PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS, _IN_NORM, _PER_SAMPLE],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
     gemm=True)
@@ -281,13 +284,15 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
      integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
      integer("H_SHIFT"), PLACEMENT, real("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
-     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("IN_ACT"), flag("FLAT_INPUT", tuned=True),
+     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
+     flag("FLAT_INPUT", tuned=True),
      flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
-        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _FLAT, _TAPS_ON_N],
+        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _PER_SAMPLE, _FLAT,
+                               _TAPS_ON_N],
         "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP,
-                                                 TAPS_ON_N=False), _IN_NORM, _FLAT],
+                                                 TAPS_ON_N=False), _IN_NORM, _PER_SAMPLE, _FLAT],
     },
     gemm=True)
 
@@ -316,8 +321,10 @@ MAX_POOL2X2 = KernelSpec(
     "max_pool2x2",
     (tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("y_ptr"), tensor("argmax_ptr", "*u8"),
      integer("TOTAL"), integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True),
-     real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("ACT"), block("BLOCK")),
-    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)]]})
+     real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("PER_SAMPLE"), flag("ACT"),
+     block("BLOCK")),
+    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)],
+                                   [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]]})
 
 MAX_POOL2X2_BACKWARD = KernelSpec(
     "max_pool2x2_backward",
@@ -330,13 +337,19 @@ BATCH_NORM_ACT_BACKWARD = KernelSpec(
     "batch_norm_act_backward",
     (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("dy_ptr"), tensor("partial_ptr", "*fp32"),
      integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
-     strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), block("BLOCK_P"),
-     block("BLOCK_C")),
-    sites={"batch_norm_act_input_grad": [_ACTS]})
+     strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), flag("PER_SAMPLE"),
+     block("BLOCK_P"), block("BLOCK_C")),
+    sites={"batch_norm_act_input_grad": [_ACTS, [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]]})
+
+CHANNEL_STATISTICS = KernelSpec(
+    "channel_statistics",
+    (tensor("y_ptr"), tensor("stats_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True), integer("H"),
+     integer("W"), strides("y_strides"), block("BLOCK_P"), block("BLOCK_C")),
+    sites={"channel_statistics": [[{}]]})
 
 # Every kernel the launchers run, in the doctor's order.
 KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
-           MAX_POOL2X2_BACKWARD, BATCH_NORM_ACT_BACKWARD)
+           MAX_POOL2X2_BACKWARD, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS)
 
 # The doctor's yardsticks (kernels.reference): compiled, never launched.
 MATMUL = KernelSpec(

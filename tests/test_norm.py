@@ -167,7 +167,7 @@ def test_bad_pending_norm_is_rejected():
     with pytest.raises(ValueError, match=r"x.scale must be a float32 tensor of shape \[3\]"):
         FF.conv2d(bad, make_tensor((2, 3, 3, 3)))
     with pytest.raises(ValueError, match="norm must be one of"):
-        fnn.Conv2d(3, 4, 3, norm="group")
+        fnn.Conv2d(3, 4, 3, norm="layer")
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

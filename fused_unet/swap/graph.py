@@ -18,8 +18,8 @@ from fused_unet.swap.runtime import _BatchNormArgs, _ConvArgs, _on_meta
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 # Module types whose calls a torch.compile graph names by the module's path.
-_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._NormBase, nn.MaxPool2d, nn.Upsample, nn.Dropout,
-           nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.Identity)
+_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.MaxPool2d, nn.Upsample,
+           nn.Dropout, nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.Identity)
 _INTERP_PARAMS = list(inspect.signature(F.interpolate).parameters)
 UPSAMPLE_CALLS = {torch._C._nn.upsample_nearest2d: "nearest", torch._C._nn.upsample_bilinear2d: "bilinear"}
 UPSAMPLE_MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -119,11 +119,13 @@ class SwapGraph:
             arg(node, 4, "padding", 0) in (0, (0, 0)) and arg(node, 5, "output_padding", 0) in (0, (0, 0)) and \
             arg(node, 6, "groups", 1) == 1 and arg(node, 7, "dilation", 1) in (1, (1, 1))
 
-    def batch_norm(self, node, channels):
-        """Whether node is a batch norm of channels channels (an nn.BatchNorm2d call or F.batch_norm)."""
-        m = self.module(node, nn.BatchNorm2d)
+    def norm(self, node, channels):
+        """Whether node is a norm the kernels fuse over ``channels`` channels: an nn.BatchNorm2d,
+        nn.InstanceNorm2d or nn.GroupNorm call, or F.batch_norm."""
+        m = self.module(node, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)
         if m is not None:
-            return m.num_features == channels
+            return getattr(m, "num_features", getattr(m, "num_channels", None)) == channels and \
+                fnn.norm_unsupported(m) is None
         if node.op != "call_function" or node.target is not F.batch_norm:
             return False
         momentum, training = arg(node, 6, "momentum", 0.1), arg(node, 5, "training", False)

@@ -1,4 +1,5 @@
-"""The chain every conv pattern starts from: conv (-> BatchNorm2d) (-> ReLU / LeakyReLU), identities between."""
+"""The chain every conv pattern starts from: conv (-> BatchNorm2d / InstanceNorm2d / GroupNorm) (-> ReLU /
+LeakyReLU), identities between."""
 from typing import NamedTuple, Optional
 
 import torch.fx
@@ -9,7 +10,7 @@ _NORM_OR_ACT = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.P
 
 
 class Chain(NamedTuple):
-    """``nodes``: the conv, then what follows it up to its activation; ``bn``: its batch-norm node or None."""
+    """``nodes``: the conv, then what follows it up to its activation; ``bn``: its norm node or None."""
     nodes: list
     bn: Optional[torch.fx.Node]
     activation: Optional[str]
@@ -20,7 +21,7 @@ class Chain(NamedTuple):
         return self.nodes[0]
 
     def fused_args(self, g):
-        """(conv spec, batch-norm spec) for the fused call, inserted before the conv."""
+        """(conv spec, norm spec) for the fused call, inserted before the conv."""
         return g.spec(self.conv, self.conv), g.spec(self.bn, self.conv)
 
     def epilogue(self):
@@ -40,7 +41,7 @@ def find(g, conv_node):
     while (nxt := g.only_user(node)) is not None:
         if g.passthrough(nxt):
             pass
-        elif stage == 0 and g.batch_norm(nxt, channels):
+        elif stage == 0 and g.norm(nxt, channels):
             bn, stage = nxt, 1
         elif stage < 2 and (a := g.activation(nxt)) is not None:
             act, stage = a, 2
@@ -51,6 +52,6 @@ def find(g, conv_node):
     if (nxt := g.only_user(node)) is not None and nxt.op == "call_module" and \
             isinstance(g.root.get_submodule(nxt.target), _NORM_OR_ACT):
         g.report.add_left_alone((f"{g.name(nxt)} ({type(g.root.get_submodule(nxt.target)).__name__})",
-                                 f"after {g.name(conv_node)}: not fused (fused: BatchNorm2d, then ReLU or LeakyReLU "
-                                 "with slope >= 0)"))
+                                 f"after {g.name(conv_node)}: not fused (fused: BatchNorm2d, InstanceNorm2d, GroupNorm, "
+                                 "then ReLU or LeakyReLU with slope >= 0)"))
     return Chain(nodes, bn, *act)

@@ -1,0 +1,232 @@
+"""Instance and group norm between conv and activation: statistics per (image, channel) or (image, group) from one
+reduction kernel, the normalised tensor never stored, applied by each consumer with a scale and shift per (image,
+channel) while reading; against float64 eager PyTorch, and against eager fp32's own error where a statistic sees
+few elements; running statistics like nn.InstanceNorm2d; swap of nnU-Net / MONAI-style chains; activation memory."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.conftest import (DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, assert_within_eager_error,
+                            check_against_float64, compare_step, make_tensor, model_triplet)
+import fused_unet
+from fused_unet import eager, functional as FF, nn as fnn
+from fused_unet.utils import saved_activation_bytes
+
+
+def _group_act(y, groups, gamma, beta, activation, slope):
+    return eager.activate(F.group_norm(y, groups, gamma, beta), activation, slope)
+
+
+def _affine(channels, dtype=torch.float32):
+    gamma = (torch.rand(channels, device=DEVICE) + 0.5).to(dtype).requires_grad_()
+    return gamma, make_tensor((channels,), dtype, requires_grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("groups,activation,slope", [(6, "leaky_relu", 0.01), (2, "relu", 0.01), (3, None, 0.01)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pending_group_norm_read_by_every_consumer_matches_float64(groups, activation, slope, dtype, layout):
+    # groups 6 of 6 channels: instance norm. Odd sizes; every consumer and the materialised tensor.
+    x = make_tensor((2, 3, 7, 9), dtype, layout, requires_grad=True)
+    w1 = make_tensor((6, 3, 3, 3), dtype, requires_grad=True, scale=0.5)
+    w2 = make_tensor((4, 6, 3, 3), dtype, requires_grad=True, scale=0.5)
+    wt = make_tensor((6, 3, 2, 2), dtype, requires_grad=True, scale=0.5)
+    gamma, beta = _affine(6, dtype)
+
+    def fused(x, w1, gamma, beta, w2, wt):
+        z = FF.group_norm(FF.conv2d(x, w1), groups, gamma, beta, activation=activation, negative_slope=slope)
+        return FF.conv2d(z, w2, None, "relu"), FF.max_pool2x2(z), FF.conv_transpose2x2(z, wt), z.materialize()
+
+    def reference(x, w1, gamma, beta, w2, wt):
+        z = _group_act(F.conv2d(x, w1, padding=1), groups, gamma, beta, activation, slope)
+        return eager.conv2d(z, w2, None, "relu"), F.max_pool2d(z, 2), eager.conv_transpose2x2(z, wt), z
+
+    check_against_float64(fused, reference, [x, w1, gamma, beta, w2, wt], dtype, baseline=dtype != torch.float32)
+
+
+@pytest.mark.parametrize("up_mode", [None, "bilinear"])
+@pytest.mark.parametrize("up_first", [True, False])
+def test_concatenation_of_a_per_sample_and_a_batch_norm_matches_float64(up_mode, up_first):
+    # up: instance norm ([N, C] scale), skip: batch norm ([C]): the kernel reads both per image.
+    up0 = make_tensor((2, 4, 3, 4) if up_mode else (2, 4, 6, 8), requires_grad=True)
+    skip0 = make_tensor((2, 3, 7, 9), requires_grad=True)
+    w_up, w_skip = make_tensor((4, 4, 1, 1), requires_grad=True), make_tensor((3, 3, 1, 1), requires_grad=True)
+    w_cat = make_tensor((5, 7, 3, 3), requires_grad=True, scale=0.3)
+
+    def fused(up0, skip0, w_up, w_skip, w_cat):
+        up = FF.instance_norm(FF.conv2d(up0, w_up), activation="leaky_relu", negative_slope=0.1)
+        skip = FF.batch_norm(*FF.conv2d_stats(skip0, w_skip), activation="leaky_relu", negative_slope=0.1)
+        y = FF.concat_conv2d(up, skip, w_cat, None, None, up_mode=up_mode, up_first=up_first)
+        return FF.group_norm(y, 5, activation="relu").materialize()
+
+    def reference(up0, skip0, w_up, w_skip, w_cat):
+        up = eager.activate(F.instance_norm(F.conv2d(up0, w_up)), "leaky_relu", 0.1)
+        skip = eager.activate(F.batch_norm(F.conv2d(skip0, w_skip), None, None, training=True), "leaky_relu", 0.1)
+        y = eager.concat_conv2d(up, skip, w_cat, None, None, 0.0, up_mode, False, up_first)
+        return F.relu(F.instance_norm(y))
+
+    check_against_float64(fused, reference, [up0, skip0, w_up, w_skip, w_cat], torch.float32)
+
+
+def test_instance_norm_of_a_small_map_at_batch_one_is_as_accurate_as_eager():
+    # A 4x4 map far from zero: 16 elements per statistic, a mean 100x the spread (cancellation if done naively).
+    x = (make_tensor((1, 8, 4, 4)) + 100.0).requires_grad_()
+    gamma, beta = _affine(8)
+    grad = torch.randn(1, 8, 4, 4, device=DEVICE)
+
+    def run(norm, dtype):
+        xs, g, b = (t.detach().to(dtype).requires_grad_() for t in (x, gamma, beta))
+        out = norm(xs, g, b)
+        return [out, *torch.autograd.grad(out, [xs, g, b], grad.to(dtype))]
+
+    fused = run(lambda x, g, b: FF.instance_norm(x, g, b, activation="leaky_relu").materialize(), torch.float32)
+    expected = run(lambda x, g, b: F.leaky_relu(F.instance_norm(x, weight=g, bias=b)), torch.float64)
+    baseline = run(lambda x, g, b: F.leaky_relu(F.instance_norm(x, weight=g, bias=b)), torch.float32)
+    for name, a, e, b in zip(["output", "grad x", "grad weight", "grad bias"], fused, expected, baseline):
+        assert_within_eager_error(a, e, b, name)
+
+
+def test_group_norm_statistics_are_deterministic():
+    y = make_tensor((3, 8, 19, 21), layout="channels_last")
+    first, second = FF.group_norm(y, 4), FF.group_norm(y, 4)
+    assert torch.equal(first.scale, second.scale) and torch.equal(first.shift, second.shift)
+
+
+@pytest.mark.parametrize("module", ["conv", "pool", "concat"])
+def test_module_instance_norm_running_statistics_follow_instancenorm2d(module):
+    torch.manual_seed(0)
+    kwargs = dict(norm="instance", activation="leaky_relu", bias=False, device=DEVICE)
+    fused = {"conv": fnn.Conv2d(3, 4, 3, padding=1, **kwargs), "pool": fnn.Conv2dReLUPool(3, 4, 3, padding=1, **kwargs),
+             "concat": fnn.UpConcatConv2d(3, 4, up_mode="nearest", **kwargs)}[module]
+    fused.bn.track_running_stats = True
+    fused.bn.register_buffer("running_mean", torch.zeros(4, device=DEVICE))
+    fused.bn.register_buffer("running_var", torch.ones(4, device=DEVICE))
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False, device=DEVICE)
+    norm = nn.InstanceNorm2d(4, affine=True, track_running_stats=True, device=DEVICE)
+    conv.weight.data.copy_(fused.weight)
+    for step in range(3):
+        up, skip = make_tensor((2, 2, 3, 4)), make_tensor((2, 1, 6, 8))
+        x = torch.cat([F.interpolate(up, scale_factor=2), skip], 1) if module == "concat" else make_tensor((2, 3, 6, 8))
+        out = fused(up, skip) if module == "concat" else fused(x)
+        torch.testing.assert_close(out[0] if module == "pool" else out, F.leaky_relu(norm(conv(x))), atol=1e-5,
+                                   rtol=1e-5)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(fused.bn, name), getattr(norm, name), atol=1e-6, rtol=1e-5)
+    fused.eval()
+    norm.eval()
+    if module != "concat":  # eval with running statistics: folded into the conv
+        x = make_tensor((2, 3, 6, 8))
+        out = fused(x)
+        torch.testing.assert_close(out[0] if module == "pool" else out, F.leaky_relu(norm(conv(x))), atol=1e-5,
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm,groups", [("instance", 32), ("group", 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_module_keeps_the_torch_state_dict_and_matches_it(norm, groups, training):
+    fused = fnn.Conv2d(3, 4, 3, padding=1, norm=norm, norm_groups=groups, activation="relu", device=DEVICE)
+    torch_norm = nn.InstanceNorm2d(4, affine=True) if norm == "instance" else nn.GroupNorm(2, 4)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), torch_norm, nn.ReLU()).to(DEVICE).double()
+    assert list(fused.state_dict()) == ["weight", "bias"] + [f"bn.{k}" for k in torch_norm.state_dict()]
+    with torch.no_grad():
+        fused.bn.weight.uniform_(0.5, 1.5)
+        fused.bn.bias.uniform_(-1, 1)
+    reference[0].load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("bn.")})
+    reference[1].load_state_dict({k[3:]: v for k, v in fused.state_dict().items() if k.startswith("bn.")})
+    fused.train(training)
+    reference.train(training)
+    x = make_tensor((2, 3, 5, 6))
+    out = fused(x)
+    out.square().sum().backward()
+    ref = reference(x.double())
+    ref.square().sum().backward()
+    assert_close(out, ref, torch.float32, "output")
+    assert_close(fused.weight.grad, reference[0].weight.grad, torch.float32, "grad weight")
+    assert_close(fused.bn.weight.grad, reference[1].weight.grad, torch.float32, "grad bn.weight")
+
+
+@pytest.mark.parametrize("norm,batch", [("instance", 1), ("instance", 2), ("group", 2)])
+def test_unet_with_a_per_sample_norm_matches_reference_over_training_steps(norm, batch):
+    torch.manual_seed(0)
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=8, depth=2, norm=norm, norm_groups=4,
+                  activation="leaky_relu")
+    models = model_triplet(fused_unet.UNet(**kwargs).to(DEVICE), fused_unet.ReferenceUNet(**kwargs).to(DEVICE))
+    assert list(models[0].state_dict()) == list(models[1].state_dict())
+    for step in range(2):
+        x, grad = torch.randn(batch, 3, 12, 10, device=DEVICE), torch.randn(batch, 2, 12, 10, device=DEVICE)
+        compare_step(models, x, grad, f"step {step} ")
+    model, reference, _ = models
+    model.eval()
+    reference.eval()
+    x = torch.randn(1, 3, 12, 10, device=DEVICE)
+    assert_close(model(x), reference(x.double()), torch.float32, "eval logits", MODEL_TOLERANCE_FACTOR)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_per_sample_norm_unet_saves_at_most_half_of_eager(norm):
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=64, depth=4, norm=norm)
+    x = torch.empty(2, 3, 256, 256, device="meta", dtype=torch.float16, requires_grad=True)
+    fused = saved_activation_bytes(fused_unet.UNet(**kwargs).to("meta", torch.float16), x)
+    reference = saved_activation_bytes(fused_unet.ReferenceUNet(**kwargs).to("meta", torch.float16), x)
+    assert fused <= 0.5 * reference, f"fused U-Net saves {fused / reference:.3f}x the eager model's activations"
+
+
+class _NnUNetStage(nn.Module):
+    """nnU-Net's / MONAI's conv -> InstanceNorm2d(affine) -> LeakyReLU blocks (MONAI's ADN order with a Dropout(0)
+    between norm and activation), a GroupNorm block, and a 2x2 max-pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1 = nn.Conv2d(3, 8, 3, padding=1), nn.InstanceNorm2d(8, eps=1e-5, affine=True)
+        self.drop1, self.act1 = nn.Dropout(0.0), nn.LeakyReLU(0.01, inplace=True)
+        self.conv2, self.norm2, self.act2 = nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.act1(self.drop1(self.norm1(self.conv1(x))))
+        return self.conv3(self.pool(self.act2(self.norm2(self.conv2(x)))))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_swap_fuses_instance_and_group_norm_chains(training):
+    model = _NnUNetStage().to(DEVICE).train(training)
+    reference = copy.deepcopy(model).double()
+    x = make_tensor((2, 3, 12, 10))
+    model, report = fused_unet.swap(model, x)
+    assert [f.pattern for f in report.fused] == ["conv+bn+act", "conv+bn+act+maxpool"]
+    assert not report.left_alone
+    out = model(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref = reference(x.double())
+    ref.backward(grad.double())
+    assert_close(out, ref, torch.float32, "output")
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert_close(p.grad, q.grad, torch.float32, f"grad {name}")
+
+
+def test_swap_leaves_an_instance_norm_it_cannot_run_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                          nn.InstanceNorm2d(4, track_running_stats=True, momentum=None), nn.ReLU()).to(DEVICE)
+    reference = copy.deepcopy(model)
+    x = make_tensor((2, 3, 6, 6))
+    model, report = fused_unet.swap(model, x)
+    assert any("InstanceNorm2d" in what for what, _ in report.left_alone)
+    torch.testing.assert_close(model(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_group_norm_is_rejected():
+    y = make_tensor((2, 6, 4, 4))
+    with pytest.raises(ValueError, match="num_groups must be a positive integer dividing y's 6 channels"):
+        FF.group_norm(y, 4)
+    with pytest.raises(ValueError, match=r"weight must be a tensor of shape \[6\]"):
+        FF.group_norm(y, 3, torch.ones(3, device=DEVICE))
+    bad = FF.Normalized(y, torch.ones(3, 6, device=DEVICE), torch.zeros(3, 6, device=DEVICE), "relu")
+    with pytest.raises(ValueError, match=r"x.scale must be a float32 tensor of shape \[6\] .* or \[2, 6\]"):
+        FF.conv2d(bad, make_tensor((2, 6, 3, 3)))
+    with pytest.raises(ValueError, match="norm must be one of"):
+        fnn.Conv2d(3, 4, 3, norm="layer")
