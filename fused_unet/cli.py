@@ -251,7 +251,8 @@ def _add_unet_args(parser):
     from fused_unet.kernels.codes import DECODER_UP_MODES
 
     parser.add_argument("--up-mode", choices=DECODER_UP_MODES, default="transpose", help="decoder up-sampling")
-    parser.add_argument("--norm", choices=("none", "batch"), default="none", help="BatchNorm after every 3x3 conv")
+    parser.add_argument("--norm", choices=("none", "batch", "instance", "group"), default="none",
+                        help="the norm after every 3x3 conv (group: 32 groups, or base channels if fewer)")
 
 
 def _add_shape_args(parser, batch_default, size_default=512):

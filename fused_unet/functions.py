@@ -260,9 +260,17 @@ class _Granularity(NamedTuple):
     view: tuple
 
 
-def _scale_shift(gamma, beta, mean, invstd, granularity):
+def _scale_shift(ctx, y, gamma, beta, statistics, eps, granularity):
+    """(scale, shift, mean, biased var) fp32 of a norm of y from its ``statistics`` (mean, biased var, count) in
+    float64: scale = gamma / sqrt(var + eps), shift = beta - mean * scale; saves what _scale_shift_backward needs."""
+    mean, var, count = statistics
+    invstd = torch.rsqrt(var + eps)
     scale = gamma.double() * granularity.to_channel(invstd)
-    return scale, beta.double() - granularity.to_channel(mean) * scale
+    shift = beta.double() - granularity.to_channel(mean) * scale
+    ctx.save_for_backward(y, gamma, mean, invstd)
+    ctx.count, ctx.granularity, ctx.gamma_dtype = count, granularity, gamma.dtype
+    ctx.mark_non_differentiable(mean, var)
+    return scale.float(), shift.float(), mean.float(), var.float()
 
 
 def _scale_shift_backward(ctx, grad_scale, grad_shift):
@@ -295,13 +303,7 @@ class BatchNormScaleShift(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, stats, gamma, beta, eps):
-        mean, var, count = norm.batch_statistics(stats)
-        invstd = torch.rsqrt(var + eps)
-        scale, shift = _scale_shift(gamma, beta, mean, invstd, _PER_CHANNEL)
-        ctx.save_for_backward(y, gamma, mean, invstd)
-        ctx.count, ctx.granularity, ctx.gamma_dtype = count, _PER_CHANNEL, gamma.dtype
-        ctx.mark_non_differentiable(mean, var)
-        return scale.float(), shift.float(), mean.float(), var.float()
+        return _scale_shift(ctx, y, gamma, beta, norm.batch_statistics(stats), eps, _PER_CHANNEL)
 
     @staticmethod
     @once_differentiable
@@ -325,15 +327,8 @@ class GroupNormScaleShift(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, gamma, beta, groups, eps):
-        stats = _launch(norm.channel_statistics, y)(y)
-        mean, var, count = norm.group_statistics(stats, groups)
-        invstd = torch.rsqrt(var + eps)
-        granularity = _per_group(y.shape[0], y.shape[1], groups)
-        scale, shift = _scale_shift(gamma, beta, mean, invstd, granularity)
-        ctx.save_for_backward(y, gamma, mean, invstd)
-        ctx.count, ctx.granularity, ctx.gamma_dtype = count, granularity, gamma.dtype
-        ctx.mark_non_differentiable(mean, var)
-        return scale.float(), shift.float(), mean.float(), var.float()
+        statistics = norm.group_statistics(_launch(norm.channel_statistics, y)(y), groups)
+        return _scale_shift(ctx, y, gamma, beta, statistics, eps, _per_group(y.shape[0], y.shape[1], groups))
 
     @staticmethod
     @once_differentiable

@@ -36,7 +36,7 @@ class DecoderLevel(nn.Module):
 
 class _UNetBase(nn.Module):
     def __init__(self, in_channels=3, num_classes=2, base_channels=64, depth=4, double_conv=True,
-                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None, norm_groups=32):
+                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None, norm_groups=None):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("base_channels", base_channels), ("depth", depth)):
@@ -48,7 +48,8 @@ class _UNetBase(nn.Module):
             raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
         if norm not in fnn.NORMS:
             raise ValueError(f"norm must be one of {fnn.NORMS}, got {norm!r}")
-        if norm == "group" and (not isinstance(norm_groups, int) or base_channels % norm_groups):
+        norm_groups = min(32, base_channels) if norm_groups is None else norm_groups
+        if norm == "group" and (not isinstance(norm_groups, int) or norm_groups < 1 or base_channels % norm_groups):
             raise ValueError(f"norm_groups must be an int dividing base_channels {base_channels}, got {norm_groups!r}")
         self.in_channels, self.num_classes, self.depth, self.up_mode = in_channels, num_classes, depth, up_mode
         # The constructor's arguments: ReferenceUNet(**unet.config) is the same network in plain torch.nn.
@@ -109,11 +110,11 @@ class UNet(_UNetBase):
     """The classic U-Net (padding 1) with every layer in fused_unet's kernels: each encoder level's last conv
     also writes the pooled output, each decoder level's first conv reads [up, skip] without a concatenation
     (``up_mode`` "transpose": a 2x2 transposed conv + activation; "bilinear" / "nearest": up-sampled inside
-    that conv). ``norm`` "batch", "instance" or "group" (``norm_groups`` groups): conv -> norm -> activation in every
-    3x3 conv; a pending norm's normalised tensor is never stored, each consumer kernel normalises its input as it
-    reads it. Conv
-    weights are stored channels_last ([C_out, kh, kw, C_in] in memory), the layout the kernels read; values
-    and state_dict keys are those of ReferenceUNet with the same options."""
+    that conv). ``norm`` "batch", "instance" or "group" (``norm_groups`` groups, default min(32, base_channels)):
+    conv -> norm -> activation in every 3x3 conv; a pending norm's normalised tensor is never stored, each
+    consumer kernel normalises its input as it reads it. Conv weights are stored channels_last ([C_out, kh, kw,
+    C_in] in memory), the layout the kernels read; values and state_dict keys are those of ReferenceUNet with the
+    same options."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

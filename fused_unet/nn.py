@@ -126,6 +126,15 @@ def conv_transpose2d_config_unsupported(conv):
     return None
 
 
+def norm_kind(bn):
+    """"batch", "instance" or "group": the kind of a norm module, or of a torch.compile graph's norm arguments
+    (fused_unet.swap's stand-ins say theirs)."""
+    for kind, module in (("group", nn.GroupNorm), ("instance", nn.InstanceNorm2d), ("batch", nn.BatchNorm2d)):
+        if isinstance(bn, module):
+            return kind
+    return getattr(bn, "kind", None)
+
+
 def _pending(bn):
     """Whether the norm ``bn`` normalises with statistics of this batch (training, no running statistics, group
     norm): it stays pending after the conv instead of folding into it."""
@@ -159,10 +168,10 @@ def _normalize(y, stats, bn, activation, negative_slope):
     """The pending norm + activation of the pre-norm output ``y`` as torch.nn's norm ``bn`` computes it in this mode
     (running statistics, BatchNorm2d's cumulative average when momentum is None, num_batches_tracked): a
     Normalized. ``stats``: a batch norm's statistics from the conv's epilogue."""
-    if isinstance(bn, nn.GroupNorm):
+    if norm_kind(bn) == "group":
         return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope)
     update = bn.training and bn.track_running_stats
-    if isinstance(bn, nn.InstanceNorm2d):
+    if norm_kind(bn) == "instance":
         return functional.instance_norm(y, bn.weight, bn.bias, bn.running_mean if update else None,
                                         bn.running_var if update else None, bn.momentum, bn.eps,
                                         activation=activation, negative_slope=negative_slope)
@@ -182,7 +191,7 @@ def _finish(z, defer):
 def _pre_norm(bn, stats_op, plain_op, *inputs, **layout):
     """(y, statistics) of the conv before the pending norm ``bn``: a batch norm's from the conv's epilogue
     (``stats_op``), none for a per-image norm (its own reduction kernel reads y)."""
-    if isinstance(bn, nn.BatchNorm2d):
+    if norm_kind(bn) == "batch":
         return stats_op(*inputs, **layout)
     return plain_op(*inputs, activation=None, **layout), None
 

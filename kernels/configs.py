@@ -39,7 +39,7 @@ GPU_CONFIGS = {
             _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=2),
             _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
-            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
+            _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
         ],
         "tf32": [
             _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
@@ -128,15 +128,31 @@ def gpu_configs(kernel, dtype_name, flags=None, cc=90):
     return [cfg for cfg in listed if fits(cfg, flags or {}, cc)]
 
 
+# Shared memory a CTA may use (bytes), per compute capability: the CUDA occupancy tables.
+SHARED_MEMORY = {90: 232448, 80: 166912}
+
+
+def _per_sample_shared_bytes(cfg, flags):
+    """Shared memory of a GEMM config's pipeline when one operand is read with a per-sample norm: each stage holds
+    both operand tiles and the normalised one's fp32 scale and shift."""
+    bm, bn, bk = (cfg.kwargs.get(k, 0) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    element = 4 if str(flags.get("DOT_DTYPE")) == "fp32" else 2
+    return cfg.num_stages * bk * ((bm + bn) * element + 2 * 4 * max(bm, bn))
+
+
 def fits(cfg, flags, cc=90):
     """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
     keeps operand fragments in registers: no tile beyond 64 and 32, and beside a normalised bilinear source no
     accumulator beyond 32 (Triton 3.6 spilled there). Bilinear up-sampling keeps its four corner tiles in
     registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
-    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows."""
+    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows. A
+    per-sample pending norm's fp32 scale and shift tiles are pipelined beside the operand tiles, every stage: they
+    must fit the shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
+        return False
+    if flags.get("NORM_PER_SAMPLE") and _per_sample_shared_bytes(cfg, flags) > SHARED_MEMORY[90 if cc >= 90 else 80]:
         return False
     acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
@@ -144,7 +160,8 @@ def fits(cfg, flags, cc=90):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
         if cc < 90 and flags.get("NORM_INPUT"):
-            return acc <= 32
+            # A per-sample norm's scale and shift tiles beside the corners spilled at four stages (Triton 3.6).
+            return acc <= 32 and (cfg.num_stages <= 3 or not flags.get("NORM_PER_SAMPLE"))
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
     return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
 

@@ -151,5 +151,5 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
             y_ptr=y, norm=(scale.contiguous(), shift.contiguous()), dy_ptr=dy, partial_ptr=partial, PIXELS=pixels,
             C=c, H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), y_strides=y.stride(),
             dy_strides=dy.stride(), ACT=act_code(activation), PER_SAMPLE=per_sample)
-    sums = partial.sum(1) if per_sample else partial[0].sum(0)
-    return dy, sums[..., 0, :], sums[..., 1, :]
+    parts = partial if per_sample else partial[0]  # summed over the tiles of each image, or of the batch
+    return dy, parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)

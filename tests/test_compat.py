@@ -1,5 +1,6 @@
-"""swap on the U-Nets people already have: MONAI BasicUNet / UNet and segmentation_models_pytorch Unet (ResNet and
-VGG encoders), installed by the ``compat`` extra. Each swapped model against its own float64 copy (outputs, every
+"""swap on the U-Nets people already have: MONAI BasicUNet / UNet / DynUNet, nnU-Net's PlainConvUNet
+(dynamic-network-architectures) and segmentation_models_pytorch Unet (ResNet and VGG encoders), installed by the
+``compat`` extra. Each swapped model against its own float64 copy (outputs, every
 gradient, BatchNorm running statistics; train and eval), what the report says was fused, and that no eager conv /
 pool / cat / interpolate runs where the report says it was fused."""
 import warnings
@@ -33,8 +34,9 @@ def _eager_left(model, x, report):
                                             ("interpolate", left_alone(report, "interpolate"))) if n}
 
 
-# Instance norm needs > 1 pixel at the bottom: 32x32; checked in eval mode only there, to keep CI short.
-@pytest.mark.parametrize("norm,modes,size", [("batch", ("train", "eval"), 16), ("instance", ("eval",), 32)])
+# Instance norm (MONAI's default) needs > 1 pixel at the bottom: 32x32; its eval mode computes as its training mode
+# does (no running statistics), so training only there, to keep CI short.
+@pytest.mark.parametrize("norm,modes,size", [("batch", ("train", "eval"), 16), ("instance", ("train",), 32)])
 def test_monai_basic_unet(norm, modes, size):
     torch.manual_seed(0)
     model = monai_nets.BasicUNet(spatial_dims=2, in_channels=3, out_channels=2, features=(4, 4, 8, 8, 16, 4),
@@ -47,11 +49,10 @@ def test_monai_basic_unet(norm, modes, size):
     # UpCat.forward tests isinstance(x_e, Tensor), which a torch.fx proxy fails (the trace would drop the skip):
     # torch.compile captures the model instead, graph breaks and all. Names starting with UpCat cover its 4 instances.
     assert report.untraced[0][0] == "" and report.traced == ["(whole model) [torch.compile]"]
-    if norm == "batch":  # conv -> BatchNorm2d -> Dropout(0) -> LeakyReLU(0.1)
-        assert report.counts() == {"conv+bn+act": 7, "conv+bn+act+maxpool": 4, "pad+cat+conv+bn+act": 1,
-                                   "convtranspose": 1, "conv": 1}
-    else:  # InstanceNorm2d sits between each conv and its activation: the convs alone are fused
-        assert report.counts() == {"conv": 12, "maxpool": 4, "pad+cat+conv": 1, "convtranspose": 1}
+    # conv -> BatchNorm2d / InstanceNorm2d -> Dropout(0) -> LeakyReLU(0.1): every norm fused, none left eager.
+    assert report.counts() == {"conv+bn+act": 7, "conv+bn+act+maxpool": 4, "pad+cat+conv+bn+act": 1,
+                               "convtranspose": 1, "conv": 1}
+    assert not report.left_alone
     assert any(part.startswith("UpCat.") for f in report.fused for part in f.parts)
     assert _eager_left(model, x, report)[0] == {}
 
@@ -136,3 +137,49 @@ def test_an_upsampling_whose_reader_is_past_a_graph_break_is_reported_as_such():
     assert ("UpCat.upsample.upsample_non_trainable", "its result leaves this torch.compile graph: the code that "
             "reads it runs past a graph break, in another graph") in report.left_alone
     assert not any(".input_" in what for what, _ in report.left_alone)
+
+
+class _AllOutputs(torch.nn.Module):
+    """A deep-supervision network's outputs (one per decoder level) as one tensor, for the float64 comparison."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.cat([o.flatten(1) for o in self.net(x)], 1)
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_nnunet_plain_conv_unet(deep_supervision):
+    # As nnU-Net instantiates it in 2D: Conv2d, InstanceNorm2d(affine, eps 1e-5), LeakyReLU(0.01), strided downsampling.
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet",
+                               reason="the compat extra: pip install -e '.[compat]'")
+    torch.manual_seed(0)
+    net = unet.PlainConvUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv2d,
+                             kernel_sizes=3, strides=[1, 2, 2], n_conv_per_stage=2, num_classes=3,
+                             n_conv_per_stage_decoder=2, conv_bias=True, norm_op=torch.nn.InstanceNorm2d,
+                             norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
+                             nonlin_kwargs={"inplace": True}, deep_supervision=deep_supervision).to(DEVICE)
+    model = _AllOutputs(net) if deep_supervision else net
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train",), example_input=x)
+    # Every stride-1 conv -> InstanceNorm2d -> LeakyReLU is one fused conv (the decoder's first reads the
+    # transposed conv's output and the skip without their cat); the two stride-2 convs wait for the strided-conv
+    # kernels, their norm and activation with them.
+    assert report.counts() == {"conv+bn+act": 6, "cat+conv+bn+act": 2}
+    strided = [what for what, why in report.left_alone if "stride (2, 2)" in why]
+    assert len(strided) == 2 and len(report.left_alone) == 2 + deep_supervision  # + the test wrapper's own cat
+
+
+@pytest.mark.parametrize("norm", ["instance", ("group", {"num_groups": 4})])
+def test_monai_dyn_unet(norm):
+    torch.manual_seed(0)
+    model = monai_nets.DynUNet(spatial_dims=2, in_channels=1, out_channels=2, kernel_size=[3, 3, 3], strides=[1, 2, 2],
+                               upsample_kernel_size=[2, 2], filters=[4, 8, 16], norm_name=norm).to(DEVICE)
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train",), example_input=x)
+    # conv -> norm -> LeakyReLU in every stride-1 block and the decoders' cat + conv; the two stride-2 convs stay
+    # eager until the encoder kernels land.
+    assert report.counts() == {"conv+bn+act": 6, "cat+conv+bn+act": 2}
+    assert [why for _, why in report.left_alone] == ["stride (2, 2), dilation (1, 1), groups 1 (fused: 1, 1, 1)"] * 2

@@ -116,7 +116,8 @@ def _declared(kernel, launched):
                for axes in compile_matrix.LAUNCH_AXES[kernel].values())
 
 
-@pytest.mark.parametrize("options", [dict(), dict(up_mode="bilinear", norm="batch", activation="leaky_relu")])
+@pytest.mark.parametrize("options", [dict(), dict(up_mode="bilinear", norm="batch", activation="leaky_relu"),
+                                     dict(up_mode="nearest", norm="group", activation="leaky_relu")])
 def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     seen = _record_launches(monkeypatch)
     model = fused_unet.UNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE)
@@ -127,6 +128,7 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     expected = set(compile_matrix.LAUNCH_AXES) - ({"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward"}
                                            if "norm" not in options else set())
     expected -= {"upsample2x_backward"} if "up_mode" not in options else set()
+    expected -= {"channel_statistics"} if options.get("norm") not in ("instance", "group") else set()
     assert {name for name, _ in seen} == expected
     for name, kwargs in seen:
         launched = {k: v for k, v in kwargs.items() if k.isupper() and not k.startswith("BLOCK")}

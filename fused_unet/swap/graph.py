@@ -14,7 +14,7 @@ from torch import nn
 
 from fused_unet import nn as fnn
 from fused_unet.swap.module_level import _module_activation
-from fused_unet.swap.runtime import _BatchNormArgs, _ConvArgs, _on_meta
+from fused_unet.swap.runtime import NORM_CALLS, _ConvArgs, _on_meta
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 # Module types whose calls a torch.compile graph names by the module's path.
@@ -121,17 +121,21 @@ class SwapGraph:
 
     def norm(self, node, channels):
         """Whether node is a norm the kernels fuse over ``channels`` channels: an nn.BatchNorm2d,
-        nn.InstanceNorm2d or nn.GroupNorm call, or F.batch_norm."""
+        nn.InstanceNorm2d or nn.GroupNorm call, or their F.batch_norm / F.instance_norm / F.group_norm."""
         m = self.module(node, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)
         if m is not None:
             return getattr(m, "num_features", getattr(m, "num_channels", None)) == channels and \
                 fnn.norm_unsupported(m) is None
-        if node.op != "call_function" or node.target is not F.batch_norm:
+        if node.op != "call_function" or node.target not in NORM_CALLS:
             return False
-        momentum, training = arg(node, 6, "momentum", 0.1), arg(node, 5, "training", False)
         value = example(node.args[0], self.root)
-        return isinstance(momentum, float) and isinstance(training, bool) and value is not None and \
-            value.shape[1] == channels
+        if value is None or value.dim() != 4 or value.shape[1] != channels:
+            return False
+        if node.target is F.group_norm:
+            groups = arg(node, 1, "num_groups")
+            return isinstance(groups, int) and groups >= 1 and channels % groups == 0
+        momentum, training = arg(node, 6, "momentum", 0.1), arg(node, 5, NORM_CALLS[node.target][0][4], False)
+        return isinstance(momentum, float) and isinstance(training, bool)
 
     def weight_shape(self, node):
         """The shape of a conv call's weight (its second argument); () where the graph does not say."""
@@ -227,10 +231,9 @@ class SwapGraph:
         with self.graph.inserting_before(before):
             if node.target is torch.conv2d:
                 return self.graph.call_function(_ConvArgs, (node.args[1], arg(node, 2, "bias")))
-            names = ("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-            defaults = (None, None, None, None, False, 0.1, 1e-5)
-            return self.graph.call_function(_BatchNormArgs, tuple(arg(node, i + 1, n, d) for i, (n, d) in
-                                                                  enumerate(zip(names, defaults))))
+            names, defaults, stand_in = NORM_CALLS[node.target]
+            return self.graph.call_function(stand_in, tuple(arg(node, i + 1, n, d) for i, (n, d) in
+                                                            enumerate(zip(names, defaults))))
 
     def attr(self, node, before):
         """A get_attr of a call_module node's module, inserted before ``before``."""

@@ -39,17 +39,9 @@ class _ConvArgs(NamedTuple):
         return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
 
 
-class _BatchNormArgs(NamedTuple):
-    """F.batch_norm's arguments in a torch.compile graph: what the fused calls read of an nn.BatchNorm2d. The graph
-    itself counts num_batches_tracked and turns a momentum of None into this call's factor."""
-    running_mean: Optional[torch.Tensor]
-    running_var: Optional[torch.Tensor]
-    weight: Optional[torch.Tensor]
-    bias: Optional[torch.Tensor]
-    training: bool
-    momentum: float
-    eps: float
-    num_batches_tracked = None
+class _RunningStatistics:
+    """What the fused calls ask of a torch.compile graph's batch / instance norm arguments besides the fields."""
+    __slots__ = ()
 
     @property
     def track_running_stats(self):
@@ -59,8 +51,73 @@ class _BatchNormArgs(NamedTuple):
     def affine(self):
         return self.weight is not None
 
+
+class _BatchNormFields(NamedTuple):
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    training: bool
+    momentum: float
+    eps: float
+
+
+class _BatchNormArgs(_BatchNormFields, _RunningStatistics):
+    """F.batch_norm's arguments in a torch.compile graph: what the fused calls read of an nn.BatchNorm2d. The graph
+    itself counts num_batches_tracked and turns a momentum of None into this call's factor."""
+    __slots__ = ()
+    num_batches_tracked = None
+    kind = "batch"
+
     def forward(self, y):
         return F.batch_norm(y, *self[:4], self.training, self.momentum, self.eps)
+
+
+class _InstanceNormFields(NamedTuple):
+    running_mean: Optional[torch.Tensor]
+    running_var: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    use_input_stats: bool
+    momentum: float
+    eps: float
+
+
+class _InstanceNormArgs(_InstanceNormFields, _RunningStatistics):
+    """F.instance_norm's arguments in a torch.compile graph (an nn.InstanceNorm2d): ``use_input_stats`` is the
+    module's ``training or not track_running_stats``."""
+    __slots__ = ()
+    kind = "instance"
+
+    @property
+    def training(self):
+        return self.use_input_stats
+
+    def forward(self, y):
+        return F.instance_norm(y, *self)
+
+
+class _GroupNormArgs(NamedTuple):
+    """F.group_norm's arguments in a torch.compile graph (an nn.GroupNorm)."""
+    num_groups: int
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor]
+    eps: float
+    kind = "group"
+    training = True  # group norm always normalises with the input's own statistics
+
+    def forward(self, y):
+        return F.group_norm(y, *self)
+
+
+# A norm call of a torch.compile graph: its arguments' names and defaults after the input, and the stand-in.
+NORM_CALLS = {
+    F.batch_norm: (("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                   (None, None, None, None, False, 0.1, 1e-5), _BatchNormArgs),
+    F.instance_norm: (("running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
+                      (None, None, None, None, True, 0.1, 1e-5), _InstanceNormArgs),
+    F.group_norm: (("num_groups", "weight", "bias", "eps"), (None, None, None, 1e-5), _GroupNormArgs),
+}
 
 
 def _eager_chain(x, conv, bn, activation, negative_slope):
