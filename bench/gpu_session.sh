@@ -2,7 +2,7 @@
 # One GPU session's checks: install, the headline benchmarks, the test suite on the GPU. Each stage has a time
 # budget (seconds) so the whole run fits a short lease; a stage cut short says so. Results land in
 # bench/results/<gpu>/; where $OUT is set (the device tool) the logs and a tarball of the results are copied there.
-# Usage: STAGES="warm bench bench-infer tests" bash bench/gpu_session.sh (also: profile, and plan: the static
+# Usage: STAGES="warm bench bench-infer tests" bash bench/gpu_session.sh (also: bench-instance, profile, and plan: the static
 # prediction of the same step, to commit beside the profile's measurement)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -12,7 +12,7 @@ WARM_BUDGET=${WARM_BUDGET:-90}
 BENCH_BUDGET=${BENCH_BUDGET:-150}
 TEST_BUDGET=${TEST_BUDGET:-200}
 # Test files in the order they matter (a cut run has run the first); a quick run takes one config per launch.
-TEST_ARGS=${TEST_ARGS:-"tests/test_models.py tests/test_norm.py tests/test_conv.py tests/test_conv_transpose.py
+TEST_ARGS=${TEST_ARGS:-"tests/test_models.py tests/test_norm.py tests/test_instance_group_norm.py tests/test_conv.py tests/test_conv_transpose.py
   tests/test_edges.py tests/test_compile.py tests/test_pool.py tests/test_upsample.py tests/test_nn.py
   tests/test_fusion.py tests/test_swap.py tests/test_interop.py tests/test_long_runs.py tests/test_gradcheck.py
   tests/test_nonfinite.py tests/test_mutations.py tests/test_train.py tests"}
@@ -46,6 +46,9 @@ for s in $STAGES; do
     bench-infer)
       stage "bench infer (budget ${BENCH_BUDGET}s)"
       timeout --signal=INT "$BENCH_BUDGET" fused-unet bench --mode infer $BENCH_ARGS 2>&1 | tail -25;;
+    bench-instance)
+      stage "bench train, instance norm (budget ${BENCH_BUDGET}s)"
+      timeout --signal=INT "$BENCH_BUDGET" fused-unet bench --norm instance $BENCH_ARGS 2>&1 | tail -25;;
     profile)
       stage "profile (budget ${BENCH_BUDGET}s)"
       gpu=$(python3 -c "from fused_unet import benchmark, perf; print(benchmark.default_out_dir(perf.gpu_info('cuda')['name']))")
