@@ -48,6 +48,9 @@ MAIN_LOOP_TARGETS = [
          fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=int(Act.RELU)),
          ceiling=0.8, fast_loads=False),
+    # Instance / group norm: the scale and shift per (image, channel) are gathered beside the A tile.
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward",
+         flags=dict(NORM_INPUT=True, NORM_PER_SAMPLE=True, IN_ACT=int(Act.LEAKY_RELU)), ceiling=0.8, fast_loads=False),
     dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.NEAREST)),
          ceiling=0.8, fast_loads=False),
     dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.BILINEAR)),
