@@ -233,8 +233,6 @@ class Conv2d(_FusedMixin, nn.Conv2d):
 
     def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1,
                  norm_groups=32, **kwargs):
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         super().__init__(*args, **kwargs)
         self._set_activation(activation, negative_slope)
         factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}

@@ -64,6 +64,19 @@ def source_placement(src, height, width, up_mode=None, align_corners=False):
                   scale(w_src, w_up))
 
 
+def per_sample(norm):
+    """Whether a pending norm's (scale, shift) are per (image, channel) [N, C] (instance / group norm), not [C]."""
+    return norm is not None and norm[0].dim() == 2
+
+
+def norm_table(norm, batch, per_image):
+    """A pending norm's (scale, shift) as the kernels index them, contiguous: [C], or [N, C] when ``per_image`` (a
+    per-channel one read beside a per-sample one is expanded to it). None stays None."""
+    if norm is None:
+        return None
+    return tuple((t.expand(batch, t.shape[-1]) if per_image else t).contiguous() for t in norm)
+
+
 _NO_STRIDES = (0, 0, 0, 0)
 
 

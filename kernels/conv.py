@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .codes import UpMode, act_code
 from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
-                     source_placement, strides_of, take_larger)
+                     norm_table, per_sample, source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
@@ -512,8 +512,8 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     on, ``stats`` (a workspace) the batch-statistics epilogue. Validation is the caller's job."""
     weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
-    per_sample = _per_sample(norm) or _per_sample(skip_norm)
-    norm, skip_norm = _norm_table(norm, batch, per_sample), _norm_table(skip_norm, batch, per_sample)
+    per_image = per_sample(norm) or per_sample(skip_norm)
+    norm, skip_norm = norm_table(norm, batch, per_image), norm_table(skip_norm, batch, per_image)
     columns, _, kh, kw = weight.shape
     h_out, w_out = (y.shape[2] // 2, y.shape[3] // 2) if phases else (y.shape[2], y.shape[3])
     h_in, w_in = (skip.shape[2], skip.shape[3]) if skip is not None else (x.shape[2], x.shape[3])
@@ -540,23 +540,10 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
-        NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_sample,
+        NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_image,
         IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
-
-
-def _per_sample(norm):
-    """Whether a pending norm's (scale, shift) are per (image, channel): instance or group norm."""
-    return norm is not None and norm[0].dim() == 2
-
-
-def _norm_table(norm, batch, per_sample):
-    """A pending norm's (scale, shift) as the kernels index them: [C], or [N, C] contiguous when ``per_sample``
-    (a per-channel one beside a per-sample one is expanded to it)."""
-    if norm is None or not per_sample:
-        return norm
-    return tuple(t.expand(batch, t.shape[-1]).contiguous() for t in norm)
 
 
 def _few_channels(channels, taps):
@@ -590,7 +577,7 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
                                                           dtype=torch.float32)
     for x, (up_mode, placement), b_off, norm in (sources if num_pix else ()):
         c_b = x.shape[1] if grad_operand == 1 else c_b_total
-        norm = _norm_table(norm, batch, _per_sample(norm))
+        norm = norm_table(norm, batch, per_sample(norm))
         taps_on_n = grad_operand == 1 and up_mode == UpMode.NONE and norm is None and _few_channels(c_b, kh * kw)
 
         def grid(meta, c_b=c_b, taps_on_n=taps_on_n):
@@ -609,7 +596,7 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift, placement=placement,
             IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
             GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
-            NORM_PER_SAMPLE=_per_sample(norm), IN_ACT=act_code(in_activation if norm is not None else None),
+            NORM_PER_SAMPLE=per_sample(norm), IN_ACT=act_code(in_activation if norm is not None else None),
             FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and _flat(
                 x, g if grad_operand == 1 else x),
             TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))

@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import activation_grad, apply_activation, pixel_channel_grid, pixel_channel_tile
+from .common import (activation_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
+                     pixel_channel_tile)
 from .configs import configs
 from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS
 
@@ -139,17 +140,17 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
     norm), summed over per-tile partials in a fixed order."""
     batch, c, h, w = y.shape
     dy, _, _ = batch_norm_act_input_grad_output(grad, scale)
-    per_sample = scale.dim() == 2
+    per_image = per_sample((scale, shift))
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
-    images, pixels = (batch, h * w) if per_sample else (1, batch * h * w)
+    images, pixels = (batch, h * w) if per_image else (1, batch * h * w)
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
     partial = torch.zeros((images, tiles, 2, c), device=y.device, dtype=torch.float32)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
-            y_ptr=y, norm=(scale.contiguous(), shift.contiguous()), dy_ptr=dy, partial_ptr=partial, PIXELS=pixels,
-            C=c, H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(), y_strides=y.stride(),
-            dy_strides=dy.stride(), ACT=act_code(activation), PER_SAMPLE=per_sample)
-    parts = partial if per_sample else partial[0]  # summed over the tiles of each image, or of the batch
+            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), dy_ptr=dy, partial_ptr=partial,
+            PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(),
+            y_strides=y.stride(), dy_strides=dy.stride(), ACT=act_code(activation), PER_SAMPLE=per_image)
+    parts = partial if per_image else partial[0]  # summed over the tiles of each image, or of the batch
     return dy, parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)

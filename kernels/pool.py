@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import apply_activation, take_larger
+from .common import apply_activation, norm_table, per_sample, take_larger
 from .configs import configs
 from .specs import MAX_POOL2X2, MAX_POOL2X2_BACKWARD
 
@@ -112,14 +112,14 @@ def max_pool2x2_forward(x, in_scale=None, in_shift=None, in_activation=None, in_
     batch, c, h, w = x.shape
     y, argmax = max_pool2x2_output(x)
     total = y.numel()
-    norm = in_scale is not None
+    norm = (in_scale, in_shift) if in_scale is not None else None
     if total:
         MAX_POOL2X2.launch(
             max_pool2x2_kernel, lambda meta: (triton.cdiv(total, meta["BLOCK"]),), x_ptr=x,
-            in_norm=(in_scale.contiguous(), in_shift.contiguous()) if norm else (x, x), y_ptr=y, argmax_ptr=argmax,
-            TOTAL=total, C=c, H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
-            y_strides=y.stride(), NORM=norm, PER_SAMPLE=norm and in_scale.dim() == 2,
-            ACT=act_code(in_activation if norm else None))
+            in_norm=norm_table(norm, batch, per_sample(norm)) or (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
+            H_OUT=h // 2, W_OUT=w // 2, NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
+            y_strides=y.stride(), NORM=norm is not None, PER_SAMPLE=per_sample(norm),
+            ACT=act_code(in_activation if norm is not None else None))
     return y, argmax
 
 

@@ -220,8 +220,10 @@ _UP_MODES = [dict(UP_MODE=int(m))
 _IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
 # A source read with its pending norm + activation, or as stored.
 _IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
-# A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm).
+# A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm): the GEMM
+# kernels' flag, and the elementwise kernels'.
 _PER_SAMPLE = [dict(NORM_PER_SAMPLE=False), dict(NORM_PER_SAMPLE=True)]
+_PER_SAMPLE_ELEMENTWISE = [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]
 # The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
 _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 # A source of few channels (one source, not up-sampled) runs its taps as one K range (kernels.conv._few_channels).
@@ -251,8 +253,7 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
      flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
-     flag("STATS", tuned=True), derived("EVEN_K"),
-     flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
+     flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
                            _PER_SAMPLE, _FLAT_TAPS],
@@ -285,8 +286,7 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
      integer("H_SHIFT"), PLACEMENT, real("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
      flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
-     flag("FLAT_INPUT", tuned=True),
-     flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
+     flag("FLAT_INPUT", tuned=True), flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
         "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _PER_SAMPLE, _FLAT,
@@ -324,7 +324,7 @@ MAX_POOL2X2 = KernelSpec(
      real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("PER_SAMPLE"), flag("ACT"),
      block("BLOCK")),
     sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)],
-                                   [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]]})
+                                   _PER_SAMPLE_ELEMENTWISE]})
 
 MAX_POOL2X2_BACKWARD = KernelSpec(
     "max_pool2x2_backward",
@@ -339,7 +339,7 @@ BATCH_NORM_ACT_BACKWARD = KernelSpec(
      integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
      strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), flag("PER_SAMPLE"),
      block("BLOCK_P"), block("BLOCK_C")),
-    sites={"batch_norm_act_input_grad": [_ACTS, [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]]})
+    sites={"batch_norm_act_input_grad": [_ACTS, _PER_SAMPLE_ELEMENTWISE]})
 
 CHANNEL_STATISTICS = KernelSpec(
     "channel_statistics",

@@ -90,6 +90,20 @@ def test_instance_norm_of_a_small_map_at_batch_one_is_as_accurate_as_eager():
         assert_within_eager_error(a, e, b, name)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_pending_norm_with_strided_scale_and_shift_is_read_right(per_image):
+    # The kernels index scale and shift as contiguous tables: views (every other element) are made contiguous.
+    y = make_tensor((2, 4, 5, 6))
+    shape = (2, 4) if per_image else (4,)
+    scale, shift = (torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE)[..., ::2] for _ in range(2))
+    z = FF.Normalized(y, scale, shift, "relu")
+    w, wt = make_tensor((3, 4, 3, 3)), make_tensor((4, 3, 2, 2))
+    reference = eager.pending_norm(y, scale, shift, "relu")
+    for fused, plain in ((FF.conv2d(z, w), eager.conv2d(reference, w)), (FF.max_pool2x2(z), F.max_pool2d(reference, 2)),
+                         (FF.conv_transpose2x2(z, wt), eager.conv_transpose2x2(reference, wt))):
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_group_norm_statistics_are_deterministic():
     y = make_tensor((3, 8, 19, 21), layout="channels_last")
     first, second = FF.group_norm(y, 4), FF.group_norm(y, 4)

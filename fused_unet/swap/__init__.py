@@ -6,8 +6,8 @@ Two levels, both in place; parameters, buffers and state_dict keys do not change
    forward does (both run on a probe input, in training and eval mode, and must agree: a trace can silently take
    one branch of Python that looks at types, shapes or ``self.training``), else wherever ``torch.compile`` can
    capture it (guarded graphs, rewritten by the same patterns, run without Inductor):
-   conv (+ BatchNorm2d / InstanceNorm2d / GroupNorm) (+ ReLU / LeakyReLU) -> one fused conv; such a chain followed by a 2x2 max-pool -> the
-   conv+pool kernel; up-sampling (x2 ``F.interpolate`` / ``nn.Upsample``, nearest or bilinear, or a tensor
+   conv (+ BatchNorm2d / InstanceNorm2d / GroupNorm) (+ ReLU / LeakyReLU) -> one fused conv; such a chain
+   followed by a 2x2 max-pool -> the conv+pool kernel; up-sampling (x2 ``F.interpolate`` / ``nn.Upsample``, nearest or bilinear, or a tensor
    already at the skip's size, e.g. a transposed conv's output) (+ ``F.pad`` to the skip's size) + ``torch.cat``
    + conv chain -> the concatenating conv. A normalised output read only by fused layers stays pending
    (normalised while they read it). The rewritten forward is bound to the module instance; each fused call

@@ -134,8 +134,9 @@ class SwapGraph:
         if node.target is F.group_norm:
             groups = arg(node, 1, "num_groups")
             return isinstance(groups, int) and groups >= 1 and channels % groups == 0
-        momentum, training = arg(node, 6, "momentum", 0.1), arg(node, 5, NORM_CALLS[node.target][0][4], False)
-        return isinstance(momentum, float) and isinstance(training, bool)
+        # The flag that picks the batch's statistics: F.batch_norm's training, F.instance_norm's use_input_stats.
+        training = arg(node, 5, NORM_CALLS[node.target]._fields[4], False)
+        return isinstance(arg(node, 6, "momentum", 0.1), float) and isinstance(training, bool)
 
     def weight_shape(self, node):
         """The shape of a conv call's weight (its second argument); () where the graph does not say."""
@@ -231,9 +232,9 @@ class SwapGraph:
         with self.graph.inserting_before(before):
             if node.target is torch.conv2d:
                 return self.graph.call_function(_ConvArgs, (node.args[1], arg(node, 2, "bias")))
-            names, defaults, stand_in = NORM_CALLS[node.target]
-            return self.graph.call_function(stand_in, tuple(arg(node, i + 1, n, d) for i, (n, d) in
-                                                            enumerate(zip(names, defaults))))
+            stand_in = NORM_CALLS[node.target]
+            return self.graph.call_function(stand_in, tuple(arg(node, i + 1, name, stand_in._field_defaults[name])
+                                                            for i, name in enumerate(stand_in._fields)))
 
     def attr(self, node, before):
         """A get_attr of a call_module node's module, inserted before ``before``."""

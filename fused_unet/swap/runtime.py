@@ -1,5 +1,6 @@
 """The fused callables a rewritten graph calls: each checks its run-time sizes and dtypes and runs the fused op,
 or else the original ops."""
+import collections
 from typing import NamedTuple, Optional
 
 import torch
@@ -39,6 +40,14 @@ class _ConvArgs(NamedTuple):
         return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
 
 
+def _running_norm_fields(mode, mode_default):
+    """The arguments after the input of F.batch_norm and F.instance_norm (same order; the flag that picks the
+    batch's statistics is ``training`` / ``use_input_stats``), with those functions' defaults."""
+    return collections.namedtuple(f"_{mode}_fields", ("running_mean", "running_var", "weight", "bias", mode,
+                                                      "momentum", "eps"),
+                                  defaults=(None, None, None, None, mode_default, 0.1, 1e-5))
+
+
 class _RunningStatistics:
     """What the fused calls ask of a torch.compile graph's batch / instance norm arguments besides the fields."""
     __slots__ = ()
@@ -52,17 +61,7 @@ class _RunningStatistics:
         return self.weight is not None
 
 
-class _BatchNormFields(NamedTuple):
-    running_mean: Optional[torch.Tensor]
-    running_var: Optional[torch.Tensor]
-    weight: Optional[torch.Tensor]
-    bias: Optional[torch.Tensor]
-    training: bool
-    momentum: float
-    eps: float
-
-
-class _BatchNormArgs(_BatchNormFields, _RunningStatistics):
+class _BatchNormArgs(_running_norm_fields("training", False), _RunningStatistics):
     """F.batch_norm's arguments in a torch.compile graph: what the fused calls read of an nn.BatchNorm2d. The graph
     itself counts num_batches_tracked and turns a momentum of None into this call's factor."""
     __slots__ = ()
@@ -70,20 +69,10 @@ class _BatchNormArgs(_BatchNormFields, _RunningStatistics):
     kind = "batch"
 
     def forward(self, y):
-        return F.batch_norm(y, *self[:4], self.training, self.momentum, self.eps)
+        return F.batch_norm(y, *self)
 
 
-class _InstanceNormFields(NamedTuple):
-    running_mean: Optional[torch.Tensor]
-    running_var: Optional[torch.Tensor]
-    weight: Optional[torch.Tensor]
-    bias: Optional[torch.Tensor]
-    use_input_stats: bool
-    momentum: float
-    eps: float
-
-
-class _InstanceNormArgs(_InstanceNormFields, _RunningStatistics):
+class _InstanceNormArgs(_running_norm_fields("use_input_stats", True), _RunningStatistics):
     """F.instance_norm's arguments in a torch.compile graph (an nn.InstanceNorm2d): ``use_input_stats`` is the
     module's ``training or not track_running_stats``."""
     __slots__ = ()
@@ -97,12 +86,10 @@ class _InstanceNormArgs(_InstanceNormFields, _RunningStatistics):
         return F.instance_norm(y, *self)
 
 
-class _GroupNormArgs(NamedTuple):
+class _GroupNormArgs(collections.namedtuple("_group_norm_fields", ("num_groups", "weight", "bias", "eps"),
+                                            defaults=(None, None, None, 1e-5))):
     """F.group_norm's arguments in a torch.compile graph (an nn.GroupNorm)."""
-    num_groups: int
-    weight: Optional[torch.Tensor]
-    bias: Optional[torch.Tensor]
-    eps: float
+    __slots__ = ()
     kind = "group"
     training = True  # group norm always normalises with the input's own statistics
 
@@ -110,14 +97,9 @@ class _GroupNormArgs(NamedTuple):
         return F.group_norm(y, *self)
 
 
-# A norm call of a torch.compile graph: its arguments' names and defaults after the input, and the stand-in.
-NORM_CALLS = {
-    F.batch_norm: (("running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
-                   (None, None, None, None, False, 0.1, 1e-5), _BatchNormArgs),
-    F.instance_norm: (("running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
-                      (None, None, None, None, True, 0.1, 1e-5), _InstanceNormArgs),
-    F.group_norm: (("num_groups", "weight", "bias", "eps"), (None, None, None, 1e-5), _GroupNormArgs),
-}
+# A norm call of a torch.compile graph -> the stand-in holding its arguments after the input (its fields, in order,
+# with the function's defaults).
+NORM_CALLS = {F.batch_norm: _BatchNormArgs, F.instance_norm: _InstanceNormArgs, F.group_norm: _GroupNormArgs}
 
 
 def _eager_chain(x, conv, bn, activation, negative_slope):
