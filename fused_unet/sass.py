@@ -148,6 +148,14 @@ def summary(loops):
                 wgmma_wait=min((loop["wgmma_wait"] for loop in loops if loop["wgmma_wait"] is not None), default=None))
 
 
+def issue_efficiency(headroom, wgmma_wait):
+    """The share of tensor-core peak a main loop can issue at: min(1, headroom), or headroom / (1 + headroom) when
+    it waits for its own wgmma group before issuing the next (wait 0: the MMA and the rest of the loop take turns)."""
+    if wgmma_wait == 0:
+        return headroom / (1 + headroom)
+    return min(1.0, headroom)
+
+
 def fast_loads_only(loads):
     """Whether every global load in the loop is a 128-bit cp.async or a TMA copy."""
     return bool(loads) and set(loads) <= {"cp.async.128", "tma"}

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from fused_unet import sass
 from fused_unet.kernels import specs
 
 # Per target: the GPU the plan models and its constants (TFLOP/s dense, GB/s), each with its source.
@@ -263,6 +264,13 @@ def _unique_bytes(launch):
     return sum(seen.values())
 
 
+def _norm_tile_bytes(rows, channels):
+    """L2 bytes of one K step's per-sample scale and shift tiles (fp32 [rows, channels] each, kernels.conv
+    _norm_affine): rows of one image read the same channels, so a warp's 16-byte-per-thread request for 128 /
+    channels rows fetches the sectors of one."""
+    return 2 * 4 * rows * channels * min(1.0, channels / 128)
+
+
 def _gemm_shape(launch, cfg):
     """(M, N, K, useful fraction, L2 bytes loaded into shared memory) of a GEMM launch with ``cfg``."""
     from fused_unet.kernels import conv
@@ -281,12 +289,17 @@ def _gemm_shape(launch, cfg):
         useful = m / (grid[0] * bm) * _fraction(n, bn) * k / (steps * bk)
         a_reads = 4 if a["UP_MODE"] >= 2 else 1  # bilinear: four corner tiles per A tile
         l2 = ctas * steps * bk * (a_reads * bm + bn) * element
+        if a["NORM_PER_SAMPLE"]:
+            normed = [c for c, on in ((a["C_IN"], a["NORM_INPUT"]), (a["C_IN2"], a["NORM_INPUT2"])) if c and on]
+            l2 += ctas * taps * sum(math.ceil(c / bk) for c in normed) * _norm_tile_bytes(bm, bk)
     else:
         pixels = a["BATCH"] * a["H_A"] * a["W_A"]
         m, n, k = a["C_A"], taps * a["C_B"], pixels
         useful = _fraction(a["C_A"], bm) * _fraction(n if a["TAPS_ON_N"] else a["C_B"], bn)
         steps = math.ceil(conv.weight_grad_pixels_per_split(pixels, grid[2]) / bk)
         l2 = ctas * steps * bk * (bm + bn) * element
+        if a["NORM_INPUT"] and a["NORM_PER_SAMPLE"]:
+            l2 += ctas * steps * _norm_tile_bytes(bn if a["GRAD_OPERAND"] == 1 else bm, bk)
     return m, n, k, useful, l2, ctas
 
 
@@ -305,12 +318,8 @@ def estimate(launch, cfg, report, hardware):
         balance = ctas / (sms * math.ceil(ctas / sms)) if ctas else 1.0
         cls = configs.precision_class(_dtype_name(launch))
         headroom = report.get("headroom")
-        if headroom is None:  # IEEE fp32: FMA units, no tensor-core loop to read
-            issue = 1.0
-        elif report.get("wgmma_wait") == 0:
-            issue = headroom / (1 + headroom)
-        else:
-            issue = min(1.0, headroom)
+        # IEEE fp32: FMA units, no tensor-core loop to read.
+        issue = 1.0 if headroom is None else sass.issue_efficiency(headroom, report.get("wgmma_wait"))
         flops = 2 * m * n * k
         bounds["tensor"] = flops / (hardware["peak_tflops"][cls] * 1e12 * issue * useful * balance) * 1e3
         bounds["l2"] = l2 / (hardware["l2_gbps"] * 1e9) * 1e3

@@ -1,9 +1,12 @@
 """``@triton.jit`` helpers shared by the kernels, the constexpr codes they compare flags with
 (fused_unet.kernels.codes gives their names), and the launchers' shared host-side helpers."""
+import functools
+
+import torch
 import triton
 import triton.language as tl
 
-from .codes import Act, UpMode, up_mode_code
+from .codes import Act, UpMode, act_code, up_mode_code
 
 ACT_RELU = tl.constexpr(int(Act.RELU))
 ACT_LEAKY_RELU = tl.constexpr(int(Act.LEAKY_RELU))
@@ -75,6 +78,21 @@ def norm_table(norm, batch, per_image):
     if norm is None:
         return None
     return tuple((t.expand(batch, t.shape[-1]) if per_image else t).contiguous() for t in norm)
+
+
+def pending_activation(activation, negative_slope, pending):
+    """(IN_ACT, IN_NEG_SLOPE) of a GEMM launch reading a pending norm (``pending``). The slope is a constexpr (a
+    run-time scalar in the A tile's prologue keeps Triton from feeding the MMA from registers), 0.0 unless the
+    activation is leaky, so the others share one compile."""
+    code = act_code(activation if pending else None)
+    return dict(IN_ACT=code, IN_NEG_SLOPE=float(negative_slope) if code == Act.LEAKY_RELU else 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def float_one(device):
+    """A float32 1.0 on ``device`` (made once): the GEMM kernels load it under each row's tap mask to gate a
+    per-channel pending norm's shift (kernels.conv._norm_affine)."""
+    return torch.ones(1, dtype=torch.float32, device=device)
 
 
 _NO_STRIDES = (0, 0, 0, 0)

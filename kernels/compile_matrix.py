@@ -27,11 +27,14 @@ LAUNCH_AXES = {spec.name: spec.sites for spec in KERNELS}
 SPECS = {spec.name: spec for spec in KERNELS}
 # Flags a @triton.heuristics computes from the launch (the launchers do not pass them).
 HEURISTIC_FLAGS = tuple(dict.fromkeys(name for spec in KERNELS for name in spec.derived_flags))
+# Constexpr numbers a model sets (a leaky slope): a launch may pass any value, the matrix compiles a representative.
+VALUE_FLAGS = tuple(dict.fromkeys(name for spec in KERNELS for name in spec.value_flags))
 
 # The main-loop targets `fused-unet doctor` holds (sm_90, 16-bit, the U-Net layer's specialisation): per GEMM
 # role, the site's plain U-Net variant (_PLAIN where an axis offers it) with the overrides given must have at
 # least one registered config whose loop reaches the ceiling, and (``fast_loads``) reads its operands only with
-# 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars.
+# 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars; a pending
+# norm's (``overlap``) counts a loop that waits for its own wgmma group at headroom / (1 + headroom) (sass).
 _PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
               NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=False, FLAT_TAPS=False,
               TAPS_ON_N=False, NORM_PER_SAMPLE=False)
@@ -47,10 +50,11 @@ MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_weight_grad", site="conv_transpose2x2_weight_grad", flags={}, ceiling=0.95,
          fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=int(Act.RELU)),
-         ceiling=0.8, fast_loads=False),
+         ceiling=0.8, fast_loads=False, overlap=True),
     # Instance / group norm: the scale and shift per (image, channel) are gathered beside the A tile.
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward",
-         flags=dict(NORM_INPUT=True, NORM_PER_SAMPLE=True, IN_ACT=int(Act.LEAKY_RELU)), ceiling=0.8, fast_loads=False),
+         flags=dict(NORM_INPUT=True, NORM_PER_SAMPLE=True, IN_ACT=int(Act.LEAKY_RELU), IN_NEG_SLOPE=0.01),
+         ceiling=0.8, fast_loads=False, overlap=True),
     dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.NEAREST)),
          ceiling=0.8, fast_loads=False),
     dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.BILINEAR)),

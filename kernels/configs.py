@@ -132,9 +132,16 @@ def gpu_configs(kernel, dtype_name, flags=None, cc=90):
 SHARED_MEMORY = {90: 232448, 80: 166912}
 
 
-def _per_sample_shared_bytes(cfg, flags):
-    """Shared memory of a GEMM config's pipeline when one operand is read with a per-sample norm: each stage holds
-    both operand tiles and the normalised one's fp32 scale and shift."""
+def _gathers_norm(flags):
+    """Whether a GEMM launch reads a pending norm's fp32 scale and shift as [rows, channels] tiles beside the
+    operand (kernels.conv._norm_affine): a per-sample norm's, or a few-channel source's (FLAT_TAPS)."""
+    pending = flags.get("NORM_INPUT") or flags.get("NORM_INPUT2")
+    return bool(pending and (flags.get("NORM_PER_SAMPLE") or flags.get("FLAT_TAPS")))
+
+
+def _gathered_norm_shared_bytes(cfg, flags):
+    """Shared memory of a GEMM config's pipeline when it gathers a pending norm's tables (_gathers_norm): each stage
+    holds both operand tiles and the normalised one's fp32 scale and shift tiles."""
     bm, bn, bk = (cfg.kwargs.get(k, 0) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
     element = 4 if str(flags.get("DOT_DTYPE")) == "fp32" else 2
     return cfg.num_stages * bk * ((bm + bn) * element + 2 * 4 * max(bm, bn))
@@ -143,25 +150,26 @@ def _per_sample_shared_bytes(cfg, flags):
 def fits(cfg, flags, cc=90):
     """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
-    keeps operand fragments in registers: no tile beyond 64 and 32, and beside a normalised bilinear source no
-    accumulator beyond 32 (Triton 3.6 spilled there). Bilinear up-sampling keeps its four corner tiles in
+    keeps operand fragments in registers: no tile beyond 64 and 32, and beside a normalised bilinear source or
+    gathered norm tables no accumulator beyond 32 (Triton 3.6 and 3.8 spilled there). Bilinear up-sampling keeps its four corner tiles in
     registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
-    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows. A
-    per-sample pending norm's fp32 scale and shift tiles are pipelined beside the operand tiles, every stage: they
-    must fit the shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
+    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows.
+    Gathered norm tables (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the
+    shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
         return False
-    if flags.get("NORM_PER_SAMPLE") and _per_sample_shared_bytes(cfg, flags) > SHARED_MEMORY[90 if cc >= 90 else 80]:
+    gathered = _gathers_norm(flags)
+    if gathered and _gathered_norm_shared_bytes(cfg, flags) > SHARED_MEMORY[90 if cc >= 90 else 80]:
         return False
     acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
-    if cc < 90 and (acc > 64 or a > 32):
+    if cc < 90 and (acc > 64 or a > 32 or (gathered and acc > 32)):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
         if cc < 90 and flags.get("NORM_INPUT"):
             # A per-sample norm's scale and shift tiles beside the corners spilled at four stages (Triton 3.6).
-            return acc <= 32 and (cfg.num_stages <= 3 or not flags.get("NORM_PER_SAMPLE"))
+            return acc <= 32 and (cfg.num_stages <= 3 or not gathered)
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
     return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
 

@@ -25,8 +25,9 @@ import triton
 import triton.language as tl
 
 from .codes import UpMode, act_code
-from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, linear_source,
-                     norm_table, per_sample, source_placement, strides_of, take_larger)
+from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, float_one,
+                     linear_source, norm_table, pending_activation, per_sample, source_placement, strides_of,
+                     take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
@@ -39,27 +40,42 @@ _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloa
 
 @triton.jit
 def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr, IN_ACT: tl.constexpr):
-    """One load of a source tile; with NORM, the source's pending batch-norm affine and activation applied, and
-    zero where masked (the conv pads the normalised tensor with zeros, not the stored one)."""
+    """One load of a source tile; with NORM, the source's pending norm affine and activation applied. The affine
+    (_norm_affine) is zero where masked, so padding reads act(0) = 0: the conv pads the normalised tensor."""
     v = tl.load(ptrs, mask=mask, other=0.0)
     if NORM:
-        v = tl.where(mask, apply_activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT), 0.0)
+        v = apply_activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT)
     return v
 
 
 @triton.jit
-def _norm_affine(scale_ptr, shift_ptr, norm_rows, kk, k_ok, mask, NORM: tl.constexpr, PER_SAMPLE: tl.constexpr):
-    """A pending norm's (scale, shift) for a tile of rows x channels ``kk`` (``mask``: the tile's): one per channel
-    ([1, K]), or with PER_SAMPLE (instance / group norm) one per (image, channel) ([M, K]) at ``norm_rows``
-    (each row's image times the source's channels) + kk; (1, 0) without NORM."""
+def _norm_rows(img, C, PER_SAMPLE: tl.constexpr):
+    """Each row's offset into a pending norm's table: its image times the channels for a per-sample one ([N, C]),
+    0 for a per-channel one ([C])."""
+    if PER_SAMPLE:
+        return img * C
+    else:
+        return img * 0
+
+
+@triton.jit
+def _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, kk, k_ok, row_ok, mask, NORM: tl.constexpr,
+                 GATHER: tl.constexpr):
+    """A pending norm's (scale, shift) for a tile of rows x channels ``kk``, zero outside ``mask`` (``row_ok`` x
+    ``k_ok``, or any mask with GATHER) by masked loads the software pipeliner issues ahead, never by a select after
+    the normalisation: a select on the loop's mask keeps Triton from feeding wgmma from registers with a group in
+    flight. GATHER (per-sample tables; a mask that varies along K): [M, K] tiles at norm_rows[:, None] + kk
+    (_norm_rows). Else one [K] row, the shift gated per row by a 1.0 loaded under ``row_ok`` (one_ptr): a few
+    bytes a step where tiles would move four times the A tile's. (1, 0) without NORM."""
     if NORM:
-        if PER_SAMPLE:
+        if GATHER:
             at = norm_rows[:, None] + kk[None, :]
             scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
             shift = tl.load(shift_ptr + at, mask=mask, other=0.0)
         else:
+            gate = tl.load(one_ptr + tl.zeros_like(norm_rows), mask=row_ok, other=0.0)
             scale = tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :]
-            shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :]
+            shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :] * gate[:, None]
     else:
         scale = 1.0
         shift = 0.0
@@ -68,7 +84,7 @@ def _norm_affine(scale_ptr, shift_ptr, norm_rows, kk, k_ok, mask, NORM: tl.const
 
 @triton.jit
 def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SCALE_H, SCALE_W,
-                 scale_ptr, shift_ptr, norm_rows, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
+                 scale_ptr, shift_ptr, one_ptr, norm_rows, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
                  PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
     """The [pixels, channels kk] tile of a source at positions (uh, uw) of its (up-sampled) grid, zero where not
     ``ok``: read as is (UP_MODE 0: ``rows`` are the pixels' offsets), or up-sampled x2 from its [H_SRC, W_SRC]
@@ -80,7 +96,7 @@ def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SC
     else:
         mask = ok[:, None] & k_ok[None, :]
     chan = (kk * sc)[None, :]
-    scale, shift = _norm_affine(scale_ptr, shift_ptr, norm_rows, kk, k_ok, mask, NORM, PER_SAMPLE)
+    scale, shift = _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, kk, k_ok, ok, mask, NORM, PER_SAMPLE)
     base = x_ptr + rows
     if UP_MODE == UP_NONE:
         tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
@@ -148,7 +164,7 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, IN_NEG_SLOPE,
+def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, one_ptr, IN_NEG_SLOPE,
                        w_ptr, w_cols, n_valid, swt,
                        KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
                        PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
@@ -175,7 +191,7 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
         rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
         tap_step_h = sxh
         tap_step_w = sxw
-    norm_rows = img * C  # each row's image in a per-sample scale table (PER_SAMPLE)
+    norm_rows = _norm_rows(img, C, PER_SAMPLE)
     if FLAT_TAPS:
         for k0 in range(0, KH * KW * C, BLOCK_K):
             kk = k0 + offs_k
@@ -185,7 +201,7 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             r = tap // KW
             s = tap - r * KW
             ok = (((h_bits[:, None] >> r[None, :]) & (w_bits[:, None] >> s[None, :]) & 1) != 0) & k_ok[None, :]
-            scale, shift = _norm_affine(scale_ptr, shift_ptr, norm_rows, ch, k_ok, ok, NORM, PER_SAMPLE)
+            scale, shift = _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, ch, k_ok, m_valid, ok, NORM, True)
             a = _load_normalized(x_ptr + rows[:, None] + (r * sxh + s * sxw + ch * sxc)[None, :], ok, scale, shift,
                                  IN_NEG_SLOPE, NORM, IN_ACT)
             b = tl.load(w_ptr + w_cols[None, :] + (tap * swt + K_OFF + ch)[:, None],
@@ -203,7 +219,8 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             k_ok = kk < C
             a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok,
                              kk=kk, k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H,
-                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, norm_rows=norm_rows,
+                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, one_ptr=one_ptr,
+                             norm_rows=norm_rows,
                              IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM, PER_SAMPLE=PER_SAMPLE,
                              IN_ACT=IN_ACT, EVEN_K=EVEN_K)
             w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
@@ -260,6 +277,7 @@ def conv2d_implicit_gemm_kernel(
     pool_argmax_ptr,  # FUSE_POOL: uint8 argmax (dy * 2 + dx) of each pooled element, pool_strides
     in_norm,  # (scale, shift) fp32 per channel ([C_IN], or [N, C_IN]: NORM_PER_SAMPLE) of x's pending norm
     in2_norm,  # (scale, shift) of x2's pending norm (NORM_INPUT2), [C_IN2] or [N, C_IN2]
+    one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
     BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
     H_IN, W_IN,  # the conv's input grid (x2's size)
@@ -268,7 +286,7 @@ def conv2d_implicit_gemm_kernel(
     PIXEL_BUCKET,  # the autotune key's pixel count: BATCH * H_OUT * W_OUT to the next power of two
     placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
     NEG_SLOPE,  # ACT's leaky-ReLU slope
-    IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
+    IN_NEG_SLOPE: tl.constexpr,  # IN_ACT's leaky-ReLU slope (kernels.common.pending_activation)
     x_strides, x2_strides,  # (n, c, h, w) strides of the sources
     w_strides,  # (column, tap) strides of w_ptr
     y_strides, pool_strides,  # (n, c, h, w) strides of the outputs
@@ -309,17 +327,18 @@ def conv2d_implicit_gemm_kernel(
     # The two sources share the rows, the weights and the dot's settings; they differ in tensor, geometry and norm.
     acc = _accumulate_source(
         acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
-        placement=placement, norm=in_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid,
-        swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT,
-        EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+        placement=placement, norm=in_norm, one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols,
+        n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE,
+        IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION,
+        BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
             acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
-            placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr,
-            w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2,
-            PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE,
-            INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+            placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, one_ptr=one_ptr,
+            IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW,
+            UP_MODE=UP_NONE, NORM=NORM_INPUT2, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K,
+            FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
         # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
@@ -365,6 +384,7 @@ def conv2d_weight_grad_kernel(
     g_ptr,  # the prepared output gradient, contiguous channels_last
     x_ptr,  # the conv's input (any strides), read as the forward read it
     in_norm,  # (scale, shift) fp32 per channel ([C] or [N, C]: NORM_PER_SAMPLE) of x's pending norm (NORM_INPUT)
+    one_ptr,  # a float32 1.0: loaded under each pixel's tap mask, it gates a per-channel pending norm's shift
     dw_ptr,  # fp32 workspace [splits (the grid's third axis), C_A, KH * KW, C_B]
     BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
     H_B, W_B,  # operand b's pixel grid
@@ -372,7 +392,7 @@ def conv2d_weight_grad_kernel(
     PIXEL_BUCKET,  # the autotune key's pixel count, to the next power of two
     W_MAGIC, W_SHIFT, H_MAGIC, H_SHIFT,  # fast_div by W_A and H_A (fast_divisor)
     placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
-    IN_NEG_SLOPE,  # IN_ACT's leaky-ReLU slope
+    IN_NEG_SLOPE: tl.constexpr,  # IN_ACT's leaky-ReLU slope (kernels.common.pending_activation)
     x_strides,  # (n, c, h, w) strides of x
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
     GRAD_OPERAND: tl.constexpr,  # 1: a is g (a conv); 2: b is g (a transposed conv)
@@ -453,7 +473,8 @@ def conv2d_weight_grad_kernel(
                     x_rows += uh * sxh + uw * sxw
                 b = _source_tile(x_ptr, rows=x_rows, uh=uh, uw=uw, ok=b_ok_rows, kk=offs_b, k_ok=b_ok, sc=sxc, sh=sxh,
                                  sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
-                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, norm_rows=img.to(tl.int64) * C_B,
+                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, one_ptr=one_ptr,
+                                 norm_rows=_norm_rows(img.to(tl.int64), C_B, NORM_PER_SAMPLE),
                                  IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM_INPUT,
                                  PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
         else:
@@ -463,9 +484,10 @@ def conv2d_weight_grad_kernel(
             else:
                 a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
                                  kk=offs_a, k_ok=a_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_A, W_SRC=W_A, SCALE_H=1.0,
-                                 SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr,
-                                 norm_rows=img.to(tl.int64) * C_A, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE,
-                                 NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
+                                 SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, one_ptr=one_ptr,
+                                 norm_rows=_norm_rows(img.to(tl.int64), C_A, NORM_PER_SAMPLE),
+                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT,
+                                 PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
             b = tl.load(g_ptr + ((img * H_B + ih0 + r).to(tl.int64) * W_B + iw0 + s)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
@@ -530,18 +552,18 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     CONV2D_IMPLICIT_GEMM.launch(
         conv2d_implicit_gemm_kernel, grid, x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight,
         bias_ptr=bias if bias is not None else x, y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax,
-        in_norm=norm or (x, x), in2_norm=skip_norm or (x, x),
+        in_norm=norm or (x, x), in2_norm=skip_norm or (x, x), one_ptr=float_one(x.device),
         stats_ptr=stats if stats is not None else x, BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
-        IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), x2_strides=strides_of(skip),
+        x_strides=x.stride(), x2_strides=strides_of(skip),
         w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
         pool_strides=strides_of(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
         PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
         NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_image,
-        IN_ACT=act_code(in_activation if norm is not None or skip_norm is not None else None),
+        **pending_activation(in_activation, in_negative_slope, norm is not None or skip_norm is not None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
 
@@ -591,12 +613,12 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
         splits = max(grid(cfg.kwargs)[2] for cfg in conv2d_weight_grad_kernel.configs)
         dw = torch.zeros((splits, c_a, kh * kw, c_b), device=g.device, dtype=torch.float32)
         CONV2D_WEIGHT_GRAD.launch(
-            conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), dw_ptr=dw, BATCH=batch,
-            H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b, PIXEL_BUCKET=pixel_bucket(num_pix),
-            W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift, placement=placement,
-            IN_NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
-            GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
-            NORM_PER_SAMPLE=per_sample(norm), IN_ACT=act_code(in_activation if norm is not None else None),
+            conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), one_ptr=float_one(g.device),
+            dw_ptr=dw, BATCH=batch, H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b,
+            PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
+            placement=placement, x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
+            GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None, NORM_PER_SAMPLE=per_sample(norm),
+            **pending_activation(in_activation, in_negative_slope, norm is not None),
             FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and _flat(
                 x, g if grad_operand == 1 else x),
             TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))

@@ -26,9 +26,9 @@ class Param:
     """A kernel parameter. ``types``: its compile type ("*fp32", "i32", "fp32", TENSOR), a tuple of them for a
     tuple parameter, or "constexpr". ``hints``: per element, what a U-Net layer's launch passes, as Triton
     specialises it at run time: 1 (equal to 1: a constant), 16 (a multiple of 16, or a 16-byte aligned pointer) or
-    None. ``role``: "argument" (run time), "flag" (a constexpr the launcher sets), "block" (from the autotune
-    config) or "derived" (computed by @triton.heuristics). ``tuned``: in the autotune key. ``specialise``: False
-    for ``do_not_specialize``."""
+    None. ``role``: "argument" (run time), "flag" (a constexpr the launcher sets), "value" (a constexpr number the
+    launcher passes), "block" (from the autotune config) or "derived" (computed by @triton.heuristics).
+    ``tuned``: in the autotune key. ``specialise``: False for ``do_not_specialize``."""
     name: str
     types: object
     hints: object = None
@@ -72,6 +72,12 @@ def flag(name, tuned=False):
     return Param(name, "constexpr", role="flag", tuned=tuned)
 
 
+def value_flag(name):
+    """A constexpr whose value is a number the model sets (a leaky slope), not one of a site's choices: the compile
+    matrix compiles a representative value."""
+    return Param(name, "constexpr", role="value")
+
+
 def block(name):
     return Param(name, "constexpr", role="block")
 
@@ -111,10 +117,14 @@ class KernelSpec:
     def derived_flags(self):
         return [p.name for p in self.params if p.role == "derived"]
 
+    @property
+    def value_flags(self):
+        return [p.name for p in self.params if p.role == "value"]
+
     @functools.cached_property
     def launch_names(self):
         """What a launch passes: every parameter but block sizes and derived flags."""
-        return frozenset(p.name for p in self.params if p.role in ("argument", "flag"))
+        return frozenset(p.name for p in self.params if p.role in ("argument", "flag", "value"))
 
     def arguments(self, **given):
         """``given`` when it names exactly the launch's parameters (launch_names); a TypeError naming the difference
@@ -217,9 +227,11 @@ _ACT_CODES = [int(a) for a in (Act.LEAKY_RELU, Act.RELU, Act.NONE)]
 _ACTS = [dict(ACT=a) for a in _ACT_CODES]
 _UP_MODES = [dict(UP_MODE=int(m))
              for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
-_IN_ACTS = [dict(IN_ACT=a) for a in _ACT_CODES]
+# A pending norm's activation and its leaky slope (a constexpr of the GEMM kernels: kernels.common.pending_activation).
+_IN_ACTS = [dict(IN_ACT=a, IN_NEG_SLOPE=0.01 if a == int(Act.LEAKY_RELU) else 0.0) for a in _ACT_CODES]
+_NO_IN_ACT = dict(IN_ACT=_NO_ACT, IN_NEG_SLOPE=0.0)
 # A source read with its pending norm + activation, or as stored.
-_IN_NORM = [dict(NORM_INPUT=True, IN_ACT=a) for a in _ACT_CODES] + [dict(NORM_INPUT=False, IN_ACT=_NO_ACT)]
+_IN_NORM = [dict(NORM_INPUT=True, **a) for a in _IN_ACTS] + [dict(NORM_INPUT=False, **_NO_IN_ACT)]
 # A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm): the GEMM
 # kernels' flag, and the elementwise kernels'.
 _PER_SAMPLE = [dict(NORM_PER_SAMPLE=False), dict(NORM_PER_SAMPLE=True)]
@@ -230,11 +242,11 @@ _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 # The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
 _TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, NORM_PER_SAMPLE=False,
-                                          IN_ACT=_NO_ACT, UP_MODE=_NO_UP)]
+                                          UP_MODE=_NO_UP, **_NO_IN_ACT)]
 _FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
-                   NORM_PER_SAMPLE=False, IN_ACT=_NO_ACT, **_ONE_SOURCE)
+                   NORM_PER_SAMPLE=False, **_NO_IN_ACT, **_ONE_SOURCE)
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -243,16 +255,16 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
     "conv2d_implicit_gemm",
     (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
      tensor("pool_argmax_ptr", "*u8"), tensor_pair("in_norm", "*fp32"), tensor_pair("in2_norm", "*fp32"),
-     tensor("stats_ptr", "*fp32"),
+     tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"),
      integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
      integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
      integers("k_offsets", 16, 16), integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
-     real("NEG_SLOPE"), real("IN_NEG_SLOPE"),
+     real("NEG_SLOPE"), value_flag("IN_NEG_SLOPE"),
      strides("x_strides"), strides("x2_strides"), integers("w_strides", 16, 16), strides("y_strides"),
      strides("pool_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
-     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2"), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
+     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
@@ -260,7 +272,7 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
         "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
                                  _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
-                                       NORM_PER_SAMPLE=False, IN_ACT=_NO_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
+                                       NORM_PER_SAMPLE=False, **_NO_IN_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
             _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
@@ -277,13 +289,14 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
 
 CONV2D_WEIGHT_GRAD = KernelSpec(
     "conv2d_weight_grad",
-    (tensor("g_ptr"), tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("dw_ptr", "*fp32"),
+    (tensor("g_ptr"), tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("one_ptr", "*fp32"),
+     tensor("dw_ptr", "*fp32"),
      integer("BATCH"), integer("H_A"), integer("W_A"), integer("H_B"), integer("W_B"),
      integer("C_A", 16, tuned=True), integer("C_B", 16, tuned=True),
      integer("PIXEL_BUCKET", tuned=True, specialise=False),
      # The magic numbers are 1 for every power-of-two divisor: specialised, they would arrive as Python ints.
      integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
-     integer("H_SHIFT"), PLACEMENT, real("IN_NEG_SLOPE"), strides("x_strides"),
+     integer("H_SHIFT"), PLACEMENT, value_flag("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
      flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
      flag("FLAT_INPUT", tuned=True), flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),

@@ -63,6 +63,34 @@ def test_concatenation_of_two_pending_norms_matches_float64(up_mode, up_first):
     check_against_float64(fused, reference, [up0, skip0, w_up, w_skip, w_cat, b_cat], torch.float32)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_pending_norm_padding_comes_from_the_loads(norm):
+    # The GEMM kernels zero a pending norm's padding taps without a select after the normalisation (a per-channel
+    # shift gated per row by a loaded 1.0, per-sample tables loaded under the tile's mask; kernels.conv._norm_affine):
+    # a 5x7 image at batch 2 puts padding taps on every side and rows of two images in one tile; 20 channels run
+    # the channel loop with a channel mask, not the few-channel one; the leaky slope is a constexpr.
+    x = make_tensor((2, 6, 5, 7), requires_grad=True)
+    w1, w2, wt = _params((20, 6, 3, 3), (8, 20, 3, 3), (20, 4, 2, 2))
+    gamma = (torch.rand(20, device=DEVICE) + 0.5).requires_grad_()
+    beta = make_tensor((20,), requires_grad=True)
+
+    def fused(x, w1, gamma, beta, w2, wt):
+        if norm == "batch":
+            z = FF.batch_norm(*FF.conv2d_stats(x, w1), gamma, beta, activation="leaky_relu", negative_slope=0.1)
+        else:
+            z = FF.group_norm(FF.conv2d(x, w1), 4, gamma, beta, activation="leaky_relu", negative_slope=0.1)
+        return FF.conv2d(z, w2, None, "relu"), FF.conv_transpose2x2(z, wt)
+
+    def reference(x, w1, gamma, beta, w2, wt):
+        y = F.conv2d(x, w1, padding=1)
+        y = F.batch_norm(y, None, None, gamma, beta, training=True) if norm == "batch" else \
+            F.group_norm(y, 4, gamma, beta)
+        z = F.leaky_relu(y, 0.1)
+        return eager.conv2d(z, w2, None, "relu"), eager.conv_transpose2x2(z, wt)
+
+    check_against_float64(fused, reference, [x, w1, gamma, beta, w2, wt], torch.float32)
+
+
 def test_batch_statistics_are_deterministic():
     x, w = make_tensor((3, 8, 19, 21)), make_tensor((12, 8, 3, 3))
     first, second = FF.conv2d_stats(x, w)[1], FF.conv2d_stats(x, w)[1]

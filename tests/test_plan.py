@@ -72,6 +72,21 @@ def test_a_loop_waiting_for_its_own_mma_is_bounded_by_no_overlap():
     assert overlapped["issue"] == 1.0 and serial["issue"] == pytest.approx(1.5 / 2.5)
 
 
+def test_per_sample_norm_tables_count_as_l2_bytes():
+    # An instance norm's scale and shift come as [BLOCK_M, BLOCK_K] fp32 tiles beside the A tile; a batch norm's as
+    # one [BLOCK_K] row (and a gate per row): the same conv reading one moves more bytes from L2.
+    def l2(norm):
+        with torch.device("meta"):
+            model = fused_unet.UNet(**dict(UNET, norm=norm)).to(torch.bfloat16)
+        launch = next(launch for launch in static_plan.record_step(model, torch.empty(2, 3, 32, 32, device="meta",
+                                                                                        dtype=torch.bfloat16),
+                                                                   "train", sms=132)
+                      if launch.site.startswith("conv2d") and launch.args["NORM_INPUT"] and launch.pass_ == "forward")
+        return static_plan.estimate(launch, _cfg(64, 16, 32), REPORT, static_plan.HARDWARE["sm_90"])["l2_bytes"]
+
+    assert l2("instance") > 1.5 * l2("batch")
+
+
 def test_plan_of_a_small_unet_adds_up(tmp_path, monkeypatch):
     monkeypatch.setattr(static_plan, "_CACHE", tmp_path)
     model = fused_unet.UNet(**UNET)
