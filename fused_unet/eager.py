@@ -4,10 +4,15 @@ import torch.nn.functional as F
 
 
 def activate(y, activation=None, negative_slope=0.01):
+    """The activation table (kernels.codes.ACTIVATIONS) in torch."""
     if activation == "relu":
         return F.relu(y)
     if activation == "leaky_relu":
         return F.leaky_relu(y, negative_slope)
+    if activation == "silu":
+        return F.silu(y)
+    if activation in ("gelu", "gelu_tanh"):
+        return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
     return y
 
 

@@ -1,6 +1,8 @@
 """The functional API: validate, apply autocast, then run the fused autograd Function or the eager twin
 (see ``fused_unet.dispatch`` for the rule). Every op is differentiable w.r.t. every tensor input.
-``activation`` is None, "relu" or "leaky_relu" (``negative_slope`` >= 0, as in ``F.leaky_relu``).
+``activation`` is None, "relu" or "leaky_relu" (``negative_slope`` >= 0, as in ``F.leaky_relu``); a norm's also
+"silu", "gelu" or "gelu_tanh" (``F.gelu(approximate="tanh")``): a conv's own epilogue keeps only its output, and
+their backward needs the input, which a pending norm recomputes.
 
 Batch norm in training mode: ``conv2d_stats`` / ``concat_conv2d_stats`` return the pre-norm output and its
 batch statistics (written by the conv's epilogue), ``batch_norm`` turns them into a ``Normalized``: the tensor
@@ -91,7 +93,7 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats)
     x_t, scale, shift, in_act, in_slope = _split(x)
     x_t, weight, bias = _autocast(x_t, weight, bias)
     checks.check_conv2d(x_t, weight, bias, stride, padding)
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         plain = _autocast(materialize(x))[0]
         # The eager batch norm computes its statistics from y itself: no workspace.
@@ -108,7 +110,7 @@ def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
     x, weight, bias = _autocast(materialize(x), weight, bias)
     checks.check_conv2d(x, weight, bias)
     checks.check_pool_size(x)
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x) == "eager":
         return eager.conv2d_pool(x, weight, bias, activation, negative_slope)
     return _functions().Conv2dBiasActPool.apply(x, weight, bias, activation, float(negative_slope))
@@ -139,7 +141,7 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
     in_act, in_slope = (up_act, up_slope) if up_scale is not None else (skip_act, skip_slope)
     up_t, skip_t, weight, bias = _autocast(up_t, skip_t, weight, bias)
     checks.check_concat_conv2d(up_t, skip_t, weight, bias, up_mode, align_corners)
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(up_t) == "eager":
         up, skip = _autocast(materialize(up), materialize(skip))
         if stats:
@@ -224,7 +226,7 @@ def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01
     x_t, scale, shift, in_act, in_slope = _split(x)
     x_t, weight, bias = _autocast(x_t, weight, bias)
     checks.check_conv_transpose2x2(x_t, weight, bias)
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         return eager.conv_transpose2x2(_autocast(materialize(x))[0], weight, bias, activation, negative_slope)
     return _functions().ConvTranspose2x2BiasAct.apply(x_t, scale, shift, weight, bias, activation,

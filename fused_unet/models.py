@@ -6,7 +6,7 @@ from torch import nn
 
 from fused_unet import eager
 from fused_unet import nn as fnn
-from fused_unet.kernels.codes import DECODER_UP_MODES
+from fused_unet.kernels.codes import ACTIVATIONS, DECODER_UP_MODES, EPILOGUE_ACTIVATIONS
 
 
 class ConvBlock(nn.Module):
@@ -44,8 +44,12 @@ class _UNetBase(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if up_mode not in DECODER_UP_MODES:
             raise ValueError(f"up_mode must be one of {DECODER_UP_MODES}, got {up_mode!r}")
-        if activation not in ("relu", "leaky_relu"):
-            raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+        if activation not in ACTIVATIONS or activation is None:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)[1:]}, got {activation!r}")
+        if activation not in EPILOGUE_ACTIVATIONS and (norm is None or up_mode == "transpose"):
+            raise ValueError(f"activation {activation!r} fuses after a norm only: set norm to one of {fnn.NORMS[1:]} "
+                             f"and up_mode to 'bilinear' or 'nearest' (the transposed conv has no norm), got norm "
+                             f"{norm!r}, up_mode {up_mode!r}")
         if norm not in fnn.NORMS:
             raise ValueError(f"norm must be one of {fnn.NORMS}, got {norm!r}")
         norm_groups = min(32, base_channels) if norm_groups is None else norm_groups

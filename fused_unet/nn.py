@@ -1,6 +1,7 @@
 """Drop-in modules. Each subclasses the torch module it replaces (same state_dict, init and repr) and runs
 the fused op; a configuration the kernels do not cover falls back to the parent's forward with one warning.
-``activation``: None, "relu" or "leaky_relu" (with ``negative_slope``), applied in the kernel's epilogue.
+``activation``: None, "relu" or "leaky_relu" (with ``negative_slope``), applied in the kernel's epilogue; with a
+``norm`` also "silu", "gelu" or "gelu_tanh" (applied by whoever reads the pending norm; without one they fall back).
 
 ``norm`` (the convs): "batch", "instance" or "group", a norm child ``bn`` (``nn.BatchNorm2d``, affine
 ``nn.InstanceNorm2d``, ``nn.GroupNorm`` of ``norm_groups`` groups) between the conv and its activation, so the
@@ -18,7 +19,8 @@ from torch import nn
 
 from fused_unet import eager, functional
 from fused_unet.functional import Normalized
-from fused_unet.kernels.checks import ACTIVATIONS, SUPPORTED_DTYPES, UP_MODES  # the codes' names
+from fused_unet.kernels.checks import (ACTIVATIONS, EPILOGUE_ACTIVATIONS, SUPPORTED_DTYPES,  # the codes' names
+                                     UP_MODES)
 
 NORMS = (None, "batch", "instance", "group")
 
@@ -72,8 +74,12 @@ class _FusedMixin:
         module.activation, module.negative_slope, module.bn, module.defer_norm = None, 0.01, None, False
 
     def _activation_unsupported(self):
-        if getattr(self, "activation", None) == "leaky_relu" and not self.negative_slope >= 0:
+        activation = getattr(self, "activation", None)
+        if activation == "leaky_relu" and not self.negative_slope >= 0:
             return f"negative_slope {self.negative_slope} < 0 (fused: >= 0)"
+        if activation not in EPILOGUE_ACTIVATIONS and getattr(self, "bn", None) is None:
+            return f"activation {activation!r} without a norm (fused after a norm only: a conv's epilogue keeps its " \
+                   "output, not the input its backward needs)"
         return None
 
     def _fallback(self, reason):

@@ -10,6 +10,7 @@ MAX_INT32 = 2**31 - 1
 
 
 ACTIVATIONS = tuple(codes.ACTIVATIONS)
+EPILOGUE_ACTIVATIONS = codes.EPILOGUE_ACTIVATIONS
 UP_MODES = tuple(codes.UP_MODES)
 
 
@@ -39,9 +40,13 @@ def check_bias(bias, channels, x):
         raise ValueError(f"bias must have shape [{channels}] (one per output channel), got {tuple(bias.shape)}")
 
 
-def check_activation(activation, negative_slope):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+def check_activation(activation, negative_slope, epilogue=False):
+    """An activation name of codes.ACTIVATIONS; with ``epilogue`` (a conv's own output) one of EPILOGUE_ACTIVATIONS."""
+    names = EPILOGUE_ACTIVATIONS if epilogue else ACTIVATIONS
+    if activation not in names:
+        hint = (" (silu and gelu fuse after a norm: the conv's epilogue keeps only its output, and their backward "
+                "needs the input)") if activation in ACTIVATIONS else ""
+        raise ValueError(f"activation must be one of {names}, got {activation!r}{hint}")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
     if activation == "leaky_relu" and not negative_slope >= 0:

@@ -4,10 +4,13 @@ import enum
 
 
 class Act(enum.IntEnum):
-    """ACT / IN_ACT: the activation of a conv's epilogue, or of a pending batch norm applied as a source is read."""
+    """ACT / IN_ACT: the activation of a conv's epilogue, or of a pending norm applied as a source is read."""
     NONE = 0
     RELU = 1
     LEAKY_RELU = 2
+    SILU = 3
+    GELU = 4  # erf form
+    GELU_TANH = 5
 
 
 class UpMode(enum.IntEnum):
@@ -19,7 +22,11 @@ class UpMode(enum.IntEnum):
 
 
 # The API's names (None: no activation / not up-sampled).
-ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU}
+ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU, "silu": Act.SILU, "gelu": Act.GELU,
+               "gelu_tanh": Act.GELU_TANH}
+# A conv's own epilogue keeps only its output, and its backward reads the output's sign: the activations whose
+# gradient that sign gives. Any of ACTIVATIONS may follow a norm (its backward recomputes the norm's output).
+EPILOGUE_ACTIVATIONS = (None, "relu", "leaky_relu")
 UP_MODES = {None: UpMode.NONE, "nearest": UpMode.NEAREST, "bilinear": UpMode.BILINEAR}
 # How a U-Net's decoder up-samples (UNet(up_mode=...)): a 2x2 transposed conv, or an up-sampling the next conv reads.
 DECODER_UP_MODES = ("transpose", "bilinear", "nearest")

@@ -10,27 +10,71 @@ from .codes import Act, UpMode, act_code, up_mode_code
 
 ACT_RELU = tl.constexpr(int(Act.RELU))
 ACT_LEAKY_RELU = tl.constexpr(int(Act.LEAKY_RELU))
+ACT_SILU = tl.constexpr(int(Act.SILU))
+ACT_GELU = tl.constexpr(int(Act.GELU))
+ACT_GELU_TANH = tl.constexpr(int(Act.GELU_TANH))
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_SQRT_TWO_OVER_PI = tl.constexpr(0.7978845608028654)
+_INV_SQRT_TWO_PI = tl.constexpr(0.3989422804014327)
 UP_NONE = tl.constexpr(int(UpMode.NONE))
 UP_NEAREST = tl.constexpr(int(UpMode.NEAREST))
 UP_BILINEAR_ALIGN_CORNERS = tl.constexpr(int(UpMode.BILINEAR_ALIGN_CORNERS))
 
 
 @triton.jit
+def _gelu_tanh_inner(v):
+    """sqrt(2 / pi) (v + 0.044715 v^3): the argument of tanh in the tanh form of GELU."""
+    return (v + 0.044715 * v * v * v) * _SQRT_TWO_OVER_PI  # tensor first: the interpreter's constexpr * tensor fails
+
+
+@triton.jit
+def _tanh(u):
+    return 1.0 - 2.0 / (1.0 + tl.exp(2.0 * u))  # +-1 at +-inf, no tanh in tl
+
+
+@triton.jit
 def apply_activation(v, NEG_SLOPE, ACT: tl.constexpr):
+    """The activation table (codes.Act) on fp32 ``v``, as torch defines each."""
     if ACT == ACT_RELU:
         v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, like torch.relu
     elif ACT == ACT_LEAKY_RELU:
         v = tl.where(v < 0.0, v * NEG_SLOPE, v)
+    elif ACT == ACT_SILU:
+        v = v * tl.sigmoid(v)
+    elif ACT == ACT_GELU:
+        v = 0.5 * v * (1.0 + tl.erf(v * _SQRT_HALF))
+    elif ACT == ACT_GELU_TANH:
+        v = 0.5 * v * (1.0 + _tanh(_gelu_tanh_inner(v)))
     return v
 
 
 @triton.jit
 def activation_grad(g, out, NEG_SLOPE, ACT: tl.constexpr):
-    """The activation's backward from its saved output (same sign as its input for a slope >= 0)."""
+    """The backward of a conv epilogue's activation from its saved output (codes.EPILOGUE_ACTIVATIONS: the output
+    has its input's sign for a slope >= 0)."""
     if ACT == ACT_RELU:
         g = tl.where(out <= 0.0, 0.0, g)  # threshold_backward's rule
     elif ACT == ACT_LEAKY_RELU:
         g = tl.where(out > 0.0, g, g * NEG_SLOPE)  # leaky_relu_backward's rule
+    return g
+
+
+@triton.jit
+def activation_input_grad(g, v, NEG_SLOPE, ACT: tl.constexpr):
+    """The backward of the activation table from its fp32 input ``v`` (a pending norm's, recomputed), with
+    torch's rules at 0."""
+    if ACT == ACT_RELU:
+        g = tl.where(v <= 0.0, 0.0, g)
+    elif ACT == ACT_LEAKY_RELU:
+        g = tl.where(v > 0.0, g, g * NEG_SLOPE)
+    elif ACT == ACT_SILU:
+        s = tl.sigmoid(v)
+        g = g * s * (1.0 + v * (1.0 - s))
+    elif ACT == ACT_GELU:
+        g = g * (0.5 * (1.0 + tl.erf(v * _SQRT_HALF)) + v * _INV_SQRT_TWO_PI * tl.exp(-0.5 * v * v))
+    elif ACT == ACT_GELU_TANH:
+        t = _tanh(_gelu_tanh_inner(v))
+        g = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _SQRT_TWO_OVER_PI * (1.0 + 3 * 0.044715 * v * v))
     return g
 
 

@@ -10,7 +10,7 @@ import os
 import triton
 
 from . import interpreter_problem, interpreter_requested
-from .codes import UpMode
+from .codes import Act, UpMode
 
 INTERPRETED = interpreter_requested()
 # FUSED_UNET_TUNE=K: each launch takes its K-th registered config that fits (the last if fewer) instead of timing
@@ -150,12 +150,14 @@ def _gathered_norm_shared_bytes(cfg, flags):
 def fits(cfg, flags, cc=90):
     """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
-    keeps operand fragments in registers: no tile beyond 64 and 32, and beside a normalised bilinear source or
-    gathered norm tables no accumulator beyond 32 (Triton 3.6 and 3.8 spilled there). Bilinear up-sampling keeps its four corner tiles in
-    registers: two stages, and no wide accumulator beside a pending norm. The pooling, depth-to-space and
-    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows.
-    Gathered norm tables (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the
-    shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
+    keeps operand fragments in registers: no tile beyond 64 and 32, beside a normalised bilinear source or gathered
+    norm tables no accumulator beyond 32, beside a pending SiLU / GELU (exp, erf) no A tile beyond 16 (sm_90: 32,
+    and 16 beside a wide accumulator) (Triton 3.6 and 3.8 spilled there). Bilinear up-sampling keeps its four corner
+    tiles in registers: two stages, no wide accumulator beside a pending norm; beside a SiLU / GELU no accumulator
+    beyond 32, in three stages. The pooling, depth-to-space and statistics epilogues do not fit beside a wide
+    accumulator; statistics need whole groups of STATS_ROWS rows. Gathered norm tables (_gathers_norm) are pipelined
+    beside the operand tiles, every stage: they must fit the shared memory (the 128x128x64 three-stage tile needed
+    241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
         return False
@@ -164,12 +166,18 @@ def fits(cfg, flags, cc=90):
         return False
     acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
+    transcendental = flags.get("IN_ACT") in (Act.SILU, Act.GELU, Act.GELU_TANH) and (flags.get("NORM_INPUT") or
+                                                                                   flags.get("NORM_INPUT2"))
     if cc < 90 and (acc > 64 or a > 32 or (gathered and acc > 32)):
+        return False
+    if transcendental and (a > (32 if cc >= 90 else 16) or (a > 16 and acc > 64)):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
         if cc < 90 and flags.get("NORM_INPUT"):
             # A per-sample norm's scale and shift tiles beside the corners spilled at four stages (Triton 3.6).
             return acc <= 32 and (cfg.num_stages <= 3 or not gathered)
+        if transcendental:
+            return acc <= 32 and cfg.num_stages <= 3
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
     return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
 

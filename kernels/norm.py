@@ -12,8 +12,7 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import (activation_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
-                     pixel_channel_tile)
+from .common import activation_input_grad, norm_table, per_sample, pixel_channel_grid, pixel_channel_tile
 from .configs import configs
 from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS
 
@@ -120,8 +119,7 @@ def batch_norm_act_backward_kernel(
     g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
     y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
     y = y.to(tl.float32)
-    out = apply_activation(y * scale + shift, NEG_SLOPE, ACT)
-    g = tl.where(mask, activation_grad(g.to(tl.float32), out, NEG_SLOPE, ACT), 0.0)
+    g = tl.where(mask, activation_input_grad(g.to(tl.float32), y * scale + shift, NEG_SLOPE, ACT), 0.0)
     tl.store(dy_ptr + (img * sdn + h * sdh + w * sdw)[:, None] + offs_c[None, :] * sdc,
              (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
     row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c

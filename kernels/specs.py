@@ -223,12 +223,14 @@ _EVEN = [dict(EVEN_K=False), dict(EVEN_K=True)]
 _BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
 # Codes as the plain ints the launchers pass, heaviest first.
 _NO_ACT, _NO_UP = int(Act.NONE), int(UpMode.NONE)
+# A conv epilogue's activations (codes.EPILOGUE_ACTIVATIONS); a pending norm's may be any of the table.
 _ACT_CODES = [int(a) for a in (Act.LEAKY_RELU, Act.RELU, Act.NONE)]
 _ACTS = [dict(ACT=a) for a in _ACT_CODES]
+_PENDING_ACT_CODES = _ACT_CODES + [int(a) for a in (Act.GELU_TANH, Act.GELU, Act.SILU)]
 _UP_MODES = [dict(UP_MODE=int(m))
              for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
 # A pending norm's activation and its leaky slope (a constexpr of the GEMM kernels: kernels.common.pending_activation).
-_IN_ACTS = [dict(IN_ACT=a, IN_NEG_SLOPE=0.01 if a == int(Act.LEAKY_RELU) else 0.0) for a in _ACT_CODES]
+_IN_ACTS = [dict(IN_ACT=a, IN_NEG_SLOPE=0.01 if a == int(Act.LEAKY_RELU) else 0.0) for a in _PENDING_ACT_CODES]
 _NO_IN_ACT = dict(IN_ACT=_NO_ACT, IN_NEG_SLOPE=0.0)
 # A source read with its pending norm + activation, or as stored.
 _IN_NORM = [dict(NORM_INPUT=True, **a) for a in _IN_ACTS] + [dict(NORM_INPUT=False, **_NO_IN_ACT)]
@@ -264,7 +266,8 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      strides("pool_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
-     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
+     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_PER_SAMPLE", tuned=True),
+     flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
@@ -298,7 +301,8 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
      integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
      integer("H_SHIFT"), PLACEMENT, value_flag("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
-     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True), flag("IN_ACT"),
+     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True),
+     flag("IN_ACT", tuned=True),
      flag("FLAT_INPUT", tuned=True), flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
@@ -336,7 +340,8 @@ MAX_POOL2X2 = KernelSpec(
      integer("TOTAL"), integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True),
      real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("PER_SAMPLE"), flag("ACT"),
      block("BLOCK")),
-    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)],
+    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _PENDING_ACT_CODES] +
+                                   [dict(NORM=False, ACT=_NO_ACT)],
                                    _PER_SAMPLE_ELEMENTWISE]})
 
 MAX_POOL2X2_BACKWARD = KernelSpec(
@@ -352,7 +357,7 @@ BATCH_NORM_ACT_BACKWARD = KernelSpec(
      integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
      strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), flag("PER_SAMPLE"),
      block("BLOCK_P"), block("BLOCK_C")),
-    sites={"batch_norm_act_input_grad": [_ACTS, _PER_SAMPLE_ELEMENTWISE]})
+    sites={"batch_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _PER_SAMPLE_ELEMENTWISE]})
 
 CHANNEL_STATISTICS = KernelSpec(
     "channel_statistics",

@@ -139,7 +139,7 @@ def _declared(kernel, launched):
 
 
 @pytest.mark.parametrize("options", [dict(), dict(up_mode="bilinear", norm="batch", activation="leaky_relu"),
-                                     dict(up_mode="nearest", norm="group", activation="leaky_relu")])
+                                     dict(up_mode="nearest", norm="group", activation="silu")])
 def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     seen = _record_launches(monkeypatch)
     model = fused_unet.UNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE)

@@ -28,7 +28,10 @@ def _affine(channels, dtype=torch.float32):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,activation,slope,layout", [(6, "leaky_relu", 0.01, "channels_last"),
                                                             (2, "relu", 0.01, "contiguous"),
-                                                            (3, None, 0.01, "strided")])
+                                                            (3, None, 0.01, "strided"),
+                                                            (6, "silu", 0.01, "channels_last"),
+                                                            (3, "gelu", 0.01, "contiguous"),
+                                                            (2, "gelu_tanh", 0.01, "channels_last")])
 def test_pending_group_norm_read_by_every_consumer_matches_float64(groups, activation, slope, layout, dtype):
     # groups 6 of 6 channels: instance norm. Odd sizes; every consumer and the materialised tensor.
     x = make_tensor((2, 3, 7, 9), dtype, layout, requires_grad=True)
@@ -163,11 +166,15 @@ def test_module_keeps_the_torch_state_dict_and_matches_it(norm, groups, training
     assert_close(fused.bn.weight.grad, reference[1].weight.grad, torch.float32, "grad bn.weight")
 
 
-@pytest.mark.parametrize("norm,batch", [("instance", 1), ("instance", 2), ("group", 2)])
-def test_unet_with_a_per_sample_norm_matches_reference_over_training_steps(norm, batch):
+@pytest.mark.parametrize("norm,batch,activation,up_mode", [("instance", 1, "leaky_relu", "transpose"),
+                                                           ("instance", 2, "leaky_relu", "transpose"),
+                                                           ("group", 2, "leaky_relu", "transpose"),
+                                                           ("group", 2, "silu", "nearest")])
+def test_unet_with_a_per_sample_norm_matches_reference_over_training_steps(norm, batch, activation, up_mode):
+    # group + SiLU: a diffusion U-Net's norm and activation, every conv's activation applied by its reader.
     torch.manual_seed(0)
     kwargs = dict(in_channels=3, num_classes=2, base_channels=8, depth=2, norm=norm, norm_groups=4,
-                  activation="leaky_relu")
+                  activation=activation, up_mode=up_mode)
     models = model_triplet(fused_unet.UNet(**kwargs).to(DEVICE), fused_unet.ReferenceUNet(**kwargs).to(DEVICE))
     assert list(models[0].state_dict()) == list(models[1].state_dict())
     for step in range(2):
@@ -206,14 +213,8 @@ class _NnUNetStage(nn.Module):
         return self.conv3(self.pool(self.act2(self.norm2(self.conv2(x)))))
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_swap_fuses_instance_and_group_norm_chains(training):
-    model = _NnUNetStage().to(DEVICE).train(training)
-    reference = copy.deepcopy(model).double()
-    x = make_tensor((2, 3, 12, 10))
-    model, report = fused_unet.swap(model, x)
-    assert [f.pattern for f in report.fused] == ["conv+bn+act", "conv+bn+act+maxpool"]
-    assert not report.left_alone
+def _assert_matches_in_float64(model, reference, x):
+    """A swapped model's output and parameter gradients against its float64 original's."""
     out = model(x)
     grad = torch.randn_like(out)
     out.backward(grad)
@@ -222,6 +223,56 @@ def test_swap_fuses_instance_and_group_norm_chains(training):
     assert_close(out, ref, torch.float32, "output")
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert_close(p.grad, q.grad, torch.float32, f"grad {name}")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_swap_fuses_instance_and_group_norm_chains(training):
+    model = _NnUNetStage().to(DEVICE).train(training)
+    reference = copy.deepcopy(model).double()
+    x = make_tensor((2, 3, 12, 10))
+    model, report = fused_unet.swap(model, x)
+    assert [f.pattern for f in report.fused] == ["conv+bn+act", "conv+bn+act+maxpool"]
+    assert not report.left_alone
+    _assert_matches_in_float64(model, reference, x)
+
+
+class _DiffusionStyleBlock(nn.Module):
+    """conv -> GroupNorm -> SiLU, conv -> GroupNorm -> GELU(tanh), and a conv -> SiLU with no norm between."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.norm1, self.act1 = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.SiLU()
+        self.conv2, self.norm2 = nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.act1(self.norm1(self.conv1(x)))
+        x = F.gelu(self.norm2(self.conv2(x)), approximate="tanh")
+        return F.silu(self.conv3(x))
+
+
+def test_swap_fuses_silu_and_gelu_after_a_norm_only():
+    model = _DiffusionStyleBlock().to(DEVICE)
+    reference = copy.deepcopy(model).double()
+    x = make_tensor((2, 3, 12, 10))
+    model, report = fused_unet.swap(model, x)
+    # The last conv's SiLU has no norm before it: a conv's epilogue keeps only its output, so the SiLU stays torch's
+    # (the conv alone runs fused, as a swapped module).
+    assert [f.pattern for f in report.fused] == ["conv+bn+act", "conv+bn+act"]
+    assert report.swapped["Conv2d"] == 3
+    _assert_matches_in_float64(model, reference, x)
+
+
+def test_silu_and_gelu_need_a_norm():
+    with pytest.raises(ValueError, match="silu and gelu fuse after a norm"):
+        FF.conv2d(make_tensor((1, 3, 5, 5)), make_tensor((4, 3, 3, 3)), activation="silu")
+    with pytest.raises(ValueError, match="fuses after a norm only"):
+        fused_unet.UNet(3, 2, base_channels=8, depth=1, activation="gelu", norm="group", up_mode="transpose")
+    conv = fnn.Conv2d(3, 4, 3, padding=1, activation="silu").to(DEVICE)
+    x = make_tensor((1, 3, 5, 5))
+    with pytest.warns(UserWarning, match="without a norm"):
+        out = conv(x)
+    torch.testing.assert_close(out, F.silu(F.conv2d(x, conv.weight, conv.bias, padding=1)), atol=1e-5, rtol=1e-5)
 
 
 def test_swap_leaves_an_instance_norm_it_cannot_run_alone():

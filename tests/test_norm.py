@@ -22,7 +22,8 @@ def _params(*shapes, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("activation,slope", [("relu", 0.01), ("leaky_relu", 0.2), (None, 0.01)])
+@pytest.mark.parametrize("activation,slope", [("relu", 0.01), ("leaky_relu", 0.2), (None, 0.01), ("silu", 0.01),
+                                              ("gelu_tanh", 0.01)])
 def test_pending_norm_read_by_every_consumer_matches_float64(activation, slope, dtype):
     x = make_tensor((2, 3, 7, 9), dtype, requires_grad=True)
     w1, w2, wt = _params((5, 3, 3, 3), (4, 5, 3, 3), (5, 3, 2, 2), dtype=dtype)

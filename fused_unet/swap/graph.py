@@ -19,7 +19,7 @@ from fused_unet.swap.runtime import NORM_CALLS, _ConvArgs, _on_meta
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 # Module types whose calls a torch.compile graph names by the module's path.
 _LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.MaxPool2d, nn.Upsample,
-           nn.Dropout, nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.Identity)
+           nn.Dropout, nn.Dropout2d, nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Identity)
 _INTERP_PARAMS = list(inspect.signature(F.interpolate).parameters)
 UPSAMPLE_CALLS = {torch._C._nn.upsample_nearest2d: "nearest", torch._C._nn.upsample_bilinear2d: "bilinear"}
 UPSAMPLE_MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
@@ -143,11 +143,18 @@ class SwapGraph:
         value = example(arg(node, 1, "weight"), self.root)
         return tuple(value.shape) if value is not None else ()
 
-    def activation(self, node):
-        """(name, negative slope) of a ReLU / LeakyReLU (slope >= 0) node, else None."""
-        m = self.module(node, nn.ReLU, nn.LeakyReLU)
+    def activation(self, node, after_norm=False):
+        """(name, negative slope) of a ReLU / LeakyReLU (slope >= 0) node, or ``after_norm`` a SiLU / GELU one, else
+        None."""
+        m = self.module(node, nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU)
         if m is not None:
-            return _module_activation(m)
+            return _module_activation(m, after_norm)
+        if after_norm and node.op == "call_function" and node.target is F.silu:
+            return "silu", 0.01
+        if after_norm and node.op == "call_function" and node.target is F.gelu:
+            approximate = arg(node, 1, "approximate", "none")
+            if approximate in ("none", "tanh"):
+                return ("gelu_tanh" if approximate == "tanh" else "gelu"), 0.01
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
             return "relu", 0.01
         if node.op == "call_method" and node.target in ("relu", "relu_"):

@@ -59,9 +59,15 @@ def _fuse_relus(seq):
     return fused
 
 
-def _module_activation(module):
+def _module_activation(module, after_norm=False):
+    """(name, negative slope) of an activation module the kernels fuse: ReLU, LeakyReLU (slope >= 0), and after a
+    norm SiLU and GELU (codes.EPILOGUE_ACTIVATIONS: a conv's own epilogue takes the first two only)."""
     if type(module) is nn.ReLU:
         return "relu", 0.01
     if type(module) is nn.LeakyReLU and module.negative_slope >= 0:
         return "leaky_relu", float(module.negative_slope)
+    if after_norm and type(module) is nn.SiLU:
+        return "silu", 0.01
+    if after_norm and type(module) is nn.GELU and module.approximate in ("none", "tanh"):
+        return ("gelu_tanh" if module.approximate == "tanh" else "gelu"), 0.01
     return None

@@ -1,5 +1,5 @@
 """The chain every conv pattern starts from: conv (-> BatchNorm2d / InstanceNorm2d / GroupNorm) (-> ReLU /
-LeakyReLU), identities between."""
+LeakyReLU, or after a norm SiLU / GELU), identities between."""
 from typing import NamedTuple, Optional
 
 import torch.fx
@@ -43,7 +43,7 @@ def find(g, conv_node):
             pass
         elif stage == 0 and g.norm(nxt, channels):
             bn, stage = nxt, 1
-        elif stage < 2 and (a := g.activation(nxt)) is not None:
+        elif stage < 2 and (a := g.activation(nxt, after_norm=stage == 1)) is not None:
             act, stage = a, 2
         else:
             break
@@ -52,6 +52,6 @@ def find(g, conv_node):
     if (nxt := g.only_user(node)) is not None and nxt.op == "call_module" and \
             isinstance(g.root.get_submodule(nxt.target), _NORM_OR_ACT):
         g.report.add_left_alone((f"{g.name(nxt)} ({type(g.root.get_submodule(nxt.target)).__name__})",
-                                 f"after {g.name(conv_node)}: not fused (fused: BatchNorm2d, InstanceNorm2d, GroupNorm, "
-                                 "then ReLU or LeakyReLU with slope >= 0)"))
+                                 f"after {g.name(conv_node)}: not fused (fused: BatchNorm2d, InstanceNorm2d, "
+                                 "GroupNorm, then ReLU or LeakyReLU with slope >= 0, or after a norm SiLU or GELU)"))
     return Chain(nodes, bn, *act)
