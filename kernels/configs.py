@@ -152,12 +152,12 @@ def fits(cfg, flags, cc=90):
     `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
     keeps operand fragments in registers: no tile beyond 64 and 32, beside a normalised bilinear source or gathered
     norm tables no accumulator beyond 32, beside a pending SiLU / GELU (exp, erf) no A tile beyond 16 (sm_90: 32,
-    and 16 beside a wide accumulator) (Triton 3.6 and 3.8 spilled there). Bilinear up-sampling keeps its four corner
-    tiles in registers: two stages, no wide accumulator beside a pending norm; beside a SiLU / GELU no accumulator
-    beyond 32, in three stages. The pooling, depth-to-space and statistics epilogues do not fit beside a wide
-    accumulator; statistics need whole groups of STATS_ROWS rows. Gathered norm tables (_gathers_norm) are pipelined
-    beside the operand tiles, every stage: they must fit the shared memory (the 128x128x64 three-stage tile needed
-    241 KiB on sm_90)."""
+    and 16 beside a wide accumulator; sm_80: no 4-warp tile with a 64-wide accumulator) (Triton 3.6 and 3.8 spilled
+    there). Bilinear up-sampling keeps its four corner tiles in registers: two stages, no wide accumulator beside a
+    pending norm; beside a SiLU / GELU no accumulator beyond 32, in three stages. The pooling, depth-to-space and
+    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows.
+    Gathered norm tables (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the
+    shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
         return False
@@ -170,7 +170,8 @@ def fits(cfg, flags, cc=90):
                                                                                    flags.get("NORM_INPUT2"))
     if cc < 90 and (acc > 64 or a > 32 or (gathered and acc > 32)):
         return False
-    if transcendental and (a > (32 if cc >= 90 else 16) or (a > 16 and acc > 64)):
+    if transcendental and (a > (32 if cc >= 90 else 16) or (a > 16 and acc > 64) or
+                           (cc < 90 and cfg.num_warps < 8 and acc > 32)):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
         if cc < 90 and flags.get("NORM_INPUT"):
