@@ -82,10 +82,29 @@ def environment():
                 backends={d: dispatch.backend(d) for d in devices})
 
 
+def launch_flags(kernel, variant, dtype_name):
+    """A compile-matrix variant's constexpr flags as a launch in ``dtype_name`` passes them to configs.fits: a GEMM
+    launch also carries its operand type and input precision."""
+    from fused_unet.kernels import compile_matrix
+
+    if kernel not in compile_matrix.GEMM_KERNELS:
+        return variant
+    import triton.language as tl
+
+    _, element_type, precision = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == dtype_name)
+    return {**variant, "DOT_DTYPE": tl.dtype(element_type), "INPUT_PRECISION": precision}
+
+
+def _launch_configs(kernel, variant, dtype_name, arch):
+    from fused_unet.kernels import configs
+
+    return configs.gpu_configs(kernel, dtype_name, launch_flags(kernel, variant, dtype_name), ARCHS[arch])
+
+
 def registry_jobs(archs):
     """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the config registry (kernels/configs.py)
     and the compile matrix (kernels/compile_matrix.py)."""
-    from fused_unet.kernels import compile_matrix, configs
+    from fused_unet.kernels import compile_matrix
 
     dtypes = [d[0] for d in compile_matrix.DTYPE_VARIANTS]
     jobs = []
@@ -95,13 +114,13 @@ def registry_jobs(archs):
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
-                         for c in range(len(configs.gpu_configs(kernel, d, variants[0], ARCHS[arch])))
+                         for c in range(len(_launch_configs(kernel, variants[0], d, arch)))
                          if (d, c) != ("fp16", 0)]
         for target in compile_matrix.MAIN_LOOP_TARGETS:
             flags = compile_matrix.target_flags(target)
             variant = compile_matrix.LAUNCH_VARIANTS[target["kernel"]][target["site"]].index(flags)
             jobs += [Job(target["kernel"], target["site"], variant, "fp16", c, arch)
-                     for c in range(len(configs.gpu_configs(target["kernel"], "fp16", flags, ARCHS[arch])))]
+                     for c in range(len(_launch_configs(target["kernel"], flags, "fp16", arch)))]
     return list(dict.fromkeys(jobs))
 
 
@@ -143,17 +162,13 @@ def _occupancy(cc, regs, warps, smem):
 # same specialisation. Layers with odd channel counts (the first conv, the head) compile a slower generic variant.
 def _job_launch(job):
     """(the JITFunction, its spec, its constexprs, the tensor type, the config) of ``job``."""
-    import triton.language as tl
-
-    from fused_unet.kernels import compile_matrix, configs
+    from fused_unet.kernels import compile_matrix
 
     variant = compile_matrix.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
-    cfg = configs.gpu_configs(job.kernel, job.dtype, variant, ARCHS[job.arch])[job.config]
-    _, element_type, precision = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == job.dtype)
+    cfg = _launch_configs(job.kernel, variant, job.dtype, job.arch)[job.config]
+    _, element_type, _ = next(d for d in compile_matrix.DTYPE_VARIANTS if d[0] == job.dtype)
     spec = compile_matrix.SPECS[job.kernel]
-    constexprs = {**variant, **cfg.kwargs}
-    if spec.gemm:
-        constexprs.update(DOT_DTYPE=tl.dtype(element_type), INPUT_PRECISION=precision)
+    constexprs = {**launch_flags(job.kernel, variant, job.dtype), **cfg.kwargs}
     return jit_function(kernels()[job.kernel]), spec, constexprs, "*" + element_type, cfg
 
 
@@ -185,11 +200,17 @@ def compile_job(job):
 
 
 def resources(compiled, cc, num_warps):
-    """Registers, spilled bytes, shared memory and occupancy (CTAs and warps per SM) of a compiled kernel."""
+    """Registers, spilled bytes (and how many local-memory accesses sit inside loops: None without nvdisasm), shared
+    memory and occupancy (CTAs and warps per SM) of a compiled kernel."""
+    from fused_unet import sass
+
     usage = _resource_usage(compiled.asm["cubin"])
     shared = compiled.metadata.shared + usage.get("shared", 0)
     blocks, warps = _occupancy(cc, usage.get("reg", 0), num_warps, shared)
-    return dict(regs=usage.get("reg"), spill_bytes=usage.get("stack", 0) + usage.get("local", 0),
+    spill_bytes = usage.get("stack", 0) + usage.get("local", 0)
+    text = sass.disassemble(compiled.asm["cubin"]) if spill_bytes else None
+    return dict(regs=usage.get("reg"), spill_bytes=spill_bytes,
+                loop_spills=sass.local_memory_in_loops(text) if text else (None if spill_bytes else 0),
                 shared_bytes=shared, blocks_per_sm=blocks, warps_per_sm=warps)
 
 
@@ -258,8 +279,10 @@ def problems(result):
         return [f"{name}: does not compile: {result['error']}"]
     found = []
     cc = ARCHS[result["arch"]]
-    if result["spill_bytes"]:
-        found.append(f"{name}: spills {result['spill_bytes']} bytes to local memory ({result['regs']} registers)")
+    # A spill outside every loop costs a few accesses per program; inside the main loop, every iteration pays.
+    if result["spill_bytes"] and result.get("loop_spills") != 0:
+        found.append(f"{name}: spills {result['spill_bytes']} bytes to local memory ({result['regs']} registers), "
+                     f"{result.get('loop_spills', '?')} local accesses inside loops")
     if result["shared_bytes"] > ARCH_LIMITS[cc]["smem_block"]:
         found.append(f"{name}: needs {result['shared_bytes']} bytes of shared memory, more than "
                      f"{ARCH_LIMITS[cc]['smem_block']}")
@@ -313,6 +336,11 @@ def specialisation_problems(arch, jobs=None):
             for job, error in zip(todo, errors) if error]
 
 
+def _spill_text(result):
+    """Spilled bytes, with ``*`` when every local access sits outside the loops (paid once per program)."""
+    return f"{result['spill_bytes']}{'*' if result['spill_bytes'] and result.get('loop_spills') == 0 else ''}"
+
+
 def format_table(results):
     """One table per kernel and architecture; flag-variant jobs are folded into a count per site."""
     lines = []
@@ -332,7 +360,7 @@ def format_table(results):
             loop = "+".join(map(str, r.get("loop_instructions") or [])) or "-"
             loads = ", ".join(f"{n} {kind}" for kind, n in (r.get("loads") or {}).items())
             lines.append(f"  {r['site']:<30} {r['dtype']:<5} {r['config_text']:<22} {'yes':<3} "
-                         f"{r['mma'] if r['gemm'] else '-':<8} {r['regs']:>4} {r['spill_bytes']:>5} "
+                         f"{r['mma'] if r['gemm'] else '-':<8} {r['regs']:>4} {_spill_text(r):>5} "
                          f"{r['shared_bytes'] / 1024:>8.1f} {r['blocks_per_sm']:>9} {r['warps_per_sm']:>8} "
                          f"{ceiling:>7} {loop:>6}  {loads}{' DIV' if r.get('int_division') else ''}")
         for site in dict.fromkeys(r["site"] for r in rows):

@@ -16,8 +16,10 @@ def activate(y, activation=None, negative_slope=0.01):
     return y
 
 
-def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01):
-    return activate(F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2), activation, negative_slope)
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding=None):
+    """``padding`` None: 'same' (k // 2)."""
+    padding = weight.shape[-1] // 2 if padding is None else padding
+    return activate(F.conv2d(x, weight, bias, stride=stride, padding=padding), activation, negative_slope)
 
 
 def batch_norm_scale_shift(y, weight, bias, eps):

@@ -76,31 +76,31 @@ def materialize(x):
 
 
 def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same"):
-    """``act(conv2d(x, weight, bias, padding=k//2))`` for an odd square kernel, stride 1, groups 1.
-    x: [N, C_in, H, W] (any strides) or a Normalized, weight: [C_out, C_in, k, k]; returns channels_last
-    [N, C_out, H, W]."""
+    """``act(conv2d(x, weight, bias, stride, padding))`` for a square kernel k (1x1 ... 31x31), stride 1 or 2, zero
+    padding (an int in [0, k), "valid" or "same" for an odd k at stride 1), groups 1. x: [N, C_in, H, W] (any
+    strides) or a Normalized, weight: [C_out, C_in, k, k]; returns channels_last [N, C_out, H_out, W_out]."""
     return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False)
 
 
-def conv2d_stats(x, weight, bias=None):
-    """``(y, stats)``: the 'same' conv of x (plain or Normalized) and, for the batch norm that follows it, y's
+def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same"):
+    """``(y, stats)``: the conv of x (plain or Normalized) and, for the batch norm that follows it, y's
     per-channel statistics (per row tile; see ``batch_norm``; None on the eager backend, which computes them
     from y)."""
-    return _conv2d(x, weight, bias, None, 0.01, 1, "same", stats=True)
+    return _conv2d(x, weight, bias, None, 0.01, stride, padding, stats=True)
 
 
 def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats):
     x_t, scale, shift, in_act, in_slope = _split(x)
     x_t, weight, bias = _autocast(x_t, weight, bias)
-    checks.check_conv2d(x_t, weight, bias, stride, padding)
+    stride, padding = checks.check_conv2d(x_t, weight, bias, stride, padding)
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         plain = _autocast(materialize(x))[0]
+        y = eager.conv2d(plain, weight, bias, activation, negative_slope, stride=stride, padding=padding)
         # The eager batch norm computes its statistics from y itself: no workspace.
-        return (eager.conv2d(plain, weight, bias), None) if stats else eager.conv2d(plain, weight, bias, activation,
-                                                                                    negative_slope)
+        return (y, None) if stats else y
     return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
-                                            in_act, in_slope, stats)
+                                            in_act, in_slope, stats, stride, padding)
 
 
 def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):

@@ -29,7 +29,7 @@ class _Gemms(NamedTuple):
     """The backward GEMM launchers of a conv-like op, and how aten's convolution_backward computes the same."""
     input_grad: Callable
     weight_grad: Callable
-    transposed: bool  # aten: a 2x2 stride-2 transposed conv, else a stride-1 'same' conv
+    transposed: bool  # aten: a 2x2 stride-2 transposed conv, else a conv of the op's stride and padding
 
 
 _CONV = _Gemms(conv.conv2d_input_grad, conv.conv2d_weight_grad, transposed=False)
@@ -57,27 +57,31 @@ def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_n
 
 
 class Conv2dBiasAct(torch.autograd.Function):
-    """Stride-1 'same' conv + bias (+ activation) of x, or of act(x * in_scale + in_shift) (a pending batch norm).
-    ``stats``: no activation; returns (y, per-tile batch statistics of y) for the batch norm that follows."""
+    """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ activation) of x, or of act(x * in_scale + in_shift) (a
+    pending norm). ``stats``: no activation; returns (y, per-tile batch statistics of y) for the batch norm that
+    follows."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
-                in_negative_slope, stats):
+                in_negative_slope, stats, stride, padding):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
+        geometry = dict(stride=stride, padding=padding)
         if stats:
-            y, workspace = _launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending)
+            y, workspace = _launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending, **geometry)
             ctx.mark_non_differentiable(workspace)
             result = y, workspace
         else:
-            y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending)
+            y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
+                                                         **geometry)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
               in_activation=in_activation, in_negative_slope=in_negative_slope)
+        ctx.geometry = geometry
         return result
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
-        return (*_one_source_backward(ctx, grad_y, _CONV), None, None, None, None, None)
+        return (*_one_source_backward(ctx, grad_y, _CONV), *[None] * 7)
 
 
 def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
@@ -92,34 +96,39 @@ def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
     return dz, (db if bias_grad else None)
 
 
-def _aten_backward(dz, x, weight, gemms, output_mask):
-    """aten's convolution_backward of the op of ``gemms`` (conv2d: stride 1, 'same'; conv_transpose2x2: stride 2)."""
-    k = weight.shape[2]
-    stride, padding = ([2, 2], [0, 0]) if gemms.transposed else ([1, 1], [k // 2, k // 2])
+def _aten_backward(dz, x, weight, gemms, output_mask, stride=1, padding=None):
+    """aten's convolution_backward of the op of ``gemms`` (a conv of ``stride`` and ``padding``, None: 'same';
+    conv_transpose2x2: stride 2)."""
+    padding = conv.conv_padding(weight, padding)
+    stride, padding = ([2, 2], [0, 0]) if gemms.transposed else ([stride] * 2, [padding] * 2)
     return torch.ops.aten.convolution_backward(dz, x, weight, None, stride, padding, [1, 1], gemms.transposed, [0, 0],
                                                1, output_mask)
 
 
-def _input_grad(gemms, dz, x, weight):
-    """dL/dx from the prepared gradient: our kernel, or aten's where it is faster (fused_unet.candidates)."""
+def _input_grad(gemms, dz, x, weight, **geometry):
+    """dL/dx from the prepared gradient: our kernel, or aten's where it is faster (fused_unet.candidates).
+    ``geometry``: a conv's stride and padding."""
     def triton():
-        return _launch(gemms.input_grad, dz)(dz, weight)
+        size = dict(input_size=list(x.shape[2:])) if geometry else {}
+        return _launch(gemms.input_grad, dz)(dz, weight, **geometry, **size)
 
     if _traced(dz):
         return triton()
-    return candidates.run(gemms.input_grad.__name__, (dz, weight), dict(
-        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [True, False, False])[0]))
+    return candidates.run(gemms.input_grad.__name__, (dz, x, weight), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [True, False, False], **geometry)[0]))
 
 
-def _weight_grad(gemms, dz, x, weight, **pending):
+def _weight_grad(gemms, dz, x, weight, geometry=None, **pending):
     """dL/dweight from the prepared gradient: our kernel, or aten's (x as stored: no pending norm) where faster."""
+    geometry = geometry or {}
+
     def triton():
-        return _launch(gemms.weight_grad, dz)(dz, x, weight, **pending)
+        return _launch(gemms.weight_grad, dz)(dz, x, weight, **pending, **geometry)
 
     if _traced(dz) or pending.get("in_scale") is not None:
         return triton()
-    return candidates.run(gemms.weight_grad.__name__, (dz, x), dict(
-        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [False, True, False])[1]))
+    return candidates.run(gemms.weight_grad.__name__, (dz, x, weight), dict(
+        triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [False, True, False], **geometry)[1]))
 
 
 def _one_source_backward(ctx, grad_y, gemms):
@@ -128,11 +137,12 @@ def _one_source_backward(ctx, grad_y, gemms):
     x, in_scale, in_shift, weight, out = ctx.saved_tensors
     dz, grad_b = _prepared(ctx, grad_y, out, 4)
     grad_z = grad_w = None
+    geometry = getattr(ctx, "geometry", {})
     if _needs(ctx, 0, 1, 2):
-        grad_z = _input_grad(gemms, dz, x, weight)
+        grad_z = _input_grad(gemms, dz, x, weight, **geometry)
     if ctx.needs_input_grad[3]:
         in_activation, in_negative_slope = ctx.in_act
-        grad_w = _weight_grad(gemms, dz, x, weight, in_scale=in_scale, in_shift=in_shift,
+        grad_w = _weight_grad(gemms, dz, x, weight, geometry, in_scale=in_scale, in_shift=in_shift,
                               in_activation=in_activation, in_negative_slope=in_negative_slope)
     return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b)
 

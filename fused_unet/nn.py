@@ -19,8 +19,8 @@ from torch import nn
 
 from fused_unet import eager, functional
 from fused_unet.functional import Normalized
-from fused_unet.kernels.checks import (ACTIVATIONS, EPILOGUE_ACTIVATIONS, SUPPORTED_DTYPES,  # the codes' names
-                                     UP_MODES)
+from fused_unet.kernels.checks import (ACTIVATIONS, EPILOGUE_ACTIVATIONS, MAX_KERNEL_SIZE,  # the codes' names
+                                     SUPPORTED_DTYPES, UP_MODES, conv_geometry)
 
 NORMS = (None, "batch", "instance", "group")
 
@@ -101,15 +101,24 @@ class _FusedMixin:
         return f"{base}, activation={self.activation!r}{slope}"
 
 
-def conv2d_config_unsupported(conv):
-    """Why the kernels cannot run this ``nn.Conv2d``'s configuration (None: they can)."""
+def conv2d_config_unsupported(conv, strided=True):
+    """Why the kernels cannot run this ``nn.Conv2d``'s configuration (None: they can): a square kernel, stride 1 or
+    2, zero padding below the kernel size, dilation 1, groups 1. ``strided`` False: stride 1 and 'same' padding only
+    (the pooling and concatenating convs)."""
     k = conv.kernel_size
-    if k[0] != k[1] or k[0] % 2 == 0:
-        return f"kernel_size {k} is not odd and square"
-    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
-        return f"stride {conv.stride}, dilation {conv.dilation}, groups {conv.groups} (fused: 1, 1, 1)"
-    if conv.padding not in ("same", (k[0] // 2, k[1] // 2)) or conv.padding_mode != "zeros":
-        return f"padding {conv.padding!r} ({conv.padding_mode}) is not the zero 'same' padding {k[0] // 2}"
+    if k[0] != k[1] or not 1 <= k[0] <= MAX_KERNEL_SIZE:
+        return f"kernel_size {k} is not square (fused: 1x1 up to {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE})"
+    if conv.dilation != (1, 1) or conv.groups != 1:
+        return f"dilation {conv.dilation}, groups {conv.groups} (fused: 1, 1; depthwise / grouped convs stay PyTorch)"
+    if conv.padding_mode != "zeros":
+        return f"padding_mode {conv.padding_mode!r} (fused: 'zeros')"
+    try:
+        stride, padding = conv_geometry(k[0], conv.stride, conv.padding)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    if not strided and (k[0] % 2 == 0 or (stride, padding) != (1, k[0] // 2)):
+        return f"stride {conv.stride}, padding {conv.padding!r} (fused with a pool or a concatenation: stride 1 and " \
+               f"the 'same' padding of an odd kernel)"
     return None
 
 
@@ -206,10 +215,11 @@ def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=Fa
     """``act(bn(conv(x)))`` in the kernels, from the parameters of a supported ``nn.Conv2d`` and an optional
     norm module (folded into the conv when it uses running statistics; else pending, with running statistics
     updated like torch.nn's). ``defer``: return a pending result as a Normalized."""
+    geometry = dict(stride=conv.stride, padding=conv.padding)
     if _pending(bn):
-        y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias)
+        y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias, **geometry)
         return _finish(_normalize(y, stats, bn, activation, negative_slope), defer)
-    return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope)
+    return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, **geometry)
 
 
 def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
@@ -233,9 +243,10 @@ def concat_conv_bn_act(up, skip, conv, bn=None, activation=None, negative_slope=
 
 
 class Conv2d(_FusedMixin, nn.Conv2d):
-    """``nn.Conv2d`` (+ optional batch norm and fused activation). Fused for odd square kernels, stride 1,
-    padding k//2 or 'same', dilation 1, groups 1, zero padding mode; output is channels_last. Accepts a
-    ``Normalized`` input (its pending norm is applied while reading it)."""
+    """``nn.Conv2d`` (+ optional norm and fused activation). Fused for square kernels (1x1 ... 31x31), stride 1 or
+    2, zero padding (an int below the kernel size, 'valid', or 'same' for odd kernels at stride 1), dilation 1,
+    groups 1; output is channels_last. Accepts a ``Normalized`` input (its pending norm is applied while reading
+    it)."""
 
     def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1,
                  norm_groups=32, **kwargs):
@@ -250,8 +261,12 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         y = nn.Conv2d.forward(self, functional.materialize(x))
         return self._activate(self.bn(y) if self.bn is not None else y)
 
+    # The pooling and concatenating subclasses run stride-1 'same' convs only.
+    _strided = True
+
     def _config_unsupported(self):
-        return conv2d_config_unsupported(self) or self._activation_unsupported() or norm_unsupported(self.bn)
+        return conv2d_config_unsupported(self, self._strided) or self._activation_unsupported() or \
+            norm_unsupported(self.bn)
 
     def _fused(self, op, *inputs, **layout):
         return op(*inputs, self, self.bn, **self._act_args(), defer=self.defer_norm, **layout)
@@ -273,6 +288,8 @@ class Conv2dReLUPool(Conv2d):
     defaults to "relu" ("leaky_relu" and None work too). With ``norm="batch"`` in training mode the pool is a
     second kernel (the statistics exist only once the conv has run) that reads y with its norm applied."""
 
+    _strided = False
+
     def __init__(self, *args, activation="relu", **kwargs):
         super().__init__(*args, activation=activation, **kwargs)
 
@@ -291,6 +308,8 @@ class UpConcatConv2d(Conv2d):
     transposed conv); "nearest" / "bilinear" up-sample it x2 inside the conv's loads. An up-sampled ``up`` smaller
     than the skip (odd sizes) is zero-padded centred. ``in_channels`` is up's plus skip's channels; padding defaults
     to k//2. Same parameters and state_dict as ``nn.Conv2d``."""
+
+    _strided = False
 
     def __init__(self, in_channels, out_channels, kernel_size=3, *, up_mode=None, align_corners=False, up_first=True,
                  activation="relu", padding=None, **kwargs):

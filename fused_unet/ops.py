@@ -2,6 +2,8 @@
 opaque op with a known output (it cannot trace Triton's launch machinery, interpreted or autotuned). The
 autograd Functions call these while torch.compile traces them (or on meta tensors), the launchers directly
 otherwise. Each op's fake (shape-only) implementation is the allocation its launcher makes."""
+import inspect
+
 import torch
 
 from fused_unet.kernels import conv, grad, norm, pool, upsample
@@ -35,11 +37,28 @@ _PENDING = "Tensor? in_scale=None, Tensor? in_shift=None, str? in_activation=Non
 _CONCAT = ("str? up_mode, bool align_corners, bool up_first, Tensor? up_scale=None, Tensor? up_shift=None, "
            "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0")
 
-conv2d_forward = _op(conv.conv2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
-                     lambda x, weight, *rest: conv.conv2d_output(x, weight))
+_GEOMETRY = "int stride=1, int? padding=None"
+
+
+def _output_of(launcher, output, *names):
+    """A fake that calls ``output`` with the arguments ``names`` of a call of ``launcher`` (by position or name)."""
+    signature = inspect.signature(launcher)
+
+    def fake(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return output(*(bound.arguments[name] for name in names))
+
+    return fake
+
+
+conv2d_forward = _op(conv.conv2d_forward,
+                     f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_GEOMETRY}) -> Tensor",
+                     _output_of(conv.conv2d_forward, conv.conv2d_output, "x", "weight", "stride", "padding"))
 conv2d_stats_forward = _op(conv.conv2d_stats_forward,
-                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}) -> (Tensor, Tensor)",
-                           lambda x, weight, *rest: conv.conv2d_stats_output(x, weight))
+                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}) -> (Tensor, Tensor)",
+                           _output_of(conv.conv2d_stats_forward, conv.conv2d_stats_output, "x", "weight", "stride",
+                                      "padding"))
 conv2d_pool_forward = _op(conv.conv2d_pool_forward,
                           f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}) -> (Tensor, Tensor, Tensor)",
                           lambda x, weight, *rest: conv.conv2d_pool_output(x, weight))
@@ -54,13 +73,13 @@ concat_conv2d_stats_forward = _op(
 conv_output_grad = _op(
     grad.conv_output_grad, f"(Tensor grad, Tensor? out, {_ACT}, Tensor? grad_pooled=None, Tensor? argmax=None, "
     "bool bias_grad=False) -> (Tensor, Tensor)", _output_grad_fake)
-conv2d_input_grad = _op(conv.conv2d_input_grad, "(Tensor grad, Tensor weight) -> Tensor",
-                        lambda g, weight: conv.conv2d_input_grad_output(g, weight))
+conv2d_input_grad = _op(conv.conv2d_input_grad, f"(Tensor grad, Tensor weight, {_GEOMETRY}, int[]? input_size=None) "
+                        "-> Tensor", conv.conv2d_input_grad_output)
 conv2d_weight_grad = _op(
     conv.conv2d_weight_grad, "(Tensor grad, Tensor x, Tensor weight, Tensor? skip=None, str? up_mode=None, "
     "bool align_corners=False, bool up_first=True, Tensor? in_scale=None, Tensor? in_shift=None, "
-    "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0) -> Tensor",
-    _weight_grad_fake)
+    "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0, "
+    f"{_GEOMETRY}) -> Tensor", _weight_grad_fake)
 conv_transpose2x2_forward = _op(conv.conv_transpose2x2_forward,
                                 f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
                                 lambda x, weight, *rest: conv.conv_transpose2x2_output(x, weight))

@@ -91,15 +91,29 @@ def load_kind(opcode):
     return None
 
 
-def main_loops(sass, cc, operand_class):
-    """One report per loop whose body holds tensor-core MMA (the innermost such loop when they nest):
-    instructions per iteration, MMA shapes, work, ceiling, global-load kinds and integer division."""
-    instructions, labels = _instructions(sass)
+def _loops(instructions, labels):
+    """(first, last) instruction index of every loop: a branch back to a label at or before it."""
     loops = []
     for end, (opcode, operands) in enumerate(instructions):
         branch = _BRANCH.search(opcode + operands)
         if branch and labels.get(branch.group(1), end + 1) <= end:
             loops.append((labels[branch.group(1)], end))
+    return loops
+
+
+def local_memory_in_loops(sass):
+    """How many local-memory loads and stores (``LDL``, ``STL``: register spills) sit inside a loop. A spill
+    outside every loop runs once per program; inside, every iteration."""
+    instructions, labels = _instructions(sass)
+    inside = {i for a, b in _loops(instructions, labels) for i in range(a, b + 1)}
+    return sum(1 for i in inside if instructions[i][0].startswith(("LDL", "STL")))
+
+
+def main_loops(sass, cc, operand_class):
+    """One report per loop whose body holds tensor-core MMA (the innermost such loop when they nest):
+    instructions per iteration, MMA shapes, work, ceiling, global-load kinds and integer division."""
+    instructions, labels = _instructions(sass)
+    loops = _loops(instructions, labels)
     with_mma = [(a, b) for a, b in loops if any(_mma_work(op)[0] for op, _ in instructions[a:b + 1])]
     innermost = [(a, b) for a, b in with_mma if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in with_mma)]
     reports = []

@@ -66,19 +66,51 @@ def _check_odd_kernel(weight):
         raise ValueError(f"weight's kernel may be at most {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE}, got {kh}x{kw}")
 
 
+def _square(name, value):
+    """An int, or a pair of equal ints (a square kernel's stride or padding), as one int."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or a pair of equal ints, got {value!r}")
+    return value
+
+
+def conv_geometry(k, stride=1, padding="same"):
+    """(stride, zero padding) as ints of a conv with a square k x k kernel: stride 1 or 2; padding an int in [0, k),
+    "valid" (0) or "same" (k // 2: odd k, stride 1)."""
+    stride = _square("stride", stride)
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if padding == "same":
+        if k % 2 == 0 or stride != 1:
+            raise ValueError(f"padding='same' needs an odd kernel and stride 1, got a {k}x{k} kernel at stride "
+                             f"{stride}; give the padding as an int")
+        return stride, k // 2
+    if padding == "valid":
+        return stride, 0
+    padding = _square("padding", padding)
+    if not 0 <= padding < k:
+        raise ValueError(f"padding must be in [0, {k - 1}] for a {k}x{k} kernel, got {padding}")
+    return stride, padding
+
+
 def check_conv2d(x, weight, bias, stride=1, padding="same"):
-    """Stride-1 'same' convolution with an odd square kernel, groups 1."""
+    """Convolution with a square kernel (1x1 up to MAX_KERNEL_SIZE), stride 1 or 2, zero padding, groups 1; returns
+    (stride, padding) as ints (conv_geometry)."""
     check_tensor("x", x, 4)
     check_tensor("weight", weight, 4, dtype_like=x, device_like=x)
     c_out, c_in, kh, kw = weight.shape
     if c_in != x.shape[1]:
         raise ValueError(f"weight expects {c_in} input channels ([C_out, C_in, k, k]) but x has {x.shape[1]}")
-    _check_odd_kernel(weight)
-    if stride != 1:
-        raise ValueError(f"stride must be 1, got {stride}")
-    if padding not in ("same", kh // 2):
-        raise ValueError(f"padding must be 'same' or {kh // 2} for a {kh}x{kw} kernel, got {padding!r}")
+    if kh != kw or not 1 <= kh <= MAX_KERNEL_SIZE:
+        raise ValueError(f"weight must have a square kernel of 1x1 up to {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE}, "
+                         f"got {kh}x{kw}")
+    stride, padding = conv_geometry(kh, stride, padding)
+    if min(x.shape[2], x.shape[3]) + 2 * padding < kh:
+        raise ValueError(f"x of spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the "
+                         f"{kh}x{kw} kernel: the output would be empty")
     check_bias(bias, c_out, x)
+    return stride, padding
 
 
 def check_conv_transpose2x2(x, weight, bias):

@@ -29,6 +29,8 @@ SPECS = {spec.name: spec for spec in KERNELS}
 HEURISTIC_FLAGS = tuple(dict.fromkeys(name for spec in KERNELS for name in spec.derived_flags))
 # Constexpr numbers a model sets (a leaky slope): a launch may pass any value, the matrix compiles a representative.
 VALUE_FLAGS = tuple(dict.fromkeys(name for spec in KERNELS for name in spec.value_flags))
+# Constexprs that are a layer's shape (kernel size, padding): the matrix compiles representative sizes.
+SHAPE_FLAGS = ("KH", "KW", "PAD")
 
 # The main-loop targets `fused-unet doctor` holds (sm_90, 16-bit, the U-Net layer's specialisation): per GEMM
 # role, the site's plain U-Net variant (_PLAIN where an axis offers it) with the overrides given must have at
@@ -49,6 +51,15 @@ MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_weight_grad", site="conv2d_weight_grad", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_weight_grad", site="conv_transpose2x2_weight_grad", flags={}, ceiling=0.95,
          fast_loads=True),
+    # Encoders' strided and 1x1 convs: a stride-2 conv, a 1x1 projection, a stride-2 conv's input-grad phase (2x2
+    # taps of a 3x3), a stride-2 conv's weight-grad (its input read through its geometry).
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(STRIDE=2), ceiling=0.95, fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(KH=1, KW=1, PAD=0), ceiling=0.95,
+         fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_input_grad", flags=dict(KH=2, KW=2), ceiling=0.95,
+         fast_loads=True),
+    dict(kernel="conv2d_weight_grad", site="conv2d_weight_grad", flags=dict(STRIDE=2, FLAT_INPUT=False),
+         ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=int(Act.RELU)),
          ceiling=0.8, fast_loads=False, overlap=True),
     # Instance / group norm: the scale and shift per (image, channel) are gathered beside the A tile.

@@ -147,17 +147,24 @@ def _gathered_norm_shared_bytes(cfg, flags):
     return cfg.num_stages * bk * ((bm + bn) * element + 2 * 4 * max(bm, bn))
 
 
+def _ieee_fp32(flags):
+    """Whether a GEMM launch multiplies fp32 operands without tensor cores (FMA: INPUT_PRECISION 'ieee')."""
+    return str(flags.get("DOT_DTYPE")) == "fp32" and flags.get("INPUT_PRECISION") == "ieee"
+
+
 def fits(cfg, flags, cc=90):
-    """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled in
-    `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's mma.sync
-    keeps operand fragments in registers: no tile beyond 64 and 32, beside a normalised bilinear source or gathered
-    norm tables no accumulator beyond 32, beside a pending SiLU / GELU (exp, erf) no A tile beyond 16 (sm_90: 32,
-    and 16 beside a wide accumulator; sm_80: no 4-warp tile with a 64-wide accumulator) (Triton 3.6 and 3.8 spilled
-    there). Bilinear up-sampling keeps its four corner tiles in registers: two stages, no wide accumulator beside a
-    pending norm; beside a SiLU / GELU no accumulator beyond 32, in three stages. The pooling, depth-to-space and
-    statistics epilogues do not fit beside a wide accumulator; statistics need whole groups of STATS_ROWS rows.
-    Gathered norm tables (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the
-    shared memory (the 128x128x64 three-stage tile needed 241 KiB on sm_90)."""
+    """Whether a launch with constexpr ``flags`` may use ``cfg`` on compute capability ``cc``: what spilled inside a
+    loop in `fused-unet doctor`. Per thread, the accumulator holds ``acc`` and the A tile ``a`` elements. sm_80's
+    mma.sync keeps operand fragments in registers: no tile beyond 64 and 32, beside a normalised bilinear source or
+    gathered norm tables no accumulator beyond 32, beside any pending norm no A tile beyond 16 with a 64-wide
+    accumulator (Triton 3.6), beside a pending SiLU / GELU (exp, erf) no A tile beyond 16 (sm_90: 32, and 16
+    beside a wide accumulator; sm_80: no 4-warp tile with a 64-wide accumulator) (Triton 3.6 and 3.8). Bilinear
+    up-sampling keeps its four corner tiles in registers: two stages, no wide accumulator beside a pending norm;
+    beside a SiLU / GELU no accumulator beyond 32, in three stages; in IEEE fp32 (FMA) beside a pending norm no
+    32-row tile 64 wide (Triton 3.6, sm_90). The pooling, depth-to-space and statistics epilogues do not fit beside
+    a wide accumulator; statistics need whole groups of STATS_ROWS rows. Gathered norm tables (_gathers_norm) are
+    pipelined beside the operand tiles, every stage: they must fit the shared memory (the 128x128x64 three-stage
+    tile needed 241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
         return False
@@ -166,14 +173,16 @@ def fits(cfg, flags, cc=90):
         return False
     acc = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_N", 0) // threads
     a = blocks.get("BLOCK_M", 0) * blocks.get("BLOCK_K", 0) // threads
-    transcendental = flags.get("IN_ACT") in (Act.SILU, Act.GELU, Act.GELU_TANH) and (flags.get("NORM_INPUT") or
-                                                                                   flags.get("NORM_INPUT2"))
-    if cc < 90 and (acc > 64 or a > 32 or (gathered and acc > 32)):
+    pending = flags.get("NORM_INPUT") or flags.get("NORM_INPUT2")
+    transcendental = pending and flags.get("IN_ACT") in (Act.SILU, Act.GELU, Act.GELU_TANH)
+    if cc < 90 and (acc > 64 or a > 32 or (gathered and acc > 32) or (pending and a > 16 and acc > 32)):
         return False
     if transcendental and (a > (32 if cc >= 90 else 16) or (a > 16 and acc > 64) or
                            (cc < 90 and cfg.num_warps < 8 and acc > 32)):
         return False
     if flags.get("UP_MODE", UpMode.NONE) >= UpMode.BILINEAR:
+        if pending and _ieee_fp32(flags) and blocks["BLOCK_M"] < 64 < 2 * blocks["BLOCK_N"]:
+            return False
         if cc < 90 and flags.get("NORM_INPUT"):
             # A per-sample norm's scale and shift tiles beside the corners spilled at four stages (Triton 3.6).
             return acc <= 32 and (cfg.num_stages <= 3 or not gathered)

@@ -619,8 +619,8 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             placement=placement, x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
             GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None, NORM_PER_SAMPLE=per_sample(norm),
             **pending_activation(in_activation, in_negative_slope, norm is not None),
-            FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and _flat(
-                x, g if grad_operand == 1 else x),
+            FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and (
+                _flat(x, g) and stride == 1 if grad_operand == 1 else _flat(x, x)),
             TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
         # Fixed-order reduction of the split workspace: the same bits on every run.
         dw_total[:, :, b_off:b_off + c_b] = dw.sum(0)
@@ -679,16 +679,29 @@ def _in_act(in_activation, in_negative_slope):
     return dict(in_activation=in_activation, in_negative_slope=in_negative_slope)
 
 
-def conv2d_output(x, weight):
-    return _empty_channels_last(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], x)
+def conv_padding(weight, padding):
+    """A conv's zero padding: ``padding``, or (None) the 'same' padding k // 2 of an odd kernel."""
+    return weight.shape[2] // 2 if padding is None else padding
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output rows (or columns) of a conv of ``size`` input rows: floor((size + 2 padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv2d_output(x, weight, stride=1, padding=None):
+    k, pad = weight.shape[2], conv_padding(weight, padding)
+    return _empty_channels_last(x.shape[0], weight.shape[0], conv_output_size(x.shape[2], k, stride, pad),
+                                conv_output_size(x.shape[3], k, stride, pad), x)
 
 
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
-                   in_activation=None, in_negative_slope=0.0):
-    """Stride-1 'same' conv (+bias, +activation); output in channels_last memory format."""
-    return _implicit_gemm(x, weight, conv2d_output(x, weight), bias=bias, activation=activation,
-                          negative_slope=negative_slope, pad=weight.shape[2] // 2, norm=_norm(in_scale, in_shift),
-                          **_in_act(in_activation, in_negative_slope))
+                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None):
+    """Conv of a square kernel, ``stride`` and zero ``padding`` (None: 'same', k // 2) (+bias, +activation); output
+    in channels_last memory format."""
+    return _implicit_gemm(x, weight, conv2d_output(x, weight, stride, padding), bias=bias, activation=activation,
+                          negative_slope=negative_slope, stride=stride, pad=conv_padding(weight, padding),
+                          norm=_norm(in_scale, in_shift), **_in_act(in_activation, in_negative_slope))
 
 
 def stats_rows(pixels):
@@ -701,19 +714,19 @@ def _stats_output(y):
                        dtype=torch.float32)
 
 
-def conv2d_stats_output(x, weight):
-    y = conv2d_output(x, weight)
+def conv2d_stats_output(x, weight, stride=1, padding=None):
+    y = conv2d_output(x, weight, stride, padding)
     return y, _stats_output(y)
 
 
 def conv2d_stats_forward(x, weight, bias=None, in_scale=None, in_shift=None, in_activation=None,
-                         in_negative_slope=0.0):
+                         in_negative_slope=0.0, stride=1, padding=None):
     """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per group of
     STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations), for
     ``fused_unet.kernels.norm.batch_statistics``."""
-    y, stats = conv2d_stats_output(x, weight)
-    _implicit_gemm(x, weight, y, bias=bias, pad=weight.shape[2] // 2, norm=_norm(in_scale, in_shift), stats=stats,
-                   **_in_act(in_activation, in_negative_slope))
+    y, stats = conv2d_stats_output(x, weight, stride, padding)
+    _implicit_gemm(x, weight, y, bias=bias, stride=stride, pad=conv_padding(weight, padding),
+                   norm=_norm(in_scale, in_shift), stats=stats, **_in_act(in_activation, in_negative_slope))
     return y, stats
 
 
@@ -791,17 +804,43 @@ def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align
     return y, stats
 
 
-def conv2d_input_grad_output(grad, weight):
-    return _empty_channels_last(grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3], grad)
+def conv2d_input_grad_output(grad, weight, stride=1, padding=None, input_size=None):
+    """dL/dx of a conv; ``input_size`` (H, W) is needed with stride 2 (two input sizes give one output size)."""
+    k, pad = weight.shape[2], conv_padding(weight, padding)
+    height, width = input_size or (grad.shape[2] + k - 1 - 2 * pad, grad.shape[3] + k - 1 - 2 * pad)
+    return _empty_channels_last(grad.shape[0], weight.shape[1], height, width, grad)
 
 
-def conv2d_input_grad(grad, weight):
+def _input_grad_phase(phase, kernel, stride, padding):
+    """(first tap, taps, offset) of the input rows i = stride * m + phase in a conv's input-grad: they receive
+    dL/dy[(i + padding - r) / stride] through the taps r = first, first + stride, ... only, as a stride-1 conv of
+    dL/dy over m with those taps flipped, reading row m - offset + t at flipped tap t."""
+    first = (phase + padding) % stride
+    taps = len(range(first, kernel, stride))
+    return first, taps, taps - 1 - (phase + padding - first) // stride
+
+
+def conv2d_input_grad(grad, weight, stride=1, padding=None, input_size=None):
     """dL/dx (all C_in channels, a concatenation's too) of conv2d_forward / conv2d_pool_forward /
-    concat_conv2d_forward at the conv's input grid, from the prepared output gradient: the same conv with the
-    weights transposed [C_in, C_out] and the taps flipped."""
-    k = weight.shape[2]
-    return _implicit_gemm(grad, weight.transpose(0, 1).flip(2, 3), conv2d_input_grad_output(grad, weight),
-                          pad=k - 1 - k // 2)
+    concat_conv2d_forward at the conv's input grid, from the prepared output gradient: per phase of the input
+    (stride x stride of them: each input pixel takes the taps of its phase only, so no zero is multiplied and
+    nothing is scattered) a stride-1 conv with the phase's taps flipped and the weights transposed [C_in, C_out],
+    its offset carried by the placement, its output a strided view of dL/dx."""
+    k, pad = weight.shape[2], conv_padding(weight, padding)
+    dx = conv2d_input_grad_output(grad, weight, stride, padding, input_size)
+    transposed = weight.transpose(0, 1)
+    for phase_h in range(stride):
+        for phase_w in range(stride):
+            out = dx[:, :, phase_h::stride, phase_w::stride]
+            first_h, taps_h, off_h = _input_grad_phase(phase_h, k, stride, pad)
+            first_w, taps_w, off_w = _input_grad_phase(phase_w, k, stride, pad)
+            if not taps_h or not taps_w:
+                out.zero_()
+                continue
+            placement = (grad.shape[2], grad.shape[3], off_h, off_w, grad.shape[2], grad.shape[3], 1.0, 1.0)
+            _implicit_gemm(grad, transposed[:, :, first_h::stride, first_w::stride].flip(2, 3), out,
+                           placement=(UpMode.NONE, placement))
+    return dx
 
 
 def weight_grad_output(weight):
@@ -814,14 +853,15 @@ def _in_weight_dtype(dw, weight):
 
 
 def conv2d_weight_grad(grad, x, weight, skip=None, up_mode=None, align_corners=False, up_first=True, in_scale=None,
-                       in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0):
+                       in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0,
+                       stride=1, padding=None):
     """dL/dweight in the weight's dtype of the conv launchers above (with ``skip`` or ``up_mode``: of the
-    concatenating conv with ``x`` as its ``up``; with neither, that is a plain conv of ``x``), from the prepared
-    output gradient. The input is read as the forward read it, pending batch norms (``in_*``, ``skip_*``) included."""
-    k = weight.shape[2]
+    concatenating conv with ``x`` as its ``up``; with neither, that is a plain conv of ``x`` with ``stride`` and
+    ``padding``), from the prepared output gradient. The input is read as the forward read it, pending norms
+    (``in_*``, ``skip_*``) included."""
     sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),
                               _norm(skip_scale, skip_shift))
-    dw = _weight_grad(grad, weight, sources, grad_operand=1, stride=1, pad=k // 2,
+    dw = _weight_grad(grad, weight, sources, grad_operand=1, stride=stride, pad=conv_padding(weight, padding),
                       **_in_act(in_activation, in_negative_slope))
     return _in_weight_dtype(dw, weight)
 

@@ -218,7 +218,10 @@ def _fixed(**flags):
     return [flags]
 
 
-_TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0)]
+_TAPS = [dict(KH=3, KW=3, PAD=1), dict(KH=1, KW=1, PAD=0), dict(KH=7, KW=7, PAD=3)]
+# An input-grad's offset is in its placement (per phase of a strided conv: kernels.conv._input_grad_phase).
+_GRAD_TAPS = [dict(KH=3, KW=3, PAD=0), dict(KH=1, KW=1, PAD=0), dict(KH=2, KW=2, PAD=0)]
+_STRIDES = [dict(STRIDE=1), dict(STRIDE=2)]
 _EVEN = [dict(EVEN_K=False), dict(EVEN_K=True)]
 _BIAS = [dict(HAS_BIAS=True), dict(HAS_BIAS=False)]
 # Codes as the plain ints the launchers pass, heaviest first.
@@ -245,14 +248,15 @@ _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 # The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
 _TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, NORM_PER_SAMPLE=False,
                                           UP_MODE=_NO_UP, **_NO_IN_ACT)]
-_FORWARD = dict(STRIDE=1, PHASES=False, FUSE_POOL=False)
+_FORWARD = dict(PHASES=False, FUSE_POOL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
                    NORM_PER_SAMPLE=False, **_NO_IN_ACT, **_ONE_SOURCE)
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
-# Kernel sizes are shapes, not choices: the U-Net's 3x3 and 1x1 stand for every odd size.
+# Kernel sizes and paddings are shapes, not choices (compile_matrix.SHAPE_FLAGS): 3x3, 1x1 and 7x7 stand for every
+# size.
 CONV2D_IMPLICIT_GEMM = KernelSpec(
     "conv2d_implicit_gemm",
     (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
@@ -270,21 +274,22 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
-        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _BIAS, _ACTS, _IN_NORM,
-                           _PER_SAMPLE, _FLAT_TAPS],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _BIAS,
-                                 _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
-        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True), **_ONE_SOURCE, STATS=False, NORM_INPUT=False,
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _STRIDES, _BIAS, _ACTS,
+                           _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _STRIDES,
+                                 _BIAS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, STATS=False,
+                                       NORM_INPUT=False,
                                        NORM_PER_SAMPLE=False, **_NO_IN_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
+            _fixed(**_FORWARD, STRIDE=1, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS, _PER_SAMPLE,
             [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
-        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _TAPS, _FLAT_TAPS],
-        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
+        "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _GRAD_TAPS, _FLAT_TAPS],
+        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
                                              PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS, _IN_NORM, _PER_SAMPLE],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
@@ -306,7 +311,7 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
      flag("FLAT_INPUT", tuned=True), flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
-        "conv2d_weight_grad": [_fixed(STRIDE=1, GRAD_OPERAND=1), _TAPS, _UP_MODES, _IN_NORM, _PER_SAMPLE, _FLAT,
+        "conv2d_weight_grad": [_fixed(GRAD_OPERAND=1), _TAPS, _STRIDES, _UP_MODES, _IN_NORM, _PER_SAMPLE, _FLAT,
                                _TAPS_ON_N],
         "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP,
                                                  TAPS_ON_N=False), _IN_NORM, _PER_SAMPLE, _FLAT],

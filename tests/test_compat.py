@@ -63,7 +63,8 @@ def test_monai_unet_reports_what_it_cannot_fuse():
                             num_res_units=1, norm="batch").to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, example_input=x)
-    assert report.traced == [""] and report.counts() == {"conv+bn": 2}
+    # Its stride-2 convs (each unit's and the residual's) fuse; the PReLUs, the 3x3 transposed convs stay eager.
+    assert report.traced == [""] and report.counts() == {"conv+bn": 4}
     text = str(report)
     assert "PReLU" in text and "stride (2, 2)" in text and "kernel_size (3, 3), stride (2, 2)" in text
     counts, expected = _eager_left(model, x, report)
@@ -85,11 +86,10 @@ def test_smp_unet(encoder, depth, decoder, size):
     assert patterns["upsample+cat+conv+bn+act"] == depth - 1 and patterns["upsample+conv+bn+act"] == 1
     if encoder.startswith("vgg"):  # conv -> BatchNorm2d -> ReLU -> MaxPool2d closes each encoder stage
         assert patterns["conv+bn+act+maxpool"] == depth
-    else:  # strided stem / downsampling convs and the 3x3 max-pool stay eager, with reasons
-        assert "conv+bn" in patterns and left_alone(report, "Conv2d") == 7 and left_alone(report, "MaxPool2d") == 1
+    else:  # the 7x7/s2 stem, the 3x3/s2 and 1x1/s2 downsampling convs fuse; the 3x3 max-pool stays eager
+        assert patterns["conv+bn+act"] == 8 and patterns["conv+bn"] == 5
+        assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 1
     counts, expected = _eager_left(model, x, report)
-    if encoder.startswith("resnet"):  # of the 7 strided convs, layer3 / layer4's are below the depth: never run
-        expected["conv"] = 3
     assert counts == expected
 
 
@@ -164,12 +164,10 @@ def test_nnunet_plain_conv_unet(deep_supervision):
     model = _AllOutputs(net) if deep_supervision else net
     x = torch.randn(2, 1, 16, 16, device=DEVICE)
     report = check_swap(model, x, ("train",), example_input=x)
-    # Every stride-1 conv -> InstanceNorm2d -> LeakyReLU is one fused conv (the decoder's first reads the
-    # transposed conv's output and the skip without their cat); the two stride-2 convs wait for the strided-conv
-    # kernels, their norm and activation with them.
-    assert report.counts() == {"conv+bn+act": 6, "cat+conv+bn+act": 2}
-    strided = [what for what, why in report.left_alone if "stride (2, 2)" in why]
-    assert len(strided) == 2 and len(report.left_alone) == 2 + deep_supervision  # + the test wrapper's own cat
+    # Every conv -> InstanceNorm2d -> LeakyReLU is one fused conv, the two stride-2 ones too (the decoder's first
+    # reads the transposed conv's output and the skip without their cat).
+    assert report.counts() == {"conv+bn+act": 8, "cat+conv+bn+act": 2}
+    assert len(report.left_alone) == deep_supervision  # the test wrapper's own cat
 
 
 @pytest.mark.parametrize("norm", ["instance", ("group", {"num_groups": 4})])
@@ -179,7 +177,6 @@ def test_monai_dyn_unet(norm):
                                upsample_kernel_size=[2, 2], filters=[4, 8, 16], norm_name=norm).to(DEVICE)
     x = torch.randn(2, 1, 16, 16, device=DEVICE)
     report = check_swap(model, x, ("train",), example_input=x)
-    # conv -> norm -> LeakyReLU in every stride-1 block and the decoders' cat + conv; the two stride-2 convs stay
-    # eager until the encoder kernels land.
-    assert report.counts() == {"conv+bn+act": 6, "cat+conv+bn+act": 2}
-    assert [why for _, why in report.left_alone] == ["stride (2, 2), dilation (1, 1), groups 1 (fused: 1, 1, 1)"] * 2
+    # conv -> norm -> LeakyReLU in every block (the two stride-2 ones too) and the decoders' cat + conv.
+    assert report.counts() == {"conv+bn+act": 8, "cat+conv+bn+act": 2}
+    assert not report.left_alone

@@ -263,3 +263,21 @@ def test_autotune_keys_hold_every_flag_that_decides_which_configs_fit(kernel):
     for cfg in configs.all_gpu_configs("conv2d_implicit_gemm"):
         configs.fits(cfg, flags, 80)
     assert flags.read & set(kernel.arg_names) <= set(kernel.keys)
+
+
+def test_configs_stay_off_the_tiles_that_spilled_inside_their_loops():
+    import triton.language as tl
+
+    gemm = configs.GPU_CONFIGS["conv2d_implicit_gemm"]
+    wide = gemm["16bit"][0]
+    assert (wide.kwargs, wide.num_warps) == (dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64), 8)
+    pending = dict(NORM_INPUT=True, IN_ACT=1)
+    # sm_80, a pending norm beside a 128x128 accumulator with a 128x64 A tile (Triton 3.6: 18 local accesses a step).
+    assert configs.fits(wide, {}, 80) and configs.fits(wide, pending, 90) and not configs.fits(wide, pending, 80)
+    assert configs.gpu_configs("conv2d_implicit_gemm", "fp16", pending, 80)
+    # IEEE fp32 (FMA) bilinear source with a pending norm: the 32x64 tile (sm_90, Triton 3.6).
+    narrow = next(c for c in gemm["fp32"] if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == (32, 64))
+    bilinear = dict(pending, UP_MODE=2, DOT_DTYPE=tl.float32)
+    assert not configs.fits(narrow, dict(bilinear, INPUT_PRECISION="ieee"))
+    assert configs.fits(narrow, dict(bilinear, INPUT_PRECISION="tf32"))
+    assert configs.gpu_configs("conv2d_implicit_gemm", "fp32", dict(bilinear, INPUT_PRECISION="ieee"))

@@ -103,3 +103,53 @@ def test_conv2d_under_bf16_autocast():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+
+
+# (batch, C_in, H, W, C_out, kernel, stride, padding): ResNet's 7x7/s2 stem (3 channels) and 3x3/s2 and 1x1/s2
+# down-sampling, nnU-Net's 3x3/s2, diffusers' 3x3/s2 without padding, 1x1 projections, even kernels, 'valid' convs;
+# odd and even sizes, batch 1.
+STRIDED_SHAPES = [(2, 3, 11, 9, 16, 7, 2, 3), (1, 8, 9, 7, 16, 3, 2, 1), (2, 8, 8, 6, 16, 1, 2, 0),
+                  (1, 4, 5, 5, 4, 3, 2, 0), (2, 16, 5, 7, 8, 1, 1, 0), (1, 8, 6, 5, 8, 3, 1, 0),
+                  (2, 8, 7, 8, 16, 2, 2, 0), (1, 5, 9, 9, 8, 4, 2, 1), (1, 4, 6, 5, 4, 5, 1, 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", STRIDED_SHAPES, ids=lambda s: "k{5}s{6}p{7}-{0}x{1}x{2}x{3}".format(*s))
+def test_strided_and_padded_conv2d_matches_float64(shape, dtype):
+    *geometry, k, stride, padding = shape
+    x, weight, b = _inputs((*geometry, k), dtype)
+    out = check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu", stride=stride, padding=padding),
+                                lambda x, w, b: eager.conv2d(x, w, b, "relu", stride=stride, padding=padding),
+                                [x, weight, b], dtype)
+    assert out.shape == torch.nn.functional.conv2d(x, weight, b, stride=stride, padding=padding).shape
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_strided_conv2d_any_input_layout_and_statistics(layout):
+    # A stride-2 conv before a batch norm (ResNet's downsample path): its epilogue's statistics see its own output.
+    x, weight, b = _inputs((2, 6, 9, 10, 16, 3), torch.float32, layout)
+    y, stats = FF.conv2d_stats(x, weight, b, stride=2, padding=1)
+    ref = eager.conv2d(x.double(), weight.double(), b.double(), stride=2, padding=1)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-4)
+    from fused_unet.kernels import norm
+    mean, var, count = norm.batch_statistics(stats)
+    torch.testing.assert_close(mean, ref.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var, ref.var((0, 2, 3), unbiased=False), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stride,padding,message", [
+    (3, 1, "stride must be 1 or 2"), ((2, 1), 1, "stride must be an int or a pair of equal ints"),
+    (2, "same", "padding='same' needs an odd kernel and stride 1"), (1, 3, r"padding must be in \[0, 2\]"),
+    (1, (1, 0), "padding must be an int or a pair of equal ints"), (1, -1, r"padding must be in \[0, 2\]")])
+def test_conv2d_geometry_errors(stride, padding, message):
+    x, weight, b = _inputs((1, 2, 5, 5, 3, 3), torch.float32)
+    with pytest.raises((ValueError, TypeError), match=message):
+        FF.conv2d(x, weight, b, stride=stride, padding=padding)
+
+
+def test_conv2d_larger_kernel_than_input_is_an_error():
+    x, weight, b = _inputs((1, 2, 2, 5, 3, 5), torch.float32)
+    with pytest.raises(ValueError, match="smaller than the 5x5 kernel"):
+        FF.conv2d(x, weight, b, padding=0)
+    with pytest.raises(ValueError, match="square kernel"):
+        FF.conv2d(x, torch.randn(3, 2, 3, 1), b)

@@ -106,11 +106,30 @@ def test_main_loop_parser_counts_a_loop():
     assert mma_sync["ceiling"] == 1.0 and mma_sync["headroom"] == pytest.approx(4 * 16 * 8 * 16 / (1024 * 6))
 
 
+def test_local_memory_is_counted_inside_loops_only():
+    text = """
+        /*0000*/                   STL [R1], R3 ;
+.L_x_2:
+        /*0010*/                   LDL.LU R8, [R1] ;
+        /*0020*/                   HMMA.16816.F32 R24, R4, R8, R24 ;
+        /*0030*/                   STL [R1+0x4], R0 ;
+        /*0040*/               @P3 BRA `(.L_x_2) ;
+        /*0050*/                   LDL.LU R9, [R1+0x4] ;
+        /*0060*/                   EXIT ;
+"""
+    assert sass.local_memory_in_loops(text) == 2
+    assert sass.local_memory_in_loops(text.replace("@P3 BRA `(.L_x_2)", "NOP")) == 0
+
+
 def test_problems_are_reported():
     base = dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", variant=0, dtype="fp16", config_text="c",
                 arch="sm_90", ok=True, gemm=True, mma="mma.sync", spill_bytes=8, regs=255, shared_bytes=300 * 1024)
     found = " ".join(doctor.problems(base))
     assert "spills 8 bytes" in found and "shared memory" in found and "no wgmma" in found
+    # A spill outside every loop (once per program) passes; one inside a loop does not.
+    clean = dict(base, mma="wgmma", shared_bytes=1024)
+    assert doctor.problems(dict(clean, loop_spills=0)) == []
+    assert "2 local accesses inside loops" in doctor.problems(dict(clean, loop_spills=2))[0]
     assert "does not compile" in doctor.problems(dict(base, ok=False, error="boom"))[0]
     assert doctor.arch_supported("sm_12") is not None
 
@@ -131,8 +150,8 @@ def _record_launches(monkeypatch):
 def _declared(kernel, launched):
     """Whether a launch's constexprs take, on every axis of some site of ``kernel``, one of the axis's choices."""
     def takes(choice):
-        return all(launched[k] == v for k, v in choice.items()
-                   if k not in compile_matrix.HEURISTIC_FLAGS + compile_matrix.VALUE_FLAGS)
+        free = compile_matrix.HEURISTIC_FLAGS + compile_matrix.VALUE_FLAGS + compile_matrix.SHAPE_FLAGS
+        return all(launched[k] == v for k, v in choice.items() if k not in free)
 
     return any(all(any(takes(choice) for choice in axis) for axis in axes)
                for axes in compile_matrix.LAUNCH_AXES[kernel].values())

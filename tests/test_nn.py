@@ -1,4 +1,5 @@
 """Drop-in modules: same state_dict/repr/init as the torch module, fused results, fallback with one warning."""
+import copy
 import warnings
 
 import pytest
@@ -39,7 +40,7 @@ def test_conv2d_activation_and_same_padding():
         fnn.Conv2d(4, 5, 3, activation="tanh")
 
 
-@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1), dict(padding=0), dict(dilation=2, padding=2),
+@pytest.mark.parametrize("kwargs", [dict(stride=3, padding=1), dict(padding=(1, 0)), dict(dilation=2, padding=2),
                                     dict(groups=2, padding=1), dict(padding=1, padding_mode="reflect")])
 def test_conv2d_unsupported_config_falls_back_with_one_warning(kwargs):
     fused = fnn.Conv2d(4, 6, 3, activation="relu", device=DEVICE, **kwargs)
@@ -134,3 +135,26 @@ def test_eager_fallback_gives_the_same_answer():
     with fused_unet.force_eager():
         eager_out = conv(x)
     torch.testing.assert_close(conv(x), eager_out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=1, stride=2),
+                                    dict(kernel_size=7, stride=2, padding=3), dict(kernel_size=3, padding=0),
+                                    dict(kernel_size=4, stride=2, padding=1)])
+@pytest.mark.parametrize("norm", [None, "batch", "instance"])
+def test_strided_and_padded_conv2d_module_matches_torch(kwargs, norm):
+    # ResNet / nnU-Net / diffusers down-sampling convs (with their norm, training mode): fused, no fallback.
+    fused = fnn.Conv2d(3, 16, activation="relu", norm=norm, device=DEVICE, **kwargs)
+    plain = nn.Conv2d(3, 16, device=DEVICE, **kwargs)
+    plain.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("bn.")})
+    bn = copy.deepcopy(fused.bn) if norm else nn.Identity()
+    x = make_tensor((2, 3, 9, 11), requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = fused(x)
+    ref = torch.relu(bn(plain(x)))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x, fused.weight], g)
+    ref_grads = torch.autograd.grad(ref, [x, plain.weight], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

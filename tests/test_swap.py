@@ -276,7 +276,7 @@ def test_swap_modules_without_relu_fusion_leaves_subclasses_and_unsupported_conf
         pass
 
     model = nn.Sequential(MyConv(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(4, 4, 3, stride=2, padding=1)).to(DEVICE)
+                          nn.Conv2d(4, 4, 3, dilation=2, padding=2)).to(DEVICE)
     _, counts = fused_unet.swap_modules(model, fuse_relu=False)
     assert type(model[0]) is MyConv and isinstance(model[1], fnn.Conv2d) and isinstance(model[2], nn.ReLU)
     assert type(model[3]) is nn.Conv2d

@@ -94,11 +94,12 @@ class SwapGraph:
         path = ".".join(p for p in (self.prefix, relative(path)) if p)
         return path if isinstance(kind, type) and issubclass(kind, _LAYERS) else f"{function} ({path or 'model'})"
 
-    def conv(self, node):
-        """(out_channels, why unsupported or None) of a conv node (an nn.Conv2d call or torch.conv2d), else None."""
+    def _conv_config(self, node):
+        """(out_channels, the nn.Conv2d or a stand-in with its settings) of a conv node (an nn.Conv2d call or
+        torch.conv2d), else None."""
         m = self.module(node, nn.Conv2d)
         if m is not None:
-            return m.out_channels, fnn.conv2d_config_unsupported(m)
+            return m.out_channels, m
         if node.op != "call_function" or node.target is not torch.conv2d:
             return None
         shape = self.weight_shape(node)
@@ -106,11 +107,16 @@ class SwapGraph:
             return None
         pair = nn.modules.utils._pair
         padding = arg(node, 4, "padding", 0)
-        config = types.SimpleNamespace(kernel_size=tuple(shape[2:]), stride=pair(arg(node, 3, "stride", 1)),
-                                       dilation=pair(arg(node, 5, "dilation", 1)), groups=arg(node, 6, "groups", 1),
-                                       padding=padding if isinstance(padding, str) else pair(padding),
-                                       padding_mode="zeros")
-        return shape[0], fnn.conv2d_config_unsupported(config)
+        return shape[0], types.SimpleNamespace(
+            kernel_size=tuple(shape[2:]), stride=pair(arg(node, 3, "stride", 1)),
+            dilation=pair(arg(node, 5, "dilation", 1)), groups=arg(node, 6, "groups", 1),
+            padding=padding if isinstance(padding, str) else pair(padding), padding_mode="zeros")
+
+    def conv(self, node, strided=True):
+        """(out_channels, why unsupported or None) of a conv node (an nn.Conv2d call or torch.conv2d), else None.
+        ``strided`` False: the conv must also be stride 1 with 'same' padding (to fuse a pool or a concatenation)."""
+        found = self._conv_config(node)
+        return found and (found[0], fnn.conv2d_config_unsupported(found[1], strided))
 
     def conv_transpose2x2(self, node):
         """Whether node is a torch.conv_transpose2d call the 2x2 / stride-2 kernel covers."""
@@ -238,7 +244,8 @@ class SwapGraph:
             return self.attr(node, before)
         with self.graph.inserting_before(before):
             if node.target is torch.conv2d:
-                return self.graph.call_function(_ConvArgs, (node.args[1], arg(node, 2, "bias")))
+                return self.graph.call_function(_ConvArgs, (node.args[1], arg(node, 2, "bias"),
+                                                            arg(node, 3, "stride", 1), arg(node, 4, "padding", 0)))
             stand_in = NORM_CALLS[node.target]
             return self.graph.call_function(stand_in, tuple(arg(node, i + 1, name, stand_in._field_defaults[name])
                                                             for i, name in enumerate(stand_in._fields)))

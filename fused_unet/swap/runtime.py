@@ -32,12 +32,14 @@ def _on_meta(op, *args, **kwargs):
 
 
 class _ConvArgs(NamedTuple):
-    """A stride-1 'same' conv of a torch.compile graph: what the fused calls read of an nn.Conv2d."""
+    """A conv of a torch.compile graph: what the fused calls read of an nn.Conv2d."""
     weight: torch.Tensor
     bias: Optional[torch.Tensor]
+    stride: object = 1
+    padding: object = 0
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, padding=self.weight.shape[-1] // 2)
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
 
 
 def _running_norm_fields(mode, mode_default):

@@ -21,7 +21,9 @@ def _up_branch(g, node):
 def match(g, chain):
     """(up branch, skip node, up_first, nodes replaced) of the concatenation feeding the chain's conv (through
     identities); an x2 up-sampling feeding it with no concatenation (a decoder step without a skip) has skip
-    None. None when neither feeds it."""
+    None. None when neither feeds it, or the conv is not stride 1 with 'same' padding."""
+    if g.conv(chain.conv, strided=False)[1]:
+        return None
     node, between = chain.conv.args[0], []
     while g.passthrough(node) and len(node.users) == 1:
         between.append(node)

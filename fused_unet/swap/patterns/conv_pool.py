@@ -5,7 +5,9 @@ from fused_unet.swap.runtime import _fused_conv_pool
 
 
 def match(g, chain):
-    """The 2x2 max-pool reading the chain's output, or None."""
+    """The 2x2 max-pool reading the chain's output (a stride-1 'same' conv's), or None."""
+    if g.conv(chain.conv, strided=False)[1]:
+        return None
     last = chain.nodes[-1]
     return next((user for user in last.users if user.args[:1] == (last,) and g.is_pool(user)), None)
 
