@@ -16,10 +16,11 @@ def activate(y, activation=None, negative_slope=0.01):
     return y
 
 
-def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding=None):
-    """``padding`` None: 'same' (k // 2)."""
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding=None, residual=None):
+    """``padding`` None: 'same' (k // 2); ``residual`` is added before the activation."""
     padding = weight.shape[-1] // 2 if padding is None else padding
-    return activate(F.conv2d(x, weight, bias, stride=stride, padding=padding), activation, negative_slope)
+    y = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    return activate(y if residual is None else y + residual, activation, negative_slope)
 
 
 def batch_norm_scale_shift(y, weight, bias, eps):

@@ -75,11 +75,13 @@ def materialize(x):
     return x.materialize() if isinstance(x, Normalized) else x
 
 
-def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same"):
-    """``act(conv2d(x, weight, bias, stride, padding))`` for a square kernel k (1x1 ... 31x31), stride 1 or 2, zero
-    padding (an int in [0, k), "valid" or "same" for an odd k at stride 1), groups 1. x: [N, C_in, H, W] (any
-    strides) or a Normalized, weight: [C_out, C_in, k, k]; returns channels_last [N, C_out, H_out, W_out]."""
-    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False)
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None):
+    """``act(conv2d(x, weight, bias, stride, padding) + residual)`` for a square kernel k (1x1 ... 31x31), stride 1
+    or 2, zero padding (an int in [0, k), "valid" or "same" for an odd k at stride 1), groups 1. x: [N, C_in, H, W]
+    (any strides) or a Normalized, weight: [C_out, C_in, k, k], ``residual`` (optional, any strides) of the output's
+    shape, added in the kernel's epilogue (a ResNet or diffusion block's skip); returns channels_last
+    [N, C_out, H_out, W_out]."""
+    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False, residual=residual)
 
 
 def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same"):
@@ -89,18 +91,20 @@ def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same"):
     return _conv2d(x, weight, bias, None, 0.01, stride, padding, stats=True)
 
 
-def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats):
+def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats, residual=None):
     x_t, scale, shift, in_act, in_slope = _split(x)
-    x_t, weight, bias = _autocast(x_t, weight, bias)
+    x_t, weight, bias, residual = _autocast(x_t, weight, bias, residual)
     stride, padding = checks.check_conv2d(x_t, weight, bias, stride, padding)
+    checks.check_residual(residual, x_t, weight, stride, padding)
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         plain = _autocast(materialize(x))[0]
-        y = eager.conv2d(plain, weight, bias, activation, negative_slope, stride=stride, padding=padding)
+        y = eager.conv2d(plain, weight, bias, activation, negative_slope, stride=stride, padding=padding,
+                         residual=residual)
         # The eager batch norm computes its statistics from y itself: no workspace.
         return (y, None) if stats else y
     return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
-                                            in_act, in_slope, stats, stride, padding)
+                                            in_act, in_slope, stats, stride, padding, residual)
 
 
 def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):

@@ -57,13 +57,13 @@ def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_n
 
 
 class Conv2dBiasAct(torch.autograd.Function):
-    """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ activation) of x, or of act(x * in_scale + in_shift) (a
-    pending norm). ``stats``: no activation; returns (y, per-tile batch statistics of y) for the batch norm that
-    follows."""
+    """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
+    act(x * in_scale + in_shift) (a pending norm). ``stats``: no activation; returns (y, per-tile batch statistics
+    of y) for the batch norm that follows. The residual's gradient is the prepared output gradient: nothing saved."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
-                in_negative_slope, stats, stride, padding):
+                in_negative_slope, stats, stride, padding, residual=None):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
         geometry = dict(stride=stride, padding=padding)
         if stats:
@@ -72,7 +72,7 @@ class Conv2dBiasAct(torch.autograd.Function):
             result = y, workspace
         else:
             y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
-                                                         **geometry)
+                                                         **geometry, residual=residual)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
               in_activation=in_activation, in_negative_slope=in_negative_slope)
         ctx.geometry = geometry
@@ -81,7 +81,9 @@ class Conv2dBiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
-        return (*_one_source_backward(ctx, grad_y, _CONV), *[None] * 7)
+        # The residual's gradient is the prepared one (the activation's backward applied): it entered before it.
+        *grads, dz = _one_source_backward(ctx, grad_y, _CONV, prepared=True)
+        return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None)
 
 
 def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
@@ -131,9 +133,10 @@ def _weight_grad(gemms, dz, x, weight, geometry=None, **pending):
         triton=triton, aten=lambda: _aten_backward(dz, x, weight, gemms, [False, True, False], **geometry)[1]))
 
 
-def _one_source_backward(ctx, grad_y, gemms):
+def _one_source_backward(ctx, grad_y, gemms, prepared=False):
     """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
-    weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out)."""
+    weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out); ``prepared``: and the prepared
+    output gradient last."""
     x, in_scale, in_shift, weight, out = ctx.saved_tensors
     dz, grad_b = _prepared(ctx, grad_y, out, 4)
     grad_z = grad_w = None
@@ -144,7 +147,7 @@ def _one_source_backward(ctx, grad_y, gemms):
         in_activation, in_negative_slope = ctx.in_act
         grad_w = _weight_grad(gemms, dz, x, weight, geometry, in_scale=in_scale, in_shift=in_shift,
                               in_activation=in_activation, in_negative_slope=in_negative_slope)
-    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b)
+    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b) + ((dz,) if prepared else ())
 
 
 class Conv2dBiasActPool(torch.autograd.Function):

@@ -222,6 +222,28 @@ def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=Fa
     return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, **geometry)
 
 
+def residual_fits(x, conv, residual):
+    """Whether ``residual`` can be added in the epilogue of ``conv`` applied to ``x`` (a tensor or a Normalized): a
+    plain tensor of the conv's output shape and x's dtype (a broadcast add, a time embedding, stays PyTorch's)."""
+    x = _tensor(x)
+    if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
+        return False
+    k = conv.kernel_size[0]
+    stride, padding = conv_geometry(k, conv.stride, conv.padding)
+    shape = (x.shape[0], conv.weight.shape[0], *((size + 2 * padding - k) // stride + 1 for size in x.shape[2:]))
+    return tuple(residual.shape) == shape
+
+
+def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01):
+    """``act(bn(conv(x)) + residual)`` (a ResNet block's end): the residual added in the conv's epilogue when the
+    norm folds into the conv (none, or running statistics in eval mode); a pending norm (training) needs the whole
+    conv's statistics before the add, so there the conv + norm are fused and the add and activation are PyTorch's."""
+    if _pending(bn):
+        return eager.activate(conv_bn_act(x, conv, bn) + residual, activation, negative_slope)
+    return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, stride=conv.stride,
+                             padding=conv.padding, residual=residual)
+
+
 def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
     """``(y, max_pool2d(y, 2))`` with ``y = conv_bn_act(...)``: one kernel writes both; with a pending norm the
     pool is a second kernel (the statistics exist only once the whole conv ran) reading y normalised."""

@@ -53,7 +53,8 @@ def _output_of(launcher, output, *names):
 
 
 conv2d_forward = _op(conv.conv2d_forward,
-                     f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_GEOMETRY}) -> Tensor",
+                     f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_GEOMETRY}, "
+                     "Tensor? residual=None) -> Tensor",
                      _output_of(conv.conv2d_forward, conv.conv2d_output, "x", "weight", "stride", "padding"))
 conv2d_stats_forward = _op(conv.conv2d_stats_forward,
                            f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}) -> (Tensor, Tensor)",

@@ -113,6 +113,17 @@ def check_conv2d(x, weight, bias, stride=1, padding="same"):
     return stride, padding
 
 
+def check_residual(residual, x, weight, stride, padding):
+    """A conv's residual input (None: none): a tensor of the conv's output shape, x's dtype and device."""
+    if residual is None:
+        return
+    check_tensor("residual", residual, 4, dtype_like=x, device_like=x)
+    k = weight.shape[2]
+    shape = (x.shape[0], weight.shape[0], *((size + 2 * padding - k) // stride + 1 for size in x.shape[2:]))
+    if tuple(residual.shape) != shape:
+        raise ValueError(f"residual must have the conv's output shape {shape}, got {tuple(residual.shape)}")
+
+
 def check_conv_transpose2x2(x, weight, bias):
     """Transposed convolution, kernel 2x2, stride 2, no padding, groups 1."""
     check_tensor("x", x, 4)

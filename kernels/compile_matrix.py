@@ -51,10 +51,13 @@ MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_weight_grad", site="conv2d_weight_grad", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_weight_grad", site="conv_transpose2x2_weight_grad", flags={}, ceiling=0.95,
          fast_loads=True),
-    # Encoders' strided and 1x1 convs: a stride-2 conv, a 1x1 projection, a stride-2 conv's input-grad phase (2x2
-    # taps of a 3x3), a stride-2 conv's weight-grad (its input read through its geometry).
+    # Encoders' strided and 1x1 convs: a stride-2 conv, a 1x1 projection, a residual block's last conv (the add in
+    # its epilogue), a stride-2 conv's input-grad phase (2x2 taps of a 3x3), a stride-2 conv's weight-grad (its
+    # input read through its geometry).
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(STRIDE=2), ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(KH=1, KW=1, PAD=0), ceiling=0.95,
+         fast_loads=True),
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(RESIDUAL=True), ceiling=0.95,
          fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_input_grad", flags=dict(KH=2, KW=2), ceiling=0.95,
          fast_loads=True),

@@ -279,6 +279,7 @@ def conv2d_implicit_gemm_kernel(
     in2_norm,  # (scale, shift) of x2's pending norm (NORM_INPUT2), [C_IN2] or [N, C_IN2]
     one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
+    res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added before the activation
     BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
     H_IN, W_IN,  # the conv's input grid (x2's size)
     C_IN, C_IN2, C_OUT,  # channels of x, of x2 (0 without), GEMM columns
@@ -290,9 +291,11 @@ def conv2d_implicit_gemm_kernel(
     x_strides, x2_strides,  # (n, c, h, w) strides of the sources
     w_strides,  # (column, tap) strides of w_ptr
     y_strides, pool_strides,  # (n, c, h, w) strides of the outputs
+    res_strides,  # (n, c, h, w) strides of res_ptr
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
     PHASES: tl.constexpr,  # columns are (phase, channel) of a 2x2/s2 transposed conv, stored depth-to-space
     HAS_BIAS: tl.constexpr,  # add bias_ptr
+    RESIDUAL: tl.constexpr,  # add res_ptr (a residual connection) before the activation
     ACT: tl.constexpr,  # the epilogue's activation (codes.Act)
     TWO_SOURCES: tl.constexpr,  # K runs over x then x2: a virtual channel concatenation
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
@@ -353,6 +356,11 @@ def conv2d_implicit_gemm_kernel(
         row_off = img * syn + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
     if HAS_BIAS:
         acc += tl.load(bias_ptr + chan, mask=n_valid, other=0.0).to(tl.float32)[None, :]
+    if RESIDUAL:
+        srn, src, srh, srw = res_strides
+        res_rows = img * srn + oh.to(tl.int64) * srh + ow.to(tl.int64) * srw
+        acc += tl.load(res_ptr + res_rows[:, None] + (offs_n * src)[None, :],
+                       mask=m_valid[:, None] & n_valid[None, :], other=0.0).to(tl.float32)
     acc = apply_activation(acc, NEG_SLOPE, ACT)
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + row_off[:, None] + col_off[None, :], y, mask=m_valid[:, None] & n_valid[None, :])
@@ -525,13 +533,14 @@ def _gemm_weight(weight):
 
 def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, phases=False,
                    placement=None, skip=None, k_offsets=(0, 0), pool_out=None, norm=None, skip_norm=None,
-                   in_activation=None, in_negative_slope=0.0, stats=None):
+                   in_activation=None, in_negative_slope=0.0, stats=None, residual=None):
     """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
     _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
     concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift) of a source's pending
     batch norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase, channel) of a 2x2
     stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the pooling epilogue
-    on, ``stats`` (a workspace) the batch-statistics epilogue. Validation is the caller's job."""
+    on, ``stats`` (a workspace) the batch-statistics epilogue, ``residual`` (y's shape) the residual add before the
+    activation. Validation is the caller's job."""
     weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
     per_image = per_sample(norm) or per_sample(skip_norm)
@@ -553,13 +562,15 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         conv2d_implicit_gemm_kernel, grid, x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight,
         bias_ptr=bias if bias is not None else x, y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax,
         in_norm=norm or (x, x), in2_norm=skip_norm or (x, x), one_ptr=float_one(x.device),
-        stats_ptr=stats if stats is not None else x, BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
+        stats_ptr=stats if stats is not None else x, res_ptr=residual if residual is not None else x, BATCH=batch,
+        H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
         x_strides=x.stride(), x2_strides=strides_of(skip),
         w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
-        pool_strides=strides_of(pool_out[0] if pool_out is not None else None), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
-        PHASES=phases, HAS_BIAS=bias is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
+        pool_strides=strides_of(pool_out[0] if pool_out is not None else None), res_strides=strides_of(residual),
+        KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
+        RESIDUAL=residual is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
         NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_image,
@@ -696,12 +707,13 @@ def conv2d_output(x, weight, stride=1, padding=None):
 
 
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
-                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None):
-    """Conv of a square kernel, ``stride`` and zero ``padding`` (None: 'same', k // 2) (+bias, +activation); output
-    in channels_last memory format."""
+                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None, residual=None):
+    """Conv of a square kernel, ``stride`` and zero ``padding`` (None: 'same', k // 2) (+bias, + ``residual``, a
+    tensor of the output's shape, +activation); output in channels_last memory format."""
     return _implicit_gemm(x, weight, conv2d_output(x, weight, stride, padding), bias=bias, activation=activation,
                           negative_slope=negative_slope, stride=stride, pad=conv_padding(weight, padding),
-                          norm=_norm(in_scale, in_shift), **_in_act(in_activation, in_negative_slope))
+                          norm=_norm(in_scale, in_shift), residual=residual,
+                          **_in_act(in_activation, in_negative_slope))
 
 
 def stats_rows(pixels):

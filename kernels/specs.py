@@ -249,9 +249,12 @@ _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 _TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, NORM_PER_SAMPLE=False,
                                           UP_MODE=_NO_UP, **_NO_IN_ACT)]
 _FORWARD = dict(PHASES=False, FUSE_POOL=False)
+# A residual tensor added in the epilogue (ResNet / diffusion blocks: conv2d_forward only), or none.
+_RESIDUAL = [dict(RESIDUAL=False), dict(RESIDUAL=True)]
+_NO_RESIDUAL = dict(RESIDUAL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
-_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False, NORM_INPUT=False,
-                   NORM_PER_SAMPLE=False, **_NO_IN_ACT, **_ONE_SOURCE)
+_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False,
+                   NORM_INPUT=False, NORM_PER_SAMPLE=False, **_NO_IN_ACT, **_ONE_SOURCE)
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -261,36 +264,39 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
     "conv2d_implicit_gemm",
     (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
      tensor("pool_argmax_ptr", "*u8"), tensor_pair("in_norm", "*fp32"), tensor_pair("in2_norm", "*fp32"),
-     tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"),
+     tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"), tensor("res_ptr"),
      integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
      integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
      integers("k_offsets", 16, 16), integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
      real("NEG_SLOPE"), value_flag("IN_NEG_SLOPE"),
      strides("x_strides"), strides("x2_strides"), integers("w_strides", 16, 16), strides("y_strides"),
-     strides("pool_strides"),
+     strides("pool_strides"), strides("res_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
-     flag("HAS_BIAS"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True), flag("FUSE_POOL", tuned=True),
+     flag("HAS_BIAS"), flag("RESIDUAL"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True),
+     flag("FUSE_POOL", tuned=True),
      flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_PER_SAMPLE", tuned=True),
      flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
-        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _STRIDES, _BIAS, _ACTS,
-                           _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=True, ACT=_NO_ACT), _EVEN, _TAPS, _STRIDES,
-                                 _BIAS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
-        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, STATS=False,
-                                       NORM_INPUT=False,
-                                       NORM_PER_SAMPLE=False, **_NO_IN_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _STRIDES, _BIAS, _RESIDUAL,
+                           _ACTS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, STATS=True, ACT=_NO_ACT), _EVEN,
+                                 _TAPS, _STRIDES, _BIAS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+        "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
+                                       STATS=False, NORM_INPUT=False, NORM_PER_SAMPLE=False, **_NO_IN_ACT), _EVEN,
+                                _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, STRIDE=1, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)], _EVEN, _UP_MODES, _BIAS,
+            _fixed(**_FORWARD, **_NO_RESIDUAL, STRIDE=1, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)],
+            _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS, _PER_SAMPLE,
             [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _GRAD_TAPS, _FLAT_TAPS],
-        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, STATS=False, KH=1, KW=1,
-                                             PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS, _IN_NORM, _PER_SAMPLE],
+        "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
+                                             STATS=False, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
+                                      _IN_NORM, _PER_SAMPLE],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
     gemm=True)

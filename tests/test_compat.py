@@ -63,8 +63,9 @@ def test_monai_unet_reports_what_it_cannot_fuse():
                             num_res_units=1, norm="batch").to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, example_input=x)
-    # Its stride-2 convs (each unit's and the residual's) fuse; the PReLUs, the 3x3 transposed convs stay eager.
-    assert report.traced == [""] and report.counts() == {"conv+bn": 4}
+    # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue; the PReLUs and
+    # the 3x3 transposed convs stay eager.
+    assert report.traced == [""] and report.counts() == {"conv+bn": 4, "conv+add": 4}
     text = str(report)
     assert "PReLU" in text and "stride (2, 2)" in text and "kernel_size (3, 3), stride (2, 2)" in text
     counts, expected = _eager_left(model, x, report)
@@ -86,8 +87,9 @@ def test_smp_unet(encoder, depth, decoder, size):
     assert patterns["upsample+cat+conv+bn+act"] == depth - 1 and patterns["upsample+conv+bn+act"] == 1
     if encoder.startswith("vgg"):  # conv -> BatchNorm2d -> ReLU -> MaxPool2d closes each encoder stage
         assert patterns["conv+bn+act+maxpool"] == depth
-    else:  # the 7x7/s2 stem, the 3x3/s2 and 1x1/s2 downsampling convs fuse; the 3x3 max-pool stays eager
-        assert patterns["conv+bn+act"] == 8 and patterns["conv+bn"] == 5
+    else:  # the 7x7/s2 stem, the 3x3/s2 and 1x1/s2 downsampling convs and each block's add + ReLU fuse; the 3x3
+        # max-pool stays eager
+        assert patterns["conv+bn+act"] == 8 and patterns["conv+bn+add+act"] == 4 and patterns["conv+bn"] == 1
         assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 1
     counts, expected = _eager_left(model, x, report)
     assert counts == expected
@@ -180,3 +182,35 @@ def test_monai_dyn_unet(norm):
     # conv -> norm -> LeakyReLU in every block (the two stride-2 ones too) and the decoders' cat + conv.
     assert report.counts() == {"conv+bn+act": 8, "cat+conv+bn+act": 2}
     assert not report.left_alone
+
+
+def test_nnunet_residual_encoder_unet():
+    # nnU-Net's recommended ResEnc preset in 2D: BasicBlockD residual blocks (conv-norm-LeakyReLU, conv-norm, + the
+    # skip, a 1x1/s2 conv-norm projection where the stage strides), stride-2 first convs, InstanceNorm2d(affine).
+    unet = pytest.importorskip("dynamic_network_architectures.architectures.unet",
+                               reason="the compat extra: pip install -e '.[compat]'")
+    torch.manual_seed(0)
+    net = unet.ResidualEncoderUNet(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16],
+                                   conv_op=torch.nn.Conv2d, kernel_sizes=3, strides=[1, 2, 2],
+                                   n_blocks_per_stage=[1, 2, 2], num_classes=3, n_conv_per_stage_decoder=1,
+                                   conv_bias=True, norm_op=torch.nn.InstanceNorm2d,
+                                   norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU,
+                                   nonlin_kwargs={"inplace": True}, deep_supervision=False).to(DEVICE)
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(net, x, ("train",), example_input=x)
+    # Each block's second conv + norm fuses with its add and LeakyReLU (the add and activation after the fused conv +
+    # norm: instance statistics must exist first); the projections are conv + norm.
+    assert report.counts() == {"conv+bn+act": 6, "conv+bn+add+act": 5, "conv+bn": 2, "cat+conv+bn+act": 2}
+    assert not report.left_alone and _eager_left(net, x, report) == ({}, {})
+
+
+def test_monai_dyn_unet_with_residual_blocks():
+    torch.manual_seed(0)
+    model = monai_nets.DynUNet(spatial_dims=2, in_channels=1, out_channels=2, kernel_size=[3, 3, 3], strides=[1, 2, 2],
+                               upsample_kernel_size=[2, 2], filters=[4, 8, 16], norm_name="instance",
+                               res_block=True).to(DEVICE)
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train",), example_input=x)
+    # UnetResBlock: conv-norm-LeakyReLU, conv-norm + the (1x1 conv-norm projected) skip, LeakyReLU.
+    assert report.counts() == {"conv+bn+act": 5, "conv+bn+add+act": 3, "conv+bn": 3, "cat+conv+bn+act": 2}
+    assert not report.left_alone and _eager_left(model, x, report) == ({}, {})

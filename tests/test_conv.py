@@ -153,3 +153,27 @@ def test_conv2d_larger_kernel_than_input_is_an_error():
         FF.conv2d(x, weight, b, padding=0)
     with pytest.raises(ValueError, match="square kernel"):
         FF.conv2d(x, torch.randn(3, 2, 3, 1), b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,activation,layout", [
+    ((2, 8, 7, 9, 8, 3, 1, 1), "relu", "channels_last"),  # a ResNet basic block's second conv
+    ((1, 8, 8, 6, 16, 1, 2, 0), None, "contiguous"),  # a downsample projection added to a branch
+    ((2, 4, 9, 7, 16, 3, 2, 1), "leaky_relu", "strided")])
+def test_conv2d_with_a_residual_matches_float64(shape, activation, layout, dtype):
+    *geometry, k, stride, padding = shape
+    x, weight, b = _inputs((*geometry, k), dtype)
+    out_shape = torch.nn.functional.conv2d(x.detach(), weight.detach(), stride=stride, padding=padding).shape
+    residual = make_tensor(out_shape, dtype, layout, requires_grad=True)
+    check_against_float64(
+        lambda x, w, b, r: FF.conv2d(x, w, b, activation, 0.1, stride=stride, padding=padding, residual=r),
+        lambda x, w, b, r: eager.conv2d(x, w, b, activation, 0.1, stride=stride, padding=padding, residual=r),
+        [x, weight, b, residual], dtype)
+
+
+def test_conv2d_residual_must_have_the_output_shape():
+    x, weight, b = _inputs((1, 2, 6, 6, 3, 3), torch.float32)
+    with pytest.raises(ValueError, match=r"residual must have the conv's output shape \(1, 3, 3, 3\)"):
+        FF.conv2d(x, weight, b, stride=2, padding=1, residual=torch.randn(1, 3, 6, 6))
+    with pytest.raises(TypeError, match="residual has dtype torch.float16"):
+        FF.conv2d(x, weight, b, residual=torch.randn(1, 3, 6, 6, dtype=torch.float16))

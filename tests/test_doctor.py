@@ -176,6 +176,24 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
         assert _declared(name, launched), f"{name} launched with {launched}, not declared in LAUNCH_AXES"
 
 
+def test_registry_covers_strided_and_residual_convs(monkeypatch):
+    # A ResNet stem (7x7/s2, 3 channels), a 1x1/s2 projection and a 3x3/s2 conv with a residual, backward included.
+    from fused_unet import functional as FF
+
+    seen = _record_launches(monkeypatch)
+    x = torch.randn(2, 3, 11, 9, device=DEVICE, requires_grad=True)
+    stem = torch.randn(16, 3, 7, 7, device=DEVICE, requires_grad=True)
+    y = FF.conv2d(x, stem, stride=2, padding=3, activation="relu")
+    projection = FF.conv2d(y, torch.randn(16, 16, 1, 1, device=DEVICE, requires_grad=True), stride=2, padding=0)
+    out = FF.conv2d(y, torch.randn(16, 16, 3, 3, device=DEVICE, requires_grad=True), stride=2, padding=1,
+                    activation="relu", residual=projection)
+    out.sum().backward()
+    launched = [{k: v for k, v in kwargs.items() if k.isupper() and not k.startswith("BLOCK")} for _, kwargs in seen]
+    for (name, _), flags in zip(seen, launched):
+        assert _declared(name, flags), f"{name} launched with {flags}, not declared in LAUNCH_AXES"
+    assert any(f.get("RESIDUAL") for f in launched) and any(f.get("STRIDE") == 2 for f in launched)
+
+
 def test_doctor_cli_without_aot(tmp_path, capsys):
     from fused_unet.cli import main
 

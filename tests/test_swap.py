@@ -338,3 +338,62 @@ def test_an_upsampling_feeding_a_conv_without_a_skip_is_fused(spelling):
     assert report.counts() == {"upsample+conv+bn+act": 1}
     model.eval()
     assert eager_ops(model, x) == {}
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet BasicBlock: conv-BN-ReLU, conv-BN, += identity (or a 1x1/s2 conv-BN projection), ReLU."""
+
+    def __init__(self, c_in, c_out, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1, self.relu = nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.downsample = None if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def test_resnet_blocks_fuse_strided_convs_and_the_residual_add():
+    # The stem (7x7/s2), a block with a 1x1/s2 projection, an identity block: every conv fused; the add and ReLU
+    # in the second conv's epilogue in eval mode (its norm folds into the conv), after the fused conv + BN in training.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 7, 2, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                          BasicBlock(8, 16, 2), BasicBlock(16, 16)).to(DEVICE)
+    x = torch.randn(2, 3, 19, 17, device=DEVICE)
+    report = check_swap(model, x, more=[torch.randn(1, 3, 12, 16, device=DEVICE)])
+    assert report.counts() == {"conv+bn+act": 3, "conv+bn+add+act": 2, "conv+bn": 1}
+    assert not left_alone(report, "Conv2d")
+    assert eager_ops(model.eval(), x).get("conv", 0) == 0
+
+
+class DiffusionResBlock(nn.Module):
+    """diffusers' ResnetBlock2D (its time embedding a parameter): GroupNorm-SiLU-conv twice, (input + h) / scale, then
+    Downsample2D."""
+
+    def __init__(self, channels, groups=4):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, channels), nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, channels), nn.Conv2d(channels, channels, 3, padding=1)
+        self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)  # Downsample2D
+        self.temb = nn.Parameter(torch.randn(1, channels, 1, 1))
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x))) + self.temb  # the time embedding: a broadcast add
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.down((x + h) / 1.0)
+
+
+def test_a_diffusion_block_fuses_its_skip_add_and_downsampling():
+    torch.manual_seed(0)
+    model = DiffusionResBlock(8).to(DEVICE)
+    x = torch.randn(2, 8, 10, 9, device=DEVICE)
+    report = check_swap(model, x)
+    # conv2 + the skip fuse; conv1 + the time embedding matches too (a torch.fx graph does not know conv1's output
+    # shape), and at run time its broadcast add runs as the original ops.
+    assert report.counts()["conv+add"] == 2 and not left_alone(report, "Conv2d")

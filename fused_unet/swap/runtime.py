@@ -131,6 +131,15 @@ def _fused_conv(x, conv, bn, activation, negative_slope, defer):
     return fnn.conv_bn_act(x, conv, bn, activation, negative_slope, defer)
 
 
+def _fused_conv_add(x, conv, bn, residual, activation, negative_slope):
+    """act(bn(conv(x)) + residual): the residual in the conv's epilogue where it is a plain tensor of the conv's
+    output shape and dtype (fused_unet.nn.conv_bn_add_act), else the original ops."""
+    if fnn.input_unsupported(x) or not fnn.residual_fits(x, conv, residual):
+        y = _eager_chain(x, conv, bn, None, 0.01)
+        return eager.activate(y + functional.materialize(residual), activation, negative_slope)
+    return fnn.conv_bn_add_act(x, residual, conv, bn, activation, negative_slope)
+
+
 def _fused_conv_pool(x, conv, bn, activation, negative_slope, defer):
     if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
         y = _eager_chain(x, conv, bn, activation, negative_slope)
@@ -178,6 +187,6 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
 
 # Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
 _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
-# Every fused call and its leading data arguments (a pending batch norm may reach them); the last two have no
-# batch norm of their own.
-_DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1}
+# Every fused call and its leading data arguments (a pending batch norm may reach them); the conv transpose and the
+# pool have no batch norm of their own, the residual conv's is never left pending (the add reads it).
+_DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1, _fused_conv_add: 1}
