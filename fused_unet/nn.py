@@ -228,7 +228,7 @@ def residual_fits(x, conv, residual):
     x = _tensor(x)
     if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
         return False
-    k = conv.kernel_size[0]
+    k = conv.weight.shape[2]
     stride, padding = conv_geometry(k, conv.stride, conv.padding)
     shape = (x.shape[0], conv.weight.shape[0], *((size + 2 * padding - k) // stride + 1 for size in x.shape[2:]))
     return tuple(residual.shape) == shape

@@ -214,3 +214,35 @@ def test_monai_dyn_unet_with_residual_blocks():
     # UnetResBlock: conv-norm-LeakyReLU, conv-norm + the (1x1 conv-norm projected) skip, LeakyReLU.
     assert report.counts() == {"conv+bn+act": 5, "conv+bn+add+act": 3, "conv+bn": 3, "cat+conv+bn+act": 2}
     assert not report.left_alone and _eager_left(model, x, report) == ({}, {})
+
+
+class _Denoiser(torch.nn.Module):
+    """A diffusers UNet2DModel at a fixed timestep: the image in, the predicted noise out."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x, 10).sample
+
+
+def test_diffusers_unet2d_model():
+    # ResnetBlock2D (GroupNorm -> SiLU -> conv, + the time embedding, conv, (x + h) / scale), Downsample2D (3x3/s2
+    # conv), Upsample2D (nearest x2 + conv), the skip cats: captured whole by torch.compile.
+    diffusers = pytest.importorskip("diffusers", reason="the compat extra: pip install -e '.[compat]'")
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                block_out_channels=(32, 64), norm_num_groups=8,
+                                down_block_types=("DownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "UpBlock2D"))
+    model = _Denoiser(net).to(DEVICE)
+    x = torch.randn(1, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train",), example_input=x)
+    assert report.traced == ["(whole model) [torch.compile]"]
+    # Every conv fused: each block's second conv with its skip add, the up-sampling conv with its nearest x2; the
+    # time embedding's broadcast adds are not residuals. The GroupNorms read a block's input or a sum (not a conv
+    # output): they stay PyTorch's, and so do the skip cats they read.
+    assert report.counts() == {"conv+add": 8, "upsample+conv": 1, "conv": 16}
+    counts, _ = _eager_left(model, x, report)
+    assert counts == {"cat": 6}
