@@ -20,7 +20,7 @@ from torch import nn
 from fused_unet import eager, functional
 from fused_unet.functional import Normalized
 from fused_unet.kernels.checks import (ACTIVATIONS, EPILOGUE_ACTIVATIONS, MAX_KERNEL_SIZE,  # the codes' names
-                                     SUPPORTED_DTYPES, UP_MODES, conv_geometry)
+                                     SUPPORTED_DTYPES, UP_MODES, conv_geometry, conv_output_shape)
 
 NORMS = (None, "batch", "instance", "group")
 
@@ -228,10 +228,8 @@ def residual_fits(x, conv, residual):
     x = _tensor(x)
     if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
         return False
-    k = conv.weight.shape[2]
-    stride, padding = conv_geometry(k, conv.stride, conv.padding)
-    shape = (x.shape[0], conv.weight.shape[0], *((size + 2 * padding - k) // stride + 1 for size in x.shape[2:]))
-    return tuple(residual.shape) == shape
+    stride, padding = conv_geometry(conv.weight.shape[2], conv.stride, conv.padding)
+    return tuple(residual.shape) == conv_output_shape(x.shape, conv.weight.shape, stride, padding)
 
 
 def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01):

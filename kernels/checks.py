@@ -113,13 +113,23 @@ def check_conv2d(x, weight, bias, stride=1, padding="same"):
     return stride, padding
 
 
+def conv_output_size(size, kernel, stride, padding):
+    """Output rows (or columns) of a conv of ``size`` input rows: floor((size + 2 padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_output_shape(x_shape, weight_shape, stride, padding):
+    """(N, C_out, H_out, W_out) of a conv of an input of ``x_shape`` with a [C_out, C_in, k, k] weight."""
+    k = weight_shape[2]
+    return (x_shape[0], weight_shape[0], *(conv_output_size(size, k, stride, padding) for size in x_shape[2:4]))
+
+
 def check_residual(residual, x, weight, stride, padding):
     """A conv's residual input (None: none): a tensor of the conv's output shape, x's dtype and device."""
     if residual is None:
         return
     check_tensor("residual", residual, 4, dtype_like=x, device_like=x)
-    k = weight.shape[2]
-    shape = (x.shape[0], weight.shape[0], *((size + 2 * padding - k) // stride + 1 for size in x.shape[2:]))
+    shape = conv_output_shape(x.shape, weight.shape, stride, padding)
     if tuple(residual.shape) != shape:
         raise ValueError(f"residual must have the conv's output shape {shape}, got {tuple(residual.shape)}")
 

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .checks import conv_output_shape
 from .codes import UpMode, act_code
 from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, float_one,
                      linear_source, norm_table, pending_activation, per_sample, source_placement, strides_of,
@@ -695,15 +696,8 @@ def conv_padding(weight, padding):
     return weight.shape[2] // 2 if padding is None else padding
 
 
-def conv_output_size(size, kernel, stride, padding):
-    """Output rows (or columns) of a conv of ``size`` input rows: floor((size + 2 padding - kernel) / stride) + 1."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def conv2d_output(x, weight, stride=1, padding=None):
-    k, pad = weight.shape[2], conv_padding(weight, padding)
-    return _empty_channels_last(x.shape[0], weight.shape[0], conv_output_size(x.shape[2], k, stride, pad),
-                                conv_output_size(x.shape[3], k, stride, pad), x)
+    return _empty_channels_last(*conv_output_shape(x.shape, weight.shape, stride, conv_padding(weight, padding)), x)
 
 
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
