@@ -28,6 +28,7 @@ class Settings:
     size: int = 512
     up_mode: str = "transpose"
     norm: str = "none"
+    block: str = "plain"
     batch_sizes: tuple = (16,)
     dtype: str = "bf16"
     contenders: tuple = ("fused", "eager", "eager-cl-amp", "compile", "compile-max-autotune")
@@ -41,7 +42,7 @@ class Settings:
 def model_kwargs(s):
     """The UNet / ReferenceUNet arguments of settings ``s``."""
     return dict(in_channels=s.in_channels, num_classes=s.num_classes, base_channels=s.base_channels, depth=s.depth,
-                up_mode=s.up_mode, norm=None if s.norm == "none" else s.norm)
+                up_mode=s.up_mode, norm=None if s.norm == "none" else s.norm, block=s.block)
 
 
 def matmul_peak_dtype(s):

@@ -79,7 +79,8 @@ def cmd_demo(args):
     total = args.train_images + args.val_images
     config = train.TrainConfig(
         out=str(out), size=args.size, base_channels=args.base_channels, depth=args.depth, up_mode=args.up_mode,
-        norm=None if args.norm == "none" else args.norm, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        norm=None if args.norm == "none" else args.norm, block=args.block, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr,
         synthetic_images=total, val_fraction=args.val_images / total, seed=args.seed, device=str(device),
         save_predictions=False)
     started = time.time()
@@ -249,10 +250,13 @@ def cmd_profile(args):
 
 def _add_unet_args(parser):
     from fused_unet.kernels.codes import DECODER_UP_MODES
+    from fused_unet.models import BLOCKS
 
     parser.add_argument("--up-mode", choices=DECODER_UP_MODES, default="transpose", help="decoder up-sampling")
     parser.add_argument("--norm", choices=("none", "batch", "instance", "group"), default="none",
                         help="the norm after every 3x3 conv (group: 32 groups, or base channels if fewer)")
+    parser.add_argument("--block", choices=BLOCKS, default="plain",
+                        help="each encoder level: two convs, or a ResNet basic block (the skip added in a kernel)")
 
 
 def _add_shape_args(parser, batch_default, size_default=512):
@@ -450,7 +454,7 @@ def cmd_plan(args):
     from fused_unet import static_plan, train
 
     model, _ = train.build_model(args.model, 3, args.classes, args.base_channels, args.depth, args.up_mode,
-                                 None if args.norm == "none" else args.norm)
+                                 None if args.norm == "none" else args.norm, args.block)
     x = torch.empty(args.batch, 3, args.size, args.size, device="meta")
     print(f"plan: {args.model} at {args.size}x{args.size}, batch {args.batch}, {args.dtype}, {args.mode}, "
           f"{static_plan.HARDWARE[args.arch]['gpu']} ({args.arch}); kernels compiled for the target, no GPU used")
@@ -470,7 +474,7 @@ def cmd_memory(args):
     s = _bench_settings(args)
     saved = benchmark.saved_activations(s)
     print(f"saved for backward, U-Net base {s.base_channels}, depth {s.depth}, up {s.up_mode}, norm {s.norm}, "
-          f"{s.size}x{s.size}, batch {s.batch_sizes[0]}, {s.dtype} (shapes only, on meta tensors):")
+          f"block {s.block}, {s.size}x{s.size}, batch {s.batch_sizes[0]}, {s.dtype} (shapes only, on meta tensors):")
     print(f"  fused UNet          {saved['fused'] / 2**20:9.1f} MiB\n"
           f"  eager ReferenceUNet {saved['eager'] / 2**20:9.1f} MiB\n"
           f"  fused / eager       {saved['ratio']:9.3f}x")

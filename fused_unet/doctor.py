@@ -41,6 +41,7 @@ def kernels():
             specs.UPSAMPLE2X_BACKWARD.name: upsample.upsample2x_backward_kernel,
             specs.MAX_POOL2X2.name: pool.max_pool2x2_kernel,
             specs.MAX_POOL2X2_BACKWARD.name: pool.max_pool2x2_backward_kernel,
+            specs.PENDING_NORM.name: norm.pending_norm_kernel,
             specs.BATCH_NORM_ACT_BACKWARD.name: norm.batch_norm_act_backward_kernel,
             specs.CHANNEL_STATISTICS.name: norm.channel_statistics_kernel}
 

@@ -28,8 +28,9 @@ class Normalized(NamedTuple):
     negative_slope: float = 0.01
 
     def materialize(self):
-        """The tensor this stands for, computed with PyTorch ops (differentiable)."""
-        return eager.pending_norm(*self)
+        """The tensor this stands for (differentiable): one kernel (``normalized_add`` without a residual), or
+        PyTorch ops on the eager backend."""
+        return normalized_add(self)
 
     @property
     def shape(self):
@@ -71,8 +72,32 @@ def _split(x, name="x"):
 
 
 def materialize(x):
-    """x itself, or the tensor a Normalized stands for (computed with PyTorch ops)."""
+    """x itself, or the tensor a Normalized stands for."""
     return x.materialize() if isinstance(x, Normalized) else x
+
+
+def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
+    """``act(x + residual)`` as a tensor (x.y's dtype and dense layout: a fused conv's is channels_last) for a
+    Normalized x: its norm and activation applied as y is read, the residual (optional: a tensor of x's shape and
+    dtype, or a Normalized, made a tensor first) added, then ``activation`` (a ResNet block's end:
+    ``relu(bn2(conv2(h)) + identity)``), in one kernel; backward is one kernel and saves nothing but y and the
+    residual. ``activation`` needs a residual."""
+    if not isinstance(x, Normalized):
+        raise TypeError(f"x must be a Normalized (a pending norm), got {type(x).__name__}")
+    y, scale, shift, in_act, in_slope = _split(x)
+    if residual is None and activation is not None:
+        raise ValueError(f"activation {activation!r} needs a residual: without one, the Normalized's own activation "
+                         "is the last")
+    residual = materialize(residual)
+    if isinstance(residual, torch.Tensor) and autocast_enabled(y.device.type) and residual.is_floating_point():
+        residual = residual.to(y.dtype)  # as the conv epilogue's residual: the autocast dtype
+    checks.check_added(residual, y, y.shape, "x.y")
+    checks.check_activation(activation, negative_slope)
+    if backend(y) == "eager":
+        z = eager.pending_norm(y, scale, shift, in_act, in_slope)
+        return z if residual is None else eager.activate(z + residual, activation, negative_slope)
+    return _functions().PendingNorm.apply(y, scale, shift, residual, in_act, in_slope, activation,
+                                          float(negative_slope))
 
 
 def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None):
@@ -158,7 +183,8 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
 
 def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
                activation=None, negative_slope=0.01):
-    """Training-mode batch norm of a ``conv2d_stats`` / ``concat_conv2d_stats`` output: the Normalized
+    """Training-mode batch norm of a ``conv2d_stats`` / ``concat_conv2d_stats`` output (``stats``: the statistics
+    its epilogue wrote) or of any tensor y (``stats`` None: one reduction kernel reads y): the Normalized
     ``act((y - mean) / sqrt(var + eps) * weight + bias)`` with y's batch mean and biased variance. Updates
     ``running_mean`` / ``running_var`` in place like ``nn.BatchNorm2d`` (``momentum``: the weight of this batch;
     the running variance takes the unbiased variance)."""

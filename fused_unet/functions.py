@@ -264,6 +264,33 @@ class MaxPool2x2(torch.autograd.Function):
         return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None)
 
 
+class PendingNorm(torch.autograd.Function):
+    """``out_act(act(y * scale + shift) + residual)``: a pending norm made a tensor in one kernel, where no fused
+    kernel reads it (``residual`` optional: a ResNet block's end). Saves y and the residual (both alive: y for the
+    norm's statistics' backward, the residual as a block's input); backward is one kernel (the sum recomputed)."""
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope):
+        ctx.save_for_backward(y, scale, shift, residual)
+        ctx.acts = (activation, negative_slope, out_activation, out_negative_slope)
+        return _launch(norm.pending_norm, y)(y, scale, shift, activation, negative_slope, residual, out_activation,
+                                             out_negative_slope)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        y, scale, shift, residual = ctx.saved_tensors
+        activation, negative_slope, out_activation, out_negative_slope = ctx.acts
+        if residual is None:
+            dy, dscale, dshift = _launch(norm.batch_norm_act_input_grad, grad_out)(grad_out, y, scale, shift,
+                                                                                     activation, negative_slope)
+            dres = None
+        else:
+            dy, dres, dscale, dshift = _launch(norm.residual_norm_act_input_grad, grad_out)(
+                grad_out, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope)
+        return dy, dscale, dshift, dres, None, None, None, None
+
+
 class _Granularity(NamedTuple):
     """How a norm's statistics map onto its per-channel (scale, shift): ``to_stat`` sums a scale-shaped tensor
     over the channels of each statistic, ``to_channel`` repeats a statistic-shaped one onto its channels, ``view``
@@ -309,13 +336,15 @@ _PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t, view=(1
 
 class BatchNormScaleShift(torch.autograd.Function):
     """Per-channel (scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
-    wrote: scale = gamma / sqrt(var + eps), shift = beta - mean * scale (fp32), plus (mean, biased var) for the
-    running statistics. Backward turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and the part of dL/dy
+    wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
+    scale (fp32), plus (mean, biased var) for the running statistics. Backward turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and the part of dL/dy
     that flows through the batch mean and variance (a per-channel a * y + b); saves y (already alive), mean
     and 1/std."""
 
     @staticmethod
     def forward(ctx, y, stats, gamma, beta, eps):
+        if stats is None:  # y is not a conv's output: its per-image statistics are parts of the batch's
+            stats = _launch(norm.channel_statistics, y)(y).flatten(0, 1)
         return _scale_shift(ctx, y, gamma, beta, norm.batch_statistics(stats), eps, _PER_CHANNEL)
 
     @staticmethod

@@ -8,6 +8,9 @@ from fused_unet import eager
 from fused_unet import nn as fnn
 from fused_unet.kernels.codes import ACTIVATIONS, DECODER_UP_MODES, EPILOGUE_ACTIVATIONS
 
+# UNet(block=...): two convs per level, or a ResNet basic block (the skip added before the second activation).
+BLOCKS = ("plain", "residual")
+
 
 class ConvBlock(nn.Module):
     """Two convs (``conv2`` None: one); the decoder's first conv takes (up, skip), an encoder's last returns
@@ -20,6 +23,19 @@ class ConvBlock(nn.Module):
     def forward(self, *inputs):
         x = self.conv1(*inputs)
         return self.conv2(x) if self.conv2 is not None else x
+
+
+class ResidualBlock(nn.Module):
+    """A ResNet basic block: ``conv2(conv1(x))`` plus x (through ``proj``, a 1x1 conv + norm, where the widths
+    differ), then conv2's activation; ``pool``: returns ``(y, pool(y))`` (an encoder level: y is the skip)."""
+
+    def __init__(self, conv1, conv2, proj=None, pool=None):
+        super().__init__()
+        self.conv1, self.conv2, self.proj, self.pool = conv1, conv2, proj, pool
+
+    def forward(self, x):
+        y = self.conv2(self.conv1(x), residual=self.proj(x) if self.proj is not None else x)
+        return (y, self.pool(y)) if self.pool is not None else y
 
 
 class DecoderLevel(nn.Module):
@@ -36,7 +52,8 @@ class DecoderLevel(nn.Module):
 
 class _UNetBase(nn.Module):
     def __init__(self, in_channels=3, num_classes=2, base_channels=64, depth=4, double_conv=True,
-                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None, norm_groups=None):
+                 up_mode="transpose", activation="relu", negative_slope=0.01, norm=None, norm_groups=None,
+                 block="plain"):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("base_channels", base_channels), ("depth", depth)):
@@ -52,6 +69,12 @@ class _UNetBase(nn.Module):
                              f"{norm!r}, up_mode {up_mode!r}")
         if norm not in fnn.NORMS:
             raise ValueError(f"norm must be one of {fnn.NORMS}, got {norm!r}")
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {block!r}")
+        if block == "residual" and (not double_conv or activation not in EPILOGUE_ACTIVATIONS):
+            raise ValueError(f"block 'residual' needs double_conv=True (two convs around the skip) and an activation "
+                             f"the residual add keeps in a conv's epilogue {EPILOGUE_ACTIVATIONS[1:]}, got "
+                             f"double_conv={double_conv!r}, activation={activation!r}")
         norm_groups = min(32, base_channels) if norm_groups is None else norm_groups
         if norm == "group" and (not isinstance(norm_groups, int) or norm_groups < 1 or base_channels % norm_groups):
             raise ValueError(f"norm_groups must be an int dividing base_channels {base_channels}, got {norm_groups!r}")
@@ -59,20 +82,31 @@ class _UNetBase(nn.Module):
         # The constructor's arguments: ReferenceUNet(**unet.config) is the same network in plain torch.nn.
         self.config = dict(in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, depth=depth,
                            double_conv=double_conv, up_mode=up_mode, activation=activation,
-                           negative_slope=negative_slope, norm=norm, norm_groups=norm_groups)
+                           negative_slope=negative_slope, norm=norm, norm_groups=norm_groups, block=block)
         self.act = dict(activation=activation, negative_slope=negative_slope)
         # conv -> norm -> activation; the conv's bias is then redundant (the norm's shift replaces it).
         self.conv_options = dict(self.act, norm=norm, norm_groups=norm_groups, bias=norm is None)
         widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.encoder = nn.ModuleList(
-            ConvBlock(self._conv(c_in, c_out), self._conv_pool(c_out, c_out)) if double_conv
-            else ConvBlock(self._conv_pool(c_in, c_out))
-            for c_in, c_out in zip([in_channels] + widths[:depth - 1], widths[:depth]))
-        self.bottleneck = ConvBlock(self._conv(widths[depth - 1], widths[depth]),
-                                    self._conv(widths[depth], widths[depth]) if double_conv else None)
+        self.encoder = nn.ModuleList(self._encoder_level(c_in, c_out, double_conv, block)
+                                     for c_in, c_out in zip([in_channels] + widths[:depth - 1], widths[:depth]))
+        self.bottleneck = self._residual(widths[depth - 1], widths[depth]) if block == "residual" else \
+            ConvBlock(self._conv(widths[depth - 1], widths[depth]),
+                      self._conv(widths[depth], widths[depth]) if double_conv else None)
         self.decoder = nn.ModuleList(self._decoder_level(widths[i + 1], widths[i], double_conv)
                                      for i in reversed(range(depth)))
         self.head = self._head(widths[0], num_classes)
+
+    def _encoder_level(self, c_in, c_out, double_conv, block):
+        if block == "residual":
+            return self._residual(c_in, c_out, self._pool())
+        if double_conv:
+            return ConvBlock(self._conv(c_in, c_out), self._conv_pool(c_out, c_out))
+        return ConvBlock(self._conv_pool(c_in, c_out))
+
+    def _residual(self, c_in, c_out, pool=None):
+        """conv -> norm -> act, conv -> norm, + x (a 1x1 conv -> norm where the widths differ), act."""
+        proj = self._conv(c_in, c_out, kernel_size=1, activation=None) if c_in != c_out else None
+        return ResidualBlock(self._conv(c_in, c_out), self._conv(c_out, c_out), proj, pool)
 
     def _decoder_level(self, c_in, c_out, double_conv):
         if self.up_mode == "transpose":
@@ -116,7 +150,9 @@ class UNet(_UNetBase):
     (``up_mode`` "transpose": a 2x2 transposed conv + activation; "bilinear" / "nearest": up-sampled inside
     that conv). ``norm`` "batch", "instance" or "group" (``norm_groups`` groups, default min(32, base_channels)):
     conv -> norm -> activation in every 3x3 conv; a pending norm's normalised tensor is never stored, each
-    consumer kernel normalises its input as it reads it. Conv weights are stored channels_last ([C_out, kh, kw,
+    consumer kernel normalises its input as it reads it. ``block="residual"``: each encoder level and the
+    bottleneck are ResNet basic blocks (``ResidualBlock``), the skip added in the second conv's epilogue (with a
+    pending norm: in the one kernel that applies it), then the 2x2 max-pool. Conv weights are stored channels_last ([C_out, kh, kw,
     C_in] in memory), the layout the kernels read; values and state_dict keys are those of ReferenceUNet with the
     same options."""
 
@@ -127,11 +163,15 @@ class UNet(_UNetBase):
             if isinstance(module, fnn.Conv2d):
                 module.defer_norm = True  # every consumer of a conv's output here is a fused layer
 
-    def _conv(self, c_in, c_out):
-        return fnn.Conv2d(c_in, c_out, 3, padding=1, **self.conv_options)
+    def _conv(self, c_in, c_out, kernel_size=3, **options):
+        return fnn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2, **dict(self.conv_options, **options))
 
     def _conv_pool(self, c_in, c_out):
         return fnn.Conv2dReLUPool(c_in, c_out, 3, padding=1, **self.conv_options)
+
+    @staticmethod
+    def _pool():
+        return fnn.MaxPool2d(2)
 
     def _up(self, c_in, c_out):
         return fnn.ConvTranspose2d(c_in, c_out, 2, stride=2, **self.act)
@@ -145,16 +185,17 @@ class UNet(_UNetBase):
 
 
 class ReferenceConvAct(nn.Conv2d):
-    """conv (-> the norm as ``bn``) -> activation."""
+    """conv (-> the norm as ``bn``) (+ ``residual``) -> activation."""
 
     def __init__(self, *args, activation, negative_slope, norm=None, norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
         self.act = dict(activation=activation, negative_slope=negative_slope)
         self.bn = fnn.norm_layer(norm, self.out_channels, norm_groups=norm_groups)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         y = super().forward(x)
-        return eager.activate(self.bn(y) if self.bn is not None else y, **self.act)
+        y = self.bn(y) if self.bn is not None else y
+        return eager.activate(y + residual if residual is not None else y, **self.act)
 
 
 class ReferenceConvActPool(ReferenceConvAct):
@@ -186,8 +227,13 @@ class ReferenceUNet(_UNetBase):
     """The same network in plain torch.nn (cuDNN / CPU kernels: conv, activation, max-pool, F.interpolate,
     torch.cat); state_dict keys identical to ``UNet`` with the same options."""
 
-    def _conv(self, c_in, c_out):
-        return ReferenceConvAct(c_in, c_out, 3, padding=1, **self.conv_options)
+    def _conv(self, c_in, c_out, kernel_size=3, **options):
+        return ReferenceConvAct(c_in, c_out, kernel_size, padding=kernel_size // 2,
+                                **dict(self.conv_options, **options))
+
+    @staticmethod
+    def _pool():
+        return nn.MaxPool2d(2)
 
     def _conv_pool(self, c_in, c_out):
         return ReferenceConvActPool(c_in, c_out, 3, padding=1, **self.conv_options)

@@ -163,26 +163,44 @@ def norm_unsupported(bn):
     return None
 
 
+def _running_scale_shift(bn):
+    """fp32 per-channel (scale, shift) of a norm with running statistics: differentiable in its parameters."""
+    # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes.
+    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
+    scale = scale * bn.weight.float() if bn.affine else scale
+    shift = -bn.running_mean.float() * scale
+    return scale, shift + bn.bias.float() if bn.affine else shift
+
+
 def _folded(conv, bn):
     """(weight, bias) of ``conv`` with an eval-mode ``bn`` (running statistics) folded in: exact, and
     differentiable in every parameter."""
     if bn is None or _pending(bn):
         return conv.weight, conv.bias
-    # In fp32 whatever the parameters' dtype, as nn.BatchNorm2d computes; rounded once at the end.
-    scale = torch.rsqrt(bn.running_var.float() + bn.eps)
-    scale = scale * bn.weight.float() if bn.affine else scale
-    shift = -bn.running_mean.float() * scale
-    shift = shift + bn.bias.float() if bn.affine else shift
+    scale, shift = _running_scale_shift(bn)
     if conv.bias is not None:
         shift = shift + conv.bias.float() * scale
-    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)  # rounded once, at the end
     return weight, shift.to(conv.weight.dtype)
+
+
+def norm_act(x, bn, activation=None, negative_slope=0.01, defer=False):
+    """``act(bn(x))`` for a tensor x that is not a fused conv's output (a pre-activation block's norm, a diffusion
+    block's GroupNorm of its input or of a sum): its statistics by one reduction kernel (with running statistics
+    updated like torch.nn's), or the running statistics in eval mode; then pending like a conv's norm. ``defer``:
+    return the Normalized (the next fused op applies it while reading x), else one kernel makes it a tensor."""
+    x = functional.materialize(x)
+    if _pending(bn):
+        z = _normalize(x, None, bn, activation, negative_slope)
+    else:
+        z = functional.Normalized(x, *_running_scale_shift(bn), activation, float(negative_slope))
+    return _finish(z, defer)
 
 
 def _normalize(y, stats, bn, activation, negative_slope):
     """The pending norm + activation of the pre-norm output ``y`` as torch.nn's norm ``bn`` computes it in this mode
     (running statistics, BatchNorm2d's cumulative average when momentum is None, num_batches_tracked): a
-    Normalized. ``stats``: a batch norm's statistics from the conv's epilogue."""
+    Normalized. ``stats``: a batch norm's statistics from the conv's epilogue (None: a reduction kernel reads y)."""
     if norm_kind(bn) == "group":
         return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope)
     update = bn.training and bn.track_running_stats
@@ -224,8 +242,9 @@ def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=Fa
 
 def residual_fits(x, conv, residual):
     """Whether ``residual`` can be added in the epilogue of ``conv`` applied to ``x`` (a tensor or a Normalized): a
-    plain tensor of the conv's output shape and x's dtype (a broadcast add, a time embedding, stays PyTorch's)."""
-    x = _tensor(x)
+    tensor (or a Normalized) of the conv's output shape and x's dtype (a broadcast add, a time embedding, stays
+    PyTorch's)."""
+    x, residual = _tensor(x), _tensor(residual)
     if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
         return False
     stride, padding = conv_geometry(conv.weight.shape[2], conv.stride, conv.padding)
@@ -233,13 +252,14 @@ def residual_fits(x, conv, residual):
 
 
 def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01):
-    """``act(bn(conv(x)) + residual)`` (a ResNet block's end): the residual added in the conv's epilogue when the
-    norm folds into the conv (none, or running statistics in eval mode); a pending norm (training) needs the whole
-    conv's statistics before the add, so there the conv + norm are fused and the add and activation are PyTorch's."""
+    """``act(bn(conv(x)) + residual)`` (a ResNet block's end; ``residual`` a tensor or a Normalized): the residual
+    added in the conv's epilogue when the norm folds into the conv (none, or running statistics in eval mode); a
+    pending norm (training) needs the whole conv's statistics before the add, so there the norm, the add and the
+    activation are one more kernel after the fused conv (``functional.normalized_add``)."""
     if _pending(bn):
-        return eager.activate(conv_bn_act(x, conv, bn) + residual, activation, negative_slope)
+        return functional.normalized_add(conv_bn_act(x, conv, bn, defer=True), residual, activation, negative_slope)
     return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, stride=conv.stride,
-                             padding=conv.padding, residual=residual)
+                             padding=conv.padding, residual=functional.materialize(residual))
 
 
 def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
@@ -276,10 +296,11 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         self.bn = norm_layer(norm, self.out_channels, eps, momentum, norm_groups, **factory)
         self.defer_norm = False
 
-    def _reference(self, x):
+    def _reference(self, x, residual=None):
         """The torch.nn computation (the fallback)."""
         y = nn.Conv2d.forward(self, functional.materialize(x))
-        return self._activate(self.bn(y) if self.bn is not None else y)
+        y = self.bn(y) if self.bn is not None else y
+        return self._activate(y + functional.materialize(residual) if residual is not None else y)
 
     # The pooling and concatenating subclasses run stride-1 'same' convs only.
     _strided = True
@@ -291,11 +312,17 @@ class Conv2d(_FusedMixin, nn.Conv2d):
     def _fused(self, op, *inputs, **layout):
         return op(*inputs, self, self.bn, **self._act_args(), defer=self.defer_norm, **layout)
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
+        """``act(norm(conv(x)))``, or with ``residual`` (a tensor or a Normalized of the output's shape: a residual
+        block's skip) ``act(norm(conv(x)) + residual)``."""
         reason = self._config_unsupported() or input_unsupported(x)
+        if residual is not None and not reason and not residual_fits(x, self, residual):
+            reason = "the residual is not a tensor of the output's shape and dtype"
         if reason:
             self._fallback(reason)
-            return self._reference(x)
+            return self._reference(x, residual)
+        if residual is not None:
+            return conv_bn_add_act(x, residual, self, self.bn, **self._act_args())
         return self._fused(conv_bn_act, x)
 
     def extra_repr(self):

@@ -95,6 +95,15 @@ max_pool2x2_backward = _op(pool.max_pool2x2_backward, "(Tensor grad_y, Tensor ar
 batch_norm_act_input_grad = _op(
     norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}) -> "
     "(Tensor, Tensor, Tensor)", lambda grad, y, scale, *rest: norm.batch_norm_act_input_grad_output(grad, scale))
+pending_norm = _op(
+    norm.pending_norm, "(Tensor y, Tensor scale, Tensor shift, str? activation=None, float negative_slope=0.0, "
+    "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0) -> Tensor",
+    lambda y, *rest: norm.pending_norm_output(y))
+residual_norm_act_input_grad = _op(
+    norm.residual_norm_act_input_grad, "(Tensor grad, Tensor y, Tensor scale, Tensor shift, Tensor residual, "
+    "str? activation=None, float negative_slope=0.0, str? out_activation=None, float out_negative_slope=0.0) -> "
+    "(Tensor, Tensor, Tensor, Tensor)",
+    lambda grad, y, scale, shift, residual, *rest: norm.residual_norm_act_input_grad_output(grad, scale, residual))
 upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))

@@ -25,7 +25,7 @@ PALETTE = np.array([[20, 20, 20], [230, 60, 60], [60, 200, 90], [70, 100, 240], 
                     [60, 210, 220], [250, 140, 60]], dtype=np.uint8)
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The settings a checkpoint's weights depend on: --resume must repeat them.
-_MODEL_OPTIONS = ("model", "num_classes", "base_channels", "depth", "up_mode", "norm")
+_MODEL_OPTIONS = ("model", "num_classes", "base_channels", "depth", "up_mode", "norm", "block")
 
 
 class DataError(ValueError):
@@ -79,13 +79,18 @@ def load_folder(root, num_classes=None, size=None):
     return torch.stack(images), torch.stack(masks), [p.stem for p in paths]
 
 
-def build_model(spec, in_channels, num_classes, base_channels=32, depth=4, up_mode="transpose", norm=None):
-    """``spec``: "unet" (ours), "smp-unet:ENCODER" (segmentation_models_pytorch, no pretrained download) or
-    "monai-basicunet"; the others are swapped with ``fused_unet.swap``. Returns (model, swap report or None)."""
+def build_model(spec, in_channels, num_classes, base_channels=32, depth=4, up_mode="transpose", norm=None,
+                block="plain"):
+    """``spec``: "unet" (ours; ``block`` as UNet's), "smp-unet:ENCODER" (segmentation_models_pytorch, no pretrained
+    download) or "monai-basicunet"; the others are swapped with ``fused_unet.swap``. Returns (model, swap report or
+    None)."""
     import fused_unet
 
     if spec == "unet":
-        return fused_unet.UNet(in_channels, num_classes, base_channels, depth, up_mode=up_mode, norm=norm), None
+        return fused_unet.UNet(in_channels, num_classes, base_channels, depth, up_mode=up_mode, norm=norm,
+                               block=block), None
+    if block != "plain":
+        raise ValueError(f"--block {block} works with --model unet, got --model {spec}")
     if spec.startswith("smp-unet:"):
         import segmentation_models_pytorch as smp
 
@@ -117,6 +122,7 @@ class TrainConfig:
     depth: int = 2
     up_mode: str = "transpose"
     norm: str = None
+    block: str = "plain"
     epochs: int = 5
     batch_size: int = 8
     lr: float = 1e-3
@@ -171,7 +177,7 @@ def _model(config, device):
     import fused_unet
 
     model, report = build_model(config.model, 3, config.num_classes, config.base_channels, config.depth,
-                                config.up_mode, config.norm)
+                                config.up_mode, config.norm, config.block)
     if config.checkpoint_levels:
         if not isinstance(model, fused_unet.UNet):
             raise ValueError("--checkpoint-levels works with --model unet (its encoder / decoder levels)")
@@ -209,7 +215,7 @@ def train(config, log=print):
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     start = 1
     if state is not None:
-        saved = {k: state["config"][k] for k in _MODEL_OPTIONS}
+        saved = {k: state["config"].get(k, getattr(TrainConfig, k)) for k in _MODEL_OPTIONS}  # older: no block
         if saved != {k: getattr(config, k) for k in _MODEL_OPTIONS}:
             raise ValueError(f"--resume {config.resume}: it was trained with {saved}; pass the same options")
         model.load_state_dict(state["model"])

@@ -126,12 +126,16 @@ def conv_output_shape(x_shape, weight_shape, stride, padding):
 
 def check_residual(residual, x, weight, stride, padding):
     """A conv's residual input (None: none): a tensor of the conv's output shape, x's dtype and device."""
+    check_added(residual, x, conv_output_shape(x.shape, weight.shape, stride, padding))
+
+
+def check_added(residual, like, shape, like_name="the input x"):
+    """A residual added to an output of ``shape`` (None: none): 4-D, ``like``'s dtype and device."""
     if residual is None:
         return
-    check_tensor("residual", residual, 4, dtype_like=x, device_like=x)
-    shape = conv_output_shape(x.shape, weight.shape, stride, padding)
-    if tuple(residual.shape) != shape:
-        raise ValueError(f"residual must have the conv's output shape {shape}, got {tuple(residual.shape)}")
+    check_tensor("residual", residual, 4, dtype_like=like, device_like=like, like_name=like_name)
+    if tuple(residual.shape) != tuple(shape):
+        raise ValueError(f"residual must have the output's shape {tuple(shape)}, got {tuple(residual.shape)}")
 
 
 def check_conv_transpose2x2(x, weight, bias):

@@ -8,6 +8,7 @@ import triton.language as tl
 
 from .codes import Act, UpMode, act_code, up_mode_code
 
+ACT_NONE = tl.constexpr(int(Act.NONE))
 ACT_RELU = tl.constexpr(int(Act.RELU))
 ACT_LEAKY_RELU = tl.constexpr(int(Act.LEAKY_RELU))
 ACT_SILU = tl.constexpr(int(Act.SILU))

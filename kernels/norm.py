@@ -1,6 +1,7 @@
 """Norms around the fused convs: the statistics the conv epilogue wrote (batch norm) or one reduction kernel
-computes per (image, channel) (instance / group norm), and the backward of a pending norm + activation that a
-consumer kernel applied while reading its input.
+computes per (image, channel) (instance / group norm), the backward of a pending norm + activation that a
+consumer kernel applied while reading its input, and the pending norm made a tensor where no fused kernel reads it
+(with a residual added and a second activation: a ResNet block's end, ``pending_norm``).
 
 A conv followed by ``nn.BatchNorm2d`` and an activation stores only its pre-norm output ``y`` (plus per-tile
 statistics); every consumer reads ``z = act(y * scale + shift)`` on the fly. Backward splits the batch norm
@@ -12,9 +13,10 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import activation_input_grad, norm_table, per_sample, pixel_channel_grid, pixel_channel_tile
+from .common import (ACT_NONE, activation_input_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
+                     pixel_channel_tile, strides_of)
 from .configs import configs
-from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS
+from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, PENDING_NORM
 
 
 def _combined(count, mean_t, m2_t, dims):
@@ -40,6 +42,13 @@ def group_statistics(stats, groups):
     return _combined(stats[:, :, 0], stats[:, :, 1], stats[:, :, 2], (1, 3))
 
 
+@triton.jit
+def _at(strides, img, h, w, offs_c):
+    """The [pixels, channels] element offsets of a pixel_channel_tile in a tensor of (n, c, h, w) ``strides``."""
+    sn, sc, sh, sw = strides
+    return (img * sn + h * sh + w * sw)[:, None] + offs_c[None, :] * sc
+
+
 @triton.autotune(configs=configs(CHANNEL_STATISTICS.name), key=CHANNEL_STATISTICS.autotune_key)
 @triton.jit
 def channel_statistics_kernel(
@@ -52,11 +61,9 @@ def channel_statistics_kernel(
     """Parameters: specs.CHANNEL_STATISTICS. Each program's (count, mean, sum of squared deviations) per channel
     of its pixels of one image, into its own workspace row: combined in a fixed order afterwards (group_statistics;
     no float atomics, the same bits on every run)."""
-    syn, syc, syh, syw = y_strides
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     img += tl.program_id(2)
-    v = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask,
-                other=0.0).to(tl.float32)
+    v = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
     count = tl.minimum(PIXELS - pid_p * BLOCK_P, BLOCK_P).to(tl.float32)
     mean = tl.sum(v, axis=0) / count
     dev = tl.where(mask, v - mean[None, :], 0.0)
@@ -84,44 +91,122 @@ def channel_statistics(y):
     return stats
 
 
-@triton.autotune(configs=configs(BATCH_NORM_ACT_BACKWARD.name), key=BATCH_NORM_ACT_BACKWARD.autotune_key)
 @triton.jit
-def batch_norm_act_backward_kernel(
-    g_ptr,  # dL/dz of z = act(y * scale + shift) [N, C, H, W]
-    y_ptr,  # the pre-norm y
-    norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
-    dy_ptr,  # dL/dy
-    partial_ptr,  # fp32 [programs along pixels (per image with PER_SAMPLE), 2, C]: sums for dL/dscale, dL/dshift
-    PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
-    NEG_SLOPE,  # ACT's leaky-ReLU slope
-    g_strides, y_strides, dy_strides,  # (n, c, h, w) strides
-    ACT: tl.constexpr,  # the activation (codes.Act)
-    PER_SAMPLE: tl.constexpr,  # instance / group norm: scale, shift and the partial sums per (image, channel)
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
-):
-    """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift and g = dL/d act(u):
-    dy = act'(u) g scale, and per program the partial sums of act'(u) g y (-> dL/dscale) and act'(u) g
-    (-> dL/dshift) into its own workspace row (no atomics)."""
-    sgn, sgc, sgh, sgw = g_strides
-    syn, syc, syh, syw = y_strides
-    sdn, sdc, sdh, sdw = dy_strides
+def _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE: tl.constexpr):
+    """A pending norm's (scale, shift) for a pixel_channel_tile: [BLOCK_P, BLOCK_C] per (image, channel), or
+    [1, BLOCK_C] per channel."""
     scale_ptr, shift_ptr = norm
-    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
-    if PER_SAMPLE:
-        img += tl.program_id(2)
+    if PER_SAMPLE:  # one return: the compiler refuses returns of two shapes, even under a constexpr branch
         at = img[:, None] * C + offs_c[None, :]
         scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
         shift = tl.load(shift_ptr + at, mask=mask, other=0.0)
-        pid_p += tl.program_id(2) * tl.num_programs(0)
     else:
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
-    g = tl.load(g_ptr + (img * sgn + h * sgh + w * sgw)[:, None] + offs_c[None, :] * sgc, mask=mask, other=0.0)
-    y = tl.load(y_ptr + (img * syn + h * syh + w * syw)[:, None] + offs_c[None, :] * syc, mask=mask, other=0.0)
-    y = y.to(tl.float32)
-    g = tl.where(mask, activation_input_grad(g.to(tl.float32), y * scale + shift, NEG_SLOPE, ACT), 0.0)
-    tl.store(dy_ptr + (img * sdn + h * sdh + w * sdw)[:, None] + offs_c[None, :] * sdc,
-             (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
+    return scale, shift
+
+
+@triton.autotune(configs=configs(PENDING_NORM.name), key=PENDING_NORM.autotune_key)
+@triton.jit
+def pending_norm_kernel(
+    y_ptr,  # the pre-norm y [N, C, H, W], any strides
+    norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
+    res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added after the norm's activation
+    out_ptr,  # out_act(act(y * scale + shift) + residual) in y's dtype
+    PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
+    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes
+    y_strides, res_strides, out_strides,  # (n, c, h, w) strides
+    ACT: tl.constexpr,  # the norm's activation (codes.Act)
+    OUT_ACT: tl.constexpr,  # the activation after the residual add (codes.Act)
+    PER_SAMPLE: tl.constexpr,  # instance / group norm: scale and shift per (image, channel)
+    RESIDUAL: tl.constexpr,  # add res_ptr (a ResNet block's skip) before OUT_ACT
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
+):
+    """Parameters: specs.PENDING_NORM. A pending norm made a tensor (for a consumer that is not a fused kernel, or a
+    residual block's end): one read of y (and the residual), one write, the arithmetic in fp32, rounded once."""
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    if PER_SAMPLE:
+        img += tl.program_id(2)
+    scale, shift = _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE)
+    y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0)
+    v = apply_activation(y.to(tl.float32) * scale + shift, NEG_SLOPE, ACT)
+    if RESIDUAL:
+        v += tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+    v = apply_activation(v, OUT_NEG_SLOPE, OUT_ACT)
+    tl.store(out_ptr + _at(out_strides, img, h, w, offs_c), v.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pending_norm_output(y):
+    # y's layout where it is dense (a fused conv's output: channels_last), as eager's norm keeps it.
+    return torch.empty_like(y, memory_format=torch.preserve_format)
+
+
+def _pixels(y, per_image):
+    """(images, pixels) a pixel_channel_tile grid walks: per image (its third axis) or the whole batch at once."""
+    batch, _, h, w = y.shape
+    return (batch, h * w) if per_image else (1, batch * h * w)
+
+
+def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=None, out_activation=None,
+                 out_negative_slope=0.0):
+    """``out_act(act(y * scale + shift) + residual)`` (y's dtype and dense layout) of a pre-norm y (any strides) and its
+    norm's fp32 (scale, shift) ([C], or [N, C] for instance / group norm); ``residual`` (optional, y's shape and
+    dtype, any strides)."""
+    batch, c, h, w = y.shape
+    out = pending_norm_output(y)
+    per_image = per_sample((scale, shift))
+    images, pixels = _pixels(y, per_image)
+    if pixels and batch:
+        PENDING_NORM.launch(
+            pending_norm_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), y_ptr=y,
+            norm=norm_table((scale, shift), batch, per_image), res_ptr=residual if residual is not None else y,
+            out_ptr=out, PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope),
+            OUT_NEG_SLOPE=float(out_negative_slope), y_strides=y.stride(), res_strides=strides_of(residual),
+            out_strides=out.stride(), ACT=act_code(activation), OUT_ACT=act_code(out_activation),
+            PER_SAMPLE=per_image, RESIDUAL=residual is not None)
+    return out
+
+
+@triton.autotune(configs=configs(BATCH_NORM_ACT_BACKWARD.name), key=BATCH_NORM_ACT_BACKWARD.autotune_key)
+@triton.jit
+def batch_norm_act_backward_kernel(
+    g_ptr,  # dL/dout of out = out_act(act(y * scale + shift) (+ residual)) [N, C, H, W]
+    y_ptr,  # the pre-norm y
+    norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
+    res_ptr,  # RESIDUAL: the residual added after the norm's activation (read to recompute OUT_ACT's input)
+    dy_ptr,  # dL/dy
+    dres_ptr,  # RESIDUAL: dL/dresidual
+    partial_ptr,  # fp32 [programs along pixels (per image with PER_SAMPLE), 2, C]: sums for dL/dscale, dL/dshift
+    PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
+    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes
+    g_strides, y_strides, res_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
+    ACT: tl.constexpr,  # the norm's activation (codes.Act)
+    OUT_ACT: tl.constexpr,  # the activation after the residual add (codes.Act; NONE for a consumer's dL/dz)
+    PER_SAMPLE: tl.constexpr,  # instance / group norm: scale, shift and the partial sums per (image, channel)
+    RESIDUAL: tl.constexpr,  # a residual was added before OUT_ACT
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
+):
+    """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift, t = act(u) + residual and
+    g = dL/d out_act(t): dresidual = out_act'(t) g, dy = act'(u) out_act'(t) g scale, and per program the partial
+    sums of act'(u) out_act'(t) g y (-> dL/dscale) and act'(u) out_act'(t) g (-> dL/dshift) into its own workspace
+    row (no atomics). Nothing of the forward is saved but y and the residual: t is recomputed."""
+    pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
+    if PER_SAMPLE:
+        img += tl.program_id(2)
+        pid_p += tl.program_id(2) * tl.num_programs(0)
+    scale, shift = _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE)
+    g = tl.load(g_ptr + _at(g_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+    u = y * scale + shift
+    if RESIDUAL:
+        residual = tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0)
+        g = activation_input_grad(g, apply_activation(u, NEG_SLOPE, ACT) + residual.to(tl.float32), OUT_NEG_SLOPE,
+                                  OUT_ACT)
+        tl.store(dres_ptr + _at(dres_strides, img, h, w, offs_c), g.to(dres_ptr.dtype.element_ty), mask=mask)
+    elif OUT_ACT != ACT_NONE:
+        g = activation_input_grad(g, apply_activation(u, NEG_SLOPE, ACT), OUT_NEG_SLOPE, OUT_ACT)
+    g = tl.where(mask, activation_input_grad(g, u, NEG_SLOPE, ACT), 0.0)
+    tl.store(dy_ptr + _at(dy_strides, img, h, w, offs_c), (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
     row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c
     tl.store(row, tl.sum(g * y, axis=0), mask=c_ok)
     tl.store(row + C, tl.sum(g, axis=0), mask=c_ok)
@@ -132,23 +217,48 @@ def batch_norm_act_input_grad_output(grad, scale):
     return dy, torch.empty_like(scale), torch.empty_like(scale)
 
 
+def residual_norm_act_input_grad_output(grad, scale, residual):
+    dy, grad_scale, grad_shift = batch_norm_act_input_grad_output(grad, scale)
+    return dy, torch.empty(grad.shape, device=grad.device, dtype=residual.dtype,
+                           memory_format=torch.channels_last), grad_scale, grad_shift
+
+
 def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0):
     """(dL/dy, dL/dscale, dL/dshift) for z = act(y * scale + shift) read by a consumer, from dL/dz ``grad``
     (any strides). dL/dscale and dL/dshift are fp32, shaped like ``scale`` ([C], or [N, C] for instance / group
     norm), summed over per-tile partials in a fixed order."""
-    batch, c, h, w = y.shape
     dy, _, _ = batch_norm_act_input_grad_output(grad, scale)
+    return (dy, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy))
+
+
+def residual_norm_act_input_grad(grad, y, scale, shift, residual, activation=None, negative_slope=0.0,
+                                 out_activation=None, out_negative_slope=0.0):
+    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift) of ``pending_norm``'s out = out_act(act(y * scale + shift) +
+    residual) from dL/dout ``grad`` (any strides); the sum is recomputed from y and the residual."""
+    dy, dres, _, _ = residual_norm_act_input_grad_output(grad, scale, residual)
+    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy,
+                                          (residual, dres, out_activation, out_negative_slope)))
+
+
+def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, residual=None):
+    """(dL/dscale, dL/dshift), writing dy (and the residual's gradient, ``residual`` = (residual, dres,
+    out_activation, out_negative_slope))."""
+    batch, c, h, w = y.shape
     per_image = per_sample((scale, shift))
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
-    images, pixels = (batch, h * w) if per_image else (1, batch * h * w)
+    images, pixels = _pixels(y, per_image)
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
     partial = torch.zeros((images, tiles, 2, c), device=y.device, dtype=torch.float32)
+    res, dres, out_activation, out_negative_slope = residual if residual is not None else (None, None, None, 0.0)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
-            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), dy_ptr=dy, partial_ptr=partial,
-            PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope), g_strides=grad.stride(),
-            y_strides=y.stride(), dy_strides=dy.stride(), ACT=act_code(activation), PER_SAMPLE=per_image)
+            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), res_ptr=res if res is not None else y,
+            dy_ptr=dy, dres_ptr=dres if dres is not None else dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
+            NEG_SLOPE=float(negative_slope), OUT_NEG_SLOPE=float(out_negative_slope), g_strides=grad.stride(),
+            y_strides=y.stride(), res_strides=strides_of(res), dy_strides=dy.stride(), dres_strides=strides_of(dres),
+            ACT=act_code(activation), OUT_ACT=act_code(out_activation), PER_SAMPLE=per_image,
+            RESIDUAL=res is not None)
     parts = partial if per_image else partial[0]  # summed over the tiles of each image, or of the batch
-    return dy, parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)
+    return parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)

@@ -362,13 +362,30 @@ MAX_POOL2X2_BACKWARD = KernelSpec(
      strides("argmax_strides"), strides("x_strides"), block("BLOCK")),
     sites={"max_pool2x2_backward": [[{}]]})
 
+# After a norm's activation: a residual added, then a second activation (any of the table), or neither.
+_RESIDUAL_OUT_ACTS = [dict(RESIDUAL=True, OUT_ACT=a) for a in _PENDING_ACT_CODES]
+_NO_RESIDUAL_OUT_ACT = dict(RESIDUAL=False, OUT_ACT=_NO_ACT)
+
+PENDING_NORM = KernelSpec(
+    "pending_norm",
+    (tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("res_ptr"), tensor("out_ptr"), integer("PIXELS"),
+     integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"),
+     strides("y_strides"), strides("res_strides"), strides("out_strides"), flag("ACT"), flag("OUT_ACT"),
+     flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
+    sites={"pending_norm": [[dict(ACT=a) for a in _PENDING_ACT_CODES],
+                            _RESIDUAL_OUT_ACTS + [_NO_RESIDUAL_OUT_ACT], _PER_SAMPLE_ELEMENTWISE]})
+
 BATCH_NORM_ACT_BACKWARD = KernelSpec(
     "batch_norm_act_backward",
-    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("dy_ptr"), tensor("partial_ptr", "*fp32"),
-     integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
-     strides("g_strides"), strides("y_strides"), strides("dy_strides"), flag("ACT"), flag("PER_SAMPLE"),
-     block("BLOCK_P"), block("BLOCK_C")),
-    sites={"batch_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _PER_SAMPLE_ELEMENTWISE]})
+    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("res_ptr"), tensor("dy_ptr"),
+     tensor("dres_ptr"), tensor("partial_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True),
+     integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"), strides("g_strides"),
+     strides("y_strides"), strides("res_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"),
+     flag("OUT_ACT"), flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
+    sites={"batch_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _PER_SAMPLE_ELEMENTWISE,
+                                         _fixed(**_NO_RESIDUAL_OUT_ACT)],
+           "residual_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _RESIDUAL_OUT_ACTS,
+                                            _PER_SAMPLE_ELEMENTWISE]})
 
 CHANNEL_STATISTICS = KernelSpec(
     "channel_statistics",
@@ -378,7 +395,7 @@ CHANNEL_STATISTICS = KernelSpec(
 
 # Every kernel the launchers run, in the doctor's order.
 KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
-           MAX_POOL2X2_BACKWARD, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS)
+           MAX_POOL2X2_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS)
 
 # The doctor's yardsticks (kernels.reference): compiled, never launched.
 MATMUL = KernelSpec(

@@ -10,7 +10,7 @@ import torch
 
 import fused_unet
 from tests.conftest import DEVICE
-from tests.test_swap import check_swap, eager_ops, left_alone
+from tests.test_swap import check_swap, eager_elementwise, eager_ops, left_alone
 
 monai_nets = pytest.importorskip("monai.networks.nets", reason="the compat extra: pip install -e '.[compat]'")
 smp = pytest.importorskip("segmentation_models_pytorch", reason="the compat extra: pip install -e '.[compat]'")
@@ -64,8 +64,8 @@ def test_monai_unet_reports_what_it_cannot_fuse():
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, example_input=x)
     # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue; the PReLUs and
-    # the 3x3 transposed convs stay eager.
-    assert report.traced == [""] and report.counts() == {"conv+bn": 4, "conv+add": 4}
+    # the 3x3 transposed convs stay eager, and the norm after each of those convs runs in the kernels ("bn").
+    assert report.traced == [""] and report.counts() == {"conv+bn": 4, "conv+add": 4, "bn": 2}
     text = str(report)
     assert "PReLU" in text and "stride (2, 2)" in text and "kernel_size (3, 3), stride (2, 2)" in text
     counts, expected = _eager_left(model, x, report)
@@ -91,6 +91,8 @@ def test_smp_unet(encoder, depth, decoder, size):
         # max-pool stays eager
         assert patterns["conv+bn+act"] == 8 and patterns["conv+bn+add+act"] == 4 and patterns["conv+bn"] == 1
         assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 1
+        # In training each block's BN, add and ReLU are one kernel: no element-wise op on an activation is eager.
+        assert eager_elementwise(model.train(), x) == {}
     counts, expected = _eager_left(model, x, report)
     assert counts == expected
 
@@ -241,8 +243,9 @@ def test_diffusers_unet2d_model():
     report = check_swap(model, x, ("train",), example_input=x)
     assert report.traced == ["(whole model) [torch.compile]"]
     # Every conv fused: each block's second conv with its skip add, the up-sampling conv with its nearest x2; the
-    # time embedding's broadcast adds are not residuals. The GroupNorms read a block's input or a sum (not a conv
-    # output): they stay PyTorch's, and so do the skip cats they read.
-    assert report.counts() == {"conv+add": 8, "upsample+conv": 1, "conv": 16}
+    # time embedding's broadcast adds are not residuals. Every GroupNorm -> SiLU (of a block's input, of a sum, of a
+    # skip cat) is pending into the conv that reads it; the cats a GroupNorm reads stay PyTorch's, and so does the
+    # mid-block attention's GroupNorm (of a [N, C, H*W] sequence).
+    assert report.counts() == {"conv+add": 8, "upsample+conv": 1, "conv": 16, "bn+act": 17}
     counts, _ = _eager_left(model, x, report)
-    assert counts == {"cat": 6}
+    assert counts == {"cat": 6, "norm": 1}

@@ -173,7 +173,7 @@ def test_conv2d_with_a_residual_matches_float64(shape, activation, layout, dtype
 
 def test_conv2d_residual_must_have_the_output_shape():
     x, weight, b = _inputs((1, 2, 6, 6, 3, 3), torch.float32)
-    with pytest.raises(ValueError, match=r"residual must have the conv's output shape \(1, 3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 3, 3\)"):
         FF.conv2d(x, weight, b, stride=2, padding=1, residual=torch.randn(1, 3, 6, 6))
     with pytest.raises(TypeError, match="residual has dtype torch.float16"):
         FF.conv2d(x, weight, b, residual=torch.randn(1, 3, 6, 6, dtype=torch.float16))

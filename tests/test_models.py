@@ -79,6 +79,33 @@ def test_state_dict_keys_match_for_every_up_mode(up_mode):
     assert not any(".up." in key for key in model.state_dict())
 
 
+# fp16 without a norm: a tiny fp16 batch-norm U-Net's gradients are noise, PyTorch's own included (test_norm).
+@pytest.mark.parametrize("norm,batch,dtype", [(None, 2, torch.float32), ("batch", 2, torch.float32),
+                                              ("instance", 1, torch.float32), (None, 1, torch.float16)])
+def test_residual_unet_matches_reference_in_both_modes(norm, batch, dtype):
+    # ResNet basic blocks in the encoder: the skip (a 1x1 conv + norm where the widths change) added in the second
+    # conv's epilogue (eval, no norm) or in the kernel that applies its pending norm (training); odd sizes, batch 1.
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=4, depth=2, norm=norm, block="residual")
+    models = _pair(dtype, **kwargs)
+    x = torch.randn(batch, 3, 13, 10, device=DEVICE)
+    grad = torch.randn(batch, 2, 13, 10, device=DEVICE)
+    for mode in (True, False):
+        for m in models:
+            m.train(mode)
+        compare_step(models, x, grad, f"train={mode}: ")
+
+
+def test_residual_unet_state_dict_matches_reference():
+    model = UNet(3, 2, base_channels=4, depth=2, norm="batch", block="residual")
+    reference = ReferenceUNet(**model.config)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert "encoder.0.proj.weight" in model.state_dict() and "encoder.0.conv2.bn.running_mean" in model.state_dict()
+    with pytest.raises(ValueError, match="block must be one of"):
+        UNet(block="dense")
+    with pytest.raises(ValueError, match="needs double_conv=True"):
+        UNet(block="residual", double_conv=False)
+
+
 class _SlightlyOff(UNet):
     """A U-Net 1e-4 off: far within a fixed 1e-2 tolerance, 1000x eager fp32's own error."""
 

@@ -190,6 +190,109 @@ def test_batch_norm_unet_saves_at_most_half_of_eager(dtype):
     assert fused <= 0.5 * reference, f"fused U-Net saves {fused / reference:.3f}x the eager model's activations"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("norm,activation,out_activation,residual", [
+    ("batch", None, "relu", "channels_last"), ("batch", None, "leaky_relu", "strided"),
+    ("group", "silu", None, "contiguous"), ("batch", "relu", "relu", "normalized"), ("group", None, None, None)])
+def test_normalized_add_matches_float64(norm, activation, out_activation, residual, dtype):
+    # A ResNet block's end in training, relu(bn2(conv2(h)) + identity), in one kernel after the fused conv: the
+    # residual any strides or itself a pending norm (the downsample branch's bn(conv1x1(x))); batch 1, odd sizes.
+    x = make_tensor((1, 3, 7, 5), dtype, requires_grad=True)
+    w, w_res = _params((6, 3, 3, 3), (6, 3, 1, 1), dtype=dtype)
+    w_res.requires_grad_(residual == "normalized")
+    gamma = (torch.rand(6, device=DEVICE) + 0.5).to(dtype).requires_grad_()
+    beta = make_tensor((6,), dtype, requires_grad=True)
+    tensor_residual = residual not in ("normalized", None)
+    skip = make_tensor((1, 6, 7, 5), dtype, residual if tensor_residual else "contiguous",
+                       requires_grad=tensor_residual)
+
+    def pending(y, gamma, beta, act):
+        if norm == "batch":
+            return FF.batch_norm(*y, gamma, beta, activation=act, negative_slope=0.1)
+        return FF.group_norm(y[0], 2, gamma, beta, activation=act, negative_slope=0.1)
+
+    def fused(x, w, w_res, gamma, beta, skip):
+        z = pending(FF.conv2d_stats(x, w), gamma, beta, activation)
+        res = pending(FF.conv2d_stats(x, w_res, padding=0), None, None, None) if residual == "normalized" else \
+            skip if residual else None
+        return FF.normalized_add(z, res, out_activation, 0.2)
+
+    def normed(y, gamma, beta, act):
+        if norm == "batch":
+            return _bn_act(y, gamma, beta, act, 0.1)
+        return eager.activate(F.group_norm(y, 2, gamma, beta), act, 0.1)
+
+    def reference(x, w, w_res, gamma, beta, skip):
+        z = normed(F.conv2d(x, w, padding=1), gamma, beta, activation)
+        res = normed(F.conv2d(x, w_res), None, None, None) if residual == "normalized" else \
+            skip if residual else None
+        return z if res is None else eager.activate(z + res, out_activation, 0.2)
+
+    out = check_against_float64(fused, reference, [x, w, w_res, gamma, beta, skip], dtype,
+                                baseline=dtype != torch.float32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("norm,layout", [("batch", "strided"), ("group", "channels_last"), ("instance", "contiguous")])
+def test_norm_of_any_tensor_matches_float64(norm, layout):
+    # A norm whose input no fused conv produced (a diffusion block's GroupNorm of its input, a pre-activation
+    # block's BatchNorm): statistics by the reduction kernel, pending into a conv, made a tensor for the rest.
+    x = make_tensor((1, 4, 7, 5), layout=layout, requires_grad=True)
+    (w,) = _params((3, 4, 3, 3))
+    gamma = (torch.rand(4, device=DEVICE) + 0.5).requires_grad_()
+    beta = make_tensor((4,), requires_grad=True)
+
+    def fused(x, w, gamma, beta):
+        if norm == "batch":
+            z = FF.batch_norm(x, None, gamma, beta, activation="silu")
+        elif norm == "group":
+            z = FF.group_norm(x, 2, gamma, beta, activation="silu")
+        else:
+            z = FF.instance_norm(x, gamma, beta, activation="silu")
+        return FF.conv2d(z, w), z.materialize()
+
+    def reference(x, w, gamma, beta):
+        if norm == "batch":
+            z = F.batch_norm(x, None, None, gamma, beta, training=True)
+        elif norm == "group":
+            z = F.group_norm(x, 2, gamma, beta)
+        else:
+            z = F.instance_norm(x, weight=gamma, bias=beta)
+        z = F.silu(z)
+        return F.conv2d(z, w, padding=1), z
+
+    *_, z = check_against_float64(fused, reference, [x, w, gamma, beta], torch.float32)
+    assert z.stride() == torch.empty_like(x, memory_format=torch.preserve_format).stride()  # eager keeps it
+
+
+@pytest.mark.parametrize("module", [nn.BatchNorm2d, nn.InstanceNorm2d])
+def test_norm_act_of_any_tensor_keeps_running_statistics(module):
+    torch.manual_seed(0)
+    bn = module(4, affine=True, track_running_stats=True).to(DEVICE)
+    ref = module(4, affine=True, track_running_stats=True).to(DEVICE)
+    x = make_tensor((2, 4, 5, 6))
+    for mode in (True, False):
+        bn.train(mode), ref.train(mode)
+        assert_close(fnn.norm_act(x, bn, "leaky_relu", 0.1), F.leaky_relu(ref(x), 0.1), torch.float32)
+    assert_close(bn.running_mean, ref.running_mean, torch.float32)
+    assert_close(bn.running_var, ref.running_var, torch.float32)
+
+
+def test_bad_normalized_add_is_rejected():
+    y, stats = FF.conv2d_stats(make_tensor((1, 3, 4, 4)), make_tensor((2, 3, 3, 3)))
+    z = FF.batch_norm(y, stats)
+    with pytest.raises(TypeError, match="x must be a Normalized"):
+        FF.normalized_add(y, y)
+    with pytest.raises(ValueError, match="needs a residual"):
+        FF.normalized_add(z, None, "relu")
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 2, 4, 4\)"):
+        FF.normalized_add(z, make_tensor((1, 2, 4, 3)), "relu")
+    with pytest.raises(TypeError, match="residual has dtype torch.float16 but x.y has torch.float32"):
+        FF.normalized_add(z, make_tensor((1, 2, 4, 4), torch.float16), "relu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        FF.normalized_add(z, y, "tanh")
+
+
 def test_bad_pending_norm_is_rejected():
     y = make_tensor((1, 3, 4, 4))
     bad = FF.Normalized(y, torch.ones(2, device=DEVICE), torch.zeros(3, device=DEVICE), "relu")

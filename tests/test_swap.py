@@ -16,11 +16,12 @@ from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare
 
 _EAGER_OPS = {"convolution": "conv", "cat": "cat", "max_pool2d_with_indices": "maxpool", "max_pool2d": "maxpool",
               "upsample_nearest2d": "interpolate", "upsample_bilinear2d": "interpolate",
-              "_upsample_nearest_exact2d": "interpolate"}
+              "_upsample_nearest_exact2d": "interpolate", "batch_norm": "norm", "instance_norm": "norm",
+              "group_norm": "norm"}
 
 
 def eager_ops(model, *inputs):
-    """The aten convolutions, concatenations, max-pools and up-samplings that compute data in one forward (the
+    """The aten convolutions, norms, concatenations, max-pools and up-samplings that compute data in one forward (the
     fused kernels are Triton programs, not aten ops; shape-only stand-ins on meta tensors are not counted). A
     first call compiles what torch.compile captures for these shapes."""
     model(*inputs)
@@ -35,6 +36,21 @@ def eager_ops(model, *inputs):
         if kind and parent is None and not _inside_counted(event):
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+_ELEMENTWISE = ("add", "add_", "mul", "mul_", "relu", "relu_", "leaky_relu", "leaky_relu_", "silu", "gelu")
+
+
+def eager_elementwise(model, x):
+    """The aten element-wise ops on whole activations ([N, C, H, W]) in one forward: what a pending norm, a residual
+    add or an activation left to PyTorch costs (running-statistics updates are per channel, not counted)."""
+    model(x)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        model(x)
+    names = [event.name.removeprefix("aten::") for event in profile.events()
+             if event.name.removeprefix("aten::") in _ELEMENTWISE and event.input_shapes
+             and len(event.input_shapes[0]) == 4 and event.input_shapes[0][0] == x.shape[0]]
+    return {name: names.count(name) for name in set(names)}
 
 
 def _inside_counted(event):
@@ -369,7 +385,11 @@ def test_resnet_blocks_fuse_strided_convs_and_the_residual_add():
     report = check_swap(model, x, more=[torch.randn(1, 3, 12, 16, device=DEVICE)])
     assert report.counts() == {"conv+bn+act": 3, "conv+bn+add+act": 2, "conv+bn": 1}
     assert not left_alone(report, "Conv2d")
+    # In training the projection's pending BN, the block's BN, the add and the ReLU are one kernel
+    # (functional.normalized_add): no element-wise op on a whole activation is left to PyTorch, in either mode.
+    assert eager_elementwise(model.train(), x) == {}
     assert eager_ops(model.eval(), x).get("conv", 0) == 0
+    assert eager_elementwise(model, x) == {}
 
 
 class DiffusionResBlock(nn.Module):
@@ -395,5 +415,8 @@ def test_a_diffusion_block_fuses_its_skip_add_and_downsampling():
     x = torch.randn(2, 8, 10, 9, device=DEVICE)
     report = check_swap(model, x)
     # conv2 + the skip fuse; conv1 + the time embedding matches too (a torch.fx graph does not know conv1's output
-    # shape), and at run time its broadcast add runs as the original ops.
-    assert report.counts()["conv+add"] == 2 and not left_alone(report, "Conv2d")
+    # shape), and at run time conv1 runs fused, its broadcast add PyTorch's. Each GroupNorm -> SiLU (of the block's
+    # input, of conv1 + the time embedding) is pending into the conv that reads it.
+    assert report.counts() == {"conv+add": 2, "bn+act": 2} and not left_alone(report, "Conv2d")
+    model.train()
+    assert eager_ops(model, x) == {} and eager_elementwise(model, x).get("silu", 0) == 0

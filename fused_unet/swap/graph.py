@@ -144,6 +144,17 @@ class SwapGraph:
         training = arg(node, 5, NORM_CALLS[node.target]._fields[4], False)
         return isinstance(arg(node, 6, "momentum", 0.1), float) and isinstance(training, bool)
 
+    def standalone_norm(self, node):
+        """Whether node is a norm the kernels run on any 4-D input (not only a conv's output): as ``norm``, its
+        channels from its module or from the graph's example input (a module's input may still be 3-D at run time:
+        the fused call checks)."""
+        m = self.module(node, nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm)
+        if m is not None:
+            return fnn.norm_unsupported(m) is None
+        value = example(node.args[0], self.root) if node.op == "call_function" and node.target in NORM_CALLS \
+            else None
+        return value is not None and value.dim() == 4 and self.norm(node, value.shape[1])
+
     def weight_shape(self, node):
         """The shape of a conv call's weight (its second argument); () where the graph does not say."""
         value = example(arg(node, 1, "weight"), self.root)
@@ -262,6 +273,8 @@ class SwapGraph:
         of the others to stand-ins), erase nodes."""
         with self.graph.inserting_before(nodes[-1]):
             new = self.graph.call_function(target, args, kwargs)
+        if "example_value" in nodes[-1].meta:  # the value it stands for: later patterns read its shape
+            new.meta["example_value"] = nodes[-1].meta["example_value"]
         nodes[-1].replace_all_uses_with(new)
         for node in nodes[:-1]:
             if any(u not in nodes for u in node.users):  # reads of its shape: the op run on meta tensors instead

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from fused_unet import nn as fnn
 from fused_unet.swap.graph import UPSAMPLE_CALLS, UPSAMPLE_MODULES, SwapGraph
 from fused_unet.swap.module_level import _SWAPS
-from fused_unet.swap.patterns import CHAIN_PATTERNS, conv_chain, single_layers
-from fused_unet.swap.runtime import _CAT_FUNCTIONS, _DATA_INPUTS, _FUSED_OPS, _fused_conv_pool
+from fused_unet.swap.patterns import CHAIN_PATTERNS, conv_chain, norm_act, single_layers
+from fused_unet.swap.runtime import _CAT_FUNCTIONS, _DATA_INPUTS, _NORM_ARGUMENT, _fused_conv_pool
 
 
 def rewrite(root, graph, prefix, report, functional=False):
@@ -25,6 +25,7 @@ def rewrite(root, graph, prefix, report, functional=False):
                 break
     if functional:
         changed = single_layers.swap(g) or changed
+    changed = norm_act.swap(g) or changed
     _defer_norms(g)
     _report_leftovers(g)
     graph.lint()
@@ -47,8 +48,8 @@ def _reads_normalized(g, user, value):
 def _defer_norms(g):
     """A fused conv's batch norm stays pending (its readers normalise as they read) when only fused layers read it."""
     for node in g.graph.nodes:
-        if node.op != "call_function" or node.target not in _FUSED_OPS or \
-                node.args[_FUSED_OPS[node.target] + 1] is None:  # no batch norm
+        if node.op != "call_function" or node.target not in _NORM_ARGUMENT or \
+                node.args[_NORM_ARGUMENT[node.target]] is None:  # no norm
             continue
         outputs = [u for u in node.users if u.args[1] == 0] if node.target is _fused_conv_pool else [node]
         readers = [(u, out) for out in outputs for u in out.users]

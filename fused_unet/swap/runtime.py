@@ -104,13 +104,28 @@ class _GroupNormArgs(collections.namedtuple("_group_norm_fields", ("num_groups",
 NORM_CALLS = {F.batch_norm: _BatchNormArgs, F.instance_norm: _InstanceNormArgs, F.group_norm: _GroupNormArgs}
 
 
+def _eager_norm(y, bn):
+    return nn.BatchNorm2d.forward(bn, y) if isinstance(bn, nn.BatchNorm2d) else bn.forward(y)
+
+
 def _eager_chain(x, conv, bn, activation, negative_slope):
     """The original ops of a conv chain, in PyTorch."""
     x = functional.materialize(x)
     y = nn.Conv2d.forward(conv, x) if isinstance(conv, nn.Conv2d) else conv.forward(x)
     if bn is not None:
-        y = nn.BatchNorm2d.forward(bn, y) if isinstance(bn, nn.BatchNorm2d) else bn.forward(y)
+        y = _eager_norm(y, bn)
     return eager.activate(y, activation, negative_slope)
+
+
+def _fused_norm_act(x, bn, activation, negative_slope, defer):
+    """act(bn(x)) of a norm whose input is not a fused conv's output: pending into the fused ops that read it
+    (``defer``), else one kernel; the original ops where x is not an image batch the kernels take (a 3-D sequence
+    for attention, a batch norm's single value per channel)."""
+    t = functional.materialize(x)
+    if fnn.input_unsupported(t) or not t.shape[2] * t.shape[3] or \
+            (fnn.norm_kind(bn) == "batch" and bn.training and t.shape[0] * t.shape[2] * t.shape[3] == 1):
+        return eager.activate(_eager_norm(t, bn), activation, negative_slope)
+    return fnn.norm_act(t, bn, activation, negative_slope, defer)
 
 
 def _fused_conv_transpose(x, weight, bias):
@@ -132,12 +147,15 @@ def _fused_conv(x, conv, bn, activation, negative_slope, defer):
 
 
 def _fused_conv_add(x, conv, bn, residual, activation, negative_slope):
-    """act(bn(conv(x)) + residual): the residual in the conv's epilogue where it is a plain tensor of the conv's
-    output shape and dtype (fused_unet.nn.conv_bn_add_act), else the original ops."""
-    if fnn.input_unsupported(x) or not fnn.residual_fits(x, conv, residual):
+    """act(bn(conv(x)) + residual): the residual in the conv's epilogue where it is a tensor of the conv's output
+    shape and dtype (fused_unet.nn.conv_bn_add_act), else the fused conv and PyTorch's add."""
+    if fnn.input_unsupported(x):
         y = _eager_chain(x, conv, bn, None, 0.01)
-        return eager.activate(y + functional.materialize(residual), activation, negative_slope)
-    return fnn.conv_bn_add_act(x, residual, conv, bn, activation, negative_slope)
+    elif not fnn.residual_fits(x, conv, residual):
+        y = fnn.conv_bn_act(x, conv, bn)  # the conv fused; a broadcast add (a time embedding) PyTorch's
+    else:
+        return fnn.conv_bn_add_act(x, residual, conv, bn, activation, negative_slope)
+    return eager.activate(y + functional.materialize(residual), activation, negative_slope)
 
 
 def _fused_conv_pool(x, conv, bn, activation, negative_slope, defer):
@@ -187,6 +205,8 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
 
 # Fused op -> how many leading arguments are data inputs (which may be pending batch norms).
 _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
+# Fused op -> the position of its norm argument (a norm left pending where only fused ops read the result).
+_NORM_ARGUMENT = {**{op: data + 1 for op, data in _FUSED_OPS.items()}, _fused_norm_act: 1}
 # Every fused call and its leading data arguments (a pending batch norm may reach them); the conv transpose and the
 # pool have no batch norm of their own, the residual conv's is never left pending (the add reads it).
 _DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1, _fused_conv_add: 1}

@@ -19,6 +19,10 @@ def rewrite(g, chain, pool):
         full = g.graph.call_function(operator.getitem, (new, 0))
     with g.graph.inserting_after(full):
         pooled = g.graph.call_function(operator.getitem, (new, 1))
+    for node, value in ((full, new), (pooled, pool)):  # new stands for the pair now, not the conv's output
+        if "example_value" in value.meta:
+            node.meta["example_value"] = value.meta["example_value"]
+    new.meta.pop("example_value", None)
     new.replace_all_uses_with(full, delete_user_cb=lambda user: user not in (full, pooled))
     pool.replace_all_uses_with(pooled)
     g.graph.erase_node(pool)
