@@ -91,7 +91,7 @@ def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     residual = materialize(residual)
     if isinstance(residual, torch.Tensor) and autocast_enabled(y.device.type) and residual.is_floating_point():
         residual = residual.to(y.dtype)  # as the conv epilogue's residual: the autocast dtype
-    checks.check_added(residual, y, y.shape, "x.y")
+    residual = checks.check_added(residual, y, y.shape, "x.y")
     checks.check_activation(activation, negative_slope)
     if backend(y) == "eager":
         z = eager.pending_norm(y, scale, shift, in_act, in_slope)
@@ -104,8 +104,9 @@ def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride
     """``act(conv2d(x, weight, bias, stride, padding) + residual)`` for a square kernel k (1x1 ... 31x31), stride 1
     or 2, zero padding (an int in [0, k), "valid" or "same" for an odd k at stride 1), groups 1. x: [N, C_in, H, W]
     (any strides) or a Normalized, weight: [C_out, C_in, k, k], ``residual`` (optional, any strides) of the output's
-    shape, added in the kernel's epilogue (a ResNet or diffusion block's skip); returns channels_last
-    [N, C_out, H_out, W_out]."""
+    shape or broadcast to it, added in the kernel's epilogue (a ResNet or diffusion block's skip, a diffusion
+    block's time embedding [N, C, 1, 1]: read with zero strides, its gradient summed by autograd); returns
+    channels_last [N, C_out, H_out, W_out]."""
     return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False, residual=residual)
 
 
@@ -120,7 +121,7 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats,
     x_t, scale, shift, in_act, in_slope = _split(x)
     x_t, weight, bias, residual = _autocast(x_t, weight, bias, residual)
     stride, padding = checks.check_conv2d(x_t, weight, bias, stride, padding)
-    checks.check_residual(residual, x_t, weight, stride, padding)
+    residual = checks.check_residual(residual, x_t, weight, stride, padding)
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         plain = _autocast(materialize(x))[0]

@@ -242,13 +242,16 @@ def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=Fa
 
 def residual_fits(x, conv, residual):
     """Whether ``residual`` can be added in the epilogue of ``conv`` applied to ``x`` (a tensor or a Normalized): a
-    tensor (or a Normalized) of the conv's output shape and x's dtype (a broadcast add, a time embedding, stays
-    PyTorch's)."""
-    x, residual = _tensor(x), _tensor(residual)
-    if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device:
+    Normalized of the conv's output shape, or a tensor of that shape or broadcast to it (a time embedding
+    [N, C, 1, 1]), of x's dtype and device."""
+    x, pending = _tensor(x), isinstance(residual, Normalized)
+    residual = _tensor(residual)
+    if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device or \
+            residual.dim() != 4:
         return False
     stride, padding = conv_geometry(conv.weight.shape[2], conv.stride, conv.padding)
-    return tuple(residual.shape) == conv_output_shape(x.shape, conv.weight.shape, stride, padding)
+    shape = conv_output_shape(x.shape, conv.weight.shape, stride, padding)
+    return all(r == s or (r == 1 and not pending) for r, s in zip(residual.shape, shape))
 
 
 def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01):
@@ -317,7 +320,7 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         block's skip) ``act(norm(conv(x)) + residual)``."""
         reason = self._config_unsupported() or input_unsupported(x)
         if residual is not None and not reason and not residual_fits(x, self, residual):
-            reason = "the residual is not a tensor of the output's shape and dtype"
+            reason = "the residual is not a tensor of the output's shape (or broadcast to it) and dtype"
         if reason:
             self._fallback(reason)
             return self._reference(x, residual)

@@ -125,17 +125,21 @@ def conv_output_shape(x_shape, weight_shape, stride, padding):
 
 
 def check_residual(residual, x, weight, stride, padding):
-    """A conv's residual input (None: none): a tensor of the conv's output shape, x's dtype and device."""
-    check_added(residual, x, conv_output_shape(x.shape, weight.shape, stride, padding))
+    """A conv's residual input (None: none), checked as ``check_added`` for the conv's output shape."""
+    return check_added(residual, x, conv_output_shape(x.shape, weight.shape, stride, padding))
 
 
 def check_added(residual, like, shape, like_name="the input x"):
-    """A residual added to an output of ``shape`` (None: none): 4-D, ``like``'s dtype and device."""
+    """A residual added to an output of ``shape`` (None: none): 4-D, ``like``'s dtype and device, of that shape
+    or broadcast to it (a time embedding [N, C, 1, 1]). Returns it expanded to ``shape`` (a view: zero strides)."""
     if residual is None:
-        return
+        return None
     check_tensor("residual", residual, 4, dtype_like=like, device_like=like, like_name=like_name)
-    if tuple(residual.shape) != tuple(shape):
-        raise ValueError(f"residual must have the output's shape {tuple(shape)}, got {tuple(residual.shape)}")
+    shape = tuple(shape)
+    if any(r not in (1, s) for r, s in zip(residual.shape, shape)):
+        raise ValueError(f"residual must have the output's shape {shape} or broadcast to it (a size of 1 where they "
+                         f"differ), got {tuple(residual.shape)}")
+    return residual.expand(shape)
 
 
 def check_conv_transpose2x2(x, weight, bias):

@@ -242,10 +242,10 @@ def test_diffusers_unet2d_model():
     x = torch.randn(1, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, ("train",), example_input=x)
     assert report.traced == ["(whole model) [torch.compile]"]
-    # Every conv fused: each block's second conv with its skip add, the up-sampling conv with its nearest x2; the
-    # time embedding's broadcast adds are not residuals. Every GroupNorm -> SiLU (of a block's input, of a sum, of a
-    # skip cat) is pending into the conv that reads it; the cats a GroupNorm reads stay PyTorch's, and so does the
-    # mid-block attention's GroupNorm (of a [N, C, H*W] sequence).
-    assert report.counts() == {"conv+add": 8, "upsample+conv": 1, "conv": 16, "bn+act": 17}
+    # Every conv fused: each block's first conv with its time embedding ([N, C, 1, 1], read with zero strides) and
+    # its second with its skip add in the epilogue, the up-sampling conv with its nearest x2. Every GroupNorm -> SiLU
+    # (of a block's input, of a sum, of a skip cat) is pending into the conv that reads it; the cats a GroupNorm
+    # reads stay PyTorch's, and so does the mid-block attention's GroupNorm (of a [N, C, H*W] sequence).
+    assert report.counts() == {"conv+add": 16, "upsample+conv": 1, "conv": 8, "bn+act": 17}
     counts, _ = _eager_left(model, x, report)
     assert counts == {"cat": 6, "norm": 1}

@@ -171,9 +171,23 @@ def test_conv2d_with_a_residual_matches_float64(shape, activation, layout, dtype
         [x, weight, b, residual], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("residual_shape", [(2, 8, 1, 1), (1, 8, 1, 1)])
+def test_conv2d_with_a_broadcast_residual_matches_float64(residual_shape, dtype):
+    # A diffusion block's time embedding [N, C, 1, 1] (or one for the batch): read with zero strides, no copy;
+    # its gradient is the prepared output gradient summed over the broadcast dimensions.
+    x, weight, b = _inputs((2, 4, 7, 5, 8, 3), dtype)
+    residual = make_tensor(residual_shape, dtype, requires_grad=True)
+    check_against_float64(lambda x, w, b, r: FF.conv2d(x, w, b, "relu", residual=r),
+                          lambda x, w, b, r: eager.conv2d(x, w, b, "relu", residual=r), [x, weight, b, residual],
+                          dtype)
+
+
 def test_conv2d_residual_must_have_the_output_shape():
     x, weight, b = _inputs((1, 2, 6, 6, 3, 3), torch.float32)
-    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 3, 3\) or broadcast"):
         FF.conv2d(x, weight, b, stride=2, padding=1, residual=torch.randn(1, 3, 6, 6))
+    with pytest.raises(ValueError, match=r"got \(2, 3, 1, 1\)"):  # it may not widen the output
+        FF.conv2d(x, weight, b, stride=2, padding=1, residual=torch.randn(2, 3, 1, 1))
     with pytest.raises(TypeError, match="residual has dtype torch.float16"):
         FF.conv2d(x, weight, b, residual=torch.randn(1, 3, 6, 6, dtype=torch.float16))

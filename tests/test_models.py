@@ -79,9 +79,10 @@ def test_state_dict_keys_match_for_every_up_mode(up_mode):
     assert not any(".up." in key for key in model.state_dict())
 
 
-# fp16 without a norm: a tiny fp16 batch-norm U-Net's gradients are noise, PyTorch's own included (test_norm).
-@pytest.mark.parametrize("norm,batch,dtype", [(None, 2, torch.float32), ("batch", 2, torch.float32),
-                                              ("instance", 1, torch.float32), (None, 1, torch.float16)])
+# Eval mode with BatchNorm is the no-norm path (folded); fp16 without a norm: a tiny fp16 batch-norm U-Net's
+# gradients are noise, PyTorch's own included (test_norm).
+@pytest.mark.parametrize("norm,batch,dtype", [("batch", 2, torch.float32), ("instance", 1, torch.float32),
+                                              (None, 1, torch.float16)])
 def test_residual_unet_matches_reference_in_both_modes(norm, batch, dtype):
     # ResNet basic blocks in the encoder: the skip (a 1x1 conv + norm where the widths change) added in the second
     # conv's epilogue (eval, no norm) or in the kernel that applies its pending norm (training); odd sizes, batch 1.

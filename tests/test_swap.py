@@ -414,9 +414,8 @@ def test_a_diffusion_block_fuses_its_skip_add_and_downsampling():
     model = DiffusionResBlock(8).to(DEVICE)
     x = torch.randn(2, 8, 10, 9, device=DEVICE)
     report = check_swap(model, x)
-    # conv2 + the skip fuse; conv1 + the time embedding matches too (a torch.fx graph does not know conv1's output
-    # shape), and at run time conv1 runs fused, its broadcast add PyTorch's. Each GroupNorm -> SiLU (of the block's
-    # input, of conv1 + the time embedding) is pending into the conv that reads it.
+    # conv2 + the skip and conv1 + the time embedding (broadcast: read with zero strides) fuse. Each GroupNorm ->
+    # SiLU (of the block's input, of conv1 + the time embedding) is pending into the conv that reads it.
     assert report.counts() == {"conv+add": 2, "bn+act": 2} and not left_alone(report, "Conv2d")
     model.train()
     assert eager_ops(model, x) == {} and eager_elementwise(model, x).get("silu", 0) == 0

@@ -148,11 +148,11 @@ def _fused_conv(x, conv, bn, activation, negative_slope, defer):
 
 def _fused_conv_add(x, conv, bn, residual, activation, negative_slope):
     """act(bn(conv(x)) + residual): the residual in the conv's epilogue where it is a tensor of the conv's output
-    shape and dtype (fused_unet.nn.conv_bn_add_act), else the fused conv and PyTorch's add."""
+    shape (or broadcast to it) and dtype (fused_unet.nn.conv_bn_add_act), else the fused conv and PyTorch's add."""
     if fnn.input_unsupported(x):
         y = _eager_chain(x, conv, bn, None, 0.01)
     elif not fnn.residual_fits(x, conv, residual):
-        y = fnn.conv_bn_act(x, conv, bn)  # the conv fused; a broadcast add (a time embedding) PyTorch's
+        y = fnn.conv_bn_act(x, conv, bn)  # the conv fused; an add that widens it or mixes dtypes PyTorch's
     else:
         return fnn.conv_bn_add_act(x, residual, conv, bn, activation, negative_slope)
     return eager.activate(y + functional.materialize(residual), activation, negative_slope)

@@ -1,5 +1,6 @@
 """A conv chain without an activation whose output is added to another tensor (a ResNet block's skip, a diffusion
-block's input), then optionally ReLU / LeakyReLU -> one fused conv with the residual added in its epilogue."""
+block's input or its time embedding [N, C, 1, 1]), then optionally ReLU / LeakyReLU -> one fused conv with the
+residual added in its epilogue."""
 import operator
 
 import torch
@@ -33,9 +34,11 @@ def match(g, chain):
     users = list(last.users)
     if len(users) != 1 or (other := _other_operand(users[0], last)) is None:
         return None
-    # A broadcast add (a time embedding [N, C, 1, 1]) where the graph knows the shapes: not a residual.
+    # Where the graph knows the shapes, the other tensor must not widen the conv's output (a time embedding
+    # [N, C, 1, 1] broadcast to it is read with zero strides); at run time the fused call checks again.
     value, out = example(other, g.root), example(last, g.root)
-    if value is not None and out is not None and tuple(value.shape) != tuple(out.shape):
+    if value is not None and out is not None and \
+            (value.dim() != out.dim() or any(v not in (1, o) for v, o in zip(value.shape, out.shape))):
         return None
     nodes, activation = [users[0]], (None, 0.01)
     if (nxt := g.only_user(users[0])) is not None and (found := g.activation(nxt)) is not None:
