@@ -80,8 +80,8 @@ def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     """``act(x + residual)`` as a tensor (x.y's dtype and dense layout: a fused conv's is channels_last) for a
     Normalized x: its norm and activation applied as y is read, the residual (optional: a tensor of x's shape and
     dtype, or a Normalized, made a tensor first) added, then ``activation`` (a ResNet block's end:
-    ``relu(bn2(conv2(h)) + identity)``), in one kernel; backward is one kernel and saves nothing but y and the
-    residual. ``activation`` needs a residual."""
+    ``relu(bn2(conv2(h)) + identity)``; ``activation`` ReLU / LeakyReLU or None, and only with a residual), in one
+    kernel; backward is one kernel and saves nothing but y and, with an activation, the output."""
     if not isinstance(x, Normalized):
         raise TypeError(f"x must be a Normalized (a pending norm), got {type(x).__name__}")
     y, scale, shift, in_act, in_slope = _split(x)
@@ -92,7 +92,7 @@ def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     if isinstance(residual, torch.Tensor) and autocast_enabled(y.device.type) and residual.is_floating_point():
         residual = residual.to(y.dtype)  # as the conv epilogue's residual: the autocast dtype
     residual = checks.check_added(residual, y, y.shape, "x.y")
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(y) == "eager":
         z = eager.pending_norm(y, scale, shift, in_act, in_slope)
         return z if residual is None else eager.activate(z + residual, activation, negative_slope)

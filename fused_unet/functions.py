@@ -266,28 +266,32 @@ class MaxPool2x2(torch.autograd.Function):
 
 class PendingNorm(torch.autograd.Function):
     """``out_act(act(y * scale + shift) + residual)``: a pending norm made a tensor in one kernel, where no fused
-    kernel reads it (``residual`` optional: a ResNet block's end). Saves y and the residual (both alive: y for the
-    norm's statistics' backward, the residual as a block's input); backward is one kernel (the sum recomputed)."""
+    kernel reads it (``residual`` optional: a ResNet block's end, then ``out_act`` ReLU / LeakyReLU or none). Saves y
+    (alive: the norm's statistics' backward needs it) and, with an ``out_act``, the output (its sign is the mask; the
+    next layer's input, alive anyway) — never the residual: a projection's normalised output is freed after the add.
+    Backward is one kernel."""
 
     @staticmethod
     def forward(ctx, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope):
-        ctx.save_for_backward(y, scale, shift, residual)
+        out = _launch(norm.pending_norm, y)(y, scale, shift, activation, negative_slope, residual, out_activation,
+                                            out_negative_slope)
+        ctx.save_for_backward(y, scale, shift, out if out_activation is not None else None)
         ctx.acts = (activation, negative_slope, out_activation, out_negative_slope)
-        return _launch(norm.pending_norm, y)(y, scale, shift, activation, negative_slope, residual, out_activation,
-                                             out_negative_slope)
+        ctx.residual = residual is not None
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        y, scale, shift, residual = ctx.saved_tensors
+        y, scale, shift, out = ctx.saved_tensors
         activation, negative_slope, out_activation, out_negative_slope = ctx.acts
-        if residual is None:
+        if not ctx.residual:
             dy, dscale, dshift = _launch(norm.batch_norm_act_input_grad, grad_out)(grad_out, y, scale, shift,
                                                                                      activation, negative_slope)
             dres = None
         else:
             dy, dres, dscale, dshift = _launch(norm.residual_norm_act_input_grad, grad_out)(
-                grad_out, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope)
+                grad_out, y, scale, shift, out, activation, negative_slope, out_activation, out_negative_slope)
         return dy, dscale, dshift, dres, None, None, None, None
 
 

@@ -100,10 +100,10 @@ pending_norm = _op(
     "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0) -> Tensor",
     lambda y, *rest: norm.pending_norm_output(y))
 residual_norm_act_input_grad = _op(
-    norm.residual_norm_act_input_grad, "(Tensor grad, Tensor y, Tensor scale, Tensor shift, Tensor residual, "
+    norm.residual_norm_act_input_grad, "(Tensor grad, Tensor y, Tensor scale, Tensor shift, Tensor? out=None, "
     "str? activation=None, float negative_slope=0.0, str? out_activation=None, float out_negative_slope=0.0) -> "
     "(Tensor, Tensor, Tensor, Tensor)",
-    lambda grad, y, scale, shift, residual, *rest: norm.residual_norm_act_input_grad_output(grad, scale, residual))
+    lambda grad, y, scale, *rest, **kwargs: norm.residual_norm_act_input_grad_output(grad, scale))
 upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))

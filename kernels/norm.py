@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import (ACT_NONE, activation_input_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
+from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
                      pixel_channel_tile, strides_of)
 from .configs import configs
 from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, PENDING_NORM
@@ -173,23 +173,24 @@ def batch_norm_act_backward_kernel(
     g_ptr,  # dL/dout of out = out_act(act(y * scale + shift) (+ residual)) [N, C, H, W]
     y_ptr,  # the pre-norm y
     norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
-    res_ptr,  # RESIDUAL: the residual added after the norm's activation (read to recompute OUT_ACT's input)
+    out_ptr,  # RESIDUAL and an OUT_ACT: the forward's output (its sign gives the ReLU's / LeakyReLU's gradient)
     dy_ptr,  # dL/dy
     dres_ptr,  # RESIDUAL: dL/dresidual
     partial_ptr,  # fp32 [programs along pixels (per image with PER_SAMPLE), 2, C]: sums for dL/dscale, dL/dshift
     PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
     NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes
-    g_strides, y_strides, res_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
+    g_strides, y_strides, out_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
     ACT: tl.constexpr,  # the norm's activation (codes.Act)
-    OUT_ACT: tl.constexpr,  # the activation after the residual add (codes.Act; NONE for a consumer's dL/dz)
+    OUT_ACT: tl.constexpr,  # RESIDUAL: the activation after the add (codes.EPILOGUE_ACTIVATIONS), else NONE
     PER_SAMPLE: tl.constexpr,  # instance / group norm: scale, shift and the partial sums per (image, channel)
     RESIDUAL: tl.constexpr,  # a residual was added before OUT_ACT
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
-    """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift, t = act(u) + residual and
-    g = dL/d out_act(t): dresidual = out_act'(t) g, dy = act'(u) out_act'(t) g scale, and per program the partial
-    sums of act'(u) out_act'(t) g y (-> dL/dscale) and act'(u) out_act'(t) g (-> dL/dshift) into its own workspace
-    row (no atomics). Nothing of the forward is saved but y and the residual: t is recomputed."""
+    """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift, out = out_act(act(u) + residual) and
+    g = dL/dout: dresidual = out_act'(out) g (the sign of out: a ReLU / LeakyReLU), dy = act'(u) dresidual scale,
+    and per program the partial sums of act'(u) dresidual y (-> dL/dscale) and act'(u) dresidual (-> dL/dshift)
+    into its own workspace row (no atomics). Nothing of the forward is saved but y and its output: not the
+    residual, not the sum."""
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     if PER_SAMPLE:
         img += tl.program_id(2)
@@ -199,12 +200,10 @@ def batch_norm_act_backward_kernel(
     y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
     u = y * scale + shift
     if RESIDUAL:
-        residual = tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0)
-        g = activation_input_grad(g, apply_activation(u, NEG_SLOPE, ACT) + residual.to(tl.float32), OUT_NEG_SLOPE,
-                                  OUT_ACT)
+        if OUT_ACT != ACT_NONE:
+            out = tl.load(out_ptr + _at(out_strides, img, h, w, offs_c), mask=mask, other=0.0)
+            g = activation_grad(g, out.to(tl.float32), OUT_NEG_SLOPE, OUT_ACT)
         tl.store(dres_ptr + _at(dres_strides, img, h, w, offs_c), g.to(dres_ptr.dtype.element_ty), mask=mask)
-    elif OUT_ACT != ACT_NONE:
-        g = activation_input_grad(g, apply_activation(u, NEG_SLOPE, ACT), OUT_NEG_SLOPE, OUT_ACT)
     g = tl.where(mask, activation_input_grad(g, u, NEG_SLOPE, ACT), 0.0)
     tl.store(dy_ptr + _at(dy_strides, img, h, w, offs_c), (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
     row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c
@@ -217,10 +216,9 @@ def batch_norm_act_input_grad_output(grad, scale):
     return dy, torch.empty_like(scale), torch.empty_like(scale)
 
 
-def residual_norm_act_input_grad_output(grad, scale, residual):
+def residual_norm_act_input_grad_output(grad, scale):
     dy, grad_scale, grad_shift = batch_norm_act_input_grad_output(grad, scale)
-    return dy, torch.empty(grad.shape, device=grad.device, dtype=residual.dtype,
-                           memory_format=torch.channels_last), grad_scale, grad_shift
+    return dy, torch.empty_like(dy), grad_scale, grad_shift
 
 
 def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0):
@@ -231,18 +229,19 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
     return (dy, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy))
 
 
-def residual_norm_act_input_grad(grad, y, scale, shift, residual, activation=None, negative_slope=0.0,
+def residual_norm_act_input_grad(grad, y, scale, shift, out=None, activation=None, negative_slope=0.0,
                                  out_activation=None, out_negative_slope=0.0):
     """(dL/dy, dL/dresidual, dL/dscale, dL/dshift) of ``pending_norm``'s out = out_act(act(y * scale + shift) +
-    residual) from dL/dout ``grad`` (any strides); the sum is recomputed from y and the residual."""
-    dy, dres, _, _ = residual_norm_act_input_grad_output(grad, scale, residual)
+    residual) from dL/dout ``grad`` (any strides); ``out`` (needed with an ``out_activation``: ReLU / LeakyReLU)
+    gives that activation's gradient by its sign. The residual's gradient has y's dtype."""
+    dy, dres, _, _ = residual_norm_act_input_grad_output(grad, scale)
     return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy,
-                                          (residual, dres, out_activation, out_negative_slope)))
+                                          (out, dres, out_activation, out_negative_slope)))
 
 
 def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, residual=None):
-    """(dL/dscale, dL/dshift), writing dy (and the residual's gradient, ``residual`` = (residual, dres,
-    out_activation, out_negative_slope))."""
+    """(dL/dscale, dL/dshift), writing dy (and the residual's gradient, ``residual`` = (the forward's output or
+    None, dres, out_activation, out_negative_slope))."""
     batch, c, h, w = y.shape
     per_image = per_sample((scale, shift))
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
@@ -250,15 +249,15 @@ def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, re
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
     partial = torch.zeros((images, tiles, 2, c), device=y.device, dtype=torch.float32)
-    res, dres, out_activation, out_negative_slope = residual if residual is not None else (None, None, None, 0.0)
+    out, dres, out_activation, out_negative_slope = residual if residual is not None else (None, None, None, 0.0)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
-            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), res_ptr=res if res is not None else y,
+            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), out_ptr=out if out is not None else y,
             dy_ptr=dy, dres_ptr=dres if dres is not None else dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
             NEG_SLOPE=float(negative_slope), OUT_NEG_SLOPE=float(out_negative_slope), g_strides=grad.stride(),
-            y_strides=y.stride(), res_strides=strides_of(res), dy_strides=dy.stride(), dres_strides=strides_of(dres),
+            y_strides=y.stride(), out_strides=strides_of(out), dy_strides=dy.stride(), dres_strides=strides_of(dres),
             ACT=act_code(activation), OUT_ACT=act_code(out_activation), PER_SAMPLE=per_image,
-            RESIDUAL=res is not None)
+            RESIDUAL=dres is not None)
     parts = partial if per_image else partial[0]  # summed over the tiles of each image, or of the batch
     return parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)

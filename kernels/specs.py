@@ -362,8 +362,9 @@ MAX_POOL2X2_BACKWARD = KernelSpec(
      strides("argmax_strides"), strides("x_strides"), block("BLOCK")),
     sites={"max_pool2x2_backward": [[{}]]})
 
-# After a norm's activation: a residual added, then a second activation (any of the table), or neither.
-_RESIDUAL_OUT_ACTS = [dict(RESIDUAL=True, OUT_ACT=a) for a in _PENDING_ACT_CODES]
+# After a norm's activation: a residual added, then a conv epilogue's activation (its output's sign gives the
+# gradient), or neither.
+_RESIDUAL_OUT_ACTS = [dict(RESIDUAL=True, OUT_ACT=a) for a in _ACT_CODES]
 _NO_RESIDUAL_OUT_ACT = dict(RESIDUAL=False, OUT_ACT=_NO_ACT)
 
 PENDING_NORM = KernelSpec(
@@ -377,10 +378,10 @@ PENDING_NORM = KernelSpec(
 
 BATCH_NORM_ACT_BACKWARD = KernelSpec(
     "batch_norm_act_backward",
-    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("res_ptr"), tensor("dy_ptr"),
+    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("out_ptr"), tensor("dy_ptr"),
      tensor("dres_ptr"), tensor("partial_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True),
      integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"), strides("g_strides"),
-     strides("y_strides"), strides("res_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"),
+     strides("y_strides"), strides("out_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"),
      flag("OUT_ACT"), flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
     sites={"batch_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _PER_SAMPLE_ELEMENTWISE,
                                          _fixed(**_NO_RESIDUAL_OUT_ACT)],

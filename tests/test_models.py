@@ -4,6 +4,7 @@ import torch
 
 from tests.conftest import DEVICE, compare_step, gpu_only, model_triplet
 from fused_unet import ReferenceUNet, UNet
+from fused_unet.utils import saved_activation_bytes
 
 
 def _pair(dtype=torch.float32, **kwargs):
@@ -105,6 +106,16 @@ def test_residual_unet_state_dict_matches_reference():
         UNet(block="dense")
     with pytest.raises(ValueError, match="needs double_conv=True"):
         UNet(block="residual", double_conv=False)
+
+
+def test_residual_unet_saves_no_residual_for_backward():
+    # Each block's add keeps y and its output's sign, not the residual: the projection's normalised output is freed
+    # after the add (0.577x of eager measured; 0.657x when the residual was saved).
+    kwargs = dict(in_channels=3, num_classes=2, base_channels=64, depth=4, norm="batch", block="residual")
+    x = torch.empty(2, 3, 256, 256, device="meta", requires_grad=True)
+    fused = saved_activation_bytes(UNet(**kwargs).to("meta"), x)
+    reference = saved_activation_bytes(ReferenceUNet(**kwargs).to("meta"), x)
+    assert fused <= 0.6 * reference, f"the residual U-Net saves {fused / reference:.3f}x the eager model's activations"
 
 
 class _SlightlyOff(UNet):
