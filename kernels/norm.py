@@ -38,8 +38,10 @@ def group_statistics(stats, groups):
     """(mean, biased variance, count) per (image, group of channels) [N, groups] from a channel_statistics
     workspace [N, tiles, 3, C]: instance norm is ``groups`` = C."""
     batch, tiles, _, c = stats.shape
-    stats = stats.double().view(batch, tiles, 3, groups, c // groups)
-    return _combined(stats[:, :, 0], stats[:, :, 1], stats[:, :, 2], (1, 3))
+    # [N * groups, 3, tiles * channels of a group]: each statistic's parts side by side, combined in that order.
+    parts = stats.view(batch, tiles, 3, groups, c // groups).permute(0, 3, 2, 1, 4).reshape(batch * groups, 3, -1)
+    parts = parts.double()
+    return tuple(t.view(batch, groups) for t in _combined(parts[:, 0], parts[:, 1], parts[:, 2], (1,)))
 
 
 @triton.jit

@@ -204,6 +204,8 @@ def test_nnunet_residual_encoder_unet():
     # norm: instance statistics must exist first); the projections are conv + norm.
     assert report.counts() == {"conv+bn+act": 6, "conv+bn+add+act": 5, "conv+bn": 2, "cat+conv+bn+act": 2}
     assert not report.left_alone and _eager_left(net, x, report) == ({}, {})
+    # Training: each block's norm, add and LeakyReLU are one kernel; nothing element-wise on an activation is eager.
+    assert eager_elementwise(net.train(), x) == {}
 
 
 def test_monai_dyn_unet_with_residual_blocks():
