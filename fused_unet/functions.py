@@ -341,9 +341,9 @@ _PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t, view=(1
 class BatchNormScaleShift(torch.autograd.Function):
     """Per-channel (scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
     wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
-    scale (fp32), plus (mean, biased var) for the running statistics. Backward turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and the part of dL/dy
-    that flows through the batch mean and variance (a per-channel a * y + b); saves y (already alive), mean
-    and 1/std."""
+    scale (fp32), plus (mean, biased var) for the running statistics. Backward turns dL/dscale, dL/dshift into
+    dL/dgamma, dL/dbeta and the part of dL/dy that flows through the batch mean and variance (a per-channel
+    a * y + b); saves y (already alive), mean and 1/std."""
 
     @staticmethod
     def forward(ctx, y, stats, gamma, beta, eps):

@@ -152,9 +152,9 @@ class UNet(_UNetBase):
     conv -> norm -> activation in every 3x3 conv; a pending norm's normalised tensor is never stored, each
     consumer kernel normalises its input as it reads it. ``block="residual"``: each encoder level and the
     bottleneck are ResNet basic blocks (``ResidualBlock``), the skip added in the second conv's epilogue (with a
-    pending norm: in the one kernel that applies it), then the 2x2 max-pool. Conv weights are stored channels_last ([C_out, kh, kw,
-    C_in] in memory), the layout the kernels read; values and state_dict keys are those of ReferenceUNet with the
-    same options."""
+    pending norm: in the one kernel that applies it), then the 2x2 max-pool. Conv weights are stored channels_last
+    ([C_out, kh, kw, C_in] in memory), the layout the kernels read; values and state_dict keys are those of
+    ReferenceUNet with the same options."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

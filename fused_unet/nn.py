@@ -169,7 +169,7 @@ def _running_scale_shift(bn):
     scale = torch.rsqrt(bn.running_var.float() + bn.eps)
     scale = scale * bn.weight.float() if bn.affine else scale
     shift = -bn.running_mean.float() * scale
-    return scale, shift + bn.bias.float() if bn.affine else shift
+    return scale, (shift + bn.bias.float() if bn.affine else shift)
 
 
 def _folded(conv, bn):

@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample, pixel_channel_grid,
-                     pixel_channel_tile, strides_of)
+from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample,
+                     pixel_channel_grid, pixel_channel_tile, strides_of)
 from .configs import configs
 from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, PENDING_NORM
 
@@ -237,13 +237,14 @@ def residual_norm_act_input_grad(grad, y, scale, shift, out=None, activation=Non
     residual) from dL/dout ``grad`` (any strides); ``out`` (needed with an ``out_activation``: ReLU / LeakyReLU)
     gives that activation's gradient by its sign. The residual's gradient has y's dtype."""
     dy, dres, _, _ = residual_norm_act_input_grad_output(grad, scale)
-    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy,
-                                          (out, dres, out_activation, out_negative_slope)))
+    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, out=out, dres=dres,
+                                          out_activation=out_activation, out_negative_slope=out_negative_slope))
 
 
-def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, residual=None):
-    """(dL/dscale, dL/dshift), writing dy (and the residual's gradient, ``residual`` = (the forward's output or
-    None, dres, out_activation, out_negative_slope))."""
+def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, out=None, dres=None, out_activation=None,
+                       out_negative_slope=0.0):
+    """(dL/dscale, dL/dshift), writing dy and, given ``dres``, the residual's gradient (``out``: the forward's
+    output, read for ``out_activation``'s gradient)."""
     batch, c, h, w = y.shape
     per_image = per_sample((scale, shift))
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
@@ -251,7 +252,6 @@ def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, re
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
     partial = torch.zeros((images, tiles, 2, c), device=y.device, dtype=torch.float32)
-    out, dres, out_activation, out_negative_slope = residual if residual is not None else (None, None, None, 0.0)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
