@@ -103,13 +103,16 @@ def test_smp_unet(encoder, depth, decoder, size, modes):
 # fuses with the unswapped model's outputs and gradients, or leaves a part alone and says why — never an exception.
 # Eval mode: efficientnet's drop-connect and the mix transformer's drop-path draw random numbers in training.
 SMP_ENCODERS = ["efficientnet-b0", "mobilenet_v2", "mit_b0"]
+# mit_b0 at seed 0 has a decoder pre-ReLU value of 1.5e-7 in float64: fp32 rounding (ours, or a CPU's other eager
+# kernels) flips its mask and moves a whole region of dL/dx. Seed 4 keeps every ReLU input >= 1.5e-4 from zero.
+SMP_SEEDS = {"mit_b0": 4}
 
 
 @pytest.mark.parametrize("encoder", SMP_ENCODERS)
 def test_smp_encoder_families_swap_or_say_why(encoder):
     if encoder not in smp.encoders.get_encoder_names():
         pytest.skip(f"the installed segmentation_models_pytorch has no {encoder} encoder")
-    torch.manual_seed(0)
+    torch.manual_seed(SMP_SEEDS.get(encoder, 0))
     model = smp.Unet(encoder, encoder_weights=None, classes=2, encoder_depth=3, decoder_channels=(16, 8, 8))
     model = model.to(DEVICE).eval()
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
