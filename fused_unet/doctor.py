@@ -43,7 +43,8 @@ def kernels():
             specs.MAX_POOL2X2_BACKWARD.name: pool.max_pool2x2_backward_kernel,
             specs.PENDING_NORM.name: norm.pending_norm_kernel,
             specs.BATCH_NORM_ACT_BACKWARD.name: norm.batch_norm_act_backward_kernel,
-            specs.CHANNEL_STATISTICS.name: norm.channel_statistics_kernel}
+            specs.CHANNEL_STATISTICS.name: norm.channel_statistics_kernel,
+            specs.NORM_STATISTICS.name: norm.norm_statistics_kernel}
 
 
 def jit_function(kernel):

@@ -196,7 +196,7 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     if backend(y) == "eager":
         scale, shift, mean, var = eager.batch_norm_scale_shift(y, weight, bias, eps)
     else:
-        scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
+        y, scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
     _update_running(running_mean, running_var, mean, var, y.numel() // channels, momentum)
     return Normalized(y, scale, shift, activation, float(negative_slope))
 
@@ -205,7 +205,7 @@ def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None,
     """Group norm of a conv's output ``y`` (plain tensor [N, C, H, W], C divisible by ``num_groups``) as the
     Normalized ``act((y - mean) / sqrt(var + eps) * weight + bias)``, mean and biased variance per (image, group):
     its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``."""
-    scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope)
+    y, scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope)
     return Normalized(y, scale, shift, activation, float(negative_slope))
 
 
@@ -214,20 +214,20 @@ def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None
     """Instance norm (statistics per image and channel) of a conv's output ``y`` as a Normalized (see
     ``group_norm``). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d`` with
     ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
-    scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
+    y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
     _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
     return Normalized(y, scale, shift, activation, float(negative_slope))
 
 
 def _group_norm(y, groups, weight, bias, eps, activation, negative_slope):
-    """(scale, shift) [N, C] and (mean, biased var) [N, groups] of a group norm of y."""
+    """(y as its consumers read it, scale, shift [N, C], mean, biased var [N, groups]) of a group norm of y."""
     checks.check_group_norm(y, groups, weight, bias)
     checks.check_activation(activation, negative_slope)
     channels = y.shape[1]
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
-        return eager.group_norm_scale_shift(y, groups, weight, bias, eps)
+        return (y, *eager.group_norm_scale_shift(y, groups, weight, bias, eps))
     return _functions().GroupNormScaleShift.apply(y, weight, bias, int(groups), float(eps))
 
 

@@ -297,29 +297,32 @@ class PendingNorm(torch.autograd.Function):
 
 class _Granularity(NamedTuple):
     """How a norm's statistics map onto its per-channel (scale, shift): ``to_stat`` sums a scale-shaped tensor
-    over the channels of each statistic, ``to_channel`` repeats a statistic-shaped one onto its channels, ``view``
-    broadcasts a scale-shaped one over y."""
+    over the channels of each statistic, ``to_channel`` repeats a statistic-shaped one onto its channels."""
     to_stat: Callable
     to_channel: Callable
-    view: tuple
 
 
-def _scale_shift(ctx, y, gamma, beta, statistics, eps, granularity):
-    """(scale, shift, mean, biased var) fp32 of a norm of y from its ``statistics`` (mean, biased var, count) in
-    float64: scale = gamma / sqrt(var + eps), shift = beta - mean * scale; saves what _scale_shift_backward needs."""
-    mean, var, count = statistics
-    invstd = torch.rsqrt(var + eps)
-    scale = gamma.double() * granularity.to_channel(invstd)
-    shift = beta.double() - granularity.to_channel(mean) * scale
+def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, granularity):
+    """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (one launch
+    combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
+    [N, C]); saves what _scale_shift_backward needs. y comes back as it went in (autograd makes it a view): its
+    consumers' gradient reaches this backward, which adds the statistics' part in the same kernel instead of
+    autograd summing two y-sized tensors."""
+    scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps)
+    mean, var, invstd = stats.unbind(1)
+    if granularity is _PER_CHANNEL:
+        scale, shift, mean, var, invstd = (t.squeeze(0) for t in (scale, shift, mean, var, invstd))
     ctx.save_for_backward(y, gamma, mean, invstd)
-    ctx.count, ctx.granularity, ctx.gamma_dtype = count, granularity, gamma.dtype
+    images = 1 if granularity is _PER_CHANNEL else y.shape[0]  # a batch norm's statistic spans the batch
+    ctx.count, ctx.granularity, ctx.gamma_dtype = y.numel() // images // groups, granularity, gamma.dtype
     ctx.mark_non_differentiable(mean, var)
-    return scale.float(), shift.float(), mean.float(), var.float()
+    return y, scale, shift, mean, var
 
 
-def _scale_shift_backward(ctx, grad_scale, grad_shift):
+def _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift):
     """(dL/dy, dL/dgamma, dL/dbeta) of scale = gamma * invstd, shift = beta - mean * scale, with mean and
-    invstd = 1 / sqrt(var + eps) statistics of y: dL/dy through the statistics is a * y + b per statistic."""
+    invstd = 1 / sqrt(var + eps) statistics of y, and ``grad_y`` the consumers' gradient of y: dL/dy
+    through the statistics is a * y + b per statistic, added to grad_y by one kernel (pending_norm's arithmetic)."""
     y, gamma, mean, invstd = ctx.saved_tensors
     g = ctx.granularity
     grad_scale, grad_shift, gamma = grad_scale.double(), grad_shift.double(), gamma.double()
@@ -328,33 +331,33 @@ def _scale_shift_backward(ctx, grad_scale, grad_shift):
     grad_mean = -g.to_stat(gamma * grad_shift) * invstd
     a = 2 * grad_var / ctx.count
     b = grad_mean / ctx.count - a * mean
-    grad_y = (y.float() * g.to_channel(a).float().view(g.view) + g.to_channel(b).float().view(g.view)).to(y.dtype)
+    grad_y = _launch(norm.pending_norm, y)(y, g.to_channel(a).float(), g.to_channel(b).float(), residual=grad_y)
     grad_gamma = grad_scale_total * g.to_channel(invstd)
     if grad_gamma.dim() == 2:  # per-sample scales: gamma and beta are shared by the images
         grad_gamma, grad_shift = grad_gamma.sum(0), grad_shift.sum(0)
     return grad_y, grad_gamma.to(ctx.gamma_dtype), grad_shift.to(ctx.gamma_dtype)
 
 
-_PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t, view=(1, -1, 1, 1))
+_PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t)
 
 
 class BatchNormScaleShift(torch.autograd.Function):
-    """Per-channel (scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
+    """(y, per-channel scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
     wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
-    scale (fp32), plus (mean, biased var) for the running statistics. Backward turns dL/dscale, dL/dshift into
-    dL/dgamma, dL/dbeta and the part of dL/dy that flows through the batch mean and variance (a per-channel
-    a * y + b); saves y (already alive), mean and 1/std."""
+    scale (fp32), plus (mean, biased var) for the running statistics; the consumers read the y returned. Backward
+    turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and adds the part of dL/dy that flows through the batch
+    mean and variance (a per-channel a * y + b) to the consumers' dL/dy; saves y (already alive), mean and 1/std."""
 
     @staticmethod
     def forward(ctx, y, stats, gamma, beta, eps):
         if stats is None:  # y is not a conv's output: its per-image statistics are parts of the batch's
             stats = _launch(norm.channel_statistics, y)(y).flatten(0, 1)
-        return _scale_shift(ctx, y, gamma, beta, norm.batch_statistics(stats), eps, _PER_CHANNEL)
+        return _scale_shift(ctx, y, gamma, beta, stats.unsqueeze(0), y.shape[1], eps, _PER_CHANNEL)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_scale, grad_shift, grad_mean, grad_var):
-        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_scale, grad_shift)
+    def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
+        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
         return grad_y, None, grad_gamma, grad_beta, None
 
 
@@ -362,22 +365,22 @@ def _per_group(batch, channels, groups):
     """The granularity of a group norm's statistics: one per (image, group of channels / groups channels)."""
     width = channels // groups
     return _Granularity(to_stat=lambda t: t.view(batch, groups, width).sum(2),
-                        to_channel=lambda t: t.repeat_interleave(width, dim=1), view=(batch, channels, 1, 1))
+                        to_channel=lambda t: t.repeat_interleave(width, dim=1))
 
 
 class GroupNormScaleShift(torch.autograd.Function):
-    """Per (image, channel) (scale, shift) [N, C] of a group norm of y (instance norm: ``groups`` = C), from y's
+    """(y, per (image, channel) scale, shift [N, C]) of a group norm of y (instance norm: ``groups`` = C), from y's
     statistics per (image, group) (one reduction kernel: fused_unet.kernels.norm.channel_statistics), plus
     (mean, biased var) [N, groups] for running statistics. Backward as BatchNormScaleShift's, per (image, group);
     saves y (already alive), mean and 1/std."""
 
     @staticmethod
     def forward(ctx, y, gamma, beta, groups, eps):
-        statistics = norm.group_statistics(_launch(norm.channel_statistics, y)(y), groups)
-        return _scale_shift(ctx, y, gamma, beta, statistics, eps, _per_group(y.shape[0], y.shape[1], groups))
+        parts = _launch(norm.channel_statistics, y)(y)
+        return _scale_shift(ctx, y, gamma, beta, parts, groups, eps, _per_group(y.shape[0], y.shape[1], groups))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_scale, grad_shift, grad_mean, grad_var):
-        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_scale, grad_shift)
+    def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
+        grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
         return grad_y, grad_gamma, grad_beta, None, None

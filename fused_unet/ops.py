@@ -108,3 +108,6 @@ upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))
 channel_statistics = _op(norm.channel_statistics, "(Tensor y) -> Tensor", norm.channel_statistics_output)
+norm_statistics = _op(norm.norm_statistics, "(Tensor parts, int groups, Tensor gamma, Tensor beta, float eps) -> "
+                      "(Tensor, Tensor, Tensor)",
+                      lambda parts, groups, *rest: norm.norm_statistics_output(parts, groups))

@@ -154,8 +154,10 @@ def _derived_flags(kernel, args, blocks):
 
 
 def _data_tensor(launch):
-    """The launch's first tensor of the launch dtype (a GEMM's A operand)."""
-    return launch.args[next(p.name for p in launch.spec.params if p.types == specs.TENSOR)]
+    """The launch's first tensor of the launch dtype (a GEMM's A operand; a norm's weight, the first of a pair)."""
+    param = next(p for p in launch.spec.params if specs.TENSOR in (p.types if isinstance(p.types, tuple) else (p.types,)))
+    value = launch.args[param.name]
+    return value[0] if isinstance(param.types, tuple) else value
 
 
 def _dtype_name(launch):

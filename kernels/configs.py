@@ -79,6 +79,8 @@ GPU_CONFIGS = {
     "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
     # One block size only: the statistics' parts (and so their bits) must not depend on the config.
     "channel_statistics": {"any": [_cfg(BLOCK_P=128, BLOCK_C=64, num_warps=4, num_stages=1)]},
+    # One block size only: the combine order (and so the bits) of a norm's statistics must not depend on the config.
+    "norm_statistics": {"any": [_cfg(BLOCK_T=16, BLOCK_S=64, num_warps=4, num_stages=1)]},
 }
 
 INTERPRETER_CONFIGS = {
@@ -91,10 +93,14 @@ INTERPRETER_CONFIGS = {
     "upsample2x_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
     "channel_statistics": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
+    "norm_statistics": [_cfg(BLOCK_T=256, BLOCK_S=64)],
 }
 
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.
 WEIGHT_GRAD_PIXEL_CHUNK = 256
+# A norm's statistics over more tiles than this combine in two launches (kernels.norm.norm_statistics): a batch norm
+# of a large batch has ~65k tiles per channel, too many for one program each. A multiple of every BLOCK_T.
+TILES_PER_SPLIT = 1024
 # An operand with fewer channels than this per tap (an RGB image, a few-class output) runs all its taps as one GEMM
 # dimension (FLAT_TAPS, TAPS_ON_N): 16 is the narrowest K tile of a 16-bit tensor-core MMA.
 FLAT_TAPS_CHANNELS = 16

@@ -729,7 +729,7 @@ def conv2d_stats_forward(x, weight, bias=None, in_scale=None, in_shift=None, in_
                          in_negative_slope=0.0, stride=1, padding=None):
     """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per group of
     STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations), for
-    ``fused_unet.kernels.norm.batch_statistics``."""
+    ``fused_unet.kernels.norm.norm_statistics``."""
     y, stats = conv2d_stats_output(x, weight, stride, padding)
     _implicit_gemm(x, weight, y, bias=bias, stride=stride, pad=conv_padding(weight, padding),
                    norm=_norm(in_scale, in_shift), stats=stats, **_in_act(in_activation, in_negative_slope))

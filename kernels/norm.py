@@ -15,33 +15,115 @@ import triton.language as tl
 from .codes import act_code
 from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample,
                      pixel_channel_grid, pixel_channel_tile, strides_of)
-from .configs import configs
-from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, PENDING_NORM
+from .configs import TILES_PER_SPLIT, configs
+from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, NORM_STATISTICS, PENDING_NORM
 
 
-def _combined(count, mean_t, m2_t, dims):
-    """(mean, biased variance, count) of the parts (count, mean, M2) combined over ``dims`` in a fixed order in
-    float64 (Chan et al.'s parallel variance: no cancellation)."""
-    n = count.sum(dims, keepdim=True)
-    mean = (count * mean_t).sum(dims, keepdim=True) / n
-    m2 = (m2_t + count * (mean_t - mean) ** 2).sum(dims, keepdim=True)
-    return tuple(t.squeeze(dims) for t in (mean, m2 / n, n))
+@triton.jit
+def _merged(n, mean, m2, part_n, part_mean, part_m2):
+    """Chan et al.'s parallel combine of two (count, mean, M2) summaries (no cancellation); an empty part changes
+    nothing."""
+    total = n + part_n
+    delta = part_mean - mean
+    weight = tl.where(total > 0, part_n / tl.where(total > 0, total, 1.0), 0.0)
+    return total, mean + delta * weight, m2 + part_m2 + delta * delta * n * weight
 
 
-def batch_statistics(stats):
-    """(mean, biased variance, count) per channel from a stats workspace [tiles, 3 (count, mean, M2), C]."""
-    stats = stats.double()
-    return _combined(stats[:, 0], stats[:, 1], stats[:, 2], (0,))
+@triton.autotune(configs=configs(NORM_STATISTICS.name), key=NORM_STATISTICS.autotune_key)
+@triton.jit
+def norm_statistics_kernel(
+    parts_ptr,  # fp32 [N, TILES, 3 (count, mean, M2), C]: per-tile parts (a conv epilogue's, channel_statistics')
+    partial_ptr,  # fp64 [N, SPLITS, 3, G]: STAGE 1 writes each split's combine of its tiles, STAGE 2 reads them
+    affine,  # (gamma, beta) [C]: the norm's weight and bias
+    norm,  # (scale, shift) fp32 [N, C] out: scale = gamma / sqrt(var + eps), shift = beta - mean * scale
+    stat_ptr,  # fp64 [N, 3 (mean, biased var, 1 / sqrt(var + eps)), G] out
+    TILES, C, G, WIDTH, TILES_PER_SPLIT,  # tiles per image, channels, statistics per image, channels per statistic
+    EPS,  # the norm's epsilon
+    STAGE: tl.constexpr,  # 0: parts -> outputs; 1: parts -> per-split partials; 2: partials -> outputs
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,  # tiles x statistics per step
+):
+    """Parameters: specs.NORM_STATISTICS. A norm's statistics finalised: each statistic's parts (its tiles x its
+    WIDTH channels: one per channel for batch / instance norm, C / G for group norm) combined in a fixed order in
+    float64, then scale and shift. Many tiles (a batch norm of a large batch) split over programs first (STAGE 1)
+    and their partials are combined by a second launch (STAGE 2): deterministic, no atomics."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_ok = offs_s < G
+    img = tl.program_id(2).to(tl.int64)
+    n = tl.zeros([BLOCK_S], dtype=tl.float64)
+    mean = tl.zeros([BLOCK_S], dtype=tl.float64)
+    m2 = tl.zeros([BLOCK_S], dtype=tl.float64)
+    if STAGE == 2:
+        rows, width, row_width = TILES, 1, G
+        base = partial_ptr + img * TILES * 3 * G
+        first = 0
+    else:
+        rows, width, row_width = TILES, WIDTH, C
+        base = parts_ptr + img * TILES * 3 * C
+        first = tl.program_id(1) * TILES_PER_SPLIT if STAGE == 1 else 0
+    last = tl.minimum(first + TILES_PER_SPLIT, rows) if STAGE == 1 else rows
+    for t0 in range(first, last, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t < last)[:, None] & s_ok[None, :]
+        for w in range(0, width):
+            at = offs_t.to(tl.int64)[:, None] * 3 * row_width + (offs_s * width + w)[None, :]
+            part_n = tl.load(base + at, mask=mask, other=0.0).to(tl.float64)
+            part_mean = tl.load(base + at + row_width, mask=mask, other=0.0).to(tl.float64)
+            part_m2 = tl.load(base + at + 2 * row_width, mask=mask, other=0.0).to(tl.float64)
+            block_n = tl.sum(part_n, axis=0)
+            block_mean = tl.sum(part_n * part_mean, axis=0) / tl.where(block_n > 0, block_n, 1.0)
+            deviation = tl.where(mask, part_mean - block_mean[None, :], 0.0)
+            block_m2 = tl.sum(part_m2 + part_n * deviation * deviation, axis=0)
+            n, mean, m2 = _merged(n, mean, m2, block_n, block_mean, block_m2)
+    if STAGE == 1:
+        out = partial_ptr + (img * tl.num_programs(1) + tl.program_id(1)) * 3 * G + offs_s
+        tl.store(out, n, mask=s_ok)
+        tl.store(out + G, mean, mask=s_ok)
+        tl.store(out + 2 * G, m2, mask=s_ok)
+    else:
+        var = m2 / tl.where(n > 0, n, 1.0)
+        invstd = 1.0 / tl.sqrt(var + EPS)
+        stats = stat_ptr + img * 3 * G + offs_s
+        tl.store(stats, mean, mask=s_ok)
+        tl.store(stats + G, var, mask=s_ok)
+        tl.store(stats + 2 * G, invstd, mask=s_ok)
+        gamma_ptr, beta_ptr = affine
+        scale_ptr, shift_ptr = norm
+        for w in range(0, WIDTH):
+            channel = offs_s * WIDTH + w
+            gamma = tl.load(gamma_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
+            beta = tl.load(beta_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
+            scale = gamma * invstd
+            tl.store(scale_ptr + img * C + channel, scale.to(tl.float32), mask=s_ok)
+            tl.store(shift_ptr + img * C + channel, (beta - mean * scale).to(tl.float32), mask=s_ok)
 
 
-def group_statistics(stats, groups):
-    """(mean, biased variance, count) per (image, group of channels) [N, groups] from a channel_statistics
-    workspace [N, tiles, 3, C]: instance norm is ``groups`` = C."""
-    batch, tiles, _, c = stats.shape
-    # [N * groups, 3, tiles * channels of a group]: each statistic's parts side by side, combined in that order.
-    parts = stats.view(batch, tiles, 3, groups, c // groups).permute(0, 3, 2, 1, 4).reshape(batch * groups, 3, -1)
-    parts = parts.double()
-    return tuple(t.view(batch, groups) for t in _combined(parts[:, 0], parts[:, 1], parts[:, 2], (1,)))
+def norm_statistics_output(parts, groups):
+    """(scale, shift) fp32 [N, C] and the statistics fp64 [N, 3 (mean, biased var, 1 / std), groups]."""
+    batch, _, _, c = parts.shape
+    scale = torch.empty((batch, c), device=parts.device, dtype=torch.float32)
+    return scale, torch.empty_like(scale), torch.empty((batch, 3, groups), device=parts.device, dtype=torch.float64)
+
+
+def norm_statistics(parts, groups, gamma, beta, eps):
+    """A norm's (scale, shift) fp32 [N, C] and statistics fp64 [N, 3 (mean, biased variance, 1 / sqrt(var + eps)),
+    groups] from per-tile ``parts`` [N, tiles, 3 (count, mean, M2), C] (a batch norm's: N = 1), each statistic
+    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. Over
+    TILES_PER_SPLIT tiles, two launches (split, then combine): the result does not depend on the config."""
+    batch, tiles, _, c = parts.shape
+    scale, shift, stats = norm_statistics_output(parts, groups)
+    if not (batch and c):
+        return scale, shift, stats
+    splits = triton.cdiv(tiles, TILES_PER_SPLIT)
+    partial = torch.empty((batch, splits, 3, groups), device=parts.device, dtype=torch.float64) if splits > 1 \
+        else stats
+    common = dict(parts_ptr=parts.contiguous(), partial_ptr=partial, affine=(gamma, beta), norm=(scale, shift),
+                  stat_ptr=stats, C=c, G=groups, WIDTH=c // groups, TILES_PER_SPLIT=TILES_PER_SPLIT, EPS=float(eps))
+    if splits > 1:
+        NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), splits,
+                                                                     batch), TILES=tiles, STAGE=1, **common)
+    NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), 1, batch),
+                           TILES=splits if splits > 1 else tiles, STAGE=2 if splits > 1 else 0, **common)
+    return scale, shift, stats
 
 
 @triton.jit
@@ -139,8 +221,10 @@ def pending_norm_kernel(
 
 
 def pending_norm_output(y):
-    # y's layout where it is dense (a fused conv's output: channels_last), as eager's norm keeps it.
-    return torch.empty_like(y, memory_format=torch.preserve_format)
+    # y's layout where it is dense (a fused conv's output: channels_last), as eager's norm keeps it; a channels_last y
+    # gets canonical strides (a size-1 dim's stride is arbitrary: autograd's view of y may differ from y there).
+    channels_last = y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    return torch.empty_like(y, memory_format=torch.channels_last if channels_last else torch.preserve_format)
 
 
 def _pixels(y, per_image):

@@ -173,11 +173,12 @@ class KernelSpec:
 
 
 # Triton's names of the tensor element types the launchers pass.
-_ELEMENT_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8"}
+_ELEMENT_TYPES = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.uint8": "u8",
+                  "torch.float64": "fp64"}
 
 
 def element_type(dtype):
-    """Triton's name of a torch dtype the launchers pass ("fp32", "fp16", "bf16", "u8")."""
+    """Triton's name of a torch dtype the launchers pass ("fp32", "fp16", "bf16", "u8", "fp64")."""
     return _ELEMENT_TYPES[str(dtype)]
 
 
@@ -394,9 +395,17 @@ CHANNEL_STATISTICS = KernelSpec(
      integer("W"), strides("y_strides"), block("BLOCK_P"), block("BLOCK_C")),
     sites={"channel_statistics": [[{}]]})
 
+NORM_STATISTICS = KernelSpec(
+    "norm_statistics",
+    (tensor("parts_ptr", "*fp32"), tensor("partial_ptr", "*fp64"), tensor_pair("affine"), tensor_pair("norm", "*fp32"),
+     tensor("stat_ptr", "*fp64"), integer("TILES"), integer("C", 16, tuned=True), integer("G"), integer("WIDTH"),
+     integer("TILES_PER_SPLIT", 16), real("EPS"), flag("STAGE"), block("BLOCK_T"), block("BLOCK_S")),
+    sites={"norm_statistics": [[dict(STAGE=0), dict(STAGE=1), dict(STAGE=2)]]})
+
 # Every kernel the launchers run, in the doctor's order.
 KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
-           MAX_POOL2X2_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS)
+           MAX_POOL2X2_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS,
+           NORM_STATISTICS)
 
 # The doctor's yardsticks (kernels.reference): compiled, never launched.
 MATMUL = KernelSpec(

@@ -5,11 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import (DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, check_against_float64, compare_step,
                             make_tensor, model_triplet)
 import fused_unet
 from fused_unet import eager, functional as FF, nn as fnn
+from fused_unet.kernels import configs, norm
+from fused_unet.static_plan import record_step
 from fused_unet.utils import saved_activation_bytes
 
 
@@ -90,6 +93,71 @@ def test_pending_norm_padding_comes_from_the_loads(norm):
         return eager.conv2d(z, w2, None, "relu"), eager.conv_transpose2x2(z, wt)
 
     check_against_float64(fused, reference, [x, w1, gamma, beta, w2, wt], torch.float32)
+
+
+def _combined_in_float64(parts, groups):
+    """(mean, biased var) [N, groups] of per-tile parts [N, tiles, 3, C], combined at once in float64."""
+    batch, tiles, _, c = parts.shape
+    p = parts.double().view(batch, tiles, 3, groups, c // groups).permute(0, 3, 2, 1, 4).reshape(batch, groups, 3, -1)
+    count, mean_t, m2_t = p.unbind(2)
+    n = count.sum(-1, keepdim=True)
+    mean = (count * mean_t).sum(-1, keepdim=True) / n
+    return mean.squeeze(-1), ((m2_t + count * (mean_t - mean) ** 2).sum(-1) / n.squeeze(-1))
+
+
+@pytest.mark.parametrize("batch,tiles,channels,groups", [
+    (1, 7, 5, 5),  # a batch norm's parts (N = 1)
+    (1, 2 * configs.TILES_PER_SPLIT + 52, 8, 8),  # more tiles than one split: two launches
+    (3, 4, 12, 4),  # group norm, 3 channels per group
+    (2, 3, 96, 32), (1, 1, 70, 70)])  # diffusion-style groups; instance norm of one tile
+def test_norm_statistics_match_float64(batch, tiles, channels, groups):
+    torch.manual_seed(0)
+    count = torch.randint(0, 65, (batch, tiles, 1, channels), device=DEVICE).float()
+    count[:, 0] += 1  # an empty tile (a padded row of the conv's epilogue) contributes nothing
+    mean = (torch.randn(batch, tiles, 1, channels, device=DEVICE) + 3) * count.gt(0)
+    parts = torch.cat([count, mean, torch.rand(batch, tiles, 1, channels, device=DEVICE) * count], 2)
+    gamma, beta = torch.rand(channels, device=DEVICE) + 0.5, torch.randn(channels, device=DEVICE)
+    scale, shift, stats = norm.norm_statistics(parts, groups, gamma, beta, 1e-5)
+    ref_mean, ref_var = _combined_in_float64(parts, groups)
+    torch.testing.assert_close(stats[:, 0], ref_mean, atol=0, rtol=1e-13)
+    torch.testing.assert_close(stats[:, 1], ref_var, atol=0, rtol=1e-13)
+    invstd = torch.rsqrt(ref_var + 1e-5).repeat_interleave(channels // groups, 1)
+    torch.testing.assert_close(stats[:, 2], torch.rsqrt(ref_var + 1e-5), atol=0, rtol=1e-13)
+    torch.testing.assert_close(scale, (gamma.double() * invstd).float(), atol=0, rtol=1e-6)
+    ref_shift = beta.double() - ref_mean.repeat_interleave(channels // groups, 1) * gamma.double() * invstd
+    torch.testing.assert_close(shift, ref_shift.float(), atol=1e-6, rtol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip((scale, shift, stats),
+                                                 norm.norm_statistics(parts, groups, gamma, beta, 1e-5)))
+
+
+class _ActivationOps(TorchDispatchMode):
+    """Counts the element-wise aten ops whose output is a whole activation of a batch of ``batch`` images."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch, self.count = batch, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_, torch.ops.aten.mul, torch.ops.aten.sub,
+                                   torch.ops.aten._to_copy) and out.dim() == 4 and out.shape[0] == self.batch:
+            self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
+def test_a_norms_backward_leaves_no_element_wise_op_on_activations_to_pytorch(norm):
+    # The statistics' term a * y + b is added to the consumers' dL/dy in one kernel (it was 4 aten ops and one
+    # autograd sum per norm). Left: autograd's sum of the two gradients of each encoder level's pending output (its
+    # pool and the decoder's concatenating conv read it; without a norm one conv+pool kernel writes both).
+    counts = {}
+    for option in (None, norm):
+        model = fused_unet.UNet(3, 2, base_channels=4, depth=2, norm=option, norm_groups=2).to("meta", torch.bfloat16)
+        x = torch.empty(3, 3, 12, 12, device="meta", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        with _ActivationOps(3) as ops:
+            record_step(model, x, "train")
+        counts[option] = ops.count
+    assert counts[norm] == counts[None] + 2
 
 
 def test_batch_statistics_are_deterministic():
