@@ -44,7 +44,8 @@ def kernels():
             specs.PENDING_NORM.name: norm.pending_norm_kernel,
             specs.BATCH_NORM_ACT_BACKWARD.name: norm.batch_norm_act_backward_kernel,
             specs.CHANNEL_STATISTICS.name: norm.channel_statistics_kernel,
-            specs.NORM_STATISTICS.name: norm.norm_statistics_kernel}
+            specs.NORM_STATISTICS.name: norm.norm_statistics_kernel,
+            specs.NORM_STATISTICS_BACKWARD.name: norm.norm_statistics_backward_kernel}
 
 
 def jit_function(kernel):

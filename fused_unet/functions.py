@@ -295,50 +295,34 @@ class PendingNorm(torch.autograd.Function):
         return dy, dscale, dshift, dres, None, None, None, None
 
 
-class _Granularity(NamedTuple):
-    """How a norm's statistics map onto its per-channel (scale, shift): ``to_stat`` sums a scale-shaped tensor
-    over the channels of each statistic, ``to_channel`` repeats a statistic-shaped one onto its channels."""
-    to_stat: Callable
-    to_channel: Callable
-
-
-def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, granularity):
+def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel):
     """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (one launch
     combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
-    [N, C]); saves what _scale_shift_backward needs. y comes back as it went in (autograd makes it a view): its
-    consumers' gradient reaches this backward, which adds the statistics' part in the same kernel instead of
-    autograd summing two y-sized tensors."""
+    [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]); saves what _scale_shift_backward needs. y
+    comes back as it went in (autograd makes it a view): its consumers' gradient reaches this backward, which adds
+    the statistics' part in the same kernel instead of autograd summing two y-sized tensors."""
     scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps)
-    mean, var, invstd = stats.unbind(1)
-    if granularity is _PER_CHANNEL:
-        scale, shift, mean, var, invstd = (t.squeeze(0) for t in (scale, shift, mean, var, invstd))
-    ctx.save_for_backward(y, gamma, mean, invstd)
-    images = 1 if granularity is _PER_CHANNEL else y.shape[0]  # a batch norm's statistic spans the batch
-    ctx.count, ctx.granularity, ctx.gamma_dtype = y.numel() // images // groups, granularity, gamma.dtype
+    mean, var = stats[:, 0], stats[:, 1]
+    if per_channel:
+        scale, shift, mean, var = (t.squeeze(0) for t in (scale, shift, mean, var))
+    ctx.save_for_backward(y, gamma, stats)
+    images = 1 if per_channel else y.shape[0]  # a batch norm's statistic spans the batch
+    ctx.count, ctx.per_channel = y.numel() // images // groups, per_channel
     ctx.mark_non_differentiable(mean, var)
     return y, scale, shift, mean, var
 
 
 def _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift):
     """(dL/dy, dL/dgamma, dL/dbeta) of scale = gamma * invstd, shift = beta - mean * scale, with mean and
-    invstd = 1 / sqrt(var + eps) statistics of y, and ``grad_y`` the consumers' gradient of y: dL/dy
-    through the statistics is a * y + b per statistic, added to grad_y by one kernel (pending_norm's arithmetic)."""
-    y, gamma, mean, invstd = ctx.saved_tensors
-    g = ctx.granularity
-    grad_scale, grad_shift, gamma = grad_scale.double(), grad_shift.double(), gamma.double()
-    grad_scale_total = grad_scale - g.to_channel(mean) * grad_shift  # scale also enters shift
-    grad_var = -0.5 * g.to_stat(grad_scale_total * gamma) * invstd ** 3
-    grad_mean = -g.to_stat(gamma * grad_shift) * invstd
-    a = 2 * grad_var / ctx.count
-    b = grad_mean / ctx.count - a * mean
-    grad_y = _launch(norm.pending_norm, y)(y, g.to_channel(a).float(), g.to_channel(b).float(), residual=grad_y)
-    grad_gamma = grad_scale_total * g.to_channel(invstd)
-    if grad_gamma.dim() == 2:  # per-sample scales: gamma and beta are shared by the images
-        grad_gamma, grad_shift = grad_gamma.sum(0), grad_shift.sum(0)
-    return grad_y, grad_gamma.to(ctx.gamma_dtype), grad_shift.to(ctx.gamma_dtype)
-
-
-_PER_CHANNEL = _Granularity(to_stat=lambda t: t, to_channel=lambda t: t)
+    invstd = 1 / sqrt(var + eps) statistics of y, and ``grad_y`` the consumers' gradient of y: one kernel turns
+    dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and the coefficients of dL/dy through the statistics, a * y + b
+    per statistic, which a second adds to grad_y (pending_norm's arithmetic)."""
+    y, gamma, stats = ctx.saved_tensors
+    a, b, grad_gamma, grad_beta = _launch(norm.norm_statistics_backward, y)(grad_scale, grad_shift, stats, gamma,
+                                                                           ctx.count)
+    if ctx.per_channel:
+        a, b = a.squeeze(0), b.squeeze(0)
+    return _launch(norm.pending_norm, y)(y, a, b, residual=grad_y), grad_gamma, grad_beta
 
 
 class BatchNormScaleShift(torch.autograd.Function):
@@ -346,13 +330,13 @@ class BatchNormScaleShift(torch.autograd.Function):
     wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
     scale (fp32), plus (mean, biased var) for the running statistics; the consumers read the y returned. Backward
     turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and adds the part of dL/dy that flows through the batch
-    mean and variance (a per-channel a * y + b) to the consumers' dL/dy; saves y (already alive), mean and 1/std."""
+    mean and variance (a per-channel a * y + b) to the consumers' dL/dy; saves y (already alive) and the statistics."""
 
     @staticmethod
     def forward(ctx, y, stats, gamma, beta, eps):
         if stats is None:  # y is not a conv's output: its per-image statistics are parts of the batch's
             stats = _launch(norm.channel_statistics, y)(y).flatten(0, 1)
-        return _scale_shift(ctx, y, gamma, beta, stats.unsqueeze(0), y.shape[1], eps, _PER_CHANNEL)
+        return _scale_shift(ctx, y, gamma, beta, stats.unsqueeze(0), y.shape[1], eps, per_channel=True)
 
     @staticmethod
     @once_differentiable
@@ -361,23 +345,16 @@ class BatchNormScaleShift(torch.autograd.Function):
         return grad_y, None, grad_gamma, grad_beta, None
 
 
-def _per_group(batch, channels, groups):
-    """The granularity of a group norm's statistics: one per (image, group of channels / groups channels)."""
-    width = channels // groups
-    return _Granularity(to_stat=lambda t: t.view(batch, groups, width).sum(2),
-                        to_channel=lambda t: t.repeat_interleave(width, dim=1))
-
-
 class GroupNormScaleShift(torch.autograd.Function):
     """(y, per (image, channel) scale, shift [N, C]) of a group norm of y (instance norm: ``groups`` = C), from y's
     statistics per (image, group) (one reduction kernel: fused_unet.kernels.norm.channel_statistics), plus
     (mean, biased var) [N, groups] for running statistics. Backward as BatchNormScaleShift's, per (image, group);
-    saves y (already alive), mean and 1/std."""
+    saves y (already alive) and the statistics."""
 
     @staticmethod
     def forward(ctx, y, gamma, beta, groups, eps):
         parts = _launch(norm.channel_statistics, y)(y)
-        return _scale_shift(ctx, y, gamma, beta, parts, groups, eps, _per_group(y.shape[0], y.shape[1], groups))
+        return _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel=False)
 
     @staticmethod
     @once_differentiable

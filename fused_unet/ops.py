@@ -111,3 +111,7 @@ channel_statistics = _op(norm.channel_statistics, "(Tensor y) -> Tensor", norm.c
 norm_statistics = _op(norm.norm_statistics, "(Tensor parts, int groups, Tensor gamma, Tensor beta, float eps) -> "
                       "(Tensor, Tensor, Tensor)",
                       lambda parts, groups, *rest: norm.norm_statistics_output(parts, groups))
+norm_statistics_backward = _op(
+    norm.norm_statistics_backward, "(Tensor grad_scale, Tensor grad_shift, Tensor stats, Tensor gamma, int count) -> "
+    "(Tensor, Tensor, Tensor, Tensor)", lambda grad_scale, grad_shift, stats, gamma, count:
+    norm.norm_statistics_backward_output(stats, gamma))

@@ -155,7 +155,8 @@ def _derived_flags(kernel, args, blocks):
 
 def _data_tensor(launch):
     """The launch's first tensor of the launch dtype (a GEMM's A operand; a norm's weight, the first of a pair)."""
-    param = next(p for p in launch.spec.params if specs.TENSOR in (p.types if isinstance(p.types, tuple) else (p.types,)))
+    param = next(p for p in launch.spec.params
+                 if specs.TENSOR in (p.types if isinstance(p.types, tuple) else (p.types,)))
     value = launch.args[param.name]
     return value[0] if isinstance(param.types, tuple) else value
 

@@ -81,6 +81,7 @@ GPU_CONFIGS = {
     "channel_statistics": {"any": [_cfg(BLOCK_P=128, BLOCK_C=64, num_warps=4, num_stages=1)]},
     # One block size only: the combine order (and so the bits) of a norm's statistics must not depend on the config.
     "norm_statistics": {"any": [_cfg(BLOCK_T=16, BLOCK_S=64, num_warps=4, num_stages=1)]},
+    "norm_statistics_backward": {"any": [_cfg(BLOCK_S=64, num_warps=2, num_stages=1)]},
 }
 
 INTERPRETER_CONFIGS = {
@@ -94,6 +95,7 @@ INTERPRETER_CONFIGS = {
     "max_pool2x2_backward": [_cfg(BLOCK=4096)],
     "channel_statistics": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "norm_statistics": [_cfg(BLOCK_T=256, BLOCK_S=64)],
+    "norm_statistics_backward": [_cfg(BLOCK_S=64)],
 }
 
 # The weight-grad kernel splits its pixel (K) range into chunks that are a multiple of every BLOCK_K above.

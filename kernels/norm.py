@@ -16,7 +16,8 @@ from .codes import act_code
 from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample,
                      pixel_channel_grid, pixel_channel_tile, strides_of)
 from .configs import TILES_PER_SPLIT, configs
-from .specs import BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, NORM_STATISTICS, PENDING_NORM
+from .specs import (BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, NORM_STATISTICS, NORM_STATISTICS_BACKWARD,
+                    PENDING_NORM)
 
 
 @triton.jit
@@ -124,6 +125,79 @@ def norm_statistics(parts, groups, gamma, beta, eps):
     NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), 1, batch),
                            TILES=splits if splits > 1 else tiles, STAGE=2 if splits > 1 else 0, **common)
     return scale, shift, stats
+
+
+@triton.autotune(configs=configs(NORM_STATISTICS_BACKWARD.name), key=NORM_STATISTICS_BACKWARD.autotune_key)
+@triton.jit
+def norm_statistics_backward_kernel(
+    grad,  # (dL/dscale, dL/dshift) fp32 [N, C]
+    stat_ptr,  # fp64 [N, 3 (mean, biased var, 1 / sqrt(var + eps)), G]: norm_statistics' statistics
+    gamma_ptr,  # the norm's weight [C]
+    coefficients,  # (a, b) fp32 [N, C] out: dL/dy through the statistics is a * y + b
+    affine_grad,  # (dL/dgamma, dL/dbeta) [C] out, in gamma's dtype
+    N, C, G, WIDTH, COUNT,  # images, channels, statistics per image, channels per statistic, elements per statistic
+    BLOCK_S: tl.constexpr,  # statistics per program
+):
+    """Parameters: specs.NORM_STATISTICS_BACKWARD. The backward of scale = gamma * invstd, shift = beta - mean *
+    scale, in float64: per statistic the coefficients of its y's gradient (dL/dvar, dL/dmean as a * y + b), per
+    channel dL/dgamma, dL/dbeta summed over the images in order (deterministic)."""
+    offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    s_ok = offs_s < G
+    grad_scale_ptr, grad_shift_ptr = grad
+    a_ptr, b_ptr = coefficients
+    for n in range(0, N):
+        mean = tl.load(stat_ptr + n * 3 * G + offs_s, mask=s_ok, other=0.0)
+        invstd = tl.load(stat_ptr + n * 3 * G + 2 * G + offs_s, mask=s_ok, other=0.0)
+        total_scale = tl.zeros([BLOCK_S], dtype=tl.float64)  # sum over the statistic's channels of gamma * dL/dscale'
+        total_shift = tl.zeros([BLOCK_S], dtype=tl.float64)
+        for w in range(0, WIDTH):
+            channel = offs_s * WIDTH + w
+            gamma = tl.load(gamma_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
+            grad_scale = tl.load(grad_scale_ptr + n * C + channel, mask=s_ok, other=0.0).to(tl.float64)
+            grad_shift = tl.load(grad_shift_ptr + n * C + channel, mask=s_ok, other=0.0).to(tl.float64)
+            total_scale += (grad_scale - mean * grad_shift) * gamma  # scale also enters shift
+            total_shift += gamma * grad_shift
+        a = -total_scale * invstd * invstd * invstd / COUNT  # 2 dL/dvar / count
+        b = -total_shift * invstd / COUNT - a * mean  # dL/dmean / count - a * mean
+        for w in range(0, WIDTH):
+            channel = offs_s * WIDTH + w
+            tl.store(a_ptr + n * C + channel, a.to(tl.float32), mask=s_ok)
+            tl.store(b_ptr + n * C + channel, b.to(tl.float32), mask=s_ok)
+    gamma_grad_ptr, beta_grad_ptr = affine_grad
+    for w in range(0, WIDTH):
+        channel = offs_s * WIDTH + w
+        gamma_grad = tl.zeros([BLOCK_S], dtype=tl.float64)
+        beta_grad = tl.zeros([BLOCK_S], dtype=tl.float64)
+        for n in range(0, N):
+            mean = tl.load(stat_ptr + n * 3 * G + offs_s, mask=s_ok, other=0.0)
+            invstd = tl.load(stat_ptr + n * 3 * G + 2 * G + offs_s, mask=s_ok, other=0.0)
+            grad_scale = tl.load(grad_scale_ptr + n * C + channel, mask=s_ok, other=0.0).to(tl.float64)
+            grad_shift = tl.load(grad_shift_ptr + n * C + channel, mask=s_ok, other=0.0).to(tl.float64)
+            gamma_grad += (grad_scale - mean * grad_shift) * invstd
+            beta_grad += grad_shift
+        tl.store(gamma_grad_ptr + channel, gamma_grad.to(gamma_grad_ptr.dtype.element_ty), mask=s_ok)
+        tl.store(beta_grad_ptr + channel, beta_grad.to(beta_grad_ptr.dtype.element_ty), mask=s_ok)
+
+
+def norm_statistics_backward_output(stats, gamma):
+    a = torch.empty((stats.shape[0], gamma.shape[0]), device=gamma.device, dtype=torch.float32)
+    return a, torch.empty_like(a), torch.empty_like(gamma), torch.empty_like(gamma)
+
+
+def norm_statistics_backward(grad_scale, grad_shift, stats, gamma, count):
+    """(a, b) fp32 [N, C] — dL/dy through a norm's statistics is ``a * y + b`` — and (dL/dgamma, dL/dbeta) [C]
+    from dL/dscale, dL/dshift ([N, C], or [C] for a batch norm), ``norm_statistics``' ``stats`` [N, 3, groups],
+    gamma [C] and ``count`` elements per statistic."""
+    batch, _, groups = stats.shape
+    c = gamma.shape[0]
+    a, b, gamma_grad, beta_grad = norm_statistics_backward_output(stats, gamma)
+    if batch and c:
+        NORM_STATISTICS_BACKWARD.launch(
+            norm_statistics_backward_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]),),
+            grad=tuple(t.reshape(batch, c).float().contiguous() for t in (grad_scale, grad_shift)),
+            stat_ptr=stats.contiguous(), gamma_ptr=gamma.contiguous(), coefficients=(a, b),
+            affine_grad=(gamma_grad, beta_grad), N=batch, C=c, G=groups, WIDTH=c // groups, COUNT=int(count))
+    return a, b, gamma_grad, beta_grad
 
 
 @triton.jit
@@ -238,6 +312,8 @@ def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=
     """``out_act(act(y * scale + shift) + residual)`` (y's dtype and dense layout) of a pre-norm y (any strides) and its
     norm's fp32 (scale, shift) ([C], or [N, C] for instance / group norm); ``residual`` (optional, y's shape and
     dtype, any strides)."""
+    if out_activation is not None and residual is None:
+        raise ValueError(f"out_activation {out_activation!r} needs a residual: it applies after the add")
     batch, c, h, w = y.shape
     out = pending_norm_output(y)
     per_image = per_sample((scale, shift))

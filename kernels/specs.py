@@ -402,10 +402,17 @@ NORM_STATISTICS = KernelSpec(
      integer("TILES_PER_SPLIT", 16), real("EPS"), flag("STAGE"), block("BLOCK_T"), block("BLOCK_S")),
     sites={"norm_statistics": [[dict(STAGE=0), dict(STAGE=1), dict(STAGE=2)]]})
 
+NORM_STATISTICS_BACKWARD = KernelSpec(
+    "norm_statistics_backward",
+    (tensor_pair("grad", "*fp32"), tensor("stat_ptr", "*fp64"), tensor("gamma_ptr"),
+     tensor_pair("coefficients", "*fp32"), tensor_pair("affine_grad"), integer("N"), integer("C", 16, tuned=True),
+     integer("G"), integer("WIDTH"), integer("COUNT"), block("BLOCK_S")),
+    sites={"norm_statistics_backward": [[{}]]})
+
 # Every kernel the launchers run, in the doctor's order.
 KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
            MAX_POOL2X2_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS,
-           NORM_STATISTICS)
+           NORM_STATISTICS, NORM_STATISTICS_BACKWARD)
 
 # The doctor's yardsticks (kernels.reference): compiled, never launched.
 MATMUL = KernelSpec(

@@ -18,6 +18,8 @@ def _cases():
     y_pooled, y_argmax = ops.max_pool2x2_forward(y)
     scale, shift = make_tensor((3,)).abs() + 0.5, make_tensor((3,))  # a pending batch norm of x
     norm = dict(in_scale=scale, in_shift=shift, in_activation="leaky_relu", in_negative_slope=0.1)
+    count = torch.full((2, 4, 1, 6), 8.0, device=DEVICE)  # per-tile (count, mean, M2) of 2 images x 4 tiles
+    parts = torch.cat([count, make_tensor((2, 4, 1, 6)), torch.rand(2, 4, 1, 6, device=DEVICE) * count], 2)
     return [
         (ops.conv2d_forward, (x, w, b, "relu", 0.0)), (ops.conv2d_forward, (x, w, None, None, 0.0)),
         (ops.conv2d_pool_forward, (x, w, b, "leaky_relu", 0.1)),
@@ -40,6 +42,8 @@ def _cases():
         (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "bilinear", True)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),
+        (ops.pending_norm, (x, scale, shift), dict(residual=x)),  # a norm's backward term added to a gradient
+        (ops.norm_statistics, (parts, 3, make_tensor((6,)), make_tensor((6,)), 1e-5)),  # group norm, 2 per group
     ]
 
 

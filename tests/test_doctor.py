@@ -167,9 +167,10 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     model(x).sum().backward()
     model.eval()
     model(x).sum().backward()
-    # A norm's statistics are finalised by norm_statistics; their backward term is pending_norm's arithmetic.
-    expected = set(compile_matrix.LAUNCH_AXES) - ({"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward",
-                                                   "norm_statistics", "pending_norm"} if "norm" not in options else set())
+    # A norm's statistics: norm_statistics and its backward; their term of dL/dy is pending_norm's arithmetic.
+    normed = {"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward", "norm_statistics",
+              "norm_statistics_backward", "pending_norm"}
+    expected = set(compile_matrix.LAUNCH_AXES) - (normed if "norm" not in options else set())
     expected -= {"upsample2x_backward"} if "up_mode" not in options else set()
     expected -= {"channel_statistics"} if options.get("norm") not in ("instance", "group") else set()
     assert {name for name, _ in seen} == expected

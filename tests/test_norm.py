@@ -130,6 +130,28 @@ def test_norm_statistics_match_float64(batch, tiles, channels, groups):
                                                  norm.norm_statistics(parts, groups, gamma, beta, 1e-5)))
 
 
+@pytest.mark.parametrize("batch,channels,groups", [(1, 6, 6), (3, 6, 6), (2, 12, 4), (2, 96, 32)])
+def test_norm_statistics_backward_matches_float64_autograd(batch, channels, groups):
+    # dL/dy through a norm's statistics (as a * y + b), dL/dgamma, dL/dbeta for L = <gs, scale> + <gb, shift>.
+    torch.manual_seed(0)
+    y = make_tensor((batch, channels, 5, 7))
+    gamma, beta = torch.rand(channels, device=DEVICE) + 0.5, make_tensor((channels,))
+    grad_scale, grad_shift = make_tensor((batch, channels)), make_tensor((batch, channels))
+    _, _, stats = norm.norm_statistics(norm.channel_statistics(y), groups, gamma, beta, 1e-5)
+    a, b, gamma_grad, beta_grad = norm.norm_statistics_backward(grad_scale, grad_shift, stats, gamma,
+                                                                5 * 7 * channels // groups)
+    yd, gd, bd = (t.double().requires_grad_() for t in (y, gamma, beta))
+    grouped = yd.view(batch, groups, -1)
+    invstd = torch.rsqrt(grouped.var(2, unbiased=False) + 1e-5).repeat_interleave(channels // groups, 1)
+    scale = gd * invstd
+    shift = bd - grouped.mean(2).repeat_interleave(channels // groups, 1) * scale
+    ref = torch.autograd.grad((scale * grad_scale.double() + shift * grad_shift.double()).sum(), (yd, gd, bd))
+    torch.testing.assert_close(a[:, :, None, None].double() * yd.detach() + b[:, :, None, None].double(), ref[0],
+                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(gamma_grad.double(), ref[1], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(beta_grad.double(), ref[2], atol=1e-6, rtol=1e-6)
+
+
 class _ActivationOps(TorchDispatchMode):
     """Counts the element-wise aten ops whose output is a whole activation of a batch of ``batch`` images."""
 
@@ -353,6 +375,8 @@ def test_bad_normalized_add_is_rejected():
         FF.normalized_add(y, y)
     with pytest.raises(ValueError, match="needs a residual"):
         FF.normalized_add(z, None, "relu")
+    with pytest.raises(ValueError, match="out_activation 'relu' needs a residual"):
+        norm.pending_norm(y, z.scale, z.shift, out_activation="relu")  # the launcher refuses it too
     with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 2, 4, 4\)"):
         FF.normalized_add(z, make_tensor((1, 2, 4, 3)), "relu")
     with pytest.raises(TypeError, match="residual has dtype torch.float16 but x.y has torch.float32"):
