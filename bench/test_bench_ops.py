@@ -27,6 +27,7 @@ def _ops():
         "conv_relu": (lambda: FF.conv2d(x, w, b, "relu"), lambda: eager.conv2d(x, w, b, "relu")),
         "conv_relu_pool": (lambda: FF.conv2d_pool(x, w, b, "relu"), lambda: eager.conv2d_pool(x, w, b, "relu")),
         "max_pool": (lambda: FF.max_pool2x2(x), lambda: eager.max_pool2x2(x)),
+        "max_pool3x3": (lambda: FF.max_pool(x, 3), lambda: eager.max_pool(x, 3)),
         "conv_transpose": (lambda: FF.conv_transpose2x2(small, wt, b, "relu"),
                            lambda: eager.conv_transpose2x2(small, wt, b, "relu")),
         "up_concat_conv": (lambda: FF.concat_conv2d(FF.conv_transpose2x2(small, wt, b, "relu"), skip, w2, b, "relu"),

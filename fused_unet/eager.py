@@ -58,6 +58,11 @@ def max_pool2x2(x):
     return F.max_pool2d(x, 2)
 
 
+def max_pool(x, window):
+    """The eager twin of kernels.pool.max_pool_forward: stride 2, padding 0 (2x2) or 1 (3x3)."""
+    return F.max_pool2d(x, window, stride=2, padding=window - 2)
+
+
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):
     return activate(F.conv_transpose2d(x, weight, bias, stride=2), activation, negative_slope)
 

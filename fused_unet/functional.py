@@ -244,11 +244,18 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
 
 def max_pool2x2(x):
     """``max_pool2d(x, 2)``: floor mode, NaN propagates; keeps x's memory format. x may be a Normalized."""
+    return max_pool(x, 2)
+
+
+def max_pool(x, window):
+    """``max_pool2d(x, window, stride=2, padding=window - 2)`` for ``window`` 2 (the U-Net's) or 3 (a ResNet stem's:
+    padding 1): floor mode, NaN propagates; keeps x's memory format. x may be a Normalized (a pending norm +
+    activation, applied as the pool reads it)."""
     x_t, scale, shift, in_act, in_slope = _split(x)
-    checks.check_max_pool2x2(x_t)
+    checks.check_max_pool(x_t, window)
     if backend(x_t) == "eager":
-        return eager.max_pool2x2(materialize(x))
-    return _functions().MaxPool2x2.apply(x_t, scale, shift, in_act, in_slope)
+        return eager.max_pool(materialize(x), window)
+    return _functions().MaxPool.apply(x_t, scale, shift, in_act, in_slope, window)
 
 
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):

@@ -243,16 +243,18 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
         return (*_one_source_backward(ctx, grad_y, _CONV_TRANSPOSE), None, None, None, None)
 
 
-class MaxPool2x2(torch.autograd.Function):
-    """2x2 stride-2 max-pool of x or of x's pending batch norm + activation. Saves the 1-byte argmax per output
-    (and, with a pending norm, x, scale and shift, which the pending norm's backward needs)."""
+class MaxPool(torch.autograd.Function):
+    """Stride-2 max-pool with ``window`` x ``window`` windows (2, or 3 with padding 1) of x or of x's pending norm +
+    activation. Saves the 1-byte argmax per output (and, with a pending norm, x, scale and shift, which the pending
+    norm's backward needs)."""
 
     @staticmethod
-    def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope):
-        y, argmax = _launch(pool.max_pool2x2_forward, x)(x, in_scale, in_shift, in_activation, in_negative_slope)
+    def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope, window):
+        y, argmax = _launch(pool.max_pool_forward, x)(x, window, in_scale, in_shift, in_activation,
+                                                      in_negative_slope)
         pending = (x, in_scale, in_shift) if in_scale is not None else (None, None, None)
         ctx.save_for_backward(argmax, *pending)
-        ctx.input_shape = list(x.shape)
+        ctx.input_shape, ctx.window = list(x.shape), window
         ctx.in_act = (in_activation, in_negative_slope)
         return y
 
@@ -260,8 +262,8 @@ class MaxPool2x2(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         argmax, x, in_scale, in_shift = ctx.saved_tensors
-        grad_z = _launch(pool.max_pool2x2_backward, grad_y)(grad_y, argmax, ctx.input_shape)
-        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None)
+        grad_z = _launch(pool.max_pool_backward, grad_y)(grad_y, argmax, ctx.input_shape, ctx.window)
+        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None, None)
 
 
 class PendingNorm(torch.autograd.Function):

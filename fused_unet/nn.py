@@ -125,10 +125,12 @@ def conv2d_config_unsupported(conv, strided=True):
 def max_pool2d_config_unsupported(pool):
     """Why the kernels cannot run this ``nn.MaxPool2d`` (None: they can)."""
     pair = nn.modules.utils._pair
-    if pair(pool.kernel_size) != (2, 2) or pair(pool.stride) != (2, 2):
-        return f"kernel_size {pool.kernel_size}, stride {pool.stride} (fused: 2, 2)"
-    if pair(pool.padding) != (0, 0) or pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
-        return "padding, dilation, ceil_mode or return_indices are set"
+    window = (pair(pool.kernel_size), pair(pool.stride), pair(pool.padding))
+    if window not in (((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))):
+        return f"kernel_size {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} (fused: 2, 2, 0 and " \
+               f"3, 2, 1)"
+    if pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
+        return "dilation, ceil_mode or return_indices are set"
     return None
 
 
@@ -386,7 +388,8 @@ class UpConcatConv2d(Conv2d):
 
 
 class MaxPool2d(_FusedMixin, nn.MaxPool2d):
-    """``nn.MaxPool2d``, fused for kernel 2, stride 2, no padding/dilation/ceil_mode/return_indices."""
+    """``nn.MaxPool2d``, fused for kernel 2, stride 2 and for kernel 3, stride 2, padding 1 (a ResNet stem's); no
+    dilation/ceil_mode/return_indices."""
 
     def __init__(self, kernel_size=2, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
@@ -399,7 +402,7 @@ class MaxPool2d(_FusedMixin, nn.MaxPool2d):
         if reason:
             self._fallback(reason)
             return super().forward(functional.materialize(x))
-        return functional.max_pool2x2(x)
+        return functional.max_pool(x, nn.modules.utils._pair(self.kernel_size)[0])
 
 
 class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):

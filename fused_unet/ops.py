@@ -88,10 +88,11 @@ conv_transpose2x2_input_grad = _op(conv.conv_transpose2x2_input_grad, "(Tensor g
                                    lambda g, weight: conv.conv_transpose2x2_input_grad_output(g, weight))
 conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
                                     f"(Tensor grad, Tensor x, Tensor weight, {_PENDING}) -> Tensor", _weight_grad_fake)
-max_pool2x2_forward = _op(pool.max_pool2x2_forward, f"(Tensor x, {_PENDING}) -> (Tensor, Tensor)",
-                          lambda x, *rest: pool.max_pool2x2_output(x))
-max_pool2x2_backward = _op(pool.max_pool2x2_backward, "(Tensor grad_y, Tensor argmax, int[] input_shape) -> Tensor",
-                           lambda grad_y, argmax, input_shape: pool.max_pool2x2_backward_output(grad_y, input_shape))
+max_pool_forward = _op(pool.max_pool_forward, f"(Tensor x, int window, {_PENDING}) -> (Tensor, Tensor)",
+                       lambda x, window, *rest: pool.max_pool_output(x, window))
+max_pool_backward = _op(pool.max_pool_backward, "(Tensor grad_y, Tensor argmax, int[] input_shape, int window) -> "
+                        "Tensor", lambda grad_y, argmax, input_shape, window:
+                        pool.max_pool_backward_output(grad_y, input_shape))
 batch_norm_act_input_grad = _op(
     norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}) -> "
     "(Tensor, Tensor, Tensor)", lambda grad, y, scale, *rest: norm.batch_norm_act_input_grad_output(grad, scale))

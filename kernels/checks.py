@@ -220,9 +220,16 @@ def check_group_norm(y, groups, weight, bias):
                              f"{tuple(getattr(t, 'shape', ())) if isinstance(t, torch.Tensor) else type(t).__name__}")
 
 
-def check_max_pool2x2(x):
+def check_max_pool(x, window):
+    if window not in (2, 3):
+        raise ValueError(f"window must be 2 or 3 (a 2x2 / stride-2 or a 3x3 / stride-2 / padding-1 max-pool), got "
+                         f"{window!r}")
     check_tensor("x", x, 4)
-    check_pool_size(x)
+    if window == 2:
+        check_pool_size(x)
+    elif x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"x must be at least 1x1 for a {window}x{window} max-pool, got spatial size "
+                         f"{tuple(x.shape[2:])}")
 
 
 def check_pool_size(x):

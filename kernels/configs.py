@@ -70,13 +70,13 @@ GPU_CONFIGS = {
             _cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=2),
         ],
     },
-    "max_pool2x2": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
+    "max_pool": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
     # One block size only: the launchers size their per-tile workspaces from it.
     "pending_norm": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "batch_norm_act_backward": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "conv_output_grad": {"any": [_cfg(BLOCK_P=64, BLOCK_C=64, num_warps=4, num_stages=1)]},
     "upsample2x_backward": {"any": [_cfg(BLOCK_P=32, BLOCK_C=64, num_warps=4, num_stages=1)]},
-    "max_pool2x2_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
+    "max_pool_backward": {"any": [_cfg(BLOCK=1024, num_warps=4, num_stages=1)]},
     # One block size only: the statistics' parts (and so their bits) must not depend on the config.
     "channel_statistics": {"any": [_cfg(BLOCK_P=128, BLOCK_C=64, num_warps=4, num_stages=1)]},
     # One block size only: the combine order (and so the bits) of a norm's statistics must not depend on the config.
@@ -87,12 +87,12 @@ GPU_CONFIGS = {
 INTERPRETER_CONFIGS = {
     "conv2d_implicit_gemm": [_cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32)],
     "conv2d_weight_grad": [_cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256)],
-    "max_pool2x2": [_cfg(BLOCK=4096)],
+    "max_pool": [_cfg(BLOCK=4096)],
     "pending_norm": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "batch_norm_act_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "conv_output_grad": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "upsample2x_backward": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
-    "max_pool2x2_backward": [_cfg(BLOCK=4096)],
+    "max_pool_backward": [_cfg(BLOCK=4096)],
     "channel_statistics": [_cfg(BLOCK_P=1024, BLOCK_C=64)],
     "norm_statistics": [_cfg(BLOCK_T=256, BLOCK_S=64)],
     "norm_statistics_backward": [_cfg(BLOCK_S=64)],

@@ -242,6 +242,8 @@ _IN_NORM = [dict(NORM_INPUT=True, **a) for a in _IN_ACTS] + [dict(NORM_INPUT=Fal
 # kernels' flag, and the elementwise kernels'.
 _PER_SAMPLE = [dict(NORM_PER_SAMPLE=False), dict(NORM_PER_SAMPLE=True)]
 _PER_SAMPLE_ELEMENTWISE = [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]
+# The max-pools: the U-Net's 2x2, the ResNet stem's 3x3 with padding 1 (both stride 2).
+_POOL_WINDOWS = [dict(WINDOW=2), dict(WINDOW=3)]
 # The weight-grad's input operand: read through its geometry (and pending norm), or flat channels_last.
 _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 # A source of few channels (one source, not up-sampled) runs its taps as one K range (kernels.conv._few_channels).
@@ -346,22 +348,22 @@ UPSAMPLE2X_BACKWARD = KernelSpec(
     sites={"upsample2x_backward": [[dict(UP_MODE=int(mode), WINDOW=window) for mode, window
                                     in sorted(UPSAMPLE_WINDOWS.items(), reverse=True)]]})
 
-MAX_POOL2X2 = KernelSpec(
-    "max_pool2x2",
+MAX_POOL = KernelSpec(
+    "max_pool",
     (tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("y_ptr"), tensor("argmax_ptr", "*u8"),
-     integer("TOTAL"), integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True),
-     real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"), flag("PER_SAMPLE"), flag("ACT"),
-     block("BLOCK")),
-    sites={"max_pool2x2_forward": [[dict(NORM=True, ACT=a) for a in _PENDING_ACT_CODES] +
-                                   [dict(NORM=False, ACT=_NO_ACT)],
-                                   _PER_SAMPLE_ELEMENTWISE]})
+     integer("TOTAL"), integer("C", 16, tuned=True), integer("H"), integer("W"), integer("H_OUT", tuned=True),
+     integer("W_OUT", tuned=True), real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"),
+     flag("PER_SAMPLE"), flag("ACT"), flag("WINDOW"), block("BLOCK")),
+    sites={"max_pool_forward": [[dict(NORM=True, ACT=a) for a in _PENDING_ACT_CODES] + [dict(NORM=False, ACT=_NO_ACT)],
+                                _PER_SAMPLE_ELEMENTWISE, _POOL_WINDOWS]})
 
-MAX_POOL2X2_BACKWARD = KernelSpec(
-    "max_pool2x2_backward",
+MAX_POOL_BACKWARD = KernelSpec(
+    "max_pool_backward",
     (tensor("grad_y_ptr"), tensor("argmax_ptr", "*u8"), tensor("grad_x_ptr"), integer("TOTAL"),
-     integer("C", 16, tuned=True), integer("H_OUT", tuned=True), integer("W_OUT", tuned=True), strides("g_strides"),
-     strides("argmax_strides"), strides("x_strides"), block("BLOCK")),
-    sites={"max_pool2x2_backward": [[{}]]})
+     integer("C", 16, tuned=True), integer("H"), integer("W"), integer("H_OUT", tuned=True),
+     integer("W_OUT", tuned=True), strides("g_strides"), strides("argmax_strides"), strides("x_strides"),
+     flag("WINDOW"), block("BLOCK")),
+    sites={"max_pool_backward": [_POOL_WINDOWS]})
 
 # After a norm's activation: a residual added, then a conv epilogue's activation (its output's sign gives the
 # gradient), or neither.
@@ -410,8 +412,8 @@ NORM_STATISTICS_BACKWARD = KernelSpec(
     sites={"norm_statistics_backward": [[{}]]})
 
 # Every kernel the launchers run, in the doctor's order.
-KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL2X2,
-           MAX_POOL2X2_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS,
+KERNELS = (CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD, CONV_OUTPUT_GRAD, UPSAMPLE2X_BACKWARD, MAX_POOL,
+           MAX_POOL_BACKWARD, PENDING_NORM, BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS,
            NORM_STATISTICS, NORM_STATISTICS_BACKWARD)
 
 # The doctor's yardsticks (kernels.reference): compiled, never launched.

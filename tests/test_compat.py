@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fused_unet
+from fused_unet.kernels import pool
 from tests.conftest import DEVICE
 from tests.test_swap import check_swap, eager_elementwise, eager_ops, left_alone
 
@@ -78,7 +79,7 @@ def test_monai_unet_reports_what_it_cannot_fuse():
     ("resnet18", 3, (16, 8, 8), 16, ("train", "eval")),
     ("vgg11_bn", 2, (8, 8), 8, ("eval",)),
 ])
-def test_smp_unet(encoder, depth, decoder, size, modes):
+def test_smp_unet(encoder, depth, decoder, size, modes, monkeypatch):
     torch.manual_seed(0)
     model = smp.Unet(encoder, encoder_weights=None, classes=2, encoder_depth=depth, decoder_channels=decoder).to(DEVICE)
     x = torch.randn(2, 3, size, size, device=DEVICE)
@@ -89,14 +90,28 @@ def test_smp_unet(encoder, depth, decoder, size, modes):
     assert patterns["upsample+cat+conv+bn+act"] == depth - 1 and patterns["upsample+conv+bn+act"] == 1
     if encoder.startswith("vgg"):  # conv -> BatchNorm2d -> ReLU -> MaxPool2d closes each encoder stage
         assert patterns["conv+bn+act+maxpool"] == depth
-    else:  # the 7x7/s2 stem, the 3x3/s2 and 1x1/s2 downsampling convs and each block's add + ReLU fuse; the 3x3
-        # max-pool stays eager
+    else:  # the 7x7/s2 stem, the 3x3/s2 and 1x1/s2 downsampling convs and each block's add + ReLU fuse; the stem's
+        # 3x3/s2 max-pool runs in the kernels, in training reading the stem's pending BatchNorm + ReLU
         assert patterns["conv+bn+act"] == 8 and patterns["conv+bn+add+act"] == 4 and patterns["conv+bn"] == 1
-        assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 1
+        assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 0
+        assert report.swapped["MaxPool2d"] == 1 and _pool_launches(monkeypatch, model.train(), x) == [(3, True)]
         # In training each block's BN, add and ReLU are one kernel: no element-wise op on an activation is eager.
         assert eager_elementwise(model.train(), x) == {}
     counts, expected = _eager_left(model, x, report)
     assert counts == expected
+
+
+def _pool_launches(monkeypatch, model, x):
+    """(WINDOW, NORM) of each max-pool kernel launch in a forward of ``model``."""
+    seen, run = [], pool.max_pool_kernel.run
+
+    def recorded(*args, **kwargs):
+        seen.append((kwargs["WINDOW"], kwargs["NORM"]))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(pool.max_pool_kernel, "run", recorded)
+    model(x)
+    return seen
 
 
 # One encoder per smp family that builds offline (encoder_weights=None), small enough for the interpreter: swap either

@@ -14,8 +14,9 @@ def _cases():
     xt, wt = make_tensor((2, 4, 3, 2)), make_tensor((4, 3, 2, 2))
     yt = torch.relu(make_tensor((2, 3, 6, 4)))
     up, skip, wc = make_tensor((2, 2, 2, 3)), make_tensor((2, 1, 5, 6)), make_tensor((4, 3, 3, 3))
-    pooled, argmax = ops.max_pool2x2_forward(x)
-    y_pooled, y_argmax = ops.max_pool2x2_forward(y)
+    pooled, argmax = ops.max_pool_forward(x, 2)
+    y_pooled, y_argmax = ops.max_pool_forward(y, 2)
+    pooled3, argmax3 = ops.max_pool_forward(x, 3)
     scale, shift = make_tensor((3,)).abs() + 0.5, make_tensor((3,))  # a pending batch norm of x
     norm = dict(in_scale=scale, in_shift=shift, in_activation="leaky_relu", in_negative_slope=0.1)
     count = torch.full((2, 4, 1, 6), 8.0, device=DEVICE)  # per-tile (count, mean, M2) of 2 images x 4 tiles
@@ -32,13 +33,14 @@ def _cases():
         (ops.conv_transpose2x2_forward, (xt, wt, b[:3], "relu", 0.0)),
         (ops.conv_transpose2x2_input_grad, (yt, wt)),
         (ops.conv_transpose2x2_weight_grad, (yt, xt, wt)),
-        (ops.max_pool2x2_forward, (x,)), (ops.max_pool2x2_backward, (pooled, argmax, list(x.shape))),
+        (ops.max_pool_forward, (x, 2)), (ops.max_pool_backward, (pooled, argmax, list(x.shape), 2)),
+        (ops.max_pool_forward, (x, 3)), (ops.max_pool_backward, (pooled3, argmax3, list(x.shape), 3)),
         (ops.conv2d_stats_forward, (x, w, b), norm), (ops.conv2d_forward, (x, w, b, "relu", 0.0), norm),
         (ops.concat_conv2d_stats_forward, (up, skip, wc, None, "nearest", False, True),
          dict(up_scale=scale[:2], up_shift=shift[:2], in_activation="relu")),
         (ops.conv2d_weight_grad, (y, x, w), norm),
         (ops.conv_transpose2x2_forward, (make_tensor((2, 3, 3, 2)), wt[:3], None, None, 0.0), norm),
-        (ops.max_pool2x2_forward, (x,), norm),
+        (ops.max_pool_forward, (x, 2), norm), (ops.max_pool_forward, (x, 3), norm),
         (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "bilinear", True)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),

@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import DEVICE, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
-from fused_unet.kernels import configs, conv, norm
+from fused_unet.kernels import configs, conv, norm, pool
 
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="forces configs on the interpreter; a GPU autotunes them")
 
@@ -281,3 +281,23 @@ def test_configs_stay_off_the_tiles_that_spilled_inside_their_loops():
     assert not configs.fits(narrow, dict(bilinear, INPUT_PRECISION="ieee"))
     assert configs.fits(narrow, dict(bilinear, INPUT_PRECISION="tf32"))
     assert configs.gpu_configs("conv2d_implicit_gemm", "fp32", dict(bilinear, INPUT_PRECISION="ieee"))
+
+
+@pytest.mark.parametrize("window", [2, 3])
+@pytest.mark.parametrize("cfg", configs.all_gpu_configs("max_pool"), ids=str)
+def test_every_max_pool_config(cfg, window):
+    # 2+ programs forward (pooled elements) and backward (the 3x3 gather runs over x's elements), a pending norm.
+    side = int(cfg.kwargs["BLOCK"] ** 0.5) + 3
+    x = make_tensor((2, 4, side, side + 2), layout="channels_last", requires_grad=True)
+    scale, shift = torch.rand(4, device=DEVICE) + 0.5, make_tensor((4,))
+
+    def fused(x):
+        return FF.max_pool(FF.Normalized(x, scale, shift, "leaky_relu", 0.1), window)
+
+    def reference(x):
+        z = torch.nn.functional.leaky_relu(x * scale.to(x.dtype)[:, None, None] + shift.to(x.dtype)[:, None, None], 0.1)
+        return torch.nn.functional.max_pool2d(z, window, stride=2, padding=window - 2)
+
+    for backward in configs.all_gpu_configs("max_pool_backward"):
+        with forced(pool.max_pool_kernel, cfg), forced(pool.max_pool_backward_kernel, backward):
+            check_against_float64(fused, reference, [x], torch.float32)

@@ -168,7 +168,7 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
     model.eval()
     model(x).sum().backward()
     # A norm's statistics: norm_statistics and its backward; their term of dL/dy is pending_norm's arithmetic.
-    normed = {"max_pool2x2", "max_pool2x2_backward", "batch_norm_act_backward", "norm_statistics",
+    normed = {"max_pool", "max_pool_backward", "batch_norm_act_backward", "norm_statistics",
               "norm_statistics_backward", "pending_norm"}
     expected = set(compile_matrix.LAUNCH_AXES) - (normed if "norm" not in options else set())
     expected -= {"upsample2x_backward"} if "up_mode" not in options else set()
@@ -221,7 +221,7 @@ def test_each_kernel_declares_its_parameters_in_its_spec(spec):
 
 
 def test_a_launch_with_a_wrong_keyword_is_refused():
-    spec = specs.MAX_POOL2X2_BACKWARD
+    spec = specs.MAX_POOL_BACKWARD
     given = {p.name: 0 for p in spec.params if p.role in ("argument", "flag")}
     assert spec.arguments(**given) == given
     with pytest.raises(TypeError, match=r"missing \['TOTAL'\] and passes unknown \['TOTALS'\]"):

@@ -42,11 +42,13 @@ def test_pending_group_norm_read_by_every_consumer_matches_float64(groups, activ
 
     def fused(x, w1, gamma, beta, w2, wt):
         z = FF.group_norm(FF.conv2d(x, w1), groups, gamma, beta, activation=activation, negative_slope=slope)
-        return FF.conv2d(z, w2, None, "relu"), FF.max_pool2x2(z), FF.conv_transpose2x2(z, wt), z.materialize()
+        return (FF.conv2d(z, w2, None, "relu"), FF.max_pool2x2(z), FF.max_pool(z, 3), FF.conv_transpose2x2(z, wt),
+                z.materialize())
 
     def reference(x, w1, gamma, beta, w2, wt):
         z = _group_act(F.conv2d(x, w1, padding=1), groups, gamma, beta, activation, slope)
-        return eager.conv2d(z, w2, None, "relu"), F.max_pool2d(z, 2), eager.conv_transpose2x2(z, wt), z
+        return (eager.conv2d(z, w2, None, "relu"), F.max_pool2d(z, 2), F.max_pool2d(z, 3, 2, 1),
+                eager.conv_transpose2x2(z, wt), z)
 
     check_against_float64(fused, reference, [x, w1, gamma, beta, w2, wt], dtype, baseline=dtype != torch.float32)
 

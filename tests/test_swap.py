@@ -212,7 +212,7 @@ class Branchy(nn.Module):
         self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
 
     def forward(self, x):
-        y = self.conv(x)
+        y = F.max_pool2d(self.conv(x), 3, 2, 1)  # a ResNet stem's pool, as a call: torch.compile's graph swaps it
         return y * 2 if isinstance(x, torch.Tensor) and self.training else y
 
 
@@ -222,7 +222,7 @@ def test_a_branch_on_training_or_shapes_is_captured_by_torch_compile():
     report = check_swap(model, x)
     # torch.fx would bake one branch in; torch.compile guards on self.training and captures a graph per mode.
     assert [name for name, _ in report.untraced] == [""] and "training" in report.untraced[0][1]
-    assert report.traced == ["(whole model) [torch.compile]"] and report.counts() == {"conv+act": 1}
+    assert report.traced == ["(whole model) [torch.compile]"] and report.counts() == {"conv+act": 1, "maxpool": 1}
     for mode in (True, False):
         assert eager_ops(model.train(mode), x) == {}
 

@@ -207,15 +207,26 @@ class SwapGraph:
         return None
 
     def is_pool(self, node):
-        """A 2x2 / stride-2 max-pool call (nn.MaxPool2d or F.max_pool2d) the kernels cover."""
+        """A 2x2 / stride-2 max-pool call (nn.MaxPool2d or F.max_pool2d): the one a conv's epilogue fuses."""
+        return self.pool_window(node) == 2
+
+    def pool_window(self, node):
+        """2 or 3: the window of a max-pool call (nn.MaxPool2d or F.max_pool2d) the kernels cover (2x2 / stride 2,
+        3x3 / stride 2 / padding 1), else None."""
         m = self.module(node, nn.MaxPool2d)
         if m is not None:
-            return fnn.max_pool2d_config_unsupported(m) is None
+            return nn.modules.utils._pair(m.kernel_size)[0] if fnn.max_pool2d_config_unsupported(m) is None else None
         if node.op != "call_function" or node.target not in (F.max_pool2d, torch.max_pool2d):
-            return False
-        return arg(node, 1, "kernel_size") in (2, (2, 2)) and arg(node, 2, "stride") in (None, 2, (2, 2), []) and \
-            arg(node, 3, "padding", 0) in (0, (0, 0)) and arg(node, 4, "dilation", 1) in (1, (1, 1)) and \
-            not arg(node, 5, "ceil_mode", False) and not arg(node, 6, "return_indices", False)
+            return None
+        if arg(node, 4, "dilation", 1) not in (1, (1, 1)) or arg(node, 5, "ceil_mode", False) or \
+                arg(node, 6, "return_indices", False):
+            return None
+        size, stride, padding = arg(node, 1, "kernel_size"), arg(node, 2, "stride"), arg(node, 3, "padding", 0)
+        for window in (2, 3):
+            if size in (window, (window, window), [window, window]) and stride in (None, 2, (2, 2), [2, 2], []) \
+                    and padding in (window - 2, (window - 2,) * 2, [window - 2] * 2):
+                return window
+        return None
 
     def upsampling(self, node):
         """An UpBranch for an x2 nearest / bilinear up-sampling node with one user, else None."""

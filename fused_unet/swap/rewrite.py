@@ -33,7 +33,10 @@ def rewrite(root, graph, prefix, report, functional=False):
 
 
 def _reads_normalized(g, user, value):
-    """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it)."""
+    """Whether user takes value only as a fused layer's data input (so a pending batch norm may reach it), or reads
+    only its shape (smp's decoder sizes its up-sampling so; a Normalized has y's shape)."""
+    if user.op == "call_function" and user.target is getattr and user.args[1:] == ("shape",):
+        return True
     if user.op == "call_function" and user.target in _DATA_INPUTS:
         data = _DATA_INPUTS[user.target]
         return value in user.args[:data] and value not in user.args[data:]

@@ -134,10 +134,10 @@ def _fused_conv_transpose(x, weight, bias):
     return functional.conv_transpose2x2(x, weight, bias)
 
 
-def _fused_max_pool(x):
-    if fnn.input_unsupported(x) or min(x.shape[2:]) < 2:
-        return F.max_pool2d(functional.materialize(x), 2)
-    return functional.max_pool2x2(x)
+def _fused_max_pool(x, window):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < (2 if window == 2 else 1):
+        return eager.max_pool(functional.materialize(x), window)
+    return functional.max_pool(x, window)
 
 
 def _fused_conv(x, conv, bn, activation, negative_slope, defer):

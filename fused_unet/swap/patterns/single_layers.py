@@ -18,9 +18,9 @@ def swap(g):
         elif g.conv_transpose2x2(node):
             g.report.add_fusion("convtranspose", "conv_transpose2x2", (g.name(node),))
             g.replace([node], _fused_conv_transpose, (node.args[0], node.args[1], arg(node, 2, "bias")), {})
-        elif g.is_pool(node):
-            g.report.add_fusion("maxpool", "max_pool2x2", (g.name(node),))
-            g.replace([node], _fused_max_pool, (node.args[0],), {})
+        elif (window := g.pool_window(node)) is not None:
+            g.report.add_fusion("maxpool", f"max_pool{window}x{window}", (g.name(node),))
+            g.replace([node], _fused_max_pool, (node.args[0], window), {})
         else:
             continue
         changed = True
