@@ -195,9 +195,10 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
         scale, shift, mean, var = eager.batch_norm_scale_shift(y, weight, bias, eps)
-    else:
-        y, scale, shift, mean, var = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps))
-    _update_running(running_mean, running_var, mean, var, y.numel() // channels, momentum)
+        _update_running(running_mean, running_var, mean, var, y.numel() // channels, momentum)
+    else:  # the kernel that finalises the statistics updates the running ones
+        y, scale, shift, _, _ = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps),
+                                                                       running_mean, running_var, float(momentum))
     return Normalized(y, scale, shift, activation, float(negative_slope))
 
 
@@ -215,7 +216,8 @@ def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None
     ``group_norm``). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d`` with
     ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
     y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
-    _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
+    if running_mean is not None:
+        _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
     return Normalized(y, scale, shift, activation, float(negative_slope))
 
 

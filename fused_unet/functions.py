@@ -297,13 +297,14 @@ class PendingNorm(torch.autograd.Function):
         return dy, dscale, dshift, dres, None, None, None, None
 
 
-def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel):
+def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0)):
     """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (one launch
     combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
-    [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]); saves what _scale_shift_backward needs. y
+    [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]; and updates its ``running`` (mean, var,
+    momentum) if given); saves what _scale_shift_backward needs. y
     comes back as it went in (autograd makes it a view): its consumers' gradient reaches this backward, which adds
     the statistics' part in the same kernel instead of autograd summing two y-sized tensors."""
-    scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps)
+    scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps, *running)
     mean, var = stats[:, 0], stats[:, 1]
     if per_channel:
         scale, shift, mean, var = (t.squeeze(0) for t in (scale, shift, mean, var))
@@ -330,21 +331,23 @@ def _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift):
 class BatchNormScaleShift(torch.autograd.Function):
     """(y, per-channel scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
     wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
-    scale (fp32), plus (mean, biased var) for the running statistics; the consumers read the y returned. Backward
+    scale (fp32), plus (mean, biased var); ``running_mean`` / ``running_var`` (optional) are updated in place by the
+    same launch, ``momentum`` the weight of this batch; the consumers read the y returned. Backward
     turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and adds the part of dL/dy that flows through the batch
     mean and variance (a per-channel a * y + b) to the consumers' dL/dy; saves y (already alive) and the statistics."""
 
     @staticmethod
-    def forward(ctx, y, stats, gamma, beta, eps):
+    def forward(ctx, y, stats, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.0):
         if stats is None:  # y is not a conv's output: its per-image statistics are parts of the batch's
             stats = _launch(norm.channel_statistics, y)(y).flatten(0, 1)
-        return _scale_shift(ctx, y, gamma, beta, stats.unsqueeze(0), y.shape[1], eps, per_channel=True)
+        return _scale_shift(ctx, y, gamma, beta, stats.unsqueeze(0), y.shape[1], eps, per_channel=True,
+                            running=(running_mean, running_var, momentum))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
         grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
-        return grad_y, None, grad_gamma, grad_beta, None
+        return grad_y, None, grad_gamma, grad_beta, None, None, None, None
 
 
 class GroupNormScaleShift(torch.autograd.Function):

@@ -12,8 +12,8 @@ from fused_unet.kernels import conv, grad, norm, pool, upsample
 _CUSTOM_OPS = {}
 
 
-def _op(launcher, schema, fake):
-    op = torch.library.custom_op(f"fused_unet::{launcher.__name__}", launcher, mutates_args=(), schema=schema)
+def _op(launcher, schema, fake, mutates=()):
+    op = torch.library.custom_op(f"fused_unet::{launcher.__name__}", launcher, mutates_args=mutates, schema=schema)
     op.register_fake(fake)
     _CUSTOM_OPS[launcher] = op
     return op
@@ -109,9 +109,11 @@ upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))
 channel_statistics = _op(norm.channel_statistics, "(Tensor y) -> Tensor", norm.channel_statistics_output)
-norm_statistics = _op(norm.norm_statistics, "(Tensor parts, int groups, Tensor gamma, Tensor beta, float eps) -> "
+norm_statistics = _op(norm.norm_statistics, "(Tensor parts, int groups, Tensor gamma, Tensor beta, float eps, "
+                      "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, float momentum=0.0) -> "
                       "(Tensor, Tensor, Tensor)",
-                      lambda parts, groups, *rest: norm.norm_statistics_output(parts, groups))
+                      lambda parts, groups, *rest, **kwargs: norm.norm_statistics_output(parts, groups),
+                      mutates=("running_mean", "running_var"))
 norm_statistics_backward = _op(
     norm.norm_statistics_backward, "(Tensor grad_scale, Tensor grad_shift, Tensor stats, Tensor gamma, int count) -> "
     "(Tensor, Tensor, Tensor, Tensor)", lambda grad_scale, grad_shift, stats, gamma, count:

@@ -38,9 +38,12 @@ def norm_statistics_kernel(
     affine,  # (gamma, beta) [C]: the norm's weight and bias
     norm,  # (scale, shift) fp32 [N, C] out: scale = gamma / sqrt(var + eps), shift = beta - mean * scale
     stat_ptr,  # fp64 [N, 3 (mean, biased var, 1 / sqrt(var + eps)), G] out
+    running,  # (running mean, running var) [G] of a batch norm (N = 1), updated in place with RUNNING
     TILES, C, G, WIDTH, TILES_PER_SPLIT,  # tiles per image, channels, statistics per image, channels per statistic
     EPS,  # the norm's epsilon
+    MOMENTUM,  # RUNNING: the weight of this batch's statistics
     STAGE: tl.constexpr,  # 0: parts -> outputs; 1: parts -> per-split partials; 2: partials -> outputs
+    RUNNING: tl.constexpr,  # update running statistics as torch.nn's BatchNorm2d does (the variance unbiased)
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,  # tiles x statistics per step
 ):
     """Parameters: specs.NORM_STATISTICS. A norm's statistics finalised: each statistic's parts (its tiles x its
@@ -87,6 +90,15 @@ def norm_statistics_kernel(
         tl.store(stats, mean, mask=s_ok)
         tl.store(stats + G, var, mask=s_ok)
         tl.store(stats + 2 * G, invstd, mask=s_ok)
+        if RUNNING:
+            mean_ptr, var_ptr = running
+            old_mean = tl.load(mean_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
+            old_var = tl.load(var_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
+            unbiased = m2 / tl.maximum(n - 1.0, 1.0)
+            tl.store(mean_ptr + offs_s, (old_mean * (1.0 - MOMENTUM) + mean * MOMENTUM).to(mean_ptr.dtype.element_ty),
+                     mask=s_ok)
+            tl.store(var_ptr + offs_s, (old_var * (1.0 - MOMENTUM) + unbiased * MOMENTUM).to(var_ptr.dtype.element_ty),
+                     mask=s_ok)
         gamma_ptr, beta_ptr = affine
         scale_ptr, shift_ptr = norm
         for w in range(0, WIDTH):
@@ -105,26 +117,48 @@ def norm_statistics_output(parts, groups):
     return scale, torch.empty_like(scale), torch.empty((batch, 3, groups), device=parts.device, dtype=torch.float64)
 
 
-def norm_statistics(parts, groups, gamma, beta, eps):
+def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.0):
     """A norm's (scale, shift) fp32 [N, C] and statistics fp64 [N, 3 (mean, biased variance, 1 / sqrt(var + eps)),
     groups] from per-tile ``parts`` [N, tiles, 3 (count, mean, M2), C] (a batch norm's: N = 1), each statistic
-    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. Over
-    TILES_PER_SPLIT tiles, two launches (split, then combine): the result does not depend on the config."""
+    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. A batch norm's
+    ``running_mean`` / ``running_var`` ([C], contiguous) are updated in place in the same launch, ``momentum`` the
+    weight of this batch (the variance unbiased). Over TILES_PER_SPLIT tiles, two launches (split, then combine):
+    the result does not depend on the config."""
     batch, tiles, _, c = parts.shape
     scale, shift, stats = norm_statistics_output(parts, groups)
+    running = (running_mean, running_var) if running_mean is not None or running_var is not None else None
+    if running is not None:
+        _check_running(running, batch, groups)
     if not (batch and c):
         return scale, shift, stats
     splits = triton.cdiv(tiles, TILES_PER_SPLIT)
     partial = torch.empty((batch, splits, 3, groups), device=parts.device, dtype=torch.float64) if splits > 1 \
         else stats
     common = dict(parts_ptr=parts.contiguous(), partial_ptr=partial, affine=(gamma, beta), norm=(scale, shift),
-                  stat_ptr=stats, C=c, G=groups, WIDTH=c // groups, TILES_PER_SPLIT=TILES_PER_SPLIT, EPS=float(eps))
+                  stat_ptr=stats, running=running or (gamma, beta), C=c, G=groups, WIDTH=c // groups,
+                  TILES_PER_SPLIT=TILES_PER_SPLIT, EPS=float(eps), MOMENTUM=float(momentum))
     if splits > 1:
         NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), splits,
-                                                                     batch), TILES=tiles, STAGE=1, **common)
+                                                                     batch), TILES=tiles, STAGE=1, RUNNING=False,
+                               **common)
     NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), 1, batch),
-                           TILES=splits if splits > 1 else tiles, STAGE=2 if splits > 1 else 0, **common)
+                           TILES=splits if splits > 1 else tiles, STAGE=2 if splits > 1 else 0,
+                           RUNNING=running is not None, **common)
     return scale, shift, stats
+
+
+def _check_running(running, batch, groups):
+    """Running statistics the kernel may update in place: a batch norm's (one row of statistics), both given,
+    contiguous floating [groups] tensors on the parts' device."""
+    if batch != 1:
+        raise ValueError(f"running statistics are a batch norm's: parts must have one row of statistics, got {batch}")
+    for name, t in zip(("running_mean", "running_var"), running):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if tuple(t.shape) != (groups,) or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous tensor of shape [{groups}] (one per channel), got "
+                             f"{tuple(t.shape)}{'' if t.is_contiguous() else ' (not contiguous)'}")
 
 
 @triton.autotune(configs=configs(NORM_STATISTICS_BACKWARD.name), key=NORM_STATISTICS_BACKWARD.autotune_key)

@@ -400,9 +400,13 @@ CHANNEL_STATISTICS = KernelSpec(
 NORM_STATISTICS = KernelSpec(
     "norm_statistics",
     (tensor("parts_ptr", "*fp32"), tensor("partial_ptr", "*fp64"), tensor_pair("affine"), tensor_pair("norm", "*fp32"),
-     tensor("stat_ptr", "*fp64"), integer("TILES"), integer("C", 16, tuned=True), integer("G"), integer("WIDTH"),
-     integer("TILES_PER_SPLIT", 16), real("EPS"), flag("STAGE"), block("BLOCK_T"), block("BLOCK_S")),
-    sites={"norm_statistics": [[dict(STAGE=0), dict(STAGE=1), dict(STAGE=2)]]})
+     tensor("stat_ptr", "*fp64"), tensor_pair("running"), integer("TILES"), integer("C", 16, tuned=True),
+     integer("G"), integer("WIDTH"), integer("TILES_PER_SPLIT", 16), real("EPS"), real("MOMENTUM"), flag("STAGE"),
+     flag("RUNNING"), block("BLOCK_T"), block("BLOCK_S")),
+    # A split's first launch (STAGE 1) never finalises, so never updates running statistics.
+    sites={"norm_statistics": [[dict(STAGE=0, RUNNING=False), dict(STAGE=0, RUNNING=True),
+                                dict(STAGE=1, RUNNING=False), dict(STAGE=2, RUNNING=False),
+                                dict(STAGE=2, RUNNING=True)]]})
 
 NORM_STATISTICS_BACKWARD = KernelSpec(
     "norm_statistics_backward",

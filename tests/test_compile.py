@@ -1,5 +1,7 @@
 """torch.compile: the launchers are custom ops (fused_unet.ops) that pass torch.library.opcheck, and a compiled
 fused UNet traces as one graph and matches the float64 reference, forward and backward."""
+import copy
+
 import pytest
 import torch
 
@@ -46,6 +48,8 @@ def _cases():
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),
         (ops.pending_norm, (x, scale, shift), dict(residual=x)),  # a norm's backward term added to a gradient
         (ops.norm_statistics, (parts, 3, make_tensor((6,)), make_tensor((6,)), 1e-5)),  # group norm, 2 per group
+        (ops.norm_statistics, (parts[:1], 6, make_tensor((6,)), make_tensor((6,)), 1e-5, make_tensor((6,)),
+                               make_tensor((6,)).abs(), 0.1)),  # a batch norm's, its running statistics updated
     ]
 
 
@@ -63,8 +67,10 @@ def test_compiled_fused_unet_is_one_graph_and_matches_reference(options):
     reference = fused_unet.ReferenceUNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE, torch.float64)
     reference.load_state_dict(model.state_dict())
     x = make_tensor((2, 3, 8, 10), requires_grad=True)
+    state = copy.deepcopy(model.state_dict())
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons[:3]
+    model.load_state_dict(state)  # explain ran a step: the running statistics start again from the reference's
     out = torch.compile(model)(x)
     out.sum().backward()
     x_ref = x.detach().double().requires_grad_()
@@ -74,3 +80,5 @@ def test_compiled_fused_unet_is_one_graph_and_matches_reference(options):
     assert_close(x.grad, x_ref.grad, torch.float32, "compiled grad x", MODEL_TOLERANCE_FACTOR)
     for (name, p), r in zip(model.named_parameters(), reference.parameters()):
         assert_close(p.grad, r.grad, torch.float32, f"compiled grad {name}", MODEL_TOLERANCE_FACTOR)
+    for (name, b), r in zip(model.named_buffers(), reference.buffers()):  # updated in place by a custom op
+        assert_close(b.double(), r.double(), torch.float32, f"compiled buffer {name}", MODEL_TOLERANCE_FACTOR)

@@ -132,6 +132,34 @@ def test_norm_statistics_match_float64(batch, tiles, channels, groups):
                                                  norm.norm_statistics(parts, groups, gamma, beta, 1e-5)))
 
 
+@pytest.mark.parametrize("tiles", [7, 2 * configs.TILES_PER_SPLIT + 52])
+def test_norm_statistics_update_a_batch_norms_running_statistics(tiles):
+    # In the launch that finalises (the second of a split): torch.nn's update, the variance unbiased.
+    torch.manual_seed(0)
+    count = torch.randint(1, 65, (1, tiles, 1, 6), device=DEVICE).float()
+    parts = torch.cat([count, torch.randn(1, tiles, 1, 6, device=DEVICE), torch.rand(1, tiles, 1, 6, device=DEVICE)
+                       * count], 2)
+    running_mean, running_var = make_tensor((6,)), torch.rand(6, device=DEVICE) + 0.5
+    expected_mean, expected_var = running_mean.double().clone(), running_var.double().clone()
+    _, _, stats = norm.norm_statistics(parts, 6, torch.ones(6, device=DEVICE), torch.zeros(6, device=DEVICE), 1e-5,
+                                       running_mean, running_var, 0.3)
+    n = count.sum((0, 1, 2)).double()
+    torch.testing.assert_close(running_mean.double(), 0.7 * expected_mean + 0.3 * stats[0, 0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(running_var.double(), 0.7 * expected_var + 0.3 * stats[0, 1] * n / (n - 1),
+                               atol=1e-6, rtol=1e-6)
+
+
+def test_norm_statistics_refuse_running_statistics_they_cannot_update():
+    parts = torch.ones(2, 1, 3, 4, device=DEVICE)
+    ones = torch.ones(4, device=DEVICE)
+    with pytest.raises(ValueError, match="running statistics are a batch norm's: parts must have one row"):
+        norm.norm_statistics(parts, 4, ones, ones, 1e-5, ones.clone(), ones.clone(), 0.1)
+    with pytest.raises(ValueError, match=r"running_var must be a contiguous tensor of shape \[4\].*got \(8,\)"):
+        norm.norm_statistics(parts[:1], 4, ones, ones, 1e-5, ones.clone(), torch.ones(8, device=DEVICE), 0.1)
+    with pytest.raises(TypeError, match="running_var must be a floating-point tensor, got NoneType"):
+        norm.norm_statistics(parts[:1], 4, ones, ones, 1e-5, ones.clone(), None, 0.1)
+
+
 @pytest.mark.parametrize("batch,channels,groups", [(1, 6, 6), (3, 6, 6), (2, 12, 4), (2, 96, 32)])
 def test_norm_statistics_backward_matches_float64_autograd(batch, channels, groups):
     # dL/dy through a norm's statistics (as a * y + b), dL/dgamma, dL/dbeta for L = <gs, scale> + <gb, shift>.
