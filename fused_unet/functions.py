@@ -56,6 +56,14 @@ def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_n
     ctx.in_act = (in_activation, in_negative_slope)
 
 
+def _with_workspace(ctx, y, workspace):
+    """(y, workspace) of a conv that wrote its norm's per-tile statistics: no gradient flows into the workspace, and
+    autograd leaves it None instead of filling a [tiles, 3, C] tensor with zeros (so an unused y's is None too)."""
+    ctx.mark_non_differentiable(workspace)
+    ctx.set_materialize_grads(False)
+    return y, workspace
+
+
 class Conv2dBiasAct(torch.autograd.Function):
     """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
     act(x * in_scale + in_shift) (a pending norm). ``stats``: no activation; returns (y, per-tile batch statistics
@@ -67,9 +75,8 @@ class Conv2dBiasAct(torch.autograd.Function):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
         geometry = dict(stride=stride, padding=padding)
         if stats:
-            y, workspace = _launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending, **geometry)
-            ctx.mark_non_differentiable(workspace)
-            result = y, workspace
+            result = y, _ = _with_workspace(ctx, *_launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending,
+                                                                                        **geometry))
         else:
             y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
                                                          **geometry, residual=residual)
@@ -81,6 +88,8 @@ class Conv2dBiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
+        if grad_y is None:
+            return (None,) * len(ctx.needs_input_grad)
         # The residual's gradient is the prepared one (the activation's backward applied): it entered before it.
         *grads, dz = _one_source_backward(ctx, grad_y, _CONV, prepared=True)
         return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None)
@@ -185,9 +194,8 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
         layout = (up_mode, align_corners, up_first)
         pending = (up_scale, up_shift, skip_scale, skip_shift, in_activation, in_negative_slope)
         if stats:
-            y, workspace = _launch(conv.concat_conv2d_stats_forward, up)(up, skip, weight, bias, *layout, *pending)
-            ctx.mark_non_differentiable(workspace)
-            result = y, workspace
+            result = y, _ = _with_workspace(ctx, *_launch(conv.concat_conv2d_stats_forward, up)(
+                up, skip, weight, bias, *layout, *pending))
         else:
             y = result = _launch(conv.concat_conv2d_forward, up)(up, skip, weight, bias, activation, negative_slope,
                                                                  *layout, *pending)
@@ -199,6 +207,8 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_stats=None):
+        if grad_y is None:
+            return (None,) * len(ctx.needs_input_grad)
         up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, out = ctx.saved_tensors
         up_mode, align_corners, up_first = ctx.layout
         dz, grad_b = _prepared(ctx, grad_y, out, 7)

@@ -445,7 +445,9 @@ def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, ou
     images, pixels = _pixels(y, per_image)
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
-    partial = torch.zeros((images, tiles, 2, c), device=y.device, dtype=torch.float32)
+    # Every program writes its row (no zero fill), unless there is nothing to launch: then the sums are zeros.
+    partial = (torch.empty if pixels and batch else torch.zeros)((images, tiles, 2, c), device=y.device,
+                                                                 dtype=torch.float32)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,

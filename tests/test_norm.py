@@ -1,6 +1,9 @@
 """BatchNorm between conv and activation: the fused training path (statistics from the conv's epilogue, the
 normalised tensor never stored, applied by each consumer while reading) and the eval path (folded), against
 float64 eager PyTorch; running statistics like nn.BatchNorm2d; activation memory."""
+import collections
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,6 +213,35 @@ def test_a_norms_backward_leaves_no_element_wise_op_on_activations_to_pytorch(no
             record_step(model, x, "train")
         counts[option] = ops.count
     assert counts[norm] == counts[None] + 2
+
+
+class _ZeroFills(TorchDispatchMode):
+    """Counts the shapes of the tensors aten fills with zeros (2-D and up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.zeros, torch.ops.aten.zero_, torch.ops.aten.fill_) and out.dim() >= 2:
+            self.shapes[tuple(out.shape)] += 1
+        return out
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_a_norms_workspaces_are_not_zero_filled(norm):
+    # The conv epilogue's statistics rows ([tiles, 3, C]; autograd used to fill their unused gradient) and the
+    # consumers' dL/dscale, dL/dshift rows ([N, tiles, 2, C]) are written whole by their kernels: no zero fill beyond
+    # the plain UNet's (the weight-grad's split workspaces) but [N, C]-sized ones.
+    fills = {}
+    for option in (None, norm):
+        model = fused_unet.UNet(3, 2, base_channels=4, depth=2, norm=option).to("meta", torch.bfloat16)
+        x = torch.empty(3, 3, 12, 12, device="meta", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        with _ZeroFills() as zeros:
+            record_step(model, x, "train")
+        fills[option] = zeros.shapes
+    assert all(math.prod(shape) <= 3 * 16 for shape in fills[norm] - fills[None]), fills[norm] - fills[None]
 
 
 def test_batch_statistics_are_deterministic():
