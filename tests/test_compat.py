@@ -101,6 +101,18 @@ def test_smp_unet(encoder, depth, decoder, size, modes, monkeypatch):
     assert counts == expected
 
 
+def test_smp_unet_with_bottleneck_blocks():
+    # resnet50's Bottleneck: 1x1 -> 3x3 -> 1x1 + BN, the add and ReLU in the last conv's kernels; the first block's
+    # 1x1 projection to 256 channels. Depth 2 (stem, layer1) keeps the interpreter's cost down.
+    torch.manual_seed(0)
+    model = smp.Unet("resnet50", encoder_weights=None, classes=2, encoder_depth=2, decoder_channels=(8, 8)).to(DEVICE)
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train", "eval"), example_input=x)
+    assert report.counts()["conv+bn+add+act"] == 3 and report.counts()["conv+bn"] == 1
+    assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 0
+    assert eager_elementwise(model.train(), x) == {}
+
+
 def _pool_launches(monkeypatch, model, x):
     """(WINDOW, NORM) of each max-pool kernel launch in a forward of ``model``."""
     seen, run = [], pool.max_pool_kernel.run
