@@ -634,8 +634,8 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and (
                 _flat(x, g) and stride == 1 if grad_operand == 1 else _flat(x, x)),
             TAPS_ON_N=taps_on_n, DOT_DTYPE=_dot_dtype(g.dtype), INPUT_PRECISION=_input_precision(g.dtype))
-        # Fixed-order reduction of the split workspace: the same bits on every run.
-        dw_total[:, :, b_off:b_off + c_b] = dw.sum(0)
+        # Fixed-order reduction of the split workspace: the same bits on every run; written in place, no copy.
+        torch.sum(dw, 0, out=dw_total[:, :, b_off:b_off + c_b])
     return dw_total.view(c_a, kh, kw, c_b_total).permute(0, 3, 1, 2)
 
 
