@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from fused_unet.kernels.codes import POOL_PADDING
+
 
 def activate(y, activation=None, negative_slope=0.01):
     """The activation table (kernels.codes.ACTIVATIONS) in torch."""
@@ -60,7 +62,7 @@ def max_pool2x2(x):
 
 def max_pool(x, window):
     """The eager twin of kernels.pool.max_pool_forward: stride 2, padding 0 (2x2) or 1 (3x3)."""
-    return F.max_pool2d(x, window, stride=2, padding=window - 2)
+    return F.max_pool2d(x, window, stride=2, padding=POOL_PADDING[window])
 
 
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):

@@ -311,9 +311,9 @@ def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(
     """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (one launch
     combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
     [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]; and updates its ``running`` (mean, var,
-    momentum) if given); saves what _scale_shift_backward needs. y
-    comes back as it went in (autograd makes it a view): its consumers' gradient reaches this backward, which adds
-    the statistics' part in the same kernel instead of autograd summing two y-sized tensors."""
+    momentum) if given); saves what _scale_shift_backward needs. y comes back as it went in (autograd makes it a
+    view): its consumers' gradient reaches this backward, which adds the statistics' part in the same kernel instead
+    of autograd summing two y-sized tensors."""
     scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps, *running)
     mean, var = stats[:, 0], stats[:, 1]
     if per_channel:

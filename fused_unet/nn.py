@@ -20,7 +20,7 @@ from torch import nn
 from fused_unet import eager, functional
 from fused_unet.functional import Normalized
 from fused_unet.kernels.checks import (ACTIVATIONS, EPILOGUE_ACTIVATIONS, MAX_KERNEL_SIZE,  # the codes' names
-                                     SUPPORTED_DTYPES, UP_MODES, conv_geometry, conv_output_shape)
+                                     POOL_PADDING, SUPPORTED_DTYPES, UP_MODES, conv_geometry, conv_output_shape)
 
 NORMS = (None, "batch", "instance", "group")
 
@@ -125,10 +125,10 @@ def conv2d_config_unsupported(conv, strided=True):
 def max_pool2d_config_unsupported(pool):
     """Why the kernels cannot run this ``nn.MaxPool2d`` (None: they can)."""
     pair = nn.modules.utils._pair
-    window = (pair(pool.kernel_size), pair(pool.stride), pair(pool.padding))
-    if window not in (((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))):
-        return f"kernel_size {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} (fused: 2, 2, 0 and " \
-               f"3, 2, 1)"
+    covered = [((w, w), (2, 2), (p, p)) for w, p in POOL_PADDING.items()]
+    if (pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)) not in covered:
+        fused = " and ".join(f"{w}, 2, {p}" for w, p in POOL_PADDING.items())
+        return f"kernel_size {pool.kernel_size}, stride {pool.stride}, padding {pool.padding} (fused: {fused})"
     if pair(pool.dilation) != (1, 1) or pool.ceil_mode or pool.return_indices:
         return "dilation, ceil_mode or return_indices are set"
     return None

@@ -12,6 +12,7 @@ MAX_INT32 = 2**31 - 1
 ACTIVATIONS = tuple(codes.ACTIVATIONS)
 EPILOGUE_ACTIVATIONS = codes.EPILOGUE_ACTIVATIONS
 UP_MODES = tuple(codes.UP_MODES)
+POOL_PADDING = codes.POOL_PADDING
 
 
 def check_tensor(name, t, ndim, *, dtype_like=None, device_like=None, like_name="the input x"):
@@ -221,17 +222,20 @@ def check_group_norm(y, groups, weight, bias):
 
 
 def check_max_pool(x, window):
-    if window not in (2, 3):
+    if window not in POOL_PADDING:
         raise ValueError(f"window must be 2 or 3 (a 2x2 / stride-2 or a 3x3 / stride-2 / padding-1 max-pool), got "
                          f"{window!r}")
     check_tensor("x", x, 4)
-    if window == 2:
-        check_pool_size(x)
-    elif x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"x must be at least 1x1 for a {window}x{window} max-pool, got spatial size "
+    check_pool_size(x, window)
+
+
+def pool_min_size(window):
+    """The smallest height / width a stride-2 max-pool of ``window`` (and its padding) takes: one window inside."""
+    return window - 2 * POOL_PADDING[window]
+
+
+def check_pool_size(x, window=2):
+    size = pool_min_size(window)
+    if x.shape[2] < size or x.shape[3] < size:
+        raise ValueError(f"x must be at least {size}x{size} for a {window}x{window} max-pool, got spatial size "
                          f"{tuple(x.shape[2:])}")
-
-
-def check_pool_size(x):
-    if x.shape[2] < 2 or x.shape[3] < 2:
-        raise ValueError(f"x must be at least 2x2 for a 2x2 max-pool, got spatial size {tuple(x.shape[2:])}")

@@ -28,6 +28,8 @@ ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU, "
 # gradient that sign gives. Any of ACTIVATIONS may follow a norm (its backward recomputes the norm's output).
 EPILOGUE_ACTIVATIONS = (None, "relu", "leaky_relu")
 UP_MODES = {None: UpMode.NONE, "nearest": UpMode.NEAREST, "bilinear": UpMode.BILINEAR}
+# The stride-2 max-pools the kernels run (WINDOW), window -> padding: the U-Net's 2x2, a ResNet stem's 3x3.
+POOL_PADDING = {2: 0, 3: 1}
 # How a U-Net's decoder up-samples (UNet(up_mode=...)): a 2x2 transposed conv, or an up-sampling the next conv reads.
 DECODER_UP_MODES = ("transpose", "bilinear", "nearest")
 

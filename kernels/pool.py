@@ -6,16 +6,21 @@ import triton.language as tl
 
 from .codes import act_code
 from .common import apply_activation, norm_table, per_sample, take_larger
+from .codes import POOL_PADDING
 from .configs import configs
 from .specs import MAX_POOL, MAX_POOL_BACKWARD
 
-# The windows the kernels cover: size -> padding (stride 2 for both).
-POOL_PADDING = {2: 0, 3: 1}
+
+def _padding(window):
+    """The padding of the stride-2 max-pool of ``window``; a ValueError for a window the kernels do not run."""
+    if window not in POOL_PADDING:
+        raise ValueError(f"window must be one of {sorted(POOL_PADDING)}, got {window!r}")
+    return POOL_PADDING[window]
 
 
 def pooled_size(size, window):
-    """The output height or width of a stride-2 max-pool of ``window`` (and POOL_PADDING[window]), floor mode."""
-    return (size + 2 * POOL_PADDING[window] - window) // 2 + 1
+    """The output height or width of a stride-2 max-pool of ``window`` (and its padding), floor mode."""
+    return (size + 2 * _padding(window) - window) // 2 + 1
 
 
 @triton.jit
@@ -54,7 +59,7 @@ def max_pool_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < TOTAL
     img, c, oh, ow = _pool_position(offs, C, H_OUT, W_OUT)
-    top = 2 * oh - (WINDOW - 2)  # padding WINDOW - 2: 0 or 1
+    top = 2 * oh - (WINDOW - 2)  # the padding, codes.POOL_PADDING: 0 or 1
     left = 2 * ow - (WINDOW - 2)
     if NORM:
         at = c
@@ -63,7 +68,7 @@ def max_pool_kernel(
         scale = tl.load(scale_ptr + at, mask=valid, other=0.0)
         shift = tl.load(shift_ptr + at, mask=valid, other=0.0)
     best = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
-    arg = ((top < 0).to(tl.int32) * WINDOW + (left < 0).to(tl.int32))  # the window's first element inside x
+    arg = (top < 0).to(tl.int32) * WINDOW + (left < 0).to(tl.int32)  # the window's first element inside x
     for q in tl.static_range(WINDOW * WINDOW):
         h = top + q // WINDOW
         w = left + q % WINDOW
@@ -136,8 +141,6 @@ def max_pool_forward(x, window, in_scale=None, in_shift=None, in_activation=None
     with padding 1); output keeps x's memory format, floor mode (a 2x2 pool drops an odd last row/column).
     ``in_scale`` / ``in_shift``: x's pending norm ([C], or [N, C] for instance / group norm), applied with
     ``in_activation`` before pooling."""
-    if window not in POOL_PADDING:
-        raise ValueError(f"window must be one of {sorted(POOL_PADDING)}, got {window!r}")
     batch, c, h, w = x.shape
     y, argmax = max_pool_output(x, window)
     total = y.numel()
@@ -159,8 +162,7 @@ def max_pool_backward_output(grad_y, input_shape):
 def max_pool_backward(grad_y, argmax, input_shape, window):
     """dL/dx of max_pool_forward; the elements no window's argmax points at (a 2x2 pool's odd last row/column
     among them) get zero."""
-    if window not in POOL_PADDING:
-        raise ValueError(f"window must be one of {sorted(POOL_PADDING)}, got {window!r}")
+    _padding(window)
     batch, c, h, w = input_shape
     grad_x = max_pool_backward_output(grad_y, input_shape)
     if window == 2 and (h % 2 or w % 2):

@@ -222,9 +222,9 @@ class SwapGraph:
                 arg(node, 6, "return_indices", False):
             return None
         size, stride, padding = arg(node, 1, "kernel_size"), arg(node, 2, "stride"), arg(node, 3, "padding", 0)
-        for window in (2, 3):
+        for window, pad in fnn.POOL_PADDING.items():
             if size in (window, (window, window), [window, window]) and stride in (None, 2, (2, 2), [2, 2], []) \
-                    and padding in (window - 2, (window - 2,) * 2, [window - 2] * 2):
+                    and padding in (pad, (pad, pad), [pad, pad]):
                 return window
         return None
 

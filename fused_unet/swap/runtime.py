@@ -10,6 +10,7 @@ from torch.utils import _pytree
 
 from fused_unet import eager, functional
 from fused_unet import nn as fnn
+from fused_unet.kernels.checks import pool_min_size
 
 # The profiler label of the shape-only stand-ins (ops on meta tensors, no data).
 SHAPE_ONLY = "fused_unet.swap: shape only (meta tensors)"
@@ -135,7 +136,7 @@ def _fused_conv_transpose(x, weight, bias):
 
 
 def _fused_max_pool(x, window):
-    if fnn.input_unsupported(x) or min(x.shape[2:]) < (2 if window == 2 else 1):
+    if fnn.input_unsupported(x) or min(x.shape[2:]) < pool_min_size(window):
         return eager.max_pool(functional.materialize(x), window)
     return functional.max_pool(x, window)
 
