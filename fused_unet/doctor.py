@@ -12,6 +12,7 @@ A GEMM kernel must use tensor-core MMA in every dtype but IEEE fp32, which has n
 """
 import concurrent.futures
 import dataclasses
+import functools
 import multiprocessing
 import os
 import platform
@@ -184,8 +185,24 @@ def compile_with_ones(job):
     return compiled if isinstance(compiled, str) else None
 
 
-def compile_job(job):
-    """Compile one job; return a dict of what was found (never raises)."""
+def verdict_job(job):
+    """Whether main_loop_verdicts reads ``job``'s main-loop report: a 16-bit GEMM job on sm_90 (the median), or one
+    of a MAIN_LOOP_TARGETS entry's jobs on any architecture (its loads)."""
+    from fused_unet.kernels import compile_matrix
+
+    if job.kernel not in compile_matrix.GEMM_KERNELS:
+        return False
+    if job.arch == "sm_90" and job.dtype in ("fp16", "bf16"):
+        return True
+    variant = compile_matrix.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
+    return job.dtype == "fp16" and any((t["kernel"], t["site"]) == (job.kernel, job.site) and
+                                       compile_matrix.target_flags(t) == variant
+                                       for t in compile_matrix.MAIN_LOOP_TARGETS)
+
+
+def compile_job(job, every_main_loop=True):
+    """Compile one job; return a dict of what was found (never raises). Its main loop is read from the SASS (half a
+    second of nvdisasm a job) unless ``every_main_loop`` is False and the verdicts do not need it (verdict_job)."""
     import triton
 
     fn, spec, constexprs, tensor_type, cfg = _job_launch(job)
@@ -197,7 +214,10 @@ def compile_job(job):
         return dict(result, ok=False, error=compiled)
     ptx = compiled.asm["ptx"]
     if spec.gemm:
-        result.update(main_loop_report(compiled, cc, job.dtype))
+        from fused_unet import sass
+
+        result.update(main_loop_report(compiled, cc, job.dtype) if every_main_loop or verdict_job(job) else
+                      sass.summary([]))
     mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "none"
     return dict(result, ok=True, error=None, mma=mma, gemm=spec.gemm, **resources(compiled, cc, cfg.num_warps))
 
@@ -309,15 +329,16 @@ def arch_supported(arch):
     return None
 
 
-def run_aot(archs, jobs=None, progress=None):
-    """Compile the registry for ``archs`` in worker processes; returns (results, unsupported {arch: reason})."""
+def run_aot(archs, jobs=None, progress=None, every_main_loop=True):
+    """Compile the registry for ``archs`` in worker processes; returns (results, unsupported {arch: reason}).
+    ``every_main_loop`` False: main-loop reports of the jobs main_loop_verdicts reads only (compile_job)."""
     unsupported = {a: r for a in archs if (r := arch_supported(a))}
     todo = registry_jobs([a for a in archs if a not in unsupported])
     workers = jobs or os.cpu_count() or 1
     results = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_worker_init) as pool:
-        for result in pool.map(compile_job, todo, chunksize=4):
+        for result in pool.map(functools.partial(compile_job, every_main_loop=every_main_loop), todo, chunksize=4):
             results.append(result)
             if progress:
                 progress(result)

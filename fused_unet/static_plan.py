@@ -34,6 +34,7 @@ import torch
 
 from fused_unet import sass
 from fused_unet.kernels import specs
+from fused_unet.kernels.codes import NormTable
 
 # Per target: the GPU the plan models and its constants (TFLOP/s dense, GB/s), each with its source.
 HARDWARE = {
@@ -267,11 +268,13 @@ def _unique_bytes(launch):
     return sum(seen.values())
 
 
-def _norm_tile_bytes(rows, channels):
-    """L2 bytes of one K step's per-sample scale and shift tiles (fp32 [rows, channels] each, kernels.conv
-    _norm_affine): rows of one image read the same channels, so a warp's 16-byte-per-thread request for 128 /
-    channels rows fetches the sectors of one."""
-    return 2 * 4 * rows * channels * min(1.0, channels / 128)
+def _norm_table_bytes(table, rows, channels):
+    """L2 bytes of one K step's per-sample scale and shift (kernels.conv._norm_affine): gathered, fp32 [rows,
+    channels] tiles each, where rows of one image read the same channels, so a warp's 16-byte-per-thread request
+    for 128 / channels rows fetches the sectors of one; else two fp32 [channels] rows each (IMAGE_PAIR)."""
+    if table == NormTable.GATHER:
+        return 2 * 4 * rows * channels * min(1.0, channels / 128)
+    return 2 * 2 * 4 * channels if table == NormTable.IMAGE_PAIR else 0
 
 
 def _gemm_shape(launch, cfg):
@@ -292,17 +295,16 @@ def _gemm_shape(launch, cfg):
         useful = m / (grid[0] * bm) * _fraction(n, bn) * k / (steps * bk)
         a_reads = 4 if a["UP_MODE"] >= 2 else 1  # bilinear: four corner tiles per A tile
         l2 = ctas * steps * bk * (a_reads * bm + bn) * element
-        if a["NORM_PER_SAMPLE"]:
-            normed = [c for c, on in ((a["C_IN"], a["NORM_INPUT"]), (a["C_IN2"], a["NORM_INPUT2"])) if c and on]
-            l2 += ctas * taps * sum(math.ceil(c / bk) for c in normed) * _norm_tile_bytes(bm, bk)
+        normed = [c for c, on in ((a["C_IN"], a["NORM_INPUT"]), (a["C_IN2"], a["NORM_INPUT2"])) if c and on]
+        l2 += ctas * taps * sum(math.ceil(c / bk) for c in normed) * _norm_table_bytes(a["NORM_TABLE"], bm, bk)
     else:
         pixels = a["BATCH"] * a["H_A"] * a["W_A"]
         m, n, k = a["C_A"], taps * a["C_B"], pixels
         useful = _fraction(a["C_A"], bm) * _fraction(n if a["TAPS_ON_N"] else a["C_B"], bn)
         steps = math.ceil(conv.weight_grad_pixels_per_split(pixels, grid[2]) / bk)
         l2 = ctas * steps * bk * (bm + bn) * element
-        if a["NORM_INPUT"] and a["NORM_PER_SAMPLE"]:
-            l2 += ctas * steps * _norm_tile_bytes(bn if a["GRAD_OPERAND"] == 1 else bm, bk)
+        if a["NORM_INPUT"]:
+            l2 += ctas * steps * _norm_table_bytes(a["NORM_TABLE"], bk, bn if a["GRAD_OPERAND"] == 1 else bm)
     return m, n, k, useful, l2, ctas
 
 

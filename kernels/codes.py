@@ -21,6 +21,13 @@ class UpMode(enum.IntEnum):
     BILINEAR_ALIGN_CORNERS = 3
 
 
+class NormTable(enum.IntEnum):
+    """NORM_TABLE: how a GEMM reads a pending norm's (scale, shift) as it normalises a source."""
+    CHANNEL = 0  # [C] per channel (batch norm): one [K] row per step
+    IMAGE_PAIR = 1  # [N, C] per (image, channel), a tile's rows in at most two images: two [K] rows per step
+    GATHER = 2  # [N, C] per (image, channel), any rows (small images, few-channel sources): [rows, K] tiles
+
+
 # The API's names (None: no activation / not up-sampled).
 ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU, "silu": Act.SILU, "gelu": Act.GELU,
                "gelu_tanh": Act.GELU_TANH}

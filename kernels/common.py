@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .codes import Act, UpMode, act_code, up_mode_code
+from .codes import Act, NormTable, UpMode, act_code, up_mode_code
+from .configs import largest_pixel_block
 
 ACT_NONE = tl.constexpr(int(Act.NONE))
 ACT_RELU = tl.constexpr(int(Act.RELU))
@@ -17,6 +18,9 @@ ACT_GELU_TANH = tl.constexpr(int(Act.GELU_TANH))
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 _SQRT_TWO_OVER_PI = tl.constexpr(0.7978845608028654)
 _INV_SQRT_TWO_PI = tl.constexpr(0.3989422804014327)
+NORM_CHANNEL = tl.constexpr(int(NormTable.CHANNEL))
+NORM_IMAGE_PAIR = tl.constexpr(int(NormTable.IMAGE_PAIR))
+NORM_GATHER = tl.constexpr(int(NormTable.GATHER))
 UP_NONE = tl.constexpr(int(UpMode.NONE))
 UP_NEAREST = tl.constexpr(int(UpMode.NEAREST))
 UP_BILINEAR_ALIGN_CORNERS = tl.constexpr(int(UpMode.BILINEAR_ALIGN_CORNERS))
@@ -125,6 +129,17 @@ def norm_table(norm, batch, per_image):
     return tuple((t.expand(batch, t.shape[-1]) if per_image else t).contiguous() for t in norm)
 
 
+def norm_table_code(per_image, pixels_per_image, kernel, gather=False):
+    """NORM_TABLE of a GEMM ``kernel``'s launch reading pending norms (``per_image``: [N, C] tables) over images of
+    ``pixels_per_image`` GEMM rows (K pixels for the weight-grad): two [C] rows per step where no config's tile can
+    span three images, else gathered (also when ``gather``: a few-channel source's taps share its K range)."""
+    if not per_image:
+        return int(NormTable.CHANNEL)
+    if gather or pixels_per_image < largest_pixel_block(kernel):
+        return int(NormTable.GATHER)
+    return int(NormTable.IMAGE_PAIR)
+
+
 def pending_activation(activation, negative_slope, pending):
     """(IN_ACT, IN_NEG_SLOPE) of a GEMM launch reading a pending norm (``pending``). The slope is a constexpr (a
     run-time scalar in the A tile's prologue keeps Triton from feeding the MMA from registers), 0.0 unless the
@@ -157,7 +172,7 @@ def pixel_channel_grid(pixels, channels):
 def fast_div(n, magic, shift):
     """n // d for 0 <= n < 2**31, from the host's ``fast_divisor(d)``: a multiply-high and a shift instead of the
     ~20-instruction integer division (Granlund & Montgomery; CUTLASS's FastDivmod)."""
-    n = n.to(tl.uint32)
+    n = tl.cast(n, tl.uint32)  # also a Python int: an interpreted loop counter
     return ((tl.umulhi(n, magic.to(tl.uint32, bitcast=True)) + n) >> shift).to(tl.int32)
 
 

@@ -3,7 +3,7 @@ the dtypes they launch with, and the main-loop targets `fused-unet doctor` holds
 configs.py; nothing here runs at launch time."""
 import functools
 
-from .codes import Act, UpMode
+from .codes import Act, NormTable, UpMode
 from .specs import KERNELS
 
 
@@ -39,7 +39,7 @@ SHAPE_FLAGS = ("KH", "KW", "PAD")
 # norm's (``overlap``) counts a loop that waits for its own wgmma group at headroom / (1 + headroom) (sass).
 _PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
               NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=False, FLAT_TAPS=False,
-              TAPS_ON_N=False, NORM_PER_SAMPLE=False)
+              TAPS_ON_N=False, NORM_TABLE=int(NormTable.CHANNEL))
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),
@@ -65,9 +65,11 @@ MAIN_LOOP_TARGETS = [
          ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(NORM_INPUT=True, IN_ACT=int(Act.RELU)),
          ceiling=0.8, fast_loads=False, overlap=True),
-    # Instance / group norm: the scale and shift per (image, channel) are gathered beside the A tile.
+    # Instance / group norm: the scale and shift per (image, channel), two [K] rows per step (images of at least a
+    # tile's rows).
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward",
-         flags=dict(NORM_INPUT=True, NORM_PER_SAMPLE=True, IN_ACT=int(Act.LEAKY_RELU), IN_NEG_SLOPE=0.01),
+         flags=dict(NORM_INPUT=True, NORM_TABLE=int(NormTable.IMAGE_PAIR), IN_ACT=int(Act.LEAKY_RELU),
+                    IN_NEG_SLOPE=0.01),
          ceiling=0.8, fast_loads=False, overlap=True),
     dict(kernel="conv2d_implicit_gemm", site="concat_conv2d_forward", flags=dict(UP_MODE=int(UpMode.NEAREST)),
          ceiling=0.8, fast_loads=False),

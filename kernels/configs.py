@@ -10,7 +10,7 @@ import os
 import triton
 
 from . import interpreter_problem, interpreter_requested
-from .codes import Act, UpMode
+from .codes import Act, NormTable, UpMode
 
 INTERPRETED = interpreter_requested()
 # FUSED_UNET_TUNE=K: each launch takes its K-th registered config that fits (the last if fewer) instead of timing
@@ -113,6 +113,14 @@ FLAT_TAPS_CHANNELS = 16
 STATS_ROWS = 64
 
 
+def largest_pixel_block(kernel):
+    """The most pixels one step of ``kernel`` spans, over every config (GPU and interpreter): BLOCK_M rows of the
+    conv, BLOCK_K of the weight-grad. Images of at least this many pixels put a tile's rows in at most two images
+    (a per-sample norm's NormTable.IMAGE_PAIR), whichever config runs."""
+    block = "BLOCK_K" if kernel == "conv2d_weight_grad" else "BLOCK_M"
+    return max(cfg.kwargs[block] for cfg in all_gpu_configs(kernel) + INTERPRETER_CONFIGS[kernel])
+
+
 def even_k(block_k, *channels):
     """Whether every source's channel count is a multiple of BLOCK_K: the K loop then needs no channel mask, and
     its channel offset is a provable multiple of BLOCK_K (128-bit loads)."""
@@ -144,9 +152,9 @@ SHARED_MEMORY = {90: 232448, 80: 166912}
 
 def _gathers_norm(flags):
     """Whether a GEMM launch reads a pending norm's fp32 scale and shift as [rows, channels] tiles beside the
-    operand (kernels.conv._norm_affine): a per-sample norm's, or a few-channel source's (FLAT_TAPS)."""
+    operand (kernels.conv._norm_affine): a gathered per-sample norm's, or a few-channel source's (FLAT_TAPS)."""
     pending = flags.get("NORM_INPUT") or flags.get("NORM_INPUT2")
-    return bool(pending and (flags.get("NORM_PER_SAMPLE") or flags.get("FLAT_TAPS")))
+    return bool(pending and (flags.get("NORM_TABLE") == NormTable.GATHER or flags.get("FLAT_TAPS")))
 
 
 def _gathered_norm_shared_bytes(cfg, flags):

@@ -26,9 +26,9 @@ import triton.language as tl
 
 from .checks import conv_output_shape
 from .codes import UpMode, act_code
-from .common import (UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation, fast_div, float_one,
-                     linear_source, norm_table, pending_activation, per_sample, source_placement, strides_of,
-                     take_larger)
+from .common import (NORM_GATHER, NORM_IMAGE_PAIR, UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation,
+                     fast_div, float_one, linear_source, norm_table, norm_table_code, pending_activation, per_sample,
+                     source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
@@ -50,31 +50,47 @@ def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr,
 
 
 @triton.jit
-def _norm_rows(img, C, PER_SAMPLE: tl.constexpr):
-    """Each row's offset into a pending norm's table: its image times the channels for a per-sample one ([N, C]),
-    0 for a per-channel one ([C])."""
-    if PER_SAMPLE:
-        return img * C
+def _norm_view(norm, img, first_img, C, BATCH, TABLE: tl.constexpr):
+    """How a tile reads a pending norm's table (``norm``: scale and shift pointers, codes.NormTable TABLE): the
+    (scale, shift) pointers, a per-row value and the offset of a second row. CHANNEL: the [C] table, rows 0.
+    IMAGE_PAIR: the tables at image ``first_img`` (the tile's first row's), rows 1 where a row is in the next
+    image, whose table row sits ``C`` further (0 past the batch: rows there are masked). GATHER: rows at
+    img * C."""
+    scale_ptr, shift_ptr = norm
+    if TABLE == NORM_IMAGE_PAIR:
+        first = first_img.to(tl.int64) * C
+        return scale_ptr + first, shift_ptr + first, img - first_img, tl.where(first_img + 1 < BATCH, C, 0)
+    elif TABLE == NORM_GATHER:
+        return scale_ptr, shift_ptr, img * C, 0
     else:
-        return img * 0
+        return scale_ptr, shift_ptr, img * 0, 0
 
 
 @triton.jit
-def _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, kk, k_ok, row_ok, mask, NORM: tl.constexpr,
-                 GATHER: tl.constexpr):
-    """A pending norm's (scale, shift) for a tile of rows x channels ``kk``, zero outside ``mask`` (``row_ok`` x
-    ``k_ok``, or any mask with GATHER) by masked loads the software pipeliner issues ahead, never by a select after
-    the normalisation: a select on the loop's mask keeps Triton from feeding wgmma from registers with a group in
-    flight. GATHER (per-sample tables; a mask that varies along K): [M, K] tiles at norm_rows[:, None] + kk
-    (_norm_rows). Else one [K] row, the shift gated per row by a 1.0 loaded under ``row_ok`` (one_ptr): a few
-    bytes a step where tiles would move four times the A tile's. (1, 0) without NORM."""
+def _norm_affine(view, one_ptr, kk, k_ok, row_ok, mask, NORM: tl.constexpr, TABLE: tl.constexpr):
+    """A pending norm's (scale, shift) for a tile of rows x channels ``kk`` read through ``view`` (_norm_view),
+    zero outside ``mask`` (``row_ok`` x ``k_ok``, or any mask with GATHER) by masked loads the software pipeliner
+    issues ahead, never by a select after the normalisation: a select on the loop's mask keeps Triton from feeding
+    wgmma from registers with a group in flight. GATHER (a mask that varies along K): [M, K] tiles. Else [K] rows
+    (IMAGE_PAIR: two, each row taking its image's), the shift gated per row by a 1.0 loaded under ``row_ok``
+    (one_ptr): a few bytes a step where tiles would move four times the A tile's. (1, 0) without NORM."""
     if NORM:
-        if GATHER:
-            at = norm_rows[:, None] + kk[None, :]
+        scale_ptr, shift_ptr, rows, next_row = view
+        if TABLE == NORM_GATHER:
+            at = rows[:, None] + kk[None, :]
             scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
             shift = tl.load(shift_ptr + at, mask=mask, other=0.0)
+        elif TABLE == NORM_IMAGE_PAIR:
+            # Each row takes its image's row through two 1.0s loaded under (row_ok, which image): exact, and, like
+            # the gate below, no select or computed mask in the loop (those serialised wgmma).
+            gate = tl.load(one_ptr + tl.zeros_like(rows), mask=row_ok & (rows == 0), other=0.0)[:, None]
+            gate2 = tl.load(one_ptr + tl.zeros_like(rows), mask=row_ok & (rows != 0), other=0.0)[:, None]
+            scale = (tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :] * gate
+                     + tl.load(scale_ptr + next_row + kk, mask=k_ok, other=0.0)[None, :] * gate2)
+            shift = (tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :] * gate
+                     + tl.load(shift_ptr + next_row + kk, mask=k_ok, other=0.0)[None, :] * gate2)
         else:
-            gate = tl.load(one_ptr + tl.zeros_like(norm_rows), mask=row_ok, other=0.0)
+            gate = tl.load(one_ptr + tl.zeros_like(rows), mask=row_ok, other=0.0)
             scale = tl.load(scale_ptr + kk, mask=k_ok, other=0.0)[None, :]
             shift = tl.load(shift_ptr + kk, mask=k_ok, other=0.0)[None, :] * gate[:, None]
     else:
@@ -85,8 +101,8 @@ def _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, kk, k_ok, row_ok, mas
 
 @triton.jit
 def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SCALE_H, SCALE_W,
-                 scale_ptr, shift_ptr, one_ptr, norm_rows, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
-                 PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
+                 norm_view, one_ptr, IN_NEG_SLOPE, UP_MODE: tl.constexpr, NORM: tl.constexpr,
+                 TABLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr):
     """The [pixels, channels kk] tile of a source at positions (uh, uw) of its (up-sampled) grid, zero where not
     ``ok``: read as is (UP_MODE 0: ``rows`` are the pixels' offsets), or up-sampled x2 from its [H_SRC, W_SRC]
     pixels (``rows``: the images' offsets; 1 nearest, 2 bilinear, 3 bilinear with align_corners). NORM: the
@@ -97,7 +113,7 @@ def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SC
     else:
         mask = ok[:, None] & k_ok[None, :]
     chan = (kk * sc)[None, :]
-    scale, shift = _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, kk, k_ok, ok, mask, NORM, PER_SAMPLE)
+    scale, shift = _norm_affine(norm_view, one_ptr, kk, k_ok, ok, mask, NORM, TABLE)
     base = x_ptr + rows
     if UP_MODE == UP_NONE:
         tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
@@ -165,18 +181,18 @@ def _output_pixels(offs_m, BATCH, H, W, FUSE_POOL: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, placement, norm, one_ptr, IN_NEG_SLOPE,
-                       w_ptr, w_cols, n_valid, swt,
+def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, first_img, BATCH, ih0, iw0, m_valid, placement, norm,
+                       one_ptr, IN_NEG_SLOPE, w_ptr, w_cols, n_valid, swt,
                        KH: tl.constexpr, KW: tl.constexpr, UP_MODE: tl.constexpr, NORM: tl.constexpr,
-                       PER_SAMPLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
+                       TABLE: tl.constexpr, IN_ACT: tl.constexpr, EVEN_K: tl.constexpr, FLAT_TAPS: tl.constexpr,
                        DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc += the GEMM over this source's K range: taps x its C channels (weight columns K_OFF...). ih0, iw0: the
-    input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples.
-    FLAT_TAPS (UP_MODE 0): K runs over (tap, channel) pairs as one range, so a source of a few channels (an RGB
-    image) fills the K tile instead of padding every tap to BLOCK_K."""
+    input-grid position of tap (0, 0) of each row; ``strides``, ``placement``, ``norm``: the kernel's tuples;
+    ``first_img``: the first row's image (_norm_view). FLAT_TAPS (UP_MODE 0): K runs over (tap, channel) pairs as
+    one range, so a source of a few channels (an RGB image) fills the K tile instead of padding every tap to
+    BLOCK_K; its norm tables are gathered (the tap mask varies along K)."""
     sxn, sxc, sxh, sxw = strides
     H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
-    scale_ptr, shift_ptr = norm
     offs_k = tl.arange(0, BLOCK_K)
     # Position on the source's (up-sampled) grid, and which taps of each row land inside it.
     uh0 = ih0 - OFF_H
@@ -192,8 +208,9 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
         rows += uh0.to(tl.int64) * sxh + uw0.to(tl.int64) * sxw
         tap_step_h = sxh
         tap_step_w = sxw
-    norm_rows = _norm_rows(img, C, PER_SAMPLE)
+    norm_view = _norm_view(norm, img, first_img, C, BATCH, TABLE)
     if FLAT_TAPS:
+        tl.static_assert(TABLE != NORM_IMAGE_PAIR or not NORM, "FLAT_TAPS gathers a per-sample norm's tables")
         for k0 in range(0, KH * KW * C, BLOCK_K):
             kk = k0 + offs_k
             k_ok = kk < KH * KW * C
@@ -202,7 +219,7 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             r = tap // KW
             s = tap - r * KW
             ok = (((h_bits[:, None] >> r[None, :]) & (w_bits[:, None] >> s[None, :]) & 1) != 0) & k_ok[None, :]
-            scale, shift = _norm_affine(scale_ptr, shift_ptr, one_ptr, norm_rows, ch, k_ok, m_valid, ok, NORM, True)
+            scale, shift = _norm_affine(norm_view, one_ptr, ch, k_ok, m_valid, ok, NORM, NORM_GATHER)
             a = _load_normalized(x_ptr + rows[:, None] + (r * sxh + s * sxw + ch * sxc)[None, :], ok, scale, shift,
                                  IN_NEG_SLOPE, NORM, IN_ACT)
             b = tl.load(w_ptr + w_cols[None, :] + (tap * swt + K_OFF + ch)[:, None],
@@ -220,10 +237,8 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, ih0, iw0, m_valid, pl
             k_ok = kk < C
             a = _source_tile(x_ptr, rows=rows + (r * tap_step_h + s * tap_step_w), uh=uh0 + r, uw=uw0 + s, ok=ok,
                              kk=kk, k_ok=k_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H,
-                             SCALE_W=SCALE_W, scale_ptr=scale_ptr, shift_ptr=shift_ptr, one_ptr=one_ptr,
-                             norm_rows=norm_rows,
-                             IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM, PER_SAMPLE=PER_SAMPLE,
-                             IN_ACT=IN_ACT, EVEN_K=EVEN_K)
+                             SCALE_W=SCALE_W, norm_view=norm_view, one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
+                             UP_MODE=UP_MODE, NORM=NORM, TABLE=TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K)
             w_ptrs = w_ptr + w_cols[None, :] + ((r * KW + s) * swt + K_OFF + kk)[:, None]
             if EVEN_K:
                 b = tl.load(w_ptrs, mask=n_valid[None, :], other=0.0)
@@ -276,7 +291,7 @@ def conv2d_implicit_gemm_kernel(
     y_ptr,  # output [N, C_OUT, H_OUT, W_OUT]; with PHASES [N, C_OUT / 4, 2 H_OUT, 2 W_OUT]
     pool_ptr,  # FUSE_POOL: the 2x2 max-pooled output [N, C_OUT, H_OUT // 2, W_OUT // 2]
     pool_argmax_ptr,  # FUSE_POOL: uint8 argmax (dy * 2 + dx) of each pooled element, pool_strides
-    in_norm,  # (scale, shift) fp32 per channel ([C_IN], or [N, C_IN]: NORM_PER_SAMPLE) of x's pending norm
+    in_norm,  # (scale, shift) fp32 per channel ([C_IN], or [N, C_IN]: NORM_TABLE) of x's pending norm
     in2_norm,  # (scale, shift) of x2's pending norm (NORM_INPUT2), [C_IN2] or [N, C_IN2]
     one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
@@ -302,7 +317,7 @@ def conv2d_implicit_gemm_kernel(
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
     FUSE_POOL: tl.constexpr,  # rows walk 2x2 windows; also store the pooled output and argmax
     NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr,  # apply x's / x2's pending norm as it is read
-    NORM_PER_SAMPLE: tl.constexpr,  # the pending norms' scale and shift are [N, C] (instance / group norm), not [C]
+    NORM_TABLE: tl.constexpr,  # how the pending norms' scale and shift are read (codes.NormTable): [C] or [N, C]
     IN_ACT: tl.constexpr,  # the pending norms' activation (codes.Act)
     STATS: tl.constexpr,  # write the output's batch statistics to stats_ptr
     EVEN_K: tl.constexpr,  # every source's channels are a multiple of BLOCK_K (no channel mask; heuristic)
@@ -327,21 +342,24 @@ def conv2d_implicit_gemm_kernel(
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
 
+    # Rows only grow with the image: the first row's is the tile's first (IMAGE_PAIR: the second is the last).
+    first_img = tl.min(img, axis=0) if NORM_TABLE == NORM_IMAGE_PAIR else 0
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The two sources share the rows, the weights and the dot's settings; they differ in tensor, geometry and norm.
     acc = _accumulate_source(
-        acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
-        placement=placement, norm=in_norm, one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols,
-        n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT, PER_SAMPLE=NORM_PER_SAMPLE,
-        IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION,
-        BLOCK_K=BLOCK_K)
+        acc, x_ptr=x_ptr, strides=x_strides, C=C_IN, K_OFF=K_OFF, img=img, first_img=first_img, BATCH=BATCH, ih0=ih0,
+        iw0=iw0, m_valid=m_valid, placement=placement, norm=in_norm, one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE,
+        w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW, UP_MODE=UP_MODE, NORM=NORM_INPUT,
+        TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=FLAT_TAPS, DOT_DTYPE=DOT_DTYPE,
+        INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
     if TWO_SOURCES:
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
-            acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, ih0=ih0, iw0=iw0, m_valid=m_valid,
-            placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm, one_ptr=one_ptr,
-            IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH, KW=KW,
-            UP_MODE=UP_NONE, NORM=NORM_INPUT2, PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K,
+            acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, first_img=first_img, BATCH=BATCH,
+            ih0=ih0, iw0=iw0, m_valid=m_valid, placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm,
+            one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH,
+            KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K,
             FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
@@ -392,7 +410,7 @@ def conv2d_implicit_gemm_kernel(
 def conv2d_weight_grad_kernel(
     g_ptr,  # the prepared output gradient, contiguous channels_last
     x_ptr,  # the conv's input (any strides), read as the forward read it
-    in_norm,  # (scale, shift) fp32 per channel ([C] or [N, C]: NORM_PER_SAMPLE) of x's pending norm (NORM_INPUT)
+    in_norm,  # (scale, shift) fp32 per channel ([C] or [N, C]: NORM_TABLE) of x's pending norm (NORM_INPUT)
     one_ptr,  # a float32 1.0: loaded under each pixel's tap mask, it gates a per-channel pending norm's shift
     dw_ptr,  # fp32 workspace [splits (the grid's third axis), C_A, KH * KW, C_B]
     BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
@@ -407,7 +425,7 @@ def conv2d_weight_grad_kernel(
     GRAD_OPERAND: tl.constexpr,  # 1: a is g (a conv); 2: b is g (a transposed conv)
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
     NORM_INPUT: tl.constexpr,  # apply x's pending norm as it is read
-    NORM_PER_SAMPLE: tl.constexpr,  # its scale and shift are [N, C] (instance / group norm)
+    NORM_TABLE: tl.constexpr,  # how its scale and shift are read (codes.NormTable): [C] or [N, C]
     IN_ACT: tl.constexpr,  # the pending norm's activation (codes.Act)
     FLAT_INPUT: tl.constexpr,  # x is contiguous channels_last on g's grid: read it at p + the tap's shift
     TAPS_ON_N: tl.constexpr,  # x (GRAD_OPERAND 1, UP_MODE 0, no norm) has few channels: columns are (tap, channel)
@@ -420,7 +438,6 @@ def conv2d_weight_grad_kernel(
     axis splits the pixels into equal chunks (weight_grad_pixels_per_split), each into its own workspace slice."""
     sxn, sxc, sxh, sxw = x_strides
     H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W = placement
-    in_scale_ptr, in_shift_ptr = in_norm
     pid_m = tl.program_id(0)
     pid_nt = tl.program_id(1)
     split = tl.program_id(2)
@@ -456,6 +473,8 @@ def conv2d_weight_grad_kernel(
         pw = p - q * W_A
         img = fast_div(q, H_MAGIC, H_SHIFT)
         ph = q - img * H_A
+        # The step's first pixel's image, a scalar (IMAGE_PAIR: the step's pixels are in it or the next).
+        first_img = fast_div(fast_div(p0, W_MAGIC, W_SHIFT), H_MAGIC, H_SHIFT) if NORM_TABLE == NORM_IMAGE_PAIR else 0
         ih0 = ph * STRIDE - PAD
         iw0 = pw * STRIDE - PAD
         if TAPS_ON_N:
@@ -482,10 +501,9 @@ def conv2d_weight_grad_kernel(
                     x_rows += uh * sxh + uw * sxw
                 b = _source_tile(x_ptr, rows=x_rows, uh=uh, uw=uw, ok=b_ok_rows, kk=offs_b, k_ok=b_ok, sc=sxc, sh=sxh,
                                  sw=sxw, H_SRC=H_SRC, W_SRC=W_SRC, SCALE_H=SCALE_H, SCALE_W=SCALE_W,
-                                 scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, one_ptr=one_ptr,
-                                 norm_rows=_norm_rows(img.to(tl.int64), C_B, NORM_PER_SAMPLE),
-                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM_INPUT,
-                                 PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
+                                 norm_view=_norm_view(in_norm, img.to(tl.int64), first_img, C_B, BATCH, NORM_TABLE),
+                                 one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_MODE, NORM=NORM_INPUT,
+                                 TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=False)
         else:
             if FLAT_INPUT:
                 a = tl.load(x_ptr + p.to(tl.int64)[:, None] * C_A + offs_a[None, :],
@@ -493,10 +511,10 @@ def conv2d_weight_grad_kernel(
             else:
                 a = _source_tile(x_ptr, rows=img.to(tl.int64) * sxn + ph * sxh + pw * sxw, uh=ph, uw=pw, ok=p_ok,
                                  kk=offs_a, k_ok=a_ok, sc=sxc, sh=sxh, sw=sxw, H_SRC=H_A, W_SRC=W_A, SCALE_H=1.0,
-                                 SCALE_W=1.0, scale_ptr=in_scale_ptr, shift_ptr=in_shift_ptr, one_ptr=one_ptr,
-                                 norm_rows=_norm_rows(img.to(tl.int64), C_A, NORM_PER_SAMPLE),
-                                 IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT,
-                                 PER_SAMPLE=NORM_PER_SAMPLE, IN_ACT=IN_ACT, EVEN_K=False)
+                                 SCALE_W=1.0,
+                                 norm_view=_norm_view(in_norm, img.to(tl.int64), first_img, C_A, BATCH, NORM_TABLE),
+                                 one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, UP_MODE=UP_NONE, NORM=NORM_INPUT,
+                                 TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=False)
             b = tl.load(g_ptr + ((img * H_B + ih0 + r).to(tl.int64) * W_B + iw0 + s)[:, None] * C_B + offs_b[None, :],
                         mask=p_ok[:, None] & b_ok[None, :], other=0.0)
         acc += tl.dot(tl.trans(a.to(DOT_DTYPE)), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
@@ -556,6 +574,8 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     pixels = batch * h_out * w_out
     rows = batch * triton.cdiv(h_out, 2) * triton.cdiv(w_out, 2) * 4 if pool_out is not None else pixels
 
+    flat_taps = skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw)
+
     def grid(meta):
         return triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(columns, meta["BLOCK_N"])
 
@@ -573,8 +593,9 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
         RESIDUAL=residual is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
-        FLAT_TAPS=skip is None and up_mode == UpMode.NONE and _few_channels(c_in, kh * kw),
-        NORM_INPUT2=skip_norm is not None, NORM_PER_SAMPLE=per_image,
+        FLAT_TAPS=flat_taps,
+        NORM_INPUT2=skip_norm is not None,
+        NORM_TABLE=norm_table_code(per_image, rows // batch, CONV2D_IMPLICIT_GEMM.name, gather=flat_taps),
         **pending_activation(in_activation, in_negative_slope, norm is not None or skip_norm is not None),
         STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
     return y
@@ -629,7 +650,9 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
             dw_ptr=dw, BATCH=batch, H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b,
             PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
             placement=placement, x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
-            GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None, NORM_PER_SAMPLE=per_sample(norm),
+            GRAD_OPERAND=grad_operand, UP_MODE=up_mode, NORM_INPUT=norm is not None,
+            NORM_TABLE=norm_table_code(per_sample(norm), h_a * w_a, CONV2D_WEIGHT_GRAD.name,
+                                       gather=up_mode >= UpMode.BILINEAR),
             **pending_activation(in_activation, in_negative_slope, norm is not None),
             FLAT_INPUT=not taps_on_n and norm is None and up_mode == UpMode.NONE and (
                 _flat(x, g) and stride == 1 if grad_operand == 1 else _flat(x, x)),

@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 
-from .codes import Act, UpMode
+from .codes import Act, NormTable, UpMode
 
 # The compile type of a tensor of the launch's dtype (fp16 / bf16 / fp32); other tensors name theirs.
 TENSOR = "*"
@@ -239,8 +239,12 @@ _NO_IN_ACT = dict(IN_ACT=_NO_ACT, IN_NEG_SLOPE=0.0)
 # A source read with its pending norm + activation, or as stored.
 _IN_NORM = [dict(NORM_INPUT=True, **a) for a in _IN_ACTS] + [dict(NORM_INPUT=False, **_NO_IN_ACT)]
 # A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm): the GEMM
-# kernels' flag, and the elementwise kernels'.
-_PER_SAMPLE = [dict(NORM_PER_SAMPLE=False), dict(NORM_PER_SAMPLE=True)]
+# kernels' flag (how they read the tables, codes.NormTable), and the elementwise kernels'.
+_NORM_TABLES = [dict(NORM_TABLE=int(t)) for t in (NormTable.CHANNEL, NormTable.IMAGE_PAIR, NormTable.GATHER)]
+_CHANNEL_TABLE = _NORM_TABLES[0]
+# The weight-grad gathers a bilinear source's tables (its IMAGE_PAIR spilled on sm_80 with Triton 3.8).
+_WEIGHT_GRAD_NORM_TABLES = [_CHANNEL_TABLE] + [dict(NORM_TABLE=int(NormTable.IMAGE_PAIR), UP_MODE=int(m))
+                                               for m in (UpMode.NEAREST, UpMode.NONE)] + [_NORM_TABLES[2]]
 _PER_SAMPLE_ELEMENTWISE = [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]
 # The max-pools: the U-Net's 2x2, the ResNet stem's 3x3 with padding 1 (both stride 2).
 _POOL_WINDOWS = [dict(WINDOW=2), dict(WINDOW=3)]
@@ -249,7 +253,7 @@ _FLAT = [dict(FLAT_INPUT=False), dict(FLAT_INPUT=True)]
 # A source of few channels (one source, not up-sampled) runs its taps as one K range (kernels.conv._few_channels).
 _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 # The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
-_TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, NORM_PER_SAMPLE=False,
+_TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, **_CHANNEL_TABLE,
                                           UP_MODE=_NO_UP, **_NO_IN_ACT)]
 _FORWARD = dict(PHASES=False, FUSE_POOL=False)
 # A residual tensor added in the epilogue (ResNet / diffusion blocks: conv2d_forward only), or none.
@@ -257,7 +261,7 @@ _RESIDUAL = [dict(RESIDUAL=False), dict(RESIDUAL=True)]
 _NO_RESIDUAL = dict(RESIDUAL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False,
-                   NORM_INPUT=False, NORM_PER_SAMPLE=False, **_NO_IN_ACT, **_ONE_SOURCE)
+                   NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT, **_ONE_SOURCE)
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -277,16 +281,16 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
      flag("HAS_BIAS"), flag("RESIDUAL"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True),
      flag("FUSE_POOL", tuned=True),
-     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_PER_SAMPLE", tuned=True),
+     flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_TABLE", tuned=True),
      flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _STRIDES, _BIAS, _RESIDUAL,
-                           _ACTS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+                           _ACTS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, STATS=True, ACT=_NO_ACT), _EVEN,
-                                 _TAPS, _STRIDES, _BIAS, _IN_NORM, _PER_SAMPLE, _FLAT_TAPS],
+                                 _TAPS, _STRIDES, _BIAS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
-                                       STATS=False, NORM_INPUT=False, NORM_PER_SAMPLE=False, **_NO_IN_ACT), _EVEN,
+                                       STATS=False, NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT), _EVEN,
                                 _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
@@ -294,12 +298,12 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
             _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
-            _IN_ACTS, _PER_SAMPLE,
+            _IN_ACTS, _NORM_TABLES,
             [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _GRAD_TAPS, _FLAT_TAPS],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
                                              STATS=False, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
-                                      _IN_NORM, _PER_SAMPLE],
+                                      _IN_NORM, _NORM_TABLES],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
     gemm=True)
@@ -315,15 +319,15 @@ CONV2D_WEIGHT_GRAD = KernelSpec(
      integer("W_MAGIC", specialise=False), integer("W_SHIFT"), integer("H_MAGIC", specialise=False),
      integer("H_SHIFT"), PLACEMENT, value_flag("IN_NEG_SLOPE"), strides("x_strides"),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("GRAD_OPERAND", tuned=True),
-     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_PER_SAMPLE", tuned=True),
+     flag("UP_MODE", tuned=True), flag("NORM_INPUT", tuned=True), flag("NORM_TABLE", tuned=True),
      flag("IN_ACT", tuned=True),
      flag("FLAT_INPUT", tuned=True), flag("TAPS_ON_N", tuned=True), *_GEMM_SETTINGS),
     sites={
         # A concatenating conv launches once per source: the (up-sampled) up, then the skip.
-        "conv2d_weight_grad": [_fixed(GRAD_OPERAND=1), _TAPS, _STRIDES, _UP_MODES, _IN_NORM, _PER_SAMPLE, _FLAT,
-                               _TAPS_ON_N],
+        "conv2d_weight_grad": [_fixed(GRAD_OPERAND=1), _TAPS, _STRIDES, _UP_MODES, _IN_NORM, _WEIGHT_GRAD_NORM_TABLES,
+                               _FLAT, _TAPS_ON_N],
         "conv_transpose2x2_weight_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, GRAD_OPERAND=2, UP_MODE=_NO_UP,
-                                                 TAPS_ON_N=False), _IN_NORM, _PER_SAMPLE, _FLAT],
+                                                 TAPS_ON_N=False), _IN_NORM, _NORM_TABLES, _FLAT],
     },
     gemm=True)
 

@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import DEVICE, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
@@ -87,14 +88,15 @@ def test_every_conv_config_forward_and_input_grad(cfg):
 
 
 def _fused_ops(cfg):
-    """(fused, eager, inputs) of the pool, concatenation and transposed-conv epilogues / prologues at 2+ tiles."""
+    """(fused, eager, inputs) of the pool, concatenation and transposed-conv epilogues / prologues at 2+ tiles; the
+    weights take no gradient (their kernel is not the one forced)."""
     m, n = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     side = 2 * max(5, int((2 * m) ** 0.5) // 2 + 1)
     x = make_tensor((1, 2 * cfg.kwargs["BLOCK_K"], side, side), layout="channels_last", requires_grad=True)
-    w = make_tensor((n + 16, x.shape[1], 3, 3), requires_grad=True, scale=0.05)
+    w = make_tensor((n + 16, x.shape[1], 3, 3), scale=0.05)
     up = make_tensor((1, 8, side // 2, side // 2), requires_grad=True)
-    wc = make_tensor((n + 16, 8 + x.shape[1], 3, 3), requires_grad=True, scale=0.05)
-    wt = make_tensor((x.shape[1], n // 4 + 8, 2, 2), requires_grad=True, scale=0.05)
+    wc = make_tensor((n + 16, 8 + x.shape[1], 3, 3), scale=0.05)
+    wt = make_tensor((x.shape[1], n // 4 + 8, 2, 2), scale=0.05)
     return {
         "conv+pool": (lambda x, w: FF.conv2d_pool(x, w, None, "relu"),
                       lambda x, w: eager.conv2d_pool(x, w, None, "relu"), [x, w]),
@@ -115,21 +117,35 @@ def test_every_conv_config_on_the_fused_epilogues_and_prologues(cfg, op):
 
 @pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_weight_grad"), ids=str)
 def test_every_weight_grad_config(cfg, two_splits):
-    # Two tiles of output channels (M) and of input channels (N) per tap, two pixel splits.
+    # Two tiles of output channels (M) and of input channels (N) per tap, two pixel splits; no input-grad (its
+    # kernel is not the one forced).
     x, w, b = _conv_case(cfg, cfg.kwargs["BLOCK_N"] + 16, cfg.kwargs["BLOCK_M"] + 16)
+    x.requires_grad_(False)
     with forced(conv.conv2d_weight_grad_kernel, cfg):
         check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
                               lambda x, w, b: eager.conv2d(x, w, b, "relu"), [x, w, b], torch.float32)
 
 
-def _few_channels_case(cfg, c_in, kernel):
+@pytest.mark.parametrize("kernel,cfg", [(kernel, cfg) for kernel in ("conv2d_implicit_gemm", "conv2d_weight_grad")
+                                        for cfg in configs.all_gpu_configs(kernel)], ids=str)
+def test_every_gemm_config_reads_a_per_sample_norm_across_images(kernel, cfg, two_splits):
+    # Two 17x17 images: some tile's rows (weight-grad: pixel step) lie in both, each normalised with its own image's
+    # statistics (NormTable.IMAGE_PAIR). The forward, or the weight's gradient only.
+    y = make_tensor((2, 8, 17, 17), layout="channels_last")
+    w = make_tensor((16, 8, 3, 3), requires_grad=kernel == "conv2d_weight_grad", scale=0.2)
+    with forced(getattr(conv, f"{kernel}_kernel"), cfg):
+        check_against_float64(lambda y, w: FF.conv2d(FF.instance_norm(y, activation="relu"), w),
+                              lambda y, w: F.conv2d(F.relu(F.instance_norm(y)), w, padding=1), [y, w], torch.float32)
+
+
+def _few_channels_case(cfg, c_in, kernel, weight_grad):
     """An NCHW input of ``c_in`` channels (taps run as one K range forward, on the weight-grad's columns) spanning
-    2+ row tiles of ``cfg``, with 2+ output-channel tiles."""
+    2+ row tiles of ``cfg``, with 2+ output-channel tiles; the gradient of the weight (``weight_grad``) or of x."""
     side = max(9, int((2 * cfg.kwargs["BLOCK_M"]) ** 0.5) + 1)
-    x = make_tensor((1, c_in, side, side + 1), requires_grad=True)
-    w = make_tensor((cfg.kwargs["BLOCK_N"] + 16, c_in, kernel, kernel), requires_grad=True,
+    x = make_tensor((1, c_in, side, side + 1), requires_grad=not weight_grad)
+    w = make_tensor((cfg.kwargs["BLOCK_N"] + 16, c_in, kernel, kernel), requires_grad=weight_grad,
                     scale=(c_in * kernel * kernel) ** -0.5)
-    return [x, w, make_tensor((w.shape[0],), requires_grad=True)]
+    return [x, w, make_tensor((w.shape[0],))]
 
 
 @pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_implicit_gemm"), ids=str)
@@ -137,14 +153,14 @@ def test_every_conv_config_on_a_few_channel_input(cfg):
     # 6 channels x 25 taps = 150 of K: several K tiles, each spanning taps; the input-grad's K is 16+ channels.
     with forced(conv.conv2d_implicit_gemm_kernel, cfg):
         check_against_float64(lambda x, w, b: FF.conv2d(x, w, b, "relu"),
-                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), _few_channels_case(cfg, 6, 5),
+                              lambda x, w, b: eager.conv2d(x, w, b, "relu"), _few_channels_case(cfg, 6, 5, False),
                               torch.float32)
 
 
 @pytest.mark.parametrize("cfg", configs.all_gpu_configs("conv2d_weight_grad"), ids=str)
 def test_every_weight_grad_config_on_a_few_channel_input(cfg, two_splits):
     # 15 channels x 9 taps = 135 columns of (tap, channel): 2+ column tiles of every config but the widest.
-    x, w, b = _few_channels_case(cfg, 15, 3)
+    x, _, _ = _few_channels_case(cfg, 15, 3, True)
     w = make_tensor((cfg.kwargs["BLOCK_M"] + 16, 15, 3, 3), requires_grad=True, scale=0.1)
     with forced(conv.conv2d_weight_grad_kernel, cfg):
         check_against_float64(lambda x, w: FF.conv2d(x, w, None, "relu"),

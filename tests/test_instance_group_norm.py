@@ -13,6 +13,8 @@ from tests.conftest import (DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, assert
                             check_against_float64, compare_step, make_tensor, model_triplet)
 import fused_unet
 from fused_unet import eager, functional as FF, nn as fnn
+from fused_unet.kernels import common, specs
+from fused_unet.kernels.codes import NormTable
 from fused_unet.utils import saved_activation_bytes
 
 
@@ -75,6 +77,61 @@ def test_concatenation_of_a_per_sample_and_a_batch_norm_matches_float64(up_mode,
         return F.relu(F.instance_norm(y))
 
     check_against_float64(fused, reference, [up0, skip0, w_up, w_skip, w_cat], torch.float32)
+
+
+def _norm_tables_launched(monkeypatch):
+    """The (kernel, NORM_TABLE) of every GEMM launch that reads a pending norm from now on."""
+    seen = []
+    original = specs.KernelSpec.launch
+
+    def launch(self, kernel, grid, **given):
+        if given.get("NORM_INPUT") or given.get("NORM_INPUT2"):
+            seen.append((self.name, given["NORM_TABLE"]))
+        return original(self, kernel, grid, **given)
+
+    monkeypatch.setattr(specs.KernelSpec, "launch", launch)
+    return seen
+
+
+def test_per_sample_norms_of_images_larger_than_a_tile_read_two_table_rows_per_step(monkeypatch):
+    # 17x19 (and, up-sampled, 34x38) pixels an image, batch 3: the interpreter's tiles of 256 rows and weight-grad
+    # steps of 256 pixels straddle two images. Every GEMM reading the pending instance / group norms takes
+    # NormTable.IMAGE_PAIR, matches float64 (forward and every gradient), and gives the bits of the gathered
+    # tables (the path of images smaller than a tile).
+    inputs = [make_tensor((3, 4, 17, 19), requires_grad=True),
+              make_tensor((3, 3, 34, 38), layout="channels_last", requires_grad=True),
+              make_tensor((6, 4, 3, 3), requires_grad=True, scale=0.5), make_tensor((6, 3, 1, 1), requires_grad=True),
+              make_tensor((4, 12, 3, 3), requires_grad=True, scale=0.3),
+              make_tensor((6, 3, 2, 2), requires_grad=True, scale=0.5), *_affine(6)]
+
+    def fused(x, skip0, w1, w_skip, w_cat, wt, gamma, beta):
+        z = FF.instance_norm(FF.conv2d(x, w1), gamma, beta, activation="leaky_relu", negative_slope=0.01)
+        skip = FF.group_norm(FF.conv2d(skip0, w_skip), 3, activation="leaky_relu", negative_slope=0.01)
+        return FF.concat_conv2d(z, skip, w_cat, None, None, up_mode="nearest"), FF.conv_transpose2x2(z, wt)
+
+    def reference(x, skip0, w1, w_skip, w_cat, wt, gamma, beta):
+        z = F.leaky_relu(F.instance_norm(F.conv2d(x, w1, padding=1), weight=gamma, bias=beta), 0.01)
+        skip = F.leaky_relu(F.group_norm(F.conv2d(skip0, w_skip), 3), 0.01)
+        return (eager.concat_conv2d(z, skip, w_cat, None, None, 0.0, "nearest"), eager.conv_transpose2x2(z, wt))
+
+    grad_outs = [make_tensor((3, 4, 34, 38)), make_tensor((3, 3, 34, 38))]
+
+    def run(function, dtype=None):
+        copies = [t.detach().to(dtype or t.dtype).requires_grad_() for t in inputs]
+        outs = function(*copies)
+        return [*outs, *torch.autograd.grad(outs, copies, [g.to(o.dtype) for g, o in zip(grad_outs, outs)])]
+
+    tables = _norm_tables_launched(monkeypatch)
+    paired = run(fused)
+    assert {kernel for kernel, _ in tables} == {"conv2d_implicit_gemm", "conv2d_weight_grad"}
+    assert {table for _, table in tables} == {NormTable.IMAGE_PAIR}
+    for i, (a, e) in enumerate(zip(paired, run(reference, torch.float64))):
+        assert_close(a, e, torch.float32, f"output / gradient {i}")
+    tables.clear()
+    monkeypatch.setattr(common, "largest_pixel_block", lambda kernel: 1 << 30)
+    gathered = run(fused)
+    assert {table for _, table in tables} == {NormTable.GATHER}
+    assert all(torch.equal(a, b) for a, b in zip(paired, gathered))
 
 
 def test_instance_norm_of_a_small_map_at_batch_one_is_as_accurate_as_eager():

@@ -73,18 +73,19 @@ def test_a_loop_waiting_for_its_own_mma_is_bounded_by_no_overlap():
 
 
 def test_per_sample_norm_tables_count_as_l2_bytes():
-    # An instance norm's scale and shift come as [BLOCK_M, BLOCK_K] fp32 tiles beside the A tile; a batch norm's as
-    # one [BLOCK_K] row (and a gate per row): the same conv reading one moves more bytes from L2.
-    def l2(norm):
+    # An instance norm's scale and shift over images of at least a tile's rows: two [BLOCK_K] rows a step (a batch
+    # norm's: one, and a gate per row); over smaller images gathered as [BLOCK_M, BLOCK_K] fp32 tiles beside the A
+    # tile (NormTable.GATHER), which move more bytes from L2.
+    def l2(norm, size):
         with torch.device("meta"):
             model = fused_unet.UNet(**dict(UNET, norm=norm)).to(torch.bfloat16)
-        launch = next(launch for launch in static_plan.record_step(model, torch.empty(2, 3, 32, 32, device="meta",
-                                                                                        dtype=torch.bfloat16),
-                                                                   "train", sms=132)
+        image = torch.empty(2, 3, size, size, device="meta", dtype=torch.bfloat16)
+        launch = next(launch for launch in static_plan.record_step(model, image, "train", sms=132)
                       if launch.site.startswith("conv2d") and launch.args["NORM_INPUT"] and launch.pass_ == "forward")
         return static_plan.estimate(launch, _cfg(64, 16, 32), REPORT, static_plan.HARDWARE["sm_90"])["l2_bytes"]
 
-    assert l2("instance") > 1.5 * l2("batch")
+    assert l2("batch", 32) < l2("instance", 32) < 1.2 * l2("batch", 32)
+    assert l2("instance", 8) > 1.5 * l2("batch", 8)
 
 
 def test_plan_of_a_small_unet_adds_up(tmp_path, monkeypatch):
