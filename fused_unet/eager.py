@@ -69,6 +69,12 @@ def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01
     return activate(F.conv_transpose2d(x, weight, bias, stride=2), activation, negative_slope)
 
 
+def conv_transpose2d(x, weight, bias=None, activation=None, negative_slope=0.01, stride=2, padding=0,
+                     output_padding=0):
+    return activate(F.conv_transpose2d(x, weight, bias, stride=stride, padding=padding,
+                                       output_padding=output_padding), activation, negative_slope)
+
+
 def upsample_pad(up, height, width, up_mode=None, align_corners=False):
     """``up`` up-sampled x2 (``up_mode`` "nearest" / "bilinear"), then zero-padded centred to [height, width]:
     the ``F.pad(x, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])`` of popular U-Nets for odd sizes."""

@@ -253,6 +253,33 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
         return (*_one_source_backward(ctx, grad_y, _CONV_TRANSPOSE), None, None, None, None)
 
 
+class ConvTranspose2dBiasAct(torch.autograd.Function):
+    """act(conv_transpose2d(x) + bias) of a square kernel and a stride up to its size: the phases of the conv it
+    transposes (kernels.conv.conv_transpose2d_forward). Saves x and weight (and the output with an activation).
+    Backward: dL/dx is that conv (its stride and padding) of the prepared gradient, dL/dweight its weight-grad with x
+    in the place of the output gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, activation, negative_slope, stride, padding, output_padding):
+        y = _launch(conv.conv_transpose2d_forward, x)(x, weight, bias, activation, negative_slope, stride, padding,
+                                                     output_padding)
+        _save(ctx, x, weight, y=y, activation=activation, negative_slope=negative_slope)
+        ctx.geometry = dict(stride=stride, padding=padding)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, weight, out = ctx.saved_tensors
+        dz, grad_b = _prepared(ctx, grad_y, out, 2)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_w = _launch(conv.conv2d_weight_grad, dz)(x, dz, weight, **ctx.geometry)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
 class MaxPool(torch.autograd.Function):
     """Stride-2 max-pool with ``window`` x ``window`` windows (2, or 3 with padding 1) of x or of x's pending norm +
     activation. Saves the 1-byte argmax per output (and, with a pending norm, x, scale and shift, which the pending

@@ -135,12 +135,19 @@ def max_pool2d_config_unsupported(pool):
 
 
 def conv_transpose2d_config_unsupported(conv):
-    """Why the kernels cannot run this ``nn.ConvTranspose2d`` (None: they can)."""
-    if conv.kernel_size != (2, 2) or conv.stride != (2, 2):
-        return f"kernel_size {conv.kernel_size}, stride {conv.stride} (fused: 2, 2)"
-    if conv.padding != (0, 0) or conv.output_padding != (0, 0) or conv.dilation != (1, 1) or conv.groups != 1:
-        return "padding, output_padding, dilation or groups are set"
+    """Why the kernels cannot run this ``nn.ConvTranspose2d`` (None: they can): square kernels up to
+    checks.MAX_KERNEL_SIZE, stride 1 or 2 (at most the kernel), zero padding below the kernel, output_padding below
+    the stride, no dilation, groups 1."""
+    (k, kw), (stride, sw) = conv.kernel_size, conv.stride
+    if k != kw or stride != sw or not 1 <= stride <= min(2, k) or k > MAX_KERNEL_SIZE:
+        return f"kernel_size {conv.kernel_size}, stride {conv.stride} (fused: square kernels, stride 1 or 2 up to it)"
+    if isinstance(conv.padding, str) or len(set(conv.padding)) != 1 or not 0 <= conv.padding[0] < k or \
+            len(set(conv.output_padding)) != 1:
+        return f"padding {conv.padding}, output_padding {conv.output_padding} (fused: equal in H and W, below k)"
+    if conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+        return "dilation, groups or a padding mode other than zeros is set"
     return None
+
 
 
 def norm_kind(bn):
@@ -406,7 +413,8 @@ class MaxPool2d(_FusedMixin, nn.MaxPool2d):
 
 
 class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (+ optional fused activation), fused for kernel 2, stride 2, no padding, groups 1."""
+    """``nn.ConvTranspose2d`` (+ optional fused activation), fused for square kernels, stride 1 or 2 up to the kernel
+    size, zero padding and output_padding, groups 1 (conv_transpose2d_config_unsupported)."""
 
     def __init__(self, *args, activation=None, negative_slope=0.01, **kwargs):
         super().__init__(*args, **kwargs)
@@ -422,7 +430,8 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
         if reason:
             self._fallback(reason)
             return self._activate(super().forward(functional.materialize(x), output_size))
-        return functional.conv_transpose2x2(x, self.weight, self.bias, **self._act_args())
+        return functional.conv_transpose2d(x, self.weight, self.bias, self.stride[0], self.padding[0],
+                                           self.output_padding[0], **self._act_args())
 
     def extra_repr(self):
         return self._extra(super().extra_repr())

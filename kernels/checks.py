@@ -95,21 +95,30 @@ def conv_geometry(k, stride=1, padding="same"):
     return stride, padding
 
 
-def check_conv2d(x, weight, bias, stride=1, padding="same"):
-    """Convolution with a square kernel (1x1 up to MAX_KERNEL_SIZE), stride 1 or 2, zero padding, groups 1; returns
-    (stride, padding) as ints (conv_geometry)."""
+def _check_square_weight(x, weight, transposed):
+    """x and a square weight (1x1 up to MAX_KERNEL_SIZE) that reads x's channels: [C_out, C_in, k, k], or [C_in,
+    C_out, k, k] when ``transposed``. Returns (its output channels, k)."""
     check_tensor("x", x, 4)
     check_tensor("weight", weight, 4, dtype_like=x, device_like=x)
-    c_out, c_in, kh, kw = weight.shape
+    c_in, c_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
     if c_in != x.shape[1]:
-        raise ValueError(f"weight expects {c_in} input channels ([C_out, C_in, k, k]) but x has {x.shape[1]}")
+        layout = "[C_in, C_out, k, k]" if transposed else "[C_out, C_in, k, k]"
+        raise ValueError(f"weight expects {c_in} input channels ({layout}) but x has {x.shape[1]}")
+    kh, kw = weight.shape[2], weight.shape[3]
     if kh != kw or not 1 <= kh <= MAX_KERNEL_SIZE:
         raise ValueError(f"weight must have a square kernel of 1x1 up to {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE}, "
                          f"got {kh}x{kw}")
-    stride, padding = conv_geometry(kh, stride, padding)
-    if min(x.shape[2], x.shape[3]) + 2 * padding < kh:
+    return c_out, kh
+
+
+def check_conv2d(x, weight, bias, stride=1, padding="same"):
+    """Convolution with a square kernel (1x1 up to MAX_KERNEL_SIZE), stride 1 or 2, zero padding, groups 1; returns
+    (stride, padding) as ints (conv_geometry)."""
+    c_out, k = _check_square_weight(x, weight, transposed=False)
+    stride, padding = conv_geometry(k, stride, padding)
+    if min(x.shape[2], x.shape[3]) + 2 * padding < k:
         raise ValueError(f"x of spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the "
-                         f"{kh}x{kw} kernel: the output would be empty")
+                         f"{k}x{k} kernel: the output would be empty")
     check_bias(bias, c_out, x)
     return stride, padding
 
@@ -155,6 +164,27 @@ def check_conv_transpose2x2(x, weight, bias):
     if 4 * x.shape[0] * x.shape[2] * x.shape[3] > MAX_INT32:
         raise ValueError(f"x of shape {tuple(x.shape)}: the output's N*H*W pixels (4 per input pixel) exceed 2^31 - 1")
     check_bias(bias, c_out, x)
+
+
+def check_conv_transpose2d(x, weight, bias, stride, padding, output_padding):
+    """Transposed convolution with a square [C_in, C_out, k, k] weight (k up to MAX_KERNEL_SIZE), stride 1 or 2 (at
+    most k), zero padding in [0, k), output_padding below the stride, groups 1; returns (stride, padding,
+    output_padding) as ints."""
+    c_out, k = _check_square_weight(x, weight, transposed=True)
+    stride, padding = conv_geometry(k, stride, padding)
+    if stride > k:
+        raise ValueError(f"stride {stride} is larger than the {k}x{k} kernel: some outputs would see no input")
+    output_padding = _square("output_padding", output_padding)
+    if not 0 <= output_padding < stride:
+        raise ValueError(f"output_padding must be in [0, {stride - 1}] at stride {stride}, got {output_padding}")
+    size = [(n - 1) * stride - 2 * padding + k + output_padding for n in x.shape[2:4]]
+    if min(size) < 1:
+        raise ValueError(f"x of spatial size {tuple(x.shape[2:])} with padding {padding} gives an empty output "
+                         f"{tuple(size)}")
+    if x.shape[0] * size[0] * size[1] > MAX_INT32 or c_out * size[0] * size[1] > MAX_INT32:
+        raise ValueError(f"x of shape {tuple(x.shape)}: the output's N*H*W pixels, or one image, exceed 2^31 - 1")
+    check_bias(bias, c_out, x)
+    return stride, padding, output_padding
 
 
 def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):

@@ -849,27 +849,51 @@ def _input_grad_phase(phase, kernel, stride, padding):
     return first, taps, taps - 1 - (phase + padding - first) // stride
 
 
-def conv2d_input_grad(grad, weight, stride=1, padding=None, input_size=None):
-    """dL/dx (all C_in channels, a concatenation's too) of conv2d_forward / conv2d_pool_forward /
-    concat_conv2d_forward at the conv's input grid, from the prepared output gradient: per phase of the input
-    (stride x stride of them: each input pixel takes the taps of its phase only, so no zero is multiplied and
-    nothing is scattered) a stride-1 conv with the phase's taps flipped and the weights transposed [C_in, C_out],
-    its offset carried by the placement, its output a strided view of dL/dx."""
-    k, pad = weight.shape[2], conv_padding(weight, padding)
-    dx = conv2d_input_grad_output(grad, weight, stride, padding, input_size)
+def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, negative_slope=0.0):
+    """out = act(bias + the transposed conv of x with ``weight`` [C_x, C_out, k, k], ``stride`` and ``pad``): per
+    phase of ``out`` (stride x stride of them: each output pixel takes the taps of its phase only, so no zero is
+    multiplied and nothing is scattered) a stride-1 conv with the phase's taps flipped and the weights transposed,
+    its offset carried by the placement, its output a strided view of ``out``. A phase without taps (a kernel
+    smaller than the stride) is zero (only the input-grad has such phases: it has no bias)."""
+    k = weight.shape[2]
     transposed = weight.transpose(0, 1)
     for phase_h in range(stride):
         for phase_w in range(stride):
-            out = dx[:, :, phase_h::stride, phase_w::stride]
+            view = out[:, :, phase_h::stride, phase_w::stride]
             first_h, taps_h, off_h = _input_grad_phase(phase_h, k, stride, pad)
             first_w, taps_w, off_w = _input_grad_phase(phase_w, k, stride, pad)
             if not taps_h or not taps_w:
-                out.zero_()
+                view.zero_()
                 continue
-            placement = (grad.shape[2], grad.shape[3], off_h, off_w, grad.shape[2], grad.shape[3], 1.0, 1.0)
-            _implicit_gemm(grad, transposed[:, :, first_h::stride, first_w::stride].flip(2, 3), out,
-                           placement=(UpMode.NONE, placement))
-    return dx
+            placement = (x.shape[2], x.shape[3], off_h, off_w, x.shape[2], x.shape[3], 1.0, 1.0)
+            _implicit_gemm(x, transposed[:, :, first_h::stride, first_w::stride].flip(2, 3), view, bias=bias,
+                           activation=activation, negative_slope=negative_slope, placement=(UpMode.NONE, placement))
+    return out
+
+
+def conv2d_input_grad(grad, weight, stride=1, padding=None, input_size=None):
+    """dL/dx (all C_in channels, a concatenation's too) of conv2d_forward / conv2d_pool_forward /
+    concat_conv2d_forward at the conv's input grid, from the prepared output gradient: the transposed conv of the
+    gradient (_transposed_phases)."""
+    dx = conv2d_input_grad_output(grad, weight, stride, padding, input_size)
+    return _transposed_phases(grad, weight, dx, stride, conv_padding(weight, padding))
+
+
+def conv_transpose2d_output(x, weight, stride, padding, output_padding):
+    """act(conv_transpose2d(x, weight)) of a [C_in, C_out, k, k] weight: (H - 1) stride - 2 padding + k +
+    output_padding rows (and columns), channels_last."""
+    k = weight.shape[2]
+    height, width = ((size - 1) * stride - 2 * padding + k + output_padding for size in x.shape[2:4])
+    return _empty_channels_last(x.shape[0], weight.shape[1], height, width, x)
+
+
+def conv_transpose2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, stride=2, padding=0,
+                             output_padding=0):
+    """act(conv_transpose2d(x, weight, bias, stride, padding, output_padding)) for a square [C_in, C_out, k, k]
+    weight with k >= stride: the input-grad of the conv it transposes (whose input is this output), with the bias
+    and activation in each phase's epilogue."""
+    y = conv_transpose2d_output(x, weight, stride, padding, output_padding)
+    return _transposed_phases(x, weight, y, stride, padding, bias, activation, negative_slope)
 
 
 def weight_grad_output(weight):

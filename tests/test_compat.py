@@ -64,11 +64,12 @@ def test_monai_unet_reports_what_it_cannot_fuse():
                             num_res_units=1, norm="batch").to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, example_input=x)
-    # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue; the PReLUs and
-    # the 3x3 transposed convs stay eager, and the norm after each of those convs runs in the kernels ("bn").
+    # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue, and its 3x3 /
+    # stride-2 / output_padding-1 transposed convs run in the kernels; the PReLUs stay eager, and the norm after
+    # each transposed conv runs in the kernels ("bn").
     assert report.traced == [""] and report.counts() == {"conv+bn": 4, "conv+add": 4, "bn": 2}
-    text = str(report)
-    assert "PReLU" in text and "stride (2, 2)" in text and "kernel_size (3, 3), stride (2, 2)" in text
+    assert report.swapped["ConvTranspose2d"] == 2 and left_alone(report, "ConvTranspose2d") == 0
+    assert "PReLU" in str(report)
     counts, expected = _eager_left(model, x, report)
     assert counts == expected
 
@@ -112,6 +113,18 @@ def test_smp_unet_with_bottleneck_blocks():
     assert report.counts()["conv+bn+add+act"] == 3 and report.counts()["conv+bn"] == 1
     assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 0
     assert eager_elementwise(model.train(), x) == {}
+
+
+def test_smp_linknet():
+    # Linknet's decoder up-samples with 4x4 / stride-2 / padding-1 transposed convs (+ BN + ReLU), each block's
+    # output added to the skip: all of it in the kernels (eval; the transposed conv's backward is held by
+    # test_monai_unet_reports_what_it_cannot_fuse and tests/test_conv_transpose.py).
+    torch.manual_seed(0)
+    model = smp.Linknet("resnet18", encoder_weights=None, classes=2, encoder_depth=3).to(DEVICE)
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("eval",), example_input=x)
+    assert report.counts()["convtranspose"] == 3 and not report.left_alone
+    assert _eager_left(model, x, report)[0] == {}
 
 
 def _record_pool_launches(monkeypatch):

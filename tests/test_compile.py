@@ -35,6 +35,7 @@ def _cases():
         (ops.conv_transpose2x2_forward, (xt, wt, b[:3], "relu", 0.0)),
         (ops.conv_transpose2x2_input_grad, (yt, wt)),
         (ops.conv_transpose2x2_weight_grad, (yt, xt, wt)),
+        (ops.conv_transpose2d_forward, (xt, make_tensor((4, 3, 3, 3)), b[:3], "leaky_relu", 0.1, 2, 1, 1)),
         (ops.max_pool_forward, (x, 2)), (ops.max_pool_backward, (pooled, argmax, list(x.shape), 2)),
         (ops.max_pool_forward, (x, 3)), (ops.max_pool_backward, (pooled3, argmax3, list(x.shape), 3)),
         (ops.conv2d_stats_forward, (x, w, b), norm), (ops.conv2d_forward, (x, w, b, "relu", 0.0), norm),

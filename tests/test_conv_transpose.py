@@ -1,6 +1,8 @@
-"""Transposed conv 2x2 stride 2 (+bias, +activation): forward and every gradient against float64."""
+"""Transposed convs (+bias, +activation): the 2x2 stride-2 one (one GEMM of four phases) and any square kernel of
+stride 1 or 2 (the phases of the conv it transposes); forward and every gradient against float64."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import DEVICE, DTYPES, LAYOUTS, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
@@ -38,3 +40,35 @@ def test_conv_transpose_any_layout(layout):
 def test_conv_transpose_empty_batch():
     out = FF.conv_transpose2x2(torch.randn(0, 3, 4, 4, device=DEVICE), torch.randn(3, 2, 2, 2, device=DEVICE))
     assert out.shape == (0, 2, 8, 8)
+
+
+# (kernel, stride, padding, output_padding): MONAI's up-sampling, Linknet's, a stride-1 one, a kernel at the stride
+# with an output_padding, a 5x5, a 1x1.
+GEOMETRIES = [(3, 2, 1, 1), (4, 2, 1, 0), (3, 1, 1, 0), (2, 2, 0, 1), (5, 2, 2, 1), (1, 1, 0, 0)]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,bias,activation", [((1, 1, 3, 5, 4), True, "relu"), ((2, 3, 4, 1, 17), False, None),
+                                                   ((3, 24, 5, 4, 6), True, "leaky_relu")])
+def test_any_transposed_conv_matches_float64(geometry, dtype, shape, bias, activation):
+    # Batch 1 and 3, 1 / 3 / 24 input channels, odd and 1-pixel sizes.
+    k, stride, padding, output_padding = geometry
+    n, c_in, h, w, c_out = shape
+    x = make_tensor((n, c_in, h, w), dtype, requires_grad=True)
+    weight = make_tensor((c_in, c_out, k, k), dtype, requires_grad=True, scale=(c_in * k * k) ** -0.5)
+    b = make_tensor((c_out,), dtype, requires_grad=True) if bias else None
+    out = check_against_float64(
+        lambda x, w, b: FF.conv_transpose2d(x, w, b, stride, padding, output_padding, activation, 0.2),
+        lambda x, w, b: eager.conv_transpose2d(x, w, b, activation, 0.2, stride, padding, output_padding),
+        [x, weight, b], dtype)
+    assert out.shape[2:] == tuple((size - 1) * stride - 2 * padding + k + output_padding for size in (h, w))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_any_transposed_conv_any_layout_and_a_pending_norm(layout):
+    x = make_tensor((2, 5, 4, 3), layout=layout, requires_grad=True)
+    weight = make_tensor((5, 6, 3, 3), requires_grad=True, scale=0.2)
+    check_against_float64(lambda x, w: FF.conv_transpose2d(FF.instance_norm(x, activation="relu"), w, None, 2, 1, 1),
+                          lambda x, w: eager.conv_transpose2d(torch.relu(F.instance_norm(x)), w, None, None, 0.0, 2,
+                                                              1, 1), [x, weight], torch.float32)

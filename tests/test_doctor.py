@@ -185,7 +185,8 @@ def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
 
 
 def test_registry_covers_strided_and_residual_convs(monkeypatch):
-    # A ResNet stem (7x7/s2, 3 channels), a 1x1/s2 projection and a 3x3/s2 conv with a residual, backward included.
+    # A ResNet stem (7x7/s2, 3 channels), a 1x1/s2 projection, a 3x3/s2 conv with a residual and a 3x3/s2
+    # transposed conv (bias, ReLU), backward included.
     from fused_unet import functional as FF
 
     seen = _record_launches(monkeypatch)
@@ -195,7 +196,9 @@ def test_registry_covers_strided_and_residual_convs(monkeypatch):
     projection = FF.conv2d(y, torch.randn(16, 16, 1, 1, device=DEVICE, requires_grad=True), stride=2, padding=0)
     out = FF.conv2d(y, torch.randn(16, 16, 3, 3, device=DEVICE, requires_grad=True), stride=2, padding=1,
                     activation="relu", residual=projection)
-    out.sum().backward()
+    up = FF.conv_transpose2d(out, torch.randn(16, 8, 3, 3, device=DEVICE, requires_grad=True),
+                             torch.randn(8, device=DEVICE), stride=2, padding=1, output_padding=1, activation="relu")
+    up.sum().backward()
     launched = [{k: v for k, v in kwargs.items() if k.isupper() and not k.startswith("BLOCK")} for _, kwargs in seen]
     for (name, _), flags in zip(seen, launched):
         assert _declared(name, flags), f"{name} launched with {flags}, not declared in LAUNCH_AXES"

@@ -76,9 +76,21 @@ def test_conv_transpose2d_drop_in_and_fallback():
     assert repr(fused) == repr(plain) and list(fused.state_dict()) == list(plain.state_dict())
     x = make_tensor((2, 4, 3, 5))
     torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
-    wide = fnn.ConvTranspose2d(4, 3, 3, stride=2, device=DEVICE)
-    with pytest.warns(UserWarning, match="kernel_size"):
-        wide(x)
+    dilated = fnn.ConvTranspose2d(4, 3, 3, stride=2, dilation=2, device=DEVICE)
+    with pytest.warns(UserWarning, match="dilation"):
+        dilated(x)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,output_padding", [(3, 2, 1, 1), (4, 2, 1, 0), (3, 1, 1, 0)])
+def test_any_conv_transpose2d_module_runs_the_kernels(kernel, stride, padding, output_padding):
+    # MONAI's up-sampling (3x3 / 2 / output_padding 1), Linknet's (4x4 / 2 / 1): no fallback, torch.nn's results.
+    fused = fnn.ConvTranspose2d(4, 3, kernel, stride, padding, output_padding, device=DEVICE)
+    plain = _same_params(fused, nn.ConvTranspose2d(4, 3, kernel, stride, padding, output_padding, device=DEVICE))
+    assert fused._config_unsupported() is None
+    x = make_tensor((2, 4, 3, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
 
 
 def test_conv2d_relu_pool_module_returns_skip_and_pooled():

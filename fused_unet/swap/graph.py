@@ -118,12 +118,19 @@ class SwapGraph:
         found = self._conv_config(node)
         return found and (found[0], fnn.conv2d_config_unsupported(found[1], strided))
 
-    def conv_transpose2x2(self, node):
-        """Whether node is a torch.conv_transpose2d call the 2x2 / stride-2 kernel covers."""
-        return node.op == "call_function" and node.target is torch.conv_transpose2d and \
-            self.weight_shape(node)[2:] == (2, 2) and arg(node, 3, "stride", 1) in (2, (2, 2)) and \
-            arg(node, 4, "padding", 0) in (0, (0, 0)) and arg(node, 5, "output_padding", 0) in (0, (0, 0)) and \
-            arg(node, 6, "groups", 1) == 1 and arg(node, 7, "dilation", 1) in (1, (1, 1))
+    def conv_transpose(self, node):
+        """(stride, padding, output_padding) of a torch.conv_transpose2d call the kernels cover
+        (fnn.conv_transpose2d_config_unsupported), else None."""
+        if node.op != "call_function" or node.target is not torch.conv_transpose2d or not self.weight_shape(node):
+            return None
+        pair = nn.modules.utils._pair
+        config = types.SimpleNamespace(
+            kernel_size=tuple(self.weight_shape(node)[2:]), stride=pair(arg(node, 3, "stride", 1)),
+            padding=pair(arg(node, 4, "padding", 0)), output_padding=pair(arg(node, 5, "output_padding", 0)),
+            groups=arg(node, 6, "groups", 1), dilation=pair(arg(node, 7, "dilation", 1)), padding_mode="zeros")
+        if fnn.conv_transpose2d_config_unsupported(config):
+            return None
+        return config.stride[0], config.padding[0], config.output_padding[0]
 
     def norm(self, node, channels):
         """Whether node is a norm the kernels fuse over ``channels`` channels: an nn.BatchNorm2d,

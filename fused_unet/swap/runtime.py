@@ -129,10 +129,11 @@ def _fused_norm_act(x, bn, activation, negative_slope, defer):
     return fnn.norm_act(t, bn, activation, negative_slope, defer)
 
 
-def _fused_conv_transpose(x, weight, bias):
+def _fused_conv_transpose(x, weight, bias, stride, padding, output_padding):
     if fnn.input_unsupported(x):
-        return F.conv_transpose2d(functional.materialize(x), weight, bias, stride=2)
-    return functional.conv_transpose2x2(x, weight, bias)
+        return F.conv_transpose2d(functional.materialize(x), weight, bias, stride=stride, padding=padding,
+                                  output_padding=output_padding)
+    return functional.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
 
 
 def _fused_max_pool(x, window):

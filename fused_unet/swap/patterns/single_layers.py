@@ -1,5 +1,5 @@
-"""In a torch.compile graph, what the module level does elsewhere: each remaining supported conv, 2x2/s2
-transposed conv and 2x2 max-pool call runs its fused op (or, at run time, the original one)."""
+"""In a torch.compile graph, what the module level does elsewhere: each remaining supported conv, transposed conv
+and max-pool call runs its fused op (or, at run time, the original one)."""
 from fused_unet.swap.graph import arg
 from fused_unet.swap.runtime import _fused_conv, _fused_conv_transpose, _fused_max_pool
 
@@ -15,9 +15,10 @@ def swap(g):
             g.report.add_fusion("conv", "conv2d", (g.name(node),))
             g.replace([node], _fused_conv, (node.args[0], g.spec(node, node), None),
                       dict(activation=None, negative_slope=0.01, defer=False))
-        elif g.conv_transpose2x2(node):
-            g.report.add_fusion("convtranspose", "conv_transpose2x2", (g.name(node),))
-            g.replace([node], _fused_conv_transpose, (node.args[0], node.args[1], arg(node, 2, "bias")), {})
+        elif (geometry := g.conv_transpose(node)) is not None:
+            g.report.add_fusion("convtranspose", "conv_transpose2d", (g.name(node),))
+            g.replace([node], _fused_conv_transpose, (node.args[0], node.args[1], arg(node, 2, "bias"), *geometry),
+                      {})
         elif (window := g.pool_window(node)) is not None:
             g.report.add_fusion("maxpool", f"max_pool{window}x{window}", (g.name(node),))
             g.replace([node], _fused_max_pool, (node.args[0], window), {})
