@@ -264,19 +264,21 @@ def conv_transpose2d(x, weight, bias=None, stride=2, padding=0, output_padding=0
                      negative_slope=0.01):
     """``act(conv_transpose2d(x, weight, bias, stride, padding, output_padding))`` for a square weight [C_in, C_out,
     k, k] and a stride (1 or 2) up to k — MONAI's 3x3 / stride 2 / output_padding 1, Linknet's 4x4 / stride 2 /
-    padding 1. The 2x2 / stride-2 / unpadded case is conv_transpose2x2 (one GEMM, reading a Normalized x as it
-    loads); any other makes a Normalized x a tensor first (one kernel)."""
-    x_t, weight, bias = _autocast(_split(x)[0], weight, bias)
+    padding 1; x may be a Normalized (read as it is loaded). The 2x2 / stride-2 / unpadded case is
+    conv_transpose2x2 (one GEMM)."""
+    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, weight, bias = _autocast(x_t, weight, bias)
     stride, padding, output_padding = checks.check_conv_transpose2d(x_t, weight, bias, stride, padding,
                                                                     output_padding)
     if weight.shape[2] == 2 and (stride, padding, output_padding) == (2, 0, 0):
         return conv_transpose2x2(x, weight, bias, activation, negative_slope)
     checks.check_activation(activation, negative_slope, epilogue=True)
-    x = _autocast(materialize(x))[0]
-    if backend(x) == "eager":
-        return eager.conv_transpose2d(x, weight, bias, activation, negative_slope, stride, padding, output_padding)
-    return _functions().ConvTranspose2dBiasAct.apply(x, weight, bias, activation, float(negative_slope), stride,
-                                                     padding, output_padding)
+    if backend(x_t) == "eager":
+        return eager.conv_transpose2d(_autocast(materialize(x))[0], weight, bias, activation, negative_slope, stride,
+                                      padding, output_padding)
+    return _functions().ConvTranspose2dBiasAct.apply(x_t, scale, shift, weight, bias, activation,
+                                                     float(negative_slope), in_act, in_slope, stride, padding,
+                                                     output_padding)
 
 
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):

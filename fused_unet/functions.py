@@ -254,30 +254,34 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
 
 
 class ConvTranspose2dBiasAct(torch.autograd.Function):
-    """act(conv_transpose2d(x) + bias) of a square kernel and a stride up to its size: the phases of the conv it
-    transposes (kernels.conv.conv_transpose2d_forward). Saves x and weight (and the output with an activation).
-    Backward: dL/dx is that conv (its stride and padding) of the prepared gradient, dL/dweight its weight-grad with x
-    in the place of the output gradient."""
+    """act(conv_transpose2d(x) + bias) of a square kernel and a stride up to its size, of x or of x's pending norm +
+    activation: the phases of the conv it transposes (kernels.conv.conv_transpose2d_forward). Saves x (pre-norm),
+    the norm's scale and shift, weight (and the output with an activation). Backward: dL/dx is that conv (its stride
+    and padding) of the prepared gradient, then the pending norm's backward; dL/dweight its weight-grad with the
+    input, normalised again by one kernel, in the place of the output gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, activation, negative_slope, stride, padding, output_padding):
-        y = _launch(conv.conv_transpose2d_forward, x)(x, weight, bias, activation, negative_slope, stride, padding,
-                                                     output_padding)
-        _save(ctx, x, weight, y=y, activation=activation, negative_slope=negative_slope)
+    def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation, in_negative_slope,
+                stride, padding, output_padding):
+        y = _launch(conv.conv_transpose2d_forward, x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
+                                                     in_activation, in_negative_slope, stride, padding, output_padding)
+        _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
+              in_activation=in_activation, in_negative_slope=in_negative_slope)
         ctx.geometry = dict(stride=stride, padding=padding)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, weight, out = ctx.saved_tensors
-        dz, grad_b = _prepared(ctx, grad_y, out, 2)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry)
-        if ctx.needs_input_grad[1]:
-            grad_w = _launch(conv.conv2d_weight_grad, dz)(x, dz, weight, **ctx.geometry)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        x, in_scale, in_shift, weight, out = ctx.saved_tensors
+        dz, grad_b = _prepared(ctx, grad_y, out, 4)
+        grad_z = grad_w = None
+        if _needs(ctx, 0, 1, 2):
+            grad_z = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry)
+        if ctx.needs_input_grad[3]:
+            z = x if in_scale is None else _launch(norm.pending_norm, x)(x, in_scale, in_shift, *ctx.in_act)
+            grad_w = _launch(conv.conv2d_weight_grad, dz)(z, dz, weight, **ctx.geometry)
+        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b) + (None,) * 7
 
 
 class MaxPool(torch.autograd.Function):

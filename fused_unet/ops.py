@@ -89,8 +89,8 @@ conv_transpose2x2_input_grad = _op(conv.conv_transpose2x2_input_grad, "(Tensor g
 conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
                                     f"(Tensor grad, Tensor x, Tensor weight, {_PENDING}) -> Tensor", _weight_grad_fake)
 conv_transpose2d_forward = _op(
-    conv.conv_transpose2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, int stride=2, int padding=0, "
-    "int output_padding=0) -> Tensor",
+    conv.conv_transpose2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, int stride=2, "
+    "int padding=0, int output_padding=0) -> Tensor",
     _output_of(conv.conv_transpose2d_forward, conv.conv_transpose2d_output, "x", "weight", "stride", "padding",
                "output_padding"))
 max_pool_forward = _op(pool.max_pool_forward, f"(Tensor x, int window, {_PENDING}) -> (Tensor, Tensor)",

@@ -849,8 +849,10 @@ def _input_grad_phase(phase, kernel, stride, padding):
     return first, taps, taps - 1 - (phase + padding - first) // stride
 
 
-def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, negative_slope=0.0):
-    """out = act(bias + the transposed conv of x with ``weight`` [C_x, C_out, k, k], ``stride`` and ``pad``): per
+def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, negative_slope=0.0, norm=None,
+                       in_activation=None, in_negative_slope=0.0):
+    """out = act(bias + the transposed conv of x with ``weight`` [C_x, C_out, k, k], ``stride`` and ``pad``) (of x's
+    pending ``norm`` + ``in_activation`` applied as it is read, zero outside x as the transposed conv sees it): per
     phase of ``out`` (stride x stride of them: each output pixel takes the taps of its phase only, so no zero is
     multiplied and nothing is scattered) a stride-1 conv with the phase's taps flipped and the weights transposed,
     its offset carried by the placement, its output a strided view of ``out``. A phase without taps (a kernel
@@ -867,7 +869,8 @@ def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, 
                 continue
             placement = (x.shape[2], x.shape[3], off_h, off_w, x.shape[2], x.shape[3], 1.0, 1.0)
             _implicit_gemm(x, transposed[:, :, first_h::stride, first_w::stride].flip(2, 3), view, bias=bias,
-                           activation=activation, negative_slope=negative_slope, placement=(UpMode.NONE, placement))
+                           activation=activation, negative_slope=negative_slope, placement=(UpMode.NONE, placement),
+                           norm=norm, **_in_act(in_activation, in_negative_slope))
     return out
 
 
@@ -887,13 +890,14 @@ def conv_transpose2d_output(x, weight, stride, padding, output_padding):
     return _empty_channels_last(x.shape[0], weight.shape[1], height, width, x)
 
 
-def conv_transpose2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, stride=2, padding=0,
-                             output_padding=0):
+def conv_transpose2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
+                             in_activation=None, in_negative_slope=0.0, stride=2, padding=0, output_padding=0):
     """act(conv_transpose2d(x, weight, bias, stride, padding, output_padding)) for a square [C_in, C_out, k, k]
     weight with k >= stride: the input-grad of the conv it transposes (whose input is this output), with the bias
-    and activation in each phase's epilogue."""
+    and activation in each phase's epilogue; of x's pending norm (``in_*``) applied as x is read."""
     y = conv_transpose2d_output(x, weight, stride, padding, output_padding)
-    return _transposed_phases(x, weight, y, stride, padding, bias, activation, negative_slope)
+    return _transposed_phases(x, weight, y, stride, padding, bias, activation, negative_slope,
+                              _norm(in_scale, in_shift), in_activation, in_negative_slope)
 
 
 def weight_grad_output(weight):

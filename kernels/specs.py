@@ -262,8 +262,9 @@ _NO_RESIDUAL = dict(RESIDUAL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False,
                    NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT, **_ONE_SOURCE)
-# A transposed conv's forward: the input-grad's GEMMs, with a bias and an activation.
-_TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items() if k not in ("HAS_BIAS", "ACT")}
+# A transposed conv's forward: the input-grad's GEMMs, with a bias, an activation and a pending norm.
+_TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items()
+                       if k not in ("HAS_BIAS", "ACT", "NORM_INPUT", "NORM_TABLE", "IN_ACT", "IN_NEG_SLOPE")}
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -305,7 +306,7 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _GRAD_TAPS, _FLAT_TAPS],
         # A transposed conv of any stride: the input-grad's phases with a bias and an activation in the epilogue.
         "conv_transpose2d_forward": [_fixed(STRIDE=1, **_TRANSPOSED_FORWARD), _EVEN, _GRAD_TAPS, _BIAS, _ACTS,
-                                     _FLAT_TAPS],
+                                     _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
                                              STATS=False, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
                                       _IN_NORM, _NORM_TABLES],

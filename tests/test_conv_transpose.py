@@ -65,10 +65,15 @@ def test_any_transposed_conv_matches_float64(geometry, dtype, shape, bias, activ
     assert out.shape[2:] == tuple((size - 1) * stride - 2 * padding + k + output_padding for size in (h, w))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_any_transposed_conv_any_layout_and_a_pending_norm(layout):
+@pytest.mark.parametrize("layout,norm", [("contiguous", "instance"), ("channels_last", "batch"),
+                                         ("strided", "instance")])
+def test_any_transposed_conv_any_layout_reading_a_pending_norm(layout, norm):
+    # The norm (per image and channel, or per channel) and ReLU applied as the phases read x, zero where they pad.
     x = make_tensor((2, 5, 4, 3), layout=layout, requires_grad=True)
     weight = make_tensor((5, 6, 3, 3), requires_grad=True, scale=0.2)
-    check_against_float64(lambda x, w: FF.conv_transpose2d(FF.instance_norm(x, activation="relu"), w, None, 2, 1, 1),
-                          lambda x, w: eager.conv_transpose2d(torch.relu(F.instance_norm(x)), w, None, None, 0.0, 2,
-                                                              1, 1), [x, weight], torch.float32)
+    pending = {"instance": lambda x: FF.instance_norm(x, activation="relu"),
+               "batch": lambda x: FF.batch_norm(x, None, activation="relu")}[norm]
+    plain = {"instance": F.instance_norm, "batch": lambda x: F.batch_norm(x, None, None, training=True)}[norm]
+    check_against_float64(lambda x, w: FF.conv_transpose2d(pending(x), w, None, 2, 1, 1),
+                          lambda x, w: eager.conv_transpose2d(torch.relu(plain(x)), w, None, None, 0.0, 2, 1, 1),
+                          [x, weight], torch.float32)
