@@ -194,10 +194,8 @@ def verdict_job(job):
         return False
     if job.arch == "sm_90" and job.dtype in ("fp16", "bf16"):
         return True
-    variant = compile_matrix.LAUNCH_VARIANTS[job.kernel][job.site][job.variant]
-    return job.dtype == "fp16" and any((t["kernel"], t["site"]) == (job.kernel, job.site) and
-                                       compile_matrix.target_flags(t) == variant
-                                       for t in compile_matrix.MAIN_LOOP_TARGETS)
+    return job.dtype == "fp16" and (job.kernel, job.site, job.variant) in map(_target_variant,
+                                                                              compile_matrix.MAIN_LOOP_TARGETS)
 
 
 def compile_job(job, every_main_loop=True):
@@ -395,13 +393,17 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def _target_jobs(results, target, arch):
+def _target_variant(target):
+    """(kernel, site, variant index) of a MAIN_LOOP_TARGETS entry in the compile matrix."""
     from fused_unet.kernels import compile_matrix
 
     variants = compile_matrix.LAUNCH_VARIANTS[target["kernel"]][target["site"]]
-    variant = variants.index(compile_matrix.target_flags(target))
+    return target["kernel"], target["site"], variants.index(compile_matrix.target_flags(target))
+
+
+def _target_jobs(results, target, arch):
     return [r for r in results if r["ok"] and (r["kernel"], r["site"], r["variant"], r["dtype"], r["arch"]) ==
-            (target["kernel"], target["site"], variant, "fp16", arch)]
+            (*_target_variant(target), "fp16", arch)]
 
 
 def _fast(result):

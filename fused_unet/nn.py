@@ -149,7 +149,6 @@ def conv_transpose2d_config_unsupported(conv):
     return None
 
 
-
 def norm_kind(bn):
     """"batch", "instance" or "group": the kind of a norm module, or of a torch.compile graph's norm arguments
     (fused_unet.swap's stand-ins say theirs)."""

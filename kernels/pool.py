@@ -4,9 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .codes import act_code
+from .codes import POOL_PADDING, act_code
 from .common import apply_activation, norm_table, per_sample, take_larger
-from .codes import POOL_PADDING
 from .configs import configs
 from .specs import MAX_POOL, MAX_POOL_BACKWARD
 

@@ -241,10 +241,10 @@ _IN_NORM = [dict(NORM_INPUT=True, **a) for a in _IN_ACTS] + [dict(NORM_INPUT=Fal
 # A pending norm's scale and shift per channel (batch norm) or per (image, channel) (instance / group norm): the GEMM
 # kernels' flag (how they read the tables, codes.NormTable), and the elementwise kernels'.
 _NORM_TABLES = [dict(NORM_TABLE=int(t)) for t in (NormTable.CHANNEL, NormTable.IMAGE_PAIR, NormTable.GATHER)]
-_CHANNEL_TABLE = _NORM_TABLES[0]
+_CHANNEL_TABLE, _GATHER_TABLE = _NORM_TABLES[0], _NORM_TABLES[2]
 # The weight-grad gathers a bilinear source's tables (its IMAGE_PAIR spilled on sm_80 with Triton 3.8).
 _WEIGHT_GRAD_NORM_TABLES = [_CHANNEL_TABLE] + [dict(NORM_TABLE=int(NormTable.IMAGE_PAIR), UP_MODE=int(m))
-                                               for m in (UpMode.NEAREST, UpMode.NONE)] + [_NORM_TABLES[2]]
+                                               for m in (UpMode.NEAREST, UpMode.NONE)] + [_GATHER_TABLE]
 _PER_SAMPLE_ELEMENTWISE = [dict(PER_SAMPLE=False), dict(PER_SAMPLE=True)]
 # The max-pools: the U-Net's 2x2, the ResNet stem's 3x3 with padding 1 (both stride 2).
 _POOL_WINDOWS = [dict(WINDOW=2), dict(WINDOW=3)]

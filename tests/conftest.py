@@ -173,3 +173,20 @@ def compare_step(models, x, grad, label="", factor=MODEL_TOLERANCE_FACTOR, check
             assert_within_eager_error(a, r, b, f"{label}{name}")
     for m in models:
         m.zero_grad(set_to_none=True)
+
+
+def record_launches(monkeypatch):
+    """The list that (kernel name, keyword arguments) of every kernel launch from now on goes to (each kernel's
+    ``run``, as the launchers call it)."""
+    from fused_unet import doctor
+
+    seen = []
+    for name, kernel in doctor.kernels().items():
+        original = kernel.run
+
+        def run(*args, _name=name, _original=original, **kwargs):
+            seen.append((_name, kwargs))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(kernel, "run", run)
+    return seen

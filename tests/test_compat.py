@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import fused_unet
-from fused_unet.kernels import pool
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, record_launches
 from tests.test_swap import check_swap, eager_elementwise, eager_ops, left_alone
 
 monai_nets = pytest.importorskip("monai.networks.nets", reason="the compat extra: pip install -e '.[compat]'")
@@ -95,10 +94,11 @@ def test_smp_unet(encoder, depth, decoder, size, modes, monkeypatch):
         # 3x3/s2 max-pool runs in the kernels, in training reading the stem's pending BatchNorm + ReLU
         assert patterns["conv+bn+act"] == 8 and patterns["conv+bn+add+act"] == 4 and patterns["conv+bn"] == 1
         assert left_alone(report, "Conv2d") == 0 and left_alone(report, "MaxPool2d") == 0
-        pools = _record_pool_launches(monkeypatch)
+        launches = record_launches(monkeypatch)
         # In training each block's BN, add and ReLU are one kernel: no element-wise op on an activation is eager.
         assert eager_elementwise(model.train(), x) == {}
-        assert report.swapped["MaxPool2d"] == 1 and set(pools) == {(3, True)}  # each of its forwards
+        pools = {(kwargs["WINDOW"], kwargs["NORM"]) for name, kwargs in launches if name == "max_pool"}
+        assert report.swapped["MaxPool2d"] == 1 and pools == {(3, True)}  # each of its forwards
     counts, expected = _eager_left(model, x, report)
     assert counts == expected
 
@@ -125,18 +125,6 @@ def test_smp_linknet():
     report = check_swap(model, x, ("eval",), example_input=x)
     assert report.counts()["convtranspose"] == 3 and not report.left_alone
     assert _eager_left(model, x, report)[0] == {}
-
-
-def _record_pool_launches(monkeypatch):
-    """The list that (WINDOW, NORM) of each max-pool kernel launch from now on goes to."""
-    seen, run = [], pool.max_pool_kernel.run
-
-    def recorded(*args, **kwargs):
-        seen.append((kwargs["WINDOW"], kwargs["NORM"]))
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(pool.max_pool_kernel, "run", recorded)
-    return seen
 
 
 # One encoder per smp family that builds offline (encoder_weights=None), small enough for the interpreter: swap either

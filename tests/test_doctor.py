@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import DEVICE
+from tests.conftest import DEVICE, record_launches
 import fused_unet
 from fused_unet import doctor, sass
 from fused_unet.kernels import compile_matrix, specs
@@ -139,19 +139,6 @@ def test_problems_are_reported():
     assert doctor.arch_supported("sm_12") is not None
 
 
-def _record_launches(monkeypatch):
-    seen = []
-    for name, kernel in doctor.kernels().items():
-        original = kernel.run
-
-        def run(*args, _name=name, _original=original, **kwargs):
-            seen.append((_name, kwargs))
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(kernel, "run", run)
-    return seen
-
-
 def _declared(kernel, launched):
     """Whether a launch's constexprs take, on every axis of some site of ``kernel``, one of the axis's choices."""
     def takes(choice):
@@ -166,7 +153,7 @@ def _declared(kernel, launched):
                                      dict(up_mode="nearest", norm="group", activation="silu"),
                                      dict(norm="batch", block="residual")])
 def test_registry_covers_every_launch_of_the_unet(monkeypatch, options):
-    seen = _record_launches(monkeypatch)
+    seen = record_launches(monkeypatch)
     model = fused_unet.UNet(3, 2, base_channels=4, depth=1, **options).to(DEVICE)
     x = torch.randn(1, 3, 8, 8, device=DEVICE, requires_grad=True)
     model(x).sum().backward()
@@ -189,7 +176,7 @@ def test_registry_covers_strided_and_residual_convs(monkeypatch):
     # transposed conv (bias, ReLU), backward included.
     from fused_unet import functional as FF
 
-    seen = _record_launches(monkeypatch)
+    seen = record_launches(monkeypatch)
     x = torch.randn(2, 3, 11, 9, device=DEVICE, requires_grad=True)
     stem = torch.randn(16, 3, 7, 7, device=DEVICE, requires_grad=True)
     y = FF.conv2d(x, stem, stride=2, padding=3, activation="relu")

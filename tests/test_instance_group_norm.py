@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import (DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, assert_within_eager_error,
-                            check_against_float64, compare_step, make_tensor, model_triplet)
+                            check_against_float64, compare_step, make_tensor, model_triplet, record_launches)
 import fused_unet
 from fused_unet import eager, functional as FF, nn as fnn
-from fused_unet.kernels import common, specs
+from fused_unet.kernels import common
 from fused_unet.kernels.codes import NormTable
 from fused_unet.utils import saved_activation_bytes
 
@@ -79,20 +79,6 @@ def test_concatenation_of_a_per_sample_and_a_batch_norm_matches_float64(up_mode,
     check_against_float64(fused, reference, [up0, skip0, w_up, w_skip, w_cat], torch.float32)
 
 
-def _norm_tables_launched(monkeypatch):
-    """The (kernel, NORM_TABLE) of every GEMM launch that reads a pending norm from now on."""
-    seen = []
-    original = specs.KernelSpec.launch
-
-    def launch(self, kernel, grid, **given):
-        if given.get("NORM_INPUT") or given.get("NORM_INPUT2"):
-            seen.append((self.name, given["NORM_TABLE"]))
-        return original(self, kernel, grid, **given)
-
-    monkeypatch.setattr(specs.KernelSpec, "launch", launch)
-    return seen
-
-
 def test_per_sample_norms_of_images_larger_than_a_tile_read_two_table_rows_per_step(monkeypatch):
     # 17x19 (and, up-sampled, 34x38) pixels an image, batch 3: the interpreter's tiles of 256 rows and weight-grad
     # steps of 256 pixels straddle two images. Every GEMM reading the pending instance / group norms takes
@@ -121,16 +107,21 @@ def test_per_sample_norms_of_images_larger_than_a_tile_read_two_table_rows_per_s
         outs = function(*copies)
         return [*outs, *torch.autograd.grad(outs, copies, [g.to(o.dtype) for g, o in zip(grad_outs, outs)])]
 
-    tables = _norm_tables_launched(monkeypatch)
+    def tables(launches):
+        """(kernel, NORM_TABLE) of the GEMM launches that read a pending norm."""
+        return {(name, kwargs["NORM_TABLE"]) for name, kwargs in launches
+                if kwargs.get("NORM_INPUT") or kwargs.get("NORM_INPUT2")}
+
+    launches = record_launches(monkeypatch)
     paired = run(fused)
-    assert {kernel for kernel, _ in tables} == {"conv2d_implicit_gemm", "conv2d_weight_grad"}
-    assert {table for _, table in tables} == {NormTable.IMAGE_PAIR}
+    assert tables(launches) == {("conv2d_implicit_gemm", NormTable.IMAGE_PAIR),
+                                ("conv2d_weight_grad", NormTable.IMAGE_PAIR)}
     for i, (a, e) in enumerate(zip(paired, run(reference, torch.float64))):
         assert_close(a, e, torch.float32, f"output / gradient {i}")
-    tables.clear()
+    launches.clear()
     monkeypatch.setattr(common, "largest_pixel_block", lambda kernel: 1 << 30)
     gathered = run(fused)
-    assert {table for _, table in tables} == {NormTable.GATHER}
+    assert {table for _, table in tables(launches)} == {NormTable.GATHER}
     assert all(torch.equal(a, b) for a, b in zip(paired, gathered))
 
 

@@ -121,11 +121,14 @@ class SwapGraph:
     def conv_transpose(self, node):
         """(stride, padding, output_padding) of a torch.conv_transpose2d call the kernels cover
         (fnn.conv_transpose2d_config_unsupported), else None."""
-        if node.op != "call_function" or node.target is not torch.conv_transpose2d or not self.weight_shape(node):
+        if node.op != "call_function" or node.target is not torch.conv_transpose2d:
+            return None
+        shape = self.weight_shape(node)
+        if not shape:
             return None
         pair = nn.modules.utils._pair
         config = types.SimpleNamespace(
-            kernel_size=tuple(self.weight_shape(node)[2:]), stride=pair(arg(node, 3, "stride", 1)),
+            kernel_size=tuple(shape[2:]), stride=pair(arg(node, 3, "stride", 1)),
             padding=pair(arg(node, 4, "padding", 0)), output_padding=pair(arg(node, 5, "output_padding", 0)),
             groups=arg(node, 6, "groups", 1), dilation=pair(arg(node, 7, "dilation", 1)), padding_mode="zeros")
         if fnn.conv_transpose2d_config_unsupported(config):
