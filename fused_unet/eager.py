@@ -6,7 +6,10 @@ from fused_unet.kernels.codes import POOL_PADDING
 
 
 def activate(y, activation=None, negative_slope=0.01):
-    """The activation table (kernels.codes.ACTIVATIONS) in torch."""
+    """The activation table (kernels.codes.ACTIVATIONS) in torch; a PReLU's ``negative_slope`` is its weight (1 or C
+    slopes)."""
+    if activation == "prelu":
+        return F.prelu(y, negative_slope.to(y.dtype))
     if activation == "relu":
         return F.relu(y)
     if activation == "leaky_relu":

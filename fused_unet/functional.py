@@ -1,8 +1,9 @@
 """The functional API: validate, apply autocast, then run the fused autograd Function or the eager twin
 (see ``fused_unet.dispatch`` for the rule). Every op is differentiable w.r.t. every tensor input.
 ``activation`` is None, "relu" or "leaky_relu" (``negative_slope`` >= 0, as in ``F.leaky_relu``); a norm's also
-"silu", "gelu" or "gelu_tanh" (``F.gelu(approximate="tanh")``): a conv's own epilogue keeps only its output, and
-their backward needs the input, which a pending norm recomputes.
+"silu", "gelu", "gelu_tanh" (``F.gelu(approximate="tanh")``) or "prelu" (``negative_slope`` the PReLU's weight, 1 or
+C learned slopes, as in ``F.prelu``: differentiable): a conv's own epilogue keeps only its output, and their backward
+needs the input, which a pending norm recomputes.
 
 Batch norm in training mode: ``conv2d_stats`` / ``concat_conv2d_stats`` return the pre-norm output and its
 batch statistics (written by the conv's epilogue), ``batch_norm`` turns them into a ``Normalized``: the tensor
@@ -20,7 +21,7 @@ from fused_unet.kernels import checks
 class Normalized(NamedTuple):
     """A conv's pre-norm output ``y`` whose norm and activation are pending: it stands for
     ``act(y * scale + shift)`` (``scale``, ``shift``: fp32, one per channel [C] for batch norm, one per image and
-    channel [N, C] for instance and group norm)."""
+    channel [N, C] for instance and group norm; a PReLU's ``negative_slope``: its fp32 slopes [C])."""
     y: torch.Tensor
     scale: torch.Tensor
     shift: torch.Tensor
@@ -64,11 +65,22 @@ def _autocast(*tensors):
 
 
 def _split(x, name="x"):
-    """(tensor, scale, shift, activation, negative_slope) of a plain tensor (or None) or a Normalized, validated."""
+    """(tensor, scale, shift, activation, leaky slope, PReLU slopes or None) of a plain tensor (or None) or a
+    Normalized, validated."""
     if not isinstance(x, Normalized):
-        return x, None, None, None, 0.0
+        return x, None, None, None, 0.0, None
     checks.check_pending(name, *x)
-    return x.y, x.scale, x.shift, x.activation, float(x.negative_slope)
+    if x.activation == "prelu":
+        return x.y, x.scale, x.shift, x.activation, 0.0, x.negative_slope
+    return x.y, x.scale, x.shift, x.activation, float(x.negative_slope), None
+
+
+def pending_slope(activation, negative_slope, channels):
+    """A norm's activation slope as a Normalized keeps it: a PReLU's weight as fp32 [channels] (differentiable), a
+    leaky slope as a float."""
+    if activation == "prelu":
+        return negative_slope.float().reshape(-1).expand(channels)
+    return float(negative_slope)
 
 
 def materialize(x):
@@ -84,7 +96,7 @@ def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     kernel; backward is one kernel and saves nothing but y and, with an activation, the output."""
     if not isinstance(x, Normalized):
         raise TypeError(f"x must be a Normalized (a pending norm), got {type(x).__name__}")
-    y, scale, shift, in_act, in_slope = _split(x)
+    y, scale, shift, in_act, in_slope, prelu = _split(x)
     if residual is None and activation is not None:
         raise ValueError(f"activation {activation!r} needs a residual: without one, the Normalized's own activation "
                          "is the last")
@@ -94,10 +106,10 @@ def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     residual = checks.check_added(residual, y, y.shape, "x.y")
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(y) == "eager":
-        z = eager.pending_norm(y, scale, shift, in_act, in_slope)
+        z = eager.pending_norm(y, scale, shift, in_act, in_slope if prelu is None else prelu)
         return z if residual is None else eager.activate(z + residual, activation, negative_slope)
     return _functions().PendingNorm.apply(y, scale, shift, residual, in_act, in_slope, activation,
-                                          float(negative_slope))
+                                          float(negative_slope), prelu)
 
 
 def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None):
@@ -118,7 +130,7 @@ def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same"):
 
 
 def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats, residual=None):
-    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, scale, shift, in_act, in_slope, prelu = _split(x)
     x_t, weight, bias, residual = _autocast(x_t, weight, bias, residual)
     stride, padding = checks.check_conv2d(x_t, weight, bias, stride, padding)
     residual = checks.check_residual(residual, x_t, weight, stride, padding)
@@ -130,7 +142,7 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats,
         # The eager batch norm computes its statistics from y itself: no workspace.
         return (y, None) if stats else y
     return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
-                                            in_act, in_slope, stats, stride, padding, residual)
+                                            in_act, in_slope, stats, stride, padding, residual, prelu)
 
 
 def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
@@ -163,8 +175,9 @@ def concat_conv2d_stats(up, skip, weight, bias=None, *, up_mode=None, align_corn
 
 
 def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, stats):
-    up_t, up_scale, up_shift, up_act, up_slope = _split(up, "up")
-    skip_t, skip_scale, skip_shift, skip_act, skip_slope = _split(skip, "skip")
+    up_t, up_scale, up_shift, up_act, up_slope, up_prelu = _split(up, "up")
+    skip_t, skip_scale, skip_shift, skip_act, skip_slope, skip_prelu = _split(skip, "skip")
+    # PReLUs may differ in their slopes: each source reads its own table.
     if up_scale is not None and skip_scale is not None and (up_act, up_slope) != (skip_act, skip_slope):
         raise ValueError(f"up and skip are Normalized with different activations ({up_act}, {up_slope}) and "
                          f"({skip_act}, {skip_slope}); the fused concatenation applies one")
@@ -179,7 +192,7 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
         return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
     return _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight,
                                                   bias, activation, float(negative_slope), up_mode, align_corners,
-                                                  bool(up_first), in_act, in_slope, stats)
+                                                  bool(up_first), in_act, in_slope, stats, up_prelu, skip_prelu)
 
 
 def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
@@ -189,8 +202,8 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     ``act((y - mean) / sqrt(var + eps) * weight + bias)`` with y's batch mean and biased variance. Updates
     ``running_mean`` / ``running_var`` in place like ``nn.BatchNorm2d`` (``momentum``: the weight of this batch;
     the running variance takes the unbiased variance)."""
-    checks.check_activation(activation, negative_slope)
     channels = y.shape[1]
+    checks.check_activation(activation, negative_slope, channels=channels)
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
@@ -199,7 +212,7 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     else:  # the kernel that finalises the statistics updates the running ones
         y, scale, shift, _, _ = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps),
                                                                        running_mean, running_var, float(momentum))
-    return Normalized(y, scale, shift, activation, float(negative_slope))
+    return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, channels))
 
 
 def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None, negative_slope=0.01):
@@ -207,7 +220,7 @@ def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None,
     Normalized ``act((y - mean) / sqrt(var + eps) * weight + bias)``, mean and biased variance per (image, group):
     its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``."""
     y, scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope)
-    return Normalized(y, scale, shift, activation, float(negative_slope))
+    return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
 def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
@@ -218,13 +231,13 @@ def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None
     y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
     if running_mean is not None:
         _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
-    return Normalized(y, scale, shift, activation, float(negative_slope))
+    return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
 def _group_norm(y, groups, weight, bias, eps, activation, negative_slope):
     """(y as its consumers read it, scale, shift [N, C], mean, biased var [N, groups]) of a group norm of y."""
     checks.check_group_norm(y, groups, weight, bias)
-    checks.check_activation(activation, negative_slope)
+    checks.check_activation(activation, negative_slope, channels=y.shape[1])
     channels = y.shape[1]
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
@@ -253,11 +266,11 @@ def max_pool(x, window):
     """``max_pool2d(x, window, stride=2, padding=window - 2)`` for ``window`` 2 (the U-Net's) or 3 (a ResNet stem's:
     padding 1): floor mode, NaN propagates; keeps x's memory format. x may be a Normalized (a pending norm +
     activation, applied as the pool reads it)."""
-    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, scale, shift, in_act, in_slope, prelu = _split(x)
     checks.check_max_pool(x_t, window)
     if backend(x_t) == "eager":
         return eager.max_pool(materialize(x), window)
-    return _functions().MaxPool.apply(x_t, scale, shift, in_act, in_slope, window)
+    return _functions().MaxPool.apply(x_t, scale, shift, in_act, in_slope, window, prelu)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=2, padding=0, output_padding=0, activation=None,
@@ -266,7 +279,7 @@ def conv_transpose2d(x, weight, bias=None, stride=2, padding=0, output_padding=0
     k, k] and a stride (1 or 2) up to k — MONAI's 3x3 / stride 2 / output_padding 1, Linknet's 4x4 / stride 2 /
     padding 1; x may be a Normalized (read as it is loaded). The 2x2 / stride-2 / unpadded case is
     conv_transpose2x2 (one GEMM)."""
-    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, scale, shift, in_act, in_slope, prelu = _split(x)
     x_t, weight, bias = _autocast(x_t, weight, bias)
     stride, padding, output_padding = checks.check_conv_transpose2d(x_t, weight, bias, stride, padding,
                                                                     output_padding)
@@ -278,17 +291,17 @@ def conv_transpose2d(x, weight, bias=None, stride=2, padding=0, output_padding=0
                                       padding, output_padding)
     return _functions().ConvTranspose2dBiasAct.apply(x_t, scale, shift, weight, bias, activation,
                                                      float(negative_slope), in_act, in_slope, stride, padding,
-                                                     output_padding)
+                                                     output_padding, prelu)
 
 
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):
     """``act(conv_transpose2d(x, weight, bias, stride=2))`` for weight [C_in, C_out, 2, 2]; x may be a
     Normalized."""
-    x_t, scale, shift, in_act, in_slope = _split(x)
+    x_t, scale, shift, in_act, in_slope, prelu = _split(x)
     x_t, weight, bias = _autocast(x_t, weight, bias)
     checks.check_conv_transpose2x2(x_t, weight, bias)
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
         return eager.conv_transpose2x2(_autocast(materialize(x))[0], weight, bias, activation, negative_slope)
     return _functions().ConvTranspose2x2BiasAct.apply(x_t, scale, shift, weight, bias, activation,
-                                                      float(negative_slope), in_act, in_slope)
+                                                      float(negative_slope), in_act, in_slope, prelu)

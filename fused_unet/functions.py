@@ -40,20 +40,30 @@ def _needs(ctx, *indices):
     return any(ctx.needs_input_grad[i] for i in indices)
 
 
-def _through_pending_norm(ctx, grad_z, x, scale, shift, index):
-    """(dL/dx, dL/dscale, dL/dshift) from dL/dz, z the input as the kernel read it: x itself, or
-    act(x * scale + shift) when its batch norm was pending (inputs ``index``, ``index + 1``, ``index + 2``)."""
+def _through_pending_norm(ctx, grad_z, x, scale, shift, slope, index):
+    """(dL/dx, dL/dscale, dL/dshift, dL/dslope) from dL/dz, z the input as the kernel read it: x itself, or
+    act(x * scale + shift) when its norm was pending (inputs ``index``, ``index + 1``, ``index + 2``; ``slope``: a
+    PReLU's slopes, else None)."""
     if grad_z is None or scale is None:
-        return grad_z, None, None
-    dx, dscale, dshift = _launch(norm.batch_norm_act_input_grad, grad_z)(grad_z, x, scale, shift, *ctx.in_act)
-    return dx if ctx.needs_input_grad[index] else None, dscale, dshift
+        return grad_z, None, None, None
+    dx, dscale, dshift, dslope = _launch(norm.batch_norm_act_input_grad, grad_z)(grad_z, x, scale, shift,
+                                                                               *ctx.in_act, slope=slope)
+    return dx if ctx.needs_input_grad[index] else None, dscale, dshift, (dslope if slope is not None else None)
 
 
-def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_negative_slope=0.0):
-    """Save ``tensors`` and, with an activation, its output ``y`` (the mask of the activation's backward)."""
-    ctx.save_for_backward(*tensors, y if activation else None)
+def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_negative_slope=0.0, in_slopes=()):
+    """Save ``tensors``, then, with an activation, its output ``y`` (the mask of the activation's backward), then
+    ``in_slopes`` (the sources' PReLU slopes or None, read back by ``_slopes``)."""
+    ctx.save_for_backward(*tensors, y if activation else None, *in_slopes)
+    ctx.slopes = len(in_slopes)
     ctx.act = (activation, negative_slope)
     ctx.in_act = (in_activation, in_negative_slope)
+
+
+def _slopes(ctx):
+    """(saved tensors but the slopes, the slopes) (see ``_save``)."""
+    saved = ctx.saved_tensors
+    return saved[:len(saved) - ctx.slopes], saved[len(saved) - ctx.slopes:]
 
 
 def _with_workspace(ctx, y, workspace):
@@ -66,14 +76,15 @@ def _with_workspace(ctx, y, workspace):
 
 class Conv2dBiasAct(torch.autograd.Function):
     """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
-    act(x * in_scale + in_shift) (a pending norm). ``stats``: no activation; returns (y, per-tile batch statistics
-    of y) for the batch norm that follows. The residual's gradient is the prepared output gradient: nothing saved."""
+    act(x * in_scale + in_shift) (a pending norm; ``in_slope``: its PReLU's slopes). ``stats``: no activation;
+    returns (y, per-tile batch statistics of y) for the batch norm that follows. The residual's gradient is the
+    prepared output gradient: nothing saved."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
-                in_negative_slope, stats, stride, padding, residual=None):
+                in_negative_slope, stats, stride, padding, residual=None, in_slope=None):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
-        geometry = dict(stride=stride, padding=padding)
+        geometry = dict(stride=stride, padding=padding, in_slope=in_slope)
         if stats:
             result = y, _ = _with_workspace(ctx, *_launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending,
                                                                                         **geometry))
@@ -81,8 +92,8 @@ class Conv2dBiasAct(torch.autograd.Function):
             y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
                                                          **geometry, residual=residual)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
-              in_activation=in_activation, in_negative_slope=in_negative_slope)
-        ctx.geometry = geometry
+              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,))
+        ctx.geometry = dict(stride=stride, padding=padding)
         return result
 
     @staticmethod
@@ -91,8 +102,8 @@ class Conv2dBiasAct(torch.autograd.Function):
         if grad_y is None:
             return (None,) * len(ctx.needs_input_grad)
         # The residual's gradient is the prepared one (the activation's backward applied): it entered before it.
-        *grads, dz = _one_source_backward(ctx, grad_y, _CONV, prepared=True)
-        return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None)
+        *grads, dslope, dz = _one_source_backward(ctx, grad_y, _CONV, prepared=True)
+        return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None, dslope)
 
 
 def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
@@ -143,20 +154,21 @@ def _weight_grad(gemms, dz, x, weight, geometry=None, **pending):
 
 
 def _one_source_backward(ctx, grad_y, gemms, prepared=False):
-    """(dx, d in_scale, d in_shift, dweight, dbias) of a conv-like op whose inputs start (x, in_scale, in_shift,
-    weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out); ``prepared``: and the prepared
-    output gradient last."""
-    x, in_scale, in_shift, weight, out = ctx.saved_tensors
+    """(dx, d in_scale, d in_shift, dweight, dbias, d in_slope) of a conv-like op whose inputs start (x, in_scale,
+    in_shift, weight, bias) and whose saved tensors are (x, in_scale, in_shift, weight, out, in_slope); ``prepared``:
+    and the prepared output gradient last."""
+    (x, in_scale, in_shift, weight, out), (in_slope,) = _slopes(ctx)
     dz, grad_b = _prepared(ctx, grad_y, out, 4)
     grad_z = grad_w = None
     geometry = getattr(ctx, "geometry", {})
-    if _needs(ctx, 0, 1, 2):
+    if _needs(ctx, 0, 1, 2, len(ctx.needs_input_grad) - 1):  # the slopes are the last input
         grad_z = _input_grad(gemms, dz, x, weight, **geometry)
     if ctx.needs_input_grad[3]:
         in_activation, in_negative_slope = ctx.in_act
         grad_w = _weight_grad(gemms, dz, x, weight, geometry, in_scale=in_scale, in_shift=in_shift,
-                              in_activation=in_activation, in_negative_slope=in_negative_slope)
-    return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b) + ((dz,) if prepared else ())
+                              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slope=in_slope)
+    *grad_x, dslope = _through_pending_norm(ctx, grad_z, x, in_scale, in_shift, in_slope, 0)
+    return (*grad_x, grad_w, grad_b, dslope) + ((dz,) if prepared else ())
 
 
 class Conv2dBiasActPool(torch.autograd.Function):
@@ -186,21 +198,24 @@ class Conv2dBiasActPool(torch.autograd.Function):
 class ConcatConv2dBiasAct(torch.autograd.Function):
     """act(conv2d(cat([pad(upsample(up)), skip], 1)) + bias) (or [skip, up]) without the concatenation: saves
     up, skip (both exist anyway) and weight, plus the output with an activation. Either source may carry a
-    pending batch norm (its scale and shift); ``stats`` as in Conv2dBiasAct."""
+    pending norm (its scale and shift, and with a PReLU its slopes); ``stats`` as in Conv2dBiasAct."""
 
     @staticmethod
     def forward(ctx, up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, bias, activation, negative_slope,
-                up_mode, align_corners, up_first, in_activation, in_negative_slope, stats):
+                up_mode, align_corners, up_first, in_activation, in_negative_slope, stats, up_slope=None,
+                skip_slope=None):
         layout = (up_mode, align_corners, up_first)
         pending = (up_scale, up_shift, skip_scale, skip_shift, in_activation, in_negative_slope)
+        slopes = dict(up_slope=up_slope, skip_slope=skip_slope)
         if stats:
             result = y, _ = _with_workspace(ctx, *_launch(conv.concat_conv2d_stats_forward, up)(
-                up, skip, weight, bias, *layout, *pending))
+                up, skip, weight, bias, *layout, *pending, **slopes))
         else:
             y = result = _launch(conv.concat_conv2d_forward, up)(up, skip, weight, bias, activation, negative_slope,
-                                                                 *layout, *pending)
+                                                                 *layout, *pending, **slopes)
         _save(ctx, up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, y=y, activation=activation,
-              negative_slope=negative_slope, in_activation=in_activation, in_negative_slope=in_negative_slope)
+              negative_slope=negative_slope, in_activation=in_activation, in_negative_slope=in_negative_slope,
+              in_slopes=(up_slope, skip_slope))
         ctx.layout = layout
         return result
 
@@ -209,16 +224,16 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
     def backward(ctx, grad_y, grad_stats=None):
         if grad_y is None:
             return (None,) * len(ctx.needs_input_grad)
-        up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, out = ctx.saved_tensors
+        (up, up_scale, up_shift, skip, skip_scale, skip_shift, weight, out), (up_slope, skip_slope) = _slopes(ctx)
         up_mode, align_corners, up_first = ctx.layout
         dz, grad_b = _prepared(ctx, grad_y, out, 7)
         grad_up = grad_skip = grad_w = None
-        if _needs(ctx, 0, 1, 2, 3, 4, 5):
+        if _needs(ctx, 0, 1, 2, 3, 4, 5, 16, 17):
             grad_cat = _launch(conv.conv2d_input_grad, dz)(dz, weight)
             c_up, c_skip = up.shape[1], skip.shape[1] if skip is not None else 0
-            if _needs(ctx, 3, 4, 5):
+            if _needs(ctx, 3, 4, 5, 17):
                 grad_skip = grad_cat[:, c_up:] if up_first else grad_cat[:, :c_skip]
-            if _needs(ctx, 0, 1, 2):
+            if _needs(ctx, 0, 1, 2, 16):
                 up_channels = slice(0, c_up) if up_first else slice(c_skip, c_skip + c_up)
                 factor = 1 if up_mode is None else 2
                 h_up, w_up = factor * up.shape[2], factor * up.shape[3]
@@ -229,10 +244,12 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
                                                                         align_corners)
         if ctx.needs_input_grad[6]:
             grad_w = _launch(conv.conv2d_weight_grad, dz)(dz, up, weight, skip, up_mode, align_corners, up_first,
-                                                         up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act)
-        return (*_through_pending_norm(ctx, grad_up, up, up_scale, up_shift, 0),
-                *_through_pending_norm(ctx, grad_skip, skip, skip_scale, skip_shift, 3),
-                grad_w, grad_b, *[None] * 8)
+                                                         up_scale, up_shift, skip_scale, skip_shift, *ctx.in_act,
+                                                         in_slope=up_slope, skip_slope=skip_slope)
+        *grad_up, grad_up_slope = _through_pending_norm(ctx, grad_up, up, up_scale, up_shift, up_slope, 0)
+        *grad_skip, grad_skip_slope = _through_pending_norm(ctx, grad_skip, skip, skip_scale, skip_shift, skip_slope,
+                                                            3)
+        return (*grad_up, *grad_skip, grad_w, grad_b, *[None] * 8, grad_up_slope, grad_skip_slope)
 
 
 class ConvTranspose2x2BiasAct(torch.autograd.Function):
@@ -240,17 +257,18 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
-                in_negative_slope):
+                in_negative_slope, in_slope=None):
         y = _launch(conv.conv_transpose2x2_forward, x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
-                                                      in_activation, in_negative_slope)
+                                                      in_activation, in_negative_slope, in_slope=in_slope)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
-              in_activation=in_activation, in_negative_slope=in_negative_slope)
+              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,))
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        return (*_one_source_backward(ctx, grad_y, _CONV_TRANSPOSE), None, None, None, None)
+        *grads, dslope = _one_source_backward(ctx, grad_y, _CONV_TRANSPOSE)
+        return (*grads, None, None, None, None, dslope)
 
 
 class ConvTranspose2dBiasAct(torch.autograd.Function):
@@ -262,38 +280,41 @@ class ConvTranspose2dBiasAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation, in_negative_slope,
-                stride, padding, output_padding):
+                stride, padding, output_padding, in_slope=None):
         y = _launch(conv.conv_transpose2d_forward, x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
-                                                     in_activation, in_negative_slope, stride, padding, output_padding)
+                                                     in_activation, in_negative_slope, stride, padding, output_padding,
+                                                     in_slope=in_slope)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
-              in_activation=in_activation, in_negative_slope=in_negative_slope)
+              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,))
         ctx.geometry = dict(stride=stride, padding=padding)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, in_scale, in_shift, weight, out = ctx.saved_tensors
+        (x, in_scale, in_shift, weight, out), (in_slope,) = _slopes(ctx)
         dz, grad_b = _prepared(ctx, grad_y, out, 4)
         grad_z = grad_w = None
-        if _needs(ctx, 0, 1, 2):
+        if _needs(ctx, 0, 1, 2, 12):
             grad_z = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry)
         if ctx.needs_input_grad[3]:
-            z = x if in_scale is None else _launch(norm.pending_norm, x)(x, in_scale, in_shift, *ctx.in_act)
+            z = x if in_scale is None else _launch(norm.pending_norm, x)(x, in_scale, in_shift, *ctx.in_act,
+                                                                         slope=in_slope)
             grad_w = _launch(conv.conv2d_weight_grad, dz)(z, dz, weight, **ctx.geometry)
-        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), grad_w, grad_b) + (None,) * 7
+        *grad_x, dslope = _through_pending_norm(ctx, grad_z, x, in_scale, in_shift, in_slope, 0)
+        return (*grad_x, grad_w, grad_b) + (None,) * 7 + (dslope,)
 
 
 class MaxPool(torch.autograd.Function):
     """Stride-2 max-pool with ``window`` x ``window`` windows (2, or 3 with padding 1) of x or of x's pending norm +
-    activation. Saves the 1-byte argmax per output (and, with a pending norm, x, scale and shift, which the pending
-    norm's backward needs)."""
+    activation. Saves the 1-byte argmax per output (and, with a pending norm, x, scale, shift and a PReLU's slopes,
+    which the pending norm's backward needs)."""
 
     @staticmethod
-    def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope, window):
+    def forward(ctx, x, in_scale, in_shift, in_activation, in_negative_slope, window, in_slope=None):
         y, argmax = _launch(pool.max_pool_forward, x)(x, window, in_scale, in_shift, in_activation,
-                                                      in_negative_slope)
-        pending = (x, in_scale, in_shift) if in_scale is not None else (None, None, None)
+                                                      in_negative_slope, in_slope=in_slope)
+        pending = (x, in_scale, in_shift, in_slope) if in_scale is not None else (None,) * 4
         ctx.save_for_backward(argmax, *pending)
         ctx.input_shape, ctx.window = list(x.shape), window
         ctx.in_act = (in_activation, in_negative_slope)
@@ -302,9 +323,10 @@ class MaxPool(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        argmax, x, in_scale, in_shift = ctx.saved_tensors
+        argmax, x, in_scale, in_shift, in_slope = ctx.saved_tensors
         grad_z = _launch(pool.max_pool_backward, grad_y)(grad_y, argmax, ctx.input_shape, ctx.window)
-        return (*_through_pending_norm(ctx, grad_z, x, in_scale, in_shift, 0), None, None, None)
+        *grad_x, dslope = _through_pending_norm(ctx, grad_z, x, in_scale, in_shift, in_slope, 0)
+        return (*grad_x, None, None, None, dslope)
 
 
 class PendingNorm(torch.autograd.Function):
@@ -312,13 +334,14 @@ class PendingNorm(torch.autograd.Function):
     kernel reads it (``residual`` optional: a ResNet block's end, then ``out_act`` ReLU / LeakyReLU or none). Saves y
     (alive: the norm's statistics' backward needs it) and, with an ``out_act``, the output (its sign is the mask; the
     next layer's input, alive anyway) — never the residual: a projection's normalised output is freed after the add.
-    Backward is one kernel."""
+    ``slope``: a PReLU's slopes (``activation`` "prelu"). Backward is one kernel."""
 
     @staticmethod
-    def forward(ctx, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope):
+    def forward(ctx, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope,
+                slope=None):
         out = _launch(norm.pending_norm, y)(y, scale, shift, activation, negative_slope, residual, out_activation,
-                                            out_negative_slope)
-        ctx.save_for_backward(y, scale, shift, out if out_activation is not None else None)
+                                            out_negative_slope, slope=slope)
+        ctx.save_for_backward(y, scale, shift, out if out_activation is not None else None, slope)
         ctx.acts = (activation, negative_slope, out_activation, out_negative_slope)
         ctx.residual = residual is not None
         return out
@@ -326,16 +349,17 @@ class PendingNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        y, scale, shift, out = ctx.saved_tensors
+        y, scale, shift, out, slope = ctx.saved_tensors
         activation, negative_slope, out_activation, out_negative_slope = ctx.acts
         if not ctx.residual:
-            dy, dscale, dshift = _launch(norm.batch_norm_act_input_grad, grad_out)(grad_out, y, scale, shift,
-                                                                                     activation, negative_slope)
+            dy, dscale, dshift, dslope = _launch(norm.batch_norm_act_input_grad, grad_out)(
+                grad_out, y, scale, shift, activation, negative_slope, slope=slope)
             dres = None
         else:
-            dy, dres, dscale, dshift = _launch(norm.residual_norm_act_input_grad, grad_out)(
-                grad_out, y, scale, shift, out, activation, negative_slope, out_activation, out_negative_slope)
-        return dy, dscale, dshift, dres, None, None, None, None
+            dy, dres, dscale, dshift, dslope = _launch(norm.residual_norm_act_input_grad, grad_out)(
+                grad_out, y, scale, shift, out, activation, negative_slope, out_activation, out_negative_slope,
+                slope=slope)
+        return dy, dscale, dshift, dres, None, None, None, None, (dslope if slope is not None else None)
 
 
 def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0)):

@@ -66,6 +66,9 @@ class _FusedMixin:
     def _set_activation(self, activation, negative_slope):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation == "prelu":  # its slope is a parameter of its own module, which these modules do not hold
+            raise ValueError("activation 'prelu' has a learned weight: put an nn.PReLU after the norm and swap the "
+                             "model, or pass the weight to the functional norms (negative_slope=prelu.weight)")
         self.activation, self.negative_slope = activation, float(negative_slope)
 
     @staticmethod
@@ -197,18 +200,17 @@ def norm_act(x, bn, activation=None, negative_slope=0.01, defer=False):
     block's GroupNorm of its input or of a sum): its statistics by one reduction kernel (with running statistics
     updated like torch.nn's), or the running statistics in eval mode; then pending like a conv's norm. ``defer``:
     return the Normalized (the next fused op applies it while reading x), else one kernel makes it a tensor."""
-    x = functional.materialize(x)
-    if _pending(bn):
-        z = _normalize(x, None, bn, activation, negative_slope)
-    else:
-        z = functional.Normalized(x, *_running_scale_shift(bn), activation, float(negative_slope))
-    return _finish(z, defer)
+    return _finish(_normalize(functional.materialize(x), None, bn, activation, negative_slope), defer)
 
 
 def _normalize(y, stats, bn, activation, negative_slope):
     """The pending norm + activation of the pre-norm output ``y`` as torch.nn's norm ``bn`` computes it in this mode
     (running statistics, BatchNorm2d's cumulative average when momentum is None, num_batches_tracked): a
-    Normalized. ``stats``: a batch norm's statistics from the conv's epilogue (None: a reduction kernel reads y)."""
+    Normalized. ``stats``: a batch norm's statistics from the conv's epilogue (None: a reduction kernel reads y).
+    A norm with running statistics in eval mode is their per-channel scale and shift."""
+    if not _pending(bn):
+        return functional.Normalized(y, *_running_scale_shift(bn), activation,
+                                     functional.pending_slope(activation, negative_slope, y.shape[1]))
     if norm_kind(bn) == "group":
         return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope)
     update = bn.training and bn.track_running_stats
@@ -231,18 +233,25 @@ def _finish(z, defer):
 
 def _pre_norm(bn, stats_op, plain_op, *inputs, **layout):
     """(y, statistics) of the conv before the pending norm ``bn``: a batch norm's from the conv's epilogue
-    (``stats_op``), none for a per-image norm (its own reduction kernel reads y)."""
-    if norm_kind(bn) == "batch":
+    (``stats_op``), none for a per-image norm (its own reduction kernel reads y) or running statistics."""
+    if _pending(bn) and norm_kind(bn) == "batch":
         return stats_op(*inputs, **layout)
     return plain_op(*inputs, activation=None, **layout), None
 
 
+def _stays_pending(bn, activation):
+    """Whether a conv's norm stays pending after it: statistics of this batch, or an activation the conv's epilogue
+    cannot run (SiLU, GELU, PReLU: their backward needs the input) after running statistics."""
+    return _pending(bn) or (bn is not None and activation not in EPILOGUE_ACTIVATIONS)
+
+
 def conv_bn_act(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
     """``act(bn(conv(x)))`` in the kernels, from the parameters of a supported ``nn.Conv2d`` and an optional
-    norm module (folded into the conv when it uses running statistics; else pending, with running statistics
-    updated like torch.nn's). ``defer``: return a pending result as a Normalized."""
+    norm module (folded into the conv when it uses running statistics and the epilogue runs the activation; else
+    pending, with running statistics updated like torch.nn's). ``defer``: return a pending result as a
+    Normalized."""
     geometry = dict(stride=conv.stride, padding=conv.padding)
-    if _pending(bn):
+    if _stays_pending(bn, activation):
         y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias, **geometry)
         return _finish(_normalize(y, stats, bn, activation, negative_slope), defer)
     return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, **geometry)
@@ -276,7 +285,7 @@ def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=
 def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, defer=False):
     """``(y, max_pool2d(y, 2))`` with ``y = conv_bn_act(...)``: one kernel writes both; with a pending norm the
     pool is a second kernel (the statistics exist only once the whole conv ran) reading y normalised."""
-    if _pending(bn):
+    if _stays_pending(bn, activation):
         y, stats = _pre_norm(bn, functional.conv2d_stats, functional.conv2d, x, conv.weight, conv.bias)
         z = _normalize(y, stats, bn, activation, negative_slope)
         return _finish(z, defer), functional.max_pool2x2(z)
@@ -286,7 +295,7 @@ def conv_bn_act_pool(x, conv, bn=None, activation=None, negative_slope=0.01, def
 def concat_conv_bn_act(up, skip, conv, bn=None, activation=None, negative_slope=0.01, defer=False, **layout):
     """``act(bn(conv(cat([pad(upsample(up)), skip]))))`` without the concatenation (``layout``: up_mode,
     align_corners, up_first as in ``functional.concat_conv2d``)."""
-    if _pending(bn):
+    if _stays_pending(bn, activation):
         y, stats = _pre_norm(bn, functional.concat_conv2d_stats, functional.concat_conv2d, up, skip, conv.weight,
                              conv.bias, **layout)
         return _finish(_normalize(y, stats, bn, activation, negative_slope), defer)

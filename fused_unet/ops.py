@@ -37,7 +37,9 @@ _PENDING = "Tensor? in_scale=None, Tensor? in_shift=None, str? in_activation=Non
 _CONCAT = ("str? up_mode, bool align_corners, bool up_first, Tensor? up_scale=None, Tensor? up_shift=None, "
            "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0")
 
+_CONCAT_SLOPES = "Tensor? up_slope=None, Tensor? skip_slope=None"
 _GEOMETRY = "int stride=1, int? padding=None"
+_SLOPE = "Tensor? in_slope=None"  # a pending PReLU's slopes, after the launcher's other arguments
 
 
 def _output_of(launcher, output, *names):
@@ -54,22 +56,24 @@ def _output_of(launcher, output, *names):
 
 conv2d_forward = _op(conv.conv2d_forward,
                      f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_GEOMETRY}, "
-                     "Tensor? residual=None) -> Tensor",
+                     f"Tensor? residual=None, {_SLOPE}) -> Tensor",
                      _output_of(conv.conv2d_forward, conv.conv2d_output, "x", "weight", "stride", "padding"))
 conv2d_stats_forward = _op(conv.conv2d_stats_forward,
-                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}) -> (Tensor, Tensor)",
+                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}, {_SLOPE}) -> "
+                           "(Tensor, Tensor)",
                            _output_of(conv.conv2d_stats_forward, conv.conv2d_stats_output, "x", "weight", "stride",
                                       "padding"))
 conv2d_pool_forward = _op(conv.conv2d_pool_forward,
                           f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}) -> (Tensor, Tensor, Tensor)",
                           lambda x, weight, *rest: conv.conv2d_pool_output(x, weight))
 concat_conv2d_forward = _op(
-    conv.concat_conv2d_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_ACT}, {_CONCAT}) -> Tensor",
+    conv.concat_conv2d_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_ACT}, {_CONCAT}, "
+    f"{_CONCAT_SLOPES}) -> Tensor",
     lambda up, skip, weight, bias, activation, negative_slope, up_mode, *rest:
     conv.concat_conv2d_output(up, skip, weight, up_mode))
 concat_conv2d_stats_forward = _op(
-    conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_CONCAT}) -> "
-    "(Tensor, Tensor)", lambda up, skip, weight, bias, up_mode, *rest:
+    conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_CONCAT}, "
+    f"{_CONCAT_SLOPES}) -> (Tensor, Tensor)", lambda up, skip, weight, bias, up_mode, *rest:
     conv.concat_conv2d_stats_output(up, skip, weight, up_mode))
 conv_output_grad = _op(
     grad.conv_output_grad, f"(Tensor grad, Tensor? out, {_ACT}, Tensor? grad_pooled=None, Tensor? argmax=None, "
@@ -80,36 +84,39 @@ conv2d_weight_grad = _op(
     conv.conv2d_weight_grad, "(Tensor grad, Tensor x, Tensor weight, Tensor? skip=None, str? up_mode=None, "
     "bool align_corners=False, bool up_first=True, Tensor? in_scale=None, Tensor? in_shift=None, "
     "Tensor? skip_scale=None, Tensor? skip_shift=None, str? in_activation=None, float in_negative_slope=0.0, "
-    f"{_GEOMETRY}) -> Tensor", _weight_grad_fake)
+    f"{_GEOMETRY}, {_SLOPE}, Tensor? skip_slope=None) -> Tensor", _weight_grad_fake)
 conv_transpose2x2_forward = _op(conv.conv_transpose2x2_forward,
-                                f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}) -> Tensor",
+                                f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_SLOPE}) -> Tensor",
                                 lambda x, weight, *rest: conv.conv_transpose2x2_output(x, weight))
 conv_transpose2x2_input_grad = _op(conv.conv_transpose2x2_input_grad, "(Tensor grad, Tensor weight) -> Tensor",
                                    lambda g, weight: conv.conv_transpose2x2_input_grad_output(g, weight))
 conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
-                                    f"(Tensor grad, Tensor x, Tensor weight, {_PENDING}) -> Tensor", _weight_grad_fake)
+                                    f"(Tensor grad, Tensor x, Tensor weight, {_PENDING}, {_SLOPE}) -> Tensor",
+                                    _weight_grad_fake)
 conv_transpose2d_forward = _op(
     conv.conv_transpose2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, int stride=2, "
-    "int padding=0, int output_padding=0) -> Tensor",
+    f"int padding=0, int output_padding=0, {_SLOPE}) -> Tensor",
     _output_of(conv.conv_transpose2d_forward, conv.conv_transpose2d_output, "x", "weight", "stride", "padding",
                "output_padding"))
-max_pool_forward = _op(pool.max_pool_forward, f"(Tensor x, int window, {_PENDING}) -> (Tensor, Tensor)",
+max_pool_forward = _op(pool.max_pool_forward, f"(Tensor x, int window, {_PENDING}, {_SLOPE}) -> (Tensor, Tensor)",
                        lambda x, window, *rest: pool.max_pool_output(x, window))
 max_pool_backward = _op(pool.max_pool_backward, "(Tensor grad_y, Tensor argmax, int[] input_shape, int window) -> "
                         "Tensor", lambda grad_y, argmax, input_shape, window:
                         pool.max_pool_backward_output(grad_y, input_shape))
 batch_norm_act_input_grad = _op(
-    norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}) -> "
-    "(Tensor, Tensor, Tensor)", lambda grad, y, scale, *rest: norm.batch_norm_act_input_grad_output(grad, scale))
+    norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}, "
+    "Tensor? slope=None) -> (Tensor, Tensor, Tensor, Tensor)",
+    _output_of(norm.batch_norm_act_input_grad, norm.batch_norm_act_input_grad_output, "grad", "scale", "activation"))
 pending_norm = _op(
     norm.pending_norm, "(Tensor y, Tensor scale, Tensor shift, str? activation=None, float negative_slope=0.0, "
-    "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0) -> Tensor",
+    "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0, Tensor? slope=None) -> Tensor",
     lambda y, *rest: norm.pending_norm_output(y))
 residual_norm_act_input_grad = _op(
     norm.residual_norm_act_input_grad, "(Tensor grad, Tensor y, Tensor scale, Tensor shift, Tensor? out=None, "
-    "str? activation=None, float negative_slope=0.0, str? out_activation=None, float out_negative_slope=0.0) -> "
-    "(Tensor, Tensor, Tensor, Tensor)",
-    lambda grad, y, scale, *rest, **kwargs: norm.residual_norm_act_input_grad_output(grad, scale))
+    "str? activation=None, float negative_slope=0.0, str? out_activation=None, float out_negative_slope=0.0, "
+    "Tensor? slope=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    _output_of(norm.residual_norm_act_input_grad, norm.residual_norm_act_input_grad_output, "grad", "scale",
+               "activation"))
 upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))

@@ -41,13 +41,22 @@ def check_bias(bias, channels, x):
         raise ValueError(f"bias must have shape [{channels}] (one per output channel), got {tuple(bias.shape)}")
 
 
-def check_activation(activation, negative_slope, epilogue=False):
-    """An activation name of codes.ACTIVATIONS; with ``epilogue`` (a conv's own output) one of EPILOGUE_ACTIVATIONS."""
+def check_activation(activation, negative_slope, epilogue=False, channels=None):
+    """An activation name of codes.ACTIVATIONS; with ``epilogue`` (a conv's own output) one of EPILOGUE_ACTIVATIONS.
+    A PReLU's ``negative_slope`` is its weight: a floating tensor of 1 or ``channels`` slopes."""
     names = EPILOGUE_ACTIVATIONS if epilogue else ACTIVATIONS
     if activation not in names:
-        hint = (" (silu and gelu fuse after a norm: the conv's epilogue keeps only its output, and their backward "
-                "needs the input)") if activation in ACTIVATIONS else ""
+        hint = (" (silu, gelu and prelu fuse after a norm: the conv's epilogue keeps only its output, and their "
+                "backward needs the input)") if activation in ACTIVATIONS else ""
         raise ValueError(f"activation must be one of {names}, got {activation!r}{hint}")
+    if activation == "prelu":
+        if not isinstance(negative_slope, torch.Tensor) or not negative_slope.is_floating_point():
+            raise TypeError(f"a prelu's negative_slope must be its weight, a floating-point tensor, got "
+                            f"{type(negative_slope).__name__}")
+        if negative_slope.numel() not in (1, channels):
+            raise ValueError(f"a prelu's negative_slope must hold 1 or {channels} slopes (one per channel), got "
+                             f"shape {tuple(negative_slope.shape)}")
+        return
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"negative_slope must be a float, got {type(negative_slope).__name__}")
     if activation == "leaky_relu" and not negative_slope >= 0:
@@ -223,7 +232,7 @@ def check_concat_conv2d(up, skip, weight, bias, up_mode, align_corners):
 
 def check_pending(name, y, scale, shift, activation, negative_slope):
     """A Normalized input: y plus fp32 scale and shift, one per channel (batch norm) or per (image, channel)
-    (instance / group norm)."""
+    (instance / group norm); a PReLU's slopes fp32, one per channel, on y's device."""
     check_tensor(f"{name}.y", y, 4)
     shapes = (tuple(y.shape[1:2]), tuple(y.shape[:2]))
     for part, t in (("scale", scale), ("shift", shift)):
@@ -235,7 +244,12 @@ def check_pending(name, y, scale, shift, activation, negative_slope):
             raise ValueError(f"{name}.{part} is on {t.device} but {name}.y is on {y.device}; mixed devices")
     if scale.shape != shift.shape:
         raise ValueError(f"{name}.scale {tuple(scale.shape)} and {name}.shift {tuple(shift.shape)} differ in shape")
-    check_activation(activation, negative_slope)
+    check_activation(activation, negative_slope, channels=y.shape[1])
+    if activation == "prelu" and (tuple(negative_slope.shape) != (y.shape[1],) or
+                                  negative_slope.dtype != torch.float32 or negative_slope.device != y.device):
+        raise ValueError(f"{name}.negative_slope of a prelu must be float32 [{y.shape[1]}] on {y.device} (one slope "
+                         f"per channel; functional's norms make it so), got {negative_slope.dtype} "
+                         f"{tuple(negative_slope.shape)} on {negative_slope.device}")
 
 
 def check_group_norm(y, groups, weight, bias):

@@ -11,6 +11,7 @@ class Act(enum.IntEnum):
     SILU = 3
     GELU = 4  # erf form
     GELU_TANH = 5
+    PRELU = 6  # a leaky ReLU whose slope is a learned table, one per channel (after a norm only)
 
 
 class UpMode(enum.IntEnum):
@@ -30,7 +31,7 @@ class NormTable(enum.IntEnum):
 
 # The API's names (None: no activation / not up-sampled).
 ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU, "silu": Act.SILU, "gelu": Act.GELU,
-               "gelu_tanh": Act.GELU_TANH}
+               "gelu_tanh": Act.GELU_TANH, "prelu": Act.PRELU}
 # A conv's own epilogue keeps only its output, and its backward reads the output's sign: the activations whose
 # gradient that sign gives. Any of ACTIVATIONS may follow a norm (its backward recomputes the norm's output).
 EPILOGUE_ACTIVATIONS = (None, "relu", "leaky_relu")

@@ -15,6 +15,7 @@ ACT_LEAKY_RELU = tl.constexpr(int(Act.LEAKY_RELU))
 ACT_SILU = tl.constexpr(int(Act.SILU))
 ACT_GELU = tl.constexpr(int(Act.GELU))
 ACT_GELU_TANH = tl.constexpr(int(Act.GELU_TANH))
+ACT_PRELU = tl.constexpr(int(Act.PRELU))
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 _SQRT_TWO_OVER_PI = tl.constexpr(0.7978845608028654)
 _INV_SQRT_TWO_PI = tl.constexpr(0.3989422804014327)
@@ -39,10 +40,11 @@ def _tanh(u):
 
 @triton.jit
 def apply_activation(v, NEG_SLOPE, ACT: tl.constexpr):
-    """The activation table (codes.Act) on fp32 ``v``, as torch defines each."""
+    """The activation table (codes.Act) on fp32 ``v``, as torch defines each; PRELU's NEG_SLOPE is its loaded
+    per-channel slopes (slope_of)."""
     if ACT == ACT_RELU:
         v = tl.where(v < 0.0, 0.0, v)  # keeps NaN, like torch.relu
-    elif ACT == ACT_LEAKY_RELU:
+    elif ACT == ACT_LEAKY_RELU or ACT == ACT_PRELU:
         v = tl.where(v < 0.0, v * NEG_SLOPE, v)
     elif ACT == ACT_SILU:
         v = v * tl.sigmoid(v)
@@ -65,12 +67,22 @@ def activation_grad(g, out, NEG_SLOPE, ACT: tl.constexpr):
 
 
 @triton.jit
+def slope_of(slope_ptr, channels, ok, NEG_SLOPE, ACT: tl.constexpr):
+    """The negative slope apply_activation takes: with PRELU its table's (``slope_ptr``, [C]) entries at
+    ``channels`` (any shape, loaded under ``ok``), else NEG_SLOPE."""
+    slope = NEG_SLOPE
+    if ACT == ACT_PRELU:  # one return: the compiler refuses two, even under a constexpr branch
+        slope = tl.load(slope_ptr + channels, mask=ok, other=0.0)
+    return slope
+
+
+@triton.jit
 def activation_input_grad(g, v, NEG_SLOPE, ACT: tl.constexpr):
     """The backward of the activation table from its fp32 input ``v`` (a pending norm's, recomputed), with
     torch's rules at 0."""
     if ACT == ACT_RELU:
         g = tl.where(v <= 0.0, 0.0, g)
-    elif ACT == ACT_LEAKY_RELU:
+    elif ACT == ACT_LEAKY_RELU or ACT == ACT_PRELU:
         g = tl.where(v > 0.0, g, g * NEG_SLOPE)
     elif ACT == ACT_SILU:
         s = tl.sigmoid(v)
@@ -122,11 +134,15 @@ def per_sample(norm):
 
 
 def norm_table(norm, batch, per_image):
-    """A pending norm's (scale, shift) as the kernels index them, contiguous: [C], or [N, C] when ``per_image`` (a
-    per-channel one read beside a per-sample one is expanded to it). None stays None."""
+    """A pending norm (scale, shift[, slope]) as the kernels index it, contiguous: scale and shift [C], or [N, C]
+    when ``per_image`` (a per-channel one read beside a per-sample one is expanded to it); a PReLU's fp32 slopes
+    [C] third, else scale again (a placeholder the kernels never read). None stays None."""
     if norm is None:
         return None
-    return tuple((t.expand(batch, t.shape[-1]) if per_image else t).contiguous() for t in norm)
+    scale, shift, *slope = norm
+    scale, shift = ((t.expand(batch, t.shape[-1]) if per_image else t).contiguous() for t in (scale, shift))
+    slope = slope[0] if slope and slope[0] is not None else None
+    return scale, shift, (slope.float().contiguous() if slope is not None else scale)
 
 
 def norm_table_code(per_image, pixels_per_image, kernel, gather=False):

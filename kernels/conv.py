@@ -28,7 +28,7 @@ from .checks import conv_output_shape
 from .codes import UpMode, act_code
 from .common import (NORM_GATHER, NORM_IMAGE_PAIR, UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation,
                      fast_div, float_one, linear_source, norm_table, norm_table_code, pending_activation, per_sample,
-                     source_placement, strides_of, take_larger)
+                     slope_of, source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
@@ -40,42 +40,47 @@ _DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloa
 
 
 @triton.jit
-def _load_normalized(ptrs, mask, scale, shift, IN_NEG_SLOPE, NORM: tl.constexpr, IN_ACT: tl.constexpr):
-    """One load of a source tile; with NORM, the source's pending norm affine and activation applied. The affine
-    (_norm_affine) is zero where masked, so padding reads act(0) = 0: the conv pads the normalised tensor."""
+def _load_normalized(ptrs, mask, scale, shift, slope, NORM: tl.constexpr, IN_ACT: tl.constexpr):
+    """One load of a source tile; with NORM, the source's pending norm affine and activation (its negative
+    ``slope``) applied. The affine (_norm_affine) is zero where masked, so padding reads act(0) = 0: the conv pads
+    the normalised tensor."""
     v = tl.load(ptrs, mask=mask, other=0.0)
     if NORM:
-        v = apply_activation(v.to(tl.float32) * scale + shift, IN_NEG_SLOPE, IN_ACT)
+        v = apply_activation(v.to(tl.float32) * scale + shift, slope, IN_ACT)
     return v
 
 
 @triton.jit
 def _norm_view(norm, img, first_img, C, BATCH, TABLE: tl.constexpr):
-    """How a tile reads a pending norm's table (``norm``: scale and shift pointers, codes.NormTable TABLE): the
-    (scale, shift) pointers, a per-row value and the offset of a second row. CHANNEL: the [C] table, rows 0.
-    IMAGE_PAIR: the tables at image ``first_img`` (the tile's first row's), rows 1 where a row is in the next
-    image, whose table row sits ``C`` further (0 past the batch: rows there are masked). GATHER: rows at
-    img * C."""
-    scale_ptr, shift_ptr = norm
+    """How a tile reads a pending norm's tables (``norm``: scale, shift and PReLU slope pointers, codes.NormTable
+    TABLE): the (scale, shift) pointers, a per-row value, the offset of a second row and the slope pointer ([C]
+    whatever the table). CHANNEL: the [C] table, rows 0. IMAGE_PAIR: the tables at image ``first_img`` (the
+    tile's first row's), rows 1 where a row is in the next image, whose table row sits ``C`` further (0 past the
+    batch: rows there are masked). GATHER: rows at img * C."""
+    scale_ptr, shift_ptr, slope_ptr = norm
     if TABLE == NORM_IMAGE_PAIR:
         first = first_img.to(tl.int64) * C
-        return scale_ptr + first, shift_ptr + first, img - first_img, tl.where(first_img + 1 < BATCH, C, 0)
+        return scale_ptr + first, shift_ptr + first, img - first_img, tl.where(first_img + 1 < BATCH, C, 0), slope_ptr
     elif TABLE == NORM_GATHER:
-        return scale_ptr, shift_ptr, img * C, 0
+        return scale_ptr, shift_ptr, img * C, 0, slope_ptr
     else:
-        return scale_ptr, shift_ptr, img * 0, 0
+        return scale_ptr, shift_ptr, img * 0, 0, slope_ptr
 
 
 @triton.jit
-def _norm_affine(view, one_ptr, kk, k_ok, row_ok, mask, NORM: tl.constexpr, TABLE: tl.constexpr):
+def _norm_affine(view, one_ptr, kk, k_ok, row_ok, mask, IN_NEG_SLOPE, NORM: tl.constexpr, TABLE: tl.constexpr,
+                 IN_ACT: tl.constexpr):
     """A pending norm's (scale, shift) for a tile of rows x channels ``kk`` read through ``view`` (_norm_view),
     zero outside ``mask`` (``row_ok`` x ``k_ok``, or any mask with GATHER) by masked loads the software pipeliner
     issues ahead, never by a select after the normalisation: a select on the loop's mask keeps Triton from feeding
     wgmma from registers with a group in flight. GATHER (a mask that varies along K): [M, K] tiles. Else [K] rows
     (IMAGE_PAIR: two, each row taking its image's), the shift gated per row by a 1.0 loaded under ``row_ok``
-    (one_ptr): a few bytes a step where tiles would move four times the A tile's. (1, 0) without NORM."""
+    (one_ptr): a few bytes a step where tiles would move four times the A tile's. Third, the activation's negative
+    slope: a PReLU's [K] row, else IN_NEG_SLOPE. (1, 0, IN_NEG_SLOPE) without NORM."""
+    slope = IN_NEG_SLOPE
     if NORM:
-        scale_ptr, shift_ptr, rows, next_row = view
+        scale_ptr, shift_ptr, rows, next_row, slope_ptr = view
+        slope = slope_of(slope_ptr, kk[None, :], k_ok[None, :], IN_NEG_SLOPE, IN_ACT)
         if TABLE == NORM_GATHER:
             at = rows[:, None] + kk[None, :]
             scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
@@ -96,7 +101,7 @@ def _norm_affine(view, one_ptr, kk, k_ok, row_ok, mask, NORM: tl.constexpr, TABL
     else:
         scale = 1.0
         shift = 0.0
-    return scale, shift
+    return scale, shift, slope
 
 
 @triton.jit
@@ -113,13 +118,13 @@ def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SC
     else:
         mask = ok[:, None] & k_ok[None, :]
     chan = (kk * sc)[None, :]
-    scale, shift = _norm_affine(norm_view, one_ptr, kk, k_ok, ok, mask, NORM, TABLE)
+    scale, shift, slope = _norm_affine(norm_view, one_ptr, kk, k_ok, ok, mask, IN_NEG_SLOPE, NORM, TABLE, IN_ACT)
     base = x_ptr + rows
     if UP_MODE == UP_NONE:
-        tile = _load_normalized(base[:, None] + chan, mask, scale, shift, IN_NEG_SLOPE, NORM, IN_ACT)
+        tile = _load_normalized(base[:, None] + chan, mask, scale, shift, slope, NORM, IN_ACT)
     elif UP_MODE == UP_NEAREST:
         tile = _load_normalized((base + (uh >> 1) * sh + (uw >> 1) * sw)[:, None] + chan, mask, scale, shift,
-                                IN_NEG_SLOPE, NORM, IN_ACT)
+                                slope, NORM, IN_ACT)
     else:
         h0, h1, lh = linear_source(uh, H_SRC, SCALE_H, UP_MODE == UP_BILINEAR_ALIGN_CORNERS)
         w0, w1, lw = linear_source(uw, W_SRC, SCALE_W, UP_MODE == UP_BILINEAR_ALIGN_CORNERS)
@@ -127,13 +132,13 @@ def _source_tile(x_ptr, rows, uh, uw, ok, kk, k_ok, sc, sh, sw, H_SRC, W_SRC, SC
         lw = lw[:, None]
         lh = lh[:, None]
         tile = ((1.0 - lh) * (1.0 - lw)) * _load_normalized((base + h0 * sh + w0 * sw)[:, None] + chan, mask, scale,
-                                                            shift, IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+                                                            shift, slope, NORM, IN_ACT).to(tl.float32)
         tile += ((1.0 - lh) * lw) * _load_normalized((base + h0 * sh + w1 * sw)[:, None] + chan, mask, scale, shift,
-                                                     IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+                                                     slope, NORM, IN_ACT).to(tl.float32)
         tile += (lh * (1.0 - lw)) * _load_normalized((base + h1 * sh + w0 * sw)[:, None] + chan, mask, scale, shift,
-                                                     IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+                                                     slope, NORM, IN_ACT).to(tl.float32)
         tile += (lh * lw) * _load_normalized((base + h1 * sh + w1 * sw)[:, None] + chan, mask, scale, shift,
-                                             IN_NEG_SLOPE, NORM, IN_ACT).to(tl.float32)
+                                             slope, NORM, IN_ACT).to(tl.float32)
     return tile
 
 
@@ -219,9 +224,10 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, first_img, BATCH, ih0
             r = tap // KW
             s = tap - r * KW
             ok = (((h_bits[:, None] >> r[None, :]) & (w_bits[:, None] >> s[None, :]) & 1) != 0) & k_ok[None, :]
-            scale, shift = _norm_affine(norm_view, one_ptr, ch, k_ok, m_valid, ok, NORM, NORM_GATHER)
+            scale, shift, slope = _norm_affine(norm_view, one_ptr, ch, k_ok, m_valid, ok, IN_NEG_SLOPE, NORM,
+                                               NORM_GATHER, IN_ACT)
             a = _load_normalized(x_ptr + rows[:, None] + (r * sxh + s * sxw + ch * sxc)[None, :], ok, scale, shift,
-                                 IN_NEG_SLOPE, NORM, IN_ACT)
+                                 slope, NORM, IN_ACT)
             b = tl.load(w_ptr + w_cols[None, :] + (tap * swt + K_OFF + ch)[:, None],
                         mask=k_ok[:, None] & n_valid[None, :], other=0.0)
             acc += tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
@@ -291,8 +297,8 @@ def conv2d_implicit_gemm_kernel(
     y_ptr,  # output [N, C_OUT, H_OUT, W_OUT]; with PHASES [N, C_OUT / 4, 2 H_OUT, 2 W_OUT]
     pool_ptr,  # FUSE_POOL: the 2x2 max-pooled output [N, C_OUT, H_OUT // 2, W_OUT // 2]
     pool_argmax_ptr,  # FUSE_POOL: uint8 argmax (dy * 2 + dx) of each pooled element, pool_strides
-    in_norm,  # (scale, shift) fp32 per channel ([C_IN], or [N, C_IN]: NORM_TABLE) of x's pending norm
-    in2_norm,  # (scale, shift) of x2's pending norm (NORM_INPUT2), [C_IN2] or [N, C_IN2]
+    in_norm,  # (scale, shift, PReLU slopes) fp32 of x's pending norm: [C_IN] or [N, C_IN] (NORM_TABLE), slopes [C_IN]
+    in2_norm,  # (scale, shift, PReLU slopes) of x2's pending norm (NORM_INPUT2), as in_norm
     one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
     res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added before the activation
@@ -410,7 +416,7 @@ def conv2d_implicit_gemm_kernel(
 def conv2d_weight_grad_kernel(
     g_ptr,  # the prepared output gradient, contiguous channels_last
     x_ptr,  # the conv's input (any strides), read as the forward read it
-    in_norm,  # (scale, shift) fp32 per channel ([C] or [N, C]: NORM_TABLE) of x's pending norm (NORM_INPUT)
+    in_norm,  # (scale, shift ([C] or [N, C]: NORM_TABLE), PReLU slopes [C]) fp32 of x's pending norm (NORM_INPUT)
     one_ptr,  # a float32 1.0: loaded under each pixel's tap mask, it gates a per-channel pending norm's shift
     dw_ptr,  # fp32 workspace [splits (the grid's third axis), C_A, KH * KW, C_B]
     BATCH, H_A, W_A,  # operand a's pixel grid: the reduction runs over its pixels
@@ -555,11 +561,11 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
                    in_activation=None, in_negative_slope=0.0, stats=None, residual=None):
     """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
     _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
-    concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift) of a source's pending
-    batch norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase, channel) of a 2x2
-    stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the pooling epilogue
-    on, ``stats`` (a workspace) the batch-statistics epilogue, ``residual`` (y's shape) the residual add before the
-    activation. Validation is the caller's job."""
+    concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift, PReLU slopes or None)
+    of a source's pending norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase,
+    channel) of a 2x2 stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the
+    pooling epilogue on, ``stats`` (a workspace) the batch-statistics epilogue, ``residual`` (y's shape) the residual
+    add before the activation. Validation is the caller's job."""
     weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
     per_image = per_sample(norm) or per_sample(skip_norm)
@@ -582,7 +588,7 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     CONV2D_IMPLICIT_GEMM.launch(
         conv2d_implicit_gemm_kernel, grid, x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight,
         bias_ptr=bias if bias is not None else x, y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax,
-        in_norm=norm or (x, x), in2_norm=skip_norm or (x, x), one_ptr=float_one(x.device),
+        in_norm=norm or (x, x, x), in2_norm=skip_norm or (x, x, x), one_ptr=float_one(x.device),
         stats_ptr=stats if stats is not None else x, res_ptr=residual if residual is not None else x, BATCH=batch,
         H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
@@ -616,7 +622,7 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
     """dw (fp32, [C_A, C_B total, KH, KW] = the weight's logical shape) from the prepared output gradient ``g``
     (made contiguous channels_last here: a no-op for fused_unet.kernels.grad's output).
     ``sources`` are (x, placement, channel offset, norm) quadruples, the input operand of each launch (``norm``:
-    (scale, shift) of its pending batch norm, or None)."""
+    (scale, shift, PReLU slopes or None) of its pending norm, or None)."""
     g = g.contiguous(memory_format=torch.channels_last)
     kh, kw = weight.shape[2], weight.shape[3]
     c_a, c_b_total = weight.shape[0], weight.shape[1]
@@ -646,7 +652,7 @@ def _weight_grad(g, weight, sources, *, grad_operand, stride, pad, in_activation
         splits = max(grid(cfg.kwargs)[2] for cfg in conv2d_weight_grad_kernel.configs)
         dw = torch.zeros((splits, c_a, kh * kw, c_b), device=g.device, dtype=torch.float32)
         CONV2D_WEIGHT_GRAD.launch(
-            conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g), one_ptr=float_one(g.device),
+            conv2d_weight_grad_kernel, grid, g_ptr=g, x_ptr=x, in_norm=norm or (g, g, g), one_ptr=float_one(g.device),
             dw_ptr=dw, BATCH=batch, H_A=h_a, W_A=w_a, H_B=h_b, W_B=w_b, C_A=c_a, C_B=c_b,
             PIXEL_BUCKET=pixel_bucket(num_pix), W_MAGIC=w_magic, W_SHIFT=w_shift, H_MAGIC=h_magic, H_SHIFT=h_shift,
             placement=placement, x_strides=x.stride(), KH=kh, KW=kw, STRIDE=stride, PAD=pad,
@@ -700,14 +706,16 @@ def _empty_channels_last(batch, channels, height, width, like):
 
 # ---- public launchers: arguments were validated by fused_unet.kernels.checks ------------------------------
 # ``activation`` is None, "relu" or "leaky_relu" (with ``negative_slope`` >= 0).
-# ``in_scale`` / ``in_shift`` (per channel, fp32): the input is a conv's pre-norm output whose batch norm and
-# ``in_activation`` are still pending; the kernel applies them as it reads the input (never stored).
+# ``in_scale`` / ``in_shift`` (fp32, [C] or [N, C]): the input is a conv's pre-norm output whose norm and
+# ``in_activation`` are still pending; the kernel applies them as it reads the input (never stored). ``in_slope``
+# ([C]): a PReLU's slopes (in_activation "prelu").
 # Backward launchers take ``grad``, the output gradient prepared by fused_unet.kernels.grad (the activation's
 # and the pool's backward already applied), so their GEMMs are plain.
 # Each *_output function allocates what its launcher returns; torch.compile's fake ops call it for the shape.
 
-def _norm(scale, shift):
-    return (scale, shift) if scale is not None else None
+def _norm(scale, shift, slope=None):
+    """A source's pending norm (scale, shift, PReLU slopes or None), or None."""
+    return (scale, shift, slope) if scale is not None else None
 
 
 def _in_act(in_activation, in_negative_slope):
@@ -724,12 +732,12 @@ def conv2d_output(x, weight, stride=1, padding=None):
 
 
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
-                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None, residual=None):
+                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None, residual=None, in_slope=None):
     """Conv of a square kernel, ``stride`` and zero ``padding`` (None: 'same', k // 2) (+bias, + ``residual``, a
     tensor of the output's shape, +activation); output in channels_last memory format."""
     return _implicit_gemm(x, weight, conv2d_output(x, weight, stride, padding), bias=bias, activation=activation,
                           negative_slope=negative_slope, stride=stride, pad=conv_padding(weight, padding),
-                          norm=_norm(in_scale, in_shift), residual=residual,
+                          norm=_norm(in_scale, in_shift, in_slope), residual=residual,
                           **_in_act(in_activation, in_negative_slope))
 
 
@@ -749,13 +757,13 @@ def conv2d_stats_output(x, weight, stride=1, padding=None):
 
 
 def conv2d_stats_forward(x, weight, bias=None, in_scale=None, in_shift=None, in_activation=None,
-                         in_negative_slope=0.0, stride=1, padding=None):
+                         in_negative_slope=0.0, stride=1, padding=None, in_slope=None):
     """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per group of
     STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations), for
     ``fused_unet.kernels.norm.norm_statistics``."""
     y, stats = conv2d_stats_output(x, weight, stride, padding)
     _implicit_gemm(x, weight, y, bias=bias, stride=stride, pad=conv_padding(weight, padding),
-                   norm=_norm(in_scale, in_shift), stats=stats, **_in_act(in_activation, in_negative_slope))
+                   norm=_norm(in_scale, in_shift, in_slope), stats=stats, **_in_act(in_activation, in_negative_slope))
     return y, stats
 
 
@@ -813,23 +821,25 @@ def concat_conv2d_stats_output(up, skip, weight, up_mode):
 
 def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative_slope=0.0, up_mode=None,
                           align_corners=False, up_first=True, up_scale=None, up_shift=None, skip_scale=None,
-                          skip_shift=None, in_activation=None, in_negative_slope=0.0):
+                          skip_shift=None, in_activation=None, in_negative_slope=0.0, up_slope=None, skip_slope=None):
     """conv2d_forward of cat([pad(upsample(up)), skip], 1) (or [skip, up]) without building the concatenation:
     the GEMM's K loop reads the two tensors, up-sampling ``up`` x2 on the fly (``up_mode`` nearest / bilinear)
     and zero-padding it centred to the skip's size. Without a skip (None): the conv of upsample(up) alone."""
     return _concat_conv(up, skip, weight, concat_conv2d_output(up, skip, weight, up_mode), up_mode, align_corners,
-                        up_first, _norm(up_scale, up_shift), _norm(skip_scale, skip_shift), bias=bias,
+                        up_first, _norm(up_scale, up_shift, up_slope), _norm(skip_scale, skip_shift, skip_slope),
+                        bias=bias,
                         activation=activation, negative_slope=negative_slope,
                         **_in_act(in_activation, in_negative_slope))
 
 
 def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align_corners=False, up_first=True,
                                 up_scale=None, up_shift=None, skip_scale=None, skip_shift=None, in_activation=None,
-                                in_negative_slope=0.0):
+                                in_negative_slope=0.0, up_slope=None, skip_slope=None):
     """(y, stats) of concat_conv2d_forward followed by a batch norm (see conv2d_stats_forward)."""
     y, stats = concat_conv2d_stats_output(up, skip, weight, up_mode)
-    _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, _norm(up_scale, up_shift),
-                 _norm(skip_scale, skip_shift), bias=bias, stats=stats, **_in_act(in_activation, in_negative_slope))
+    _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, _norm(up_scale, up_shift, up_slope),
+                 _norm(skip_scale, skip_shift, skip_slope), bias=bias, stats=stats,
+                 **_in_act(in_activation, in_negative_slope))
     return y, stats
 
 
@@ -891,13 +901,14 @@ def conv_transpose2d_output(x, weight, stride, padding, output_padding):
 
 
 def conv_transpose2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
-                             in_activation=None, in_negative_slope=0.0, stride=2, padding=0, output_padding=0):
+                             in_activation=None, in_negative_slope=0.0, stride=2, padding=0, output_padding=0,
+                             in_slope=None):
     """act(conv_transpose2d(x, weight, bias, stride, padding, output_padding)) for a square [C_in, C_out, k, k]
     weight with k >= stride: the input-grad of the conv it transposes (whose input is this output), with the bias
     and activation in each phase's epilogue; of x's pending norm (``in_*``) applied as x is read."""
     y = conv_transpose2d_output(x, weight, stride, padding, output_padding)
     return _transposed_phases(x, weight, y, stride, padding, bias, activation, negative_slope,
-                              _norm(in_scale, in_shift), in_activation, in_negative_slope)
+                              _norm(in_scale, in_shift, in_slope), in_activation, in_negative_slope)
 
 
 def weight_grad_output(weight):
@@ -911,13 +922,13 @@ def _in_weight_dtype(dw, weight):
 
 def conv2d_weight_grad(grad, x, weight, skip=None, up_mode=None, align_corners=False, up_first=True, in_scale=None,
                        in_shift=None, skip_scale=None, skip_shift=None, in_activation=None, in_negative_slope=0.0,
-                       stride=1, padding=None):
+                       stride=1, padding=None, in_slope=None, skip_slope=None):
     """dL/dweight in the weight's dtype of the conv launchers above (with ``skip`` or ``up_mode``: of the
     concatenating conv with ``x`` as its ``up``; with neither, that is a plain conv of ``x`` with ``stride`` and
     ``padding``), from the prepared output gradient. The input is read as the forward read it, pending norms
     (``in_*``, ``skip_*``) included."""
-    sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift),
-                              _norm(skip_scale, skip_shift))
+    sources = _concat_sources(x, skip, up_mode, align_corners, up_first, _norm(in_scale, in_shift, in_slope),
+                              _norm(skip_scale, skip_shift, skip_slope))
     dw = _weight_grad(grad, weight, sources, grad_operand=1, stride=stride, pad=conv_padding(weight, padding),
                       **_in_act(in_activation, in_negative_slope))
     return _in_weight_dtype(dw, weight)
@@ -934,12 +945,12 @@ def _phase_columns(weight):
 
 
 def conv_transpose2x2_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None,
-                              in_shift=None, in_activation=None, in_negative_slope=0.0):
+                              in_shift=None, in_activation=None, in_negative_slope=0.0, in_slope=None):
     """2x2 stride-2 transposed conv (+bias, +activation) as one GEMM [pixels, C_in] x [C_in, 4 C_out] whose store
     is depth-to-space."""
     return _implicit_gemm(x, _phase_columns(weight), conv_transpose2x2_output(x, weight), bias=bias,
                           activation=activation, negative_slope=negative_slope, phases=True,
-                          norm=_norm(in_scale, in_shift), **_in_act(in_activation, in_negative_slope))
+                          norm=_norm(in_scale, in_shift, in_slope), **_in_act(in_activation, in_negative_slope))
 
 
 def conv_transpose2x2_input_grad_output(grad, weight):
@@ -953,9 +964,9 @@ def conv_transpose2x2_input_grad(grad, weight):
 
 
 def conv_transpose2x2_weight_grad(grad, x, weight, in_scale=None, in_shift=None, in_activation=None,
-                                  in_negative_slope=0.0):
+                                  in_negative_slope=0.0, in_slope=None):
     """dL/dweight of conv_transpose2x2_forward from the prepared output gradient."""
-    source = (x, source_placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift))
+    source = (x, source_placement(x, x.shape[2], x.shape[3]), 0, _norm(in_scale, in_shift, in_slope))
     dw = _weight_grad(grad, weight, [source], grad_operand=2, stride=2, pad=0,
                       **_in_act(in_activation, in_negative_slope))
     return _in_weight_dtype(dw, weight)

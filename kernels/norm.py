@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from .codes import act_code
-from .common import (ACT_NONE, activation_grad, activation_input_grad, apply_activation, norm_table, per_sample,
-                     pixel_channel_grid, pixel_channel_tile, strides_of)
+from .common import (ACT_NONE, ACT_PRELU, activation_grad, activation_input_grad, apply_activation, norm_table,
+                     per_sample, pixel_channel_grid, pixel_channel_tile, slope_of, strides_of)
 from .configs import TILES_PER_SPLIT, configs
 from .specs import (BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, NORM_STATISTICS, NORM_STATISTICS_BACKWARD,
                     PENDING_NORM)
@@ -284,10 +284,10 @@ def channel_statistics(y):
 
 
 @triton.jit
-def _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE: tl.constexpr):
+def _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE: tl.constexpr, ACT: tl.constexpr):
     """A pending norm's (scale, shift) for a pixel_channel_tile: [BLOCK_P, BLOCK_C] per (image, channel), or
-    [1, BLOCK_C] per channel."""
-    scale_ptr, shift_ptr = norm
+    [1, BLOCK_C] per channel; and its activation's negative slope (a PReLU's [1, BLOCK_C] row, else NEG_SLOPE)."""
+    scale_ptr, shift_ptr, slope_ptr = norm
     if PER_SAMPLE:  # one return: the compiler refuses returns of two shapes, even under a constexpr branch
         at = img[:, None] * C + offs_c[None, :]
         scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
@@ -295,18 +295,18 @@ def _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE: tl.constexpr):
     else:
         scale = tl.load(scale_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
         shift = tl.load(shift_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
-    return scale, shift
+    return scale, shift, slope_of(slope_ptr, offs_c[None, :], c_ok[None, :], NEG_SLOPE, ACT)
 
 
 @triton.autotune(configs=configs(PENDING_NORM.name), key=PENDING_NORM.autotune_key)
 @triton.jit
 def pending_norm_kernel(
     y_ptr,  # the pre-norm y [N, C, H, W], any strides
-    norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
+    norm,  # (scale, shift, PReLU slopes [C]) fp32: per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
     res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added after the norm's activation
     out_ptr,  # out_act(act(y * scale + shift) + residual) in y's dtype
     PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
-    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes
+    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's are norm's)
     y_strides, res_strides, out_strides,  # (n, c, h, w) strides
     ACT: tl.constexpr,  # the norm's activation (codes.Act)
     OUT_ACT: tl.constexpr,  # the activation after the residual add (codes.Act)
@@ -319,9 +319,9 @@ def pending_norm_kernel(
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     if PER_SAMPLE:
         img += tl.program_id(2)
-    scale, shift = _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE)
+    scale, shift, slope = _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE, ACT)
     y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0)
-    v = apply_activation(y.to(tl.float32) * scale + shift, NEG_SLOPE, ACT)
+    v = apply_activation(y.to(tl.float32) * scale + shift, slope, ACT)
     if RESIDUAL:
         v += tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
     v = apply_activation(v, OUT_NEG_SLOPE, OUT_ACT)
@@ -342,10 +342,10 @@ def _pixels(y, per_image):
 
 
 def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=None, out_activation=None,
-                 out_negative_slope=0.0):
+                 out_negative_slope=0.0, slope=None):
     """``out_act(act(y * scale + shift) + residual)`` (y's dtype and dense layout) of a pre-norm y (any strides) and its
     norm's fp32 (scale, shift) ([C], or [N, C] for instance / group norm); ``residual`` (optional, y's shape and
-    dtype, any strides)."""
+    dtype, any strides); ``slope`` [C]: a PReLU's (``activation`` "prelu")."""
     if out_activation is not None and residual is None:
         raise ValueError(f"out_activation {out_activation!r} needs a residual: it applies after the add")
     batch, c, h, w = y.shape
@@ -355,7 +355,7 @@ def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=
     if pixels and batch:
         PENDING_NORM.launch(
             pending_norm_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), y_ptr=y,
-            norm=norm_table((scale, shift), batch, per_image), res_ptr=residual if residual is not None else y,
+            norm=norm_table((scale, shift, slope), batch, per_image), res_ptr=residual if residual is not None else y,
             out_ptr=out, PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope),
             OUT_NEG_SLOPE=float(out_negative_slope), y_strides=y.stride(), res_strides=strides_of(residual),
             out_strides=out.stride(), ACT=act_code(activation), OUT_ACT=act_code(out_activation),
@@ -368,13 +368,13 @@ def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=
 def batch_norm_act_backward_kernel(
     g_ptr,  # dL/dout of out = out_act(act(y * scale + shift) (+ residual)) [N, C, H, W]
     y_ptr,  # the pre-norm y
-    norm,  # (scale, shift) fp32 per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
+    norm,  # (scale, shift, PReLU slopes [C]) fp32: per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
     out_ptr,  # RESIDUAL and an OUT_ACT: the forward's output (its sign gives the ReLU's / LeakyReLU's gradient)
     dy_ptr,  # dL/dy
     dres_ptr,  # RESIDUAL: dL/dresidual
-    partial_ptr,  # fp32 [programs along pixels (per image with PER_SAMPLE), 2, C]: sums for dL/dscale, dL/dshift
+    partial_ptr,  # fp32 [programs along pixels (per image: PER_SAMPLE), 3, C]: dL/dscale, dL/dshift, dL/dslope sums
     PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
-    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes
+    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's are norm's)
     g_strides, y_strides, out_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
     ACT: tl.constexpr,  # the norm's activation (codes.Act)
     OUT_ACT: tl.constexpr,  # RESIDUAL: the activation after the add (codes.EPILOGUE_ACTIVATIONS), else NONE
@@ -384,14 +384,14 @@ def batch_norm_act_backward_kernel(
 ):
     """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift, out = out_act(act(u) + residual) and
     g = dL/dout: dresidual = out_act'(out) g (the sign of out: a ReLU / LeakyReLU), dy = act'(u) dresidual scale,
-    and per program the partial sums of act'(u) dresidual y (-> dL/dscale) and act'(u) dresidual (-> dL/dshift)
-    into its own workspace row (no atomics). Nothing of the forward is saved but y and its output: not the
-    residual, not the sum."""
+    and per program the partial sums of act'(u) dresidual y (-> dL/dscale), act'(u) dresidual (-> dL/dshift) and
+    for a PReLU dresidual u where u < 0 (-> dL/dslope) into its own workspace row (no atomics). Nothing of the
+    forward is saved but y and its output: not the residual, not the sum."""
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     if PER_SAMPLE:
         img += tl.program_id(2)
         pid_p += tl.program_id(2) * tl.num_programs(0)
-    scale, shift = _norm_tile(norm, img, offs_c, c_ok, mask, C, PER_SAMPLE)
+    scale, shift, slope = _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE, ACT)
     g = tl.load(g_ptr + _at(g_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
     u = y * scale + shift
@@ -400,45 +400,51 @@ def batch_norm_act_backward_kernel(
             out = tl.load(out_ptr + _at(out_strides, img, h, w, offs_c), mask=mask, other=0.0)
             g = activation_grad(g, out.to(tl.float32), OUT_NEG_SLOPE, OUT_ACT)
         tl.store(dres_ptr + _at(dres_strides, img, h, w, offs_c), g.to(dres_ptr.dtype.element_ty), mask=mask)
-    g = tl.where(mask, activation_input_grad(g, u, NEG_SLOPE, ACT), 0.0)
+    row = partial_ptr + pid_p.to(tl.int64) * 3 * C + offs_c
+    if ACT == ACT_PRELU:  # torch's prelu backward: u * g where u <= 0
+        tl.store(row + 2 * C, tl.sum(tl.where(mask & (u < 0.0), g * u, 0.0), axis=0), mask=c_ok)
+    g = tl.where(mask, activation_input_grad(g, u, slope, ACT), 0.0)
     tl.store(dy_ptr + _at(dy_strides, img, h, w, offs_c), (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
-    row = partial_ptr + pid_p.to(tl.int64) * 2 * C + offs_c
     tl.store(row, tl.sum(g * y, axis=0), mask=c_ok)
     tl.store(row + C, tl.sum(g, axis=0), mask=c_ok)
 
 
-def batch_norm_act_input_grad_output(grad, scale):
+def batch_norm_act_input_grad_output(grad, scale, activation=None):
+    """(dL/dy, dL/dscale, dL/dshift, dL/dslope): the last [C] for a PReLU, else empty."""
     dy = torch.empty(grad.shape, device=grad.device, dtype=grad.dtype, memory_format=torch.channels_last)
-    return dy, torch.empty_like(scale), torch.empty_like(scale)
+    slopes = scale.shape[-1] if activation == "prelu" else 0
+    return dy, torch.empty_like(scale), torch.empty_like(scale), scale.new_empty(slopes)
 
 
-def residual_norm_act_input_grad_output(grad, scale):
-    dy, grad_scale, grad_shift = batch_norm_act_input_grad_output(grad, scale)
-    return dy, torch.empty_like(dy), grad_scale, grad_shift
+def residual_norm_act_input_grad_output(grad, scale, activation=None):
+    dy, grad_scale, grad_shift, grad_slope = batch_norm_act_input_grad_output(grad, scale, activation)
+    return dy, torch.empty_like(dy), grad_scale, grad_shift, grad_slope
 
 
-def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0):
-    """(dL/dy, dL/dscale, dL/dshift) for z = act(y * scale + shift) read by a consumer, from dL/dz ``grad``
-    (any strides). dL/dscale and dL/dshift are fp32, shaped like ``scale`` ([C], or [N, C] for instance / group
-    norm), summed over per-tile partials in a fixed order."""
-    dy, _, _ = batch_norm_act_input_grad_output(grad, scale)
-    return (dy, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy))
+def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0, slope=None):
+    """(dL/dy, dL/dscale, dL/dshift, dL/dslope) for z = act(y * scale + shift) read by a consumer, from dL/dz
+    ``grad`` (any strides). dL/dscale and dL/dshift are fp32, shaped like ``scale`` ([C], or [N, C] for instance /
+    group norm), summed over per-tile partials in a fixed order; dL/dslope fp32 [C] of a PReLU's ``slope`` [C]
+    (empty for other activations)."""
+    dy = batch_norm_act_input_grad_output(grad, scale)[0]
+    return (dy, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy))
 
 
 def residual_norm_act_input_grad(grad, y, scale, shift, out=None, activation=None, negative_slope=0.0,
-                                 out_activation=None, out_negative_slope=0.0):
-    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift) of ``pending_norm``'s out = out_act(act(y * scale + shift) +
-    residual) from dL/dout ``grad`` (any strides); ``out`` (needed with an ``out_activation``: ReLU / LeakyReLU)
-    gives that activation's gradient by its sign. The residual's gradient has y's dtype."""
-    dy, dres, _, _ = residual_norm_act_input_grad_output(grad, scale)
-    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, out=out, dres=dres,
-                                          out_activation=out_activation, out_negative_slope=out_negative_slope))
+                                 out_activation=None, out_negative_slope=0.0, slope=None):
+    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift, dL/dslope) of ``pending_norm``'s out = out_act(act(y * scale +
+    shift) + residual) from dL/dout ``grad`` (any strides); ``out`` (needed with an ``out_activation``: ReLU /
+    LeakyReLU) gives that activation's gradient by its sign. The residual's gradient has y's dtype."""
+    dy, dres = residual_norm_act_input_grad_output(grad, scale)[:2]
+    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy, out=out,
+                                          dres=dres, out_activation=out_activation,
+                                          out_negative_slope=out_negative_slope))
 
 
-def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, out=None, dres=None, out_activation=None,
-                       out_negative_slope=0.0):
-    """(dL/dscale, dL/dshift), writing dy and, given ``dres``, the residual's gradient (``out``: the forward's
-    output, read for ``out_activation``'s gradient)."""
+def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy, out=None, dres=None,
+                       out_activation=None, out_negative_slope=0.0):
+    """(dL/dscale, dL/dshift, dL/dslope), writing dy and, given ``dres``, the residual's gradient (``out``: the
+    forward's output, read for ``out_activation``'s gradient)."""
     batch, c, h, w = y.shape
     per_image = per_sample((scale, shift))
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
@@ -446,16 +452,17 @@ def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, dy, ou
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
     # Every program writes its row (no zero fill), unless there is nothing to launch: then the sums are zeros.
-    partial = (torch.empty if pixels and batch else torch.zeros)((images, tiles, 2, c), device=y.device,
+    partial = (torch.empty if pixels and batch else torch.zeros)((images, tiles, 3, c), device=y.device,
                                                                  dtype=torch.float32)
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
-            y_ptr=y, norm=norm_table((scale, shift), batch, per_image), out_ptr=out if out is not None else y,
+            y_ptr=y, norm=norm_table((scale, shift, slope), batch, per_image), out_ptr=out if out is not None else y,
             dy_ptr=dy, dres_ptr=dres if dres is not None else dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
             NEG_SLOPE=float(negative_slope), OUT_NEG_SLOPE=float(out_negative_slope), g_strides=grad.stride(),
             y_strides=y.stride(), out_strides=strides_of(out), dy_strides=dy.stride(), dres_strides=strides_of(dres),
             ACT=act_code(activation), OUT_ACT=act_code(out_activation), PER_SAMPLE=per_image,
             RESIDUAL=dres is not None)
     parts = partial if per_image else partial[0]  # summed over the tiles of each image, or of the batch
-    return parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2)
+    grad_slope = partial[..., 2, :].sum((0, 1)) if activation == "prelu" else scale.new_empty(0)
+    return parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2), grad_slope

@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from .codes import POOL_PADDING, act_code
-from .common import apply_activation, norm_table, per_sample, take_larger
+from .common import apply_activation, norm_table, per_sample, slope_of, take_larger
 from .configs import configs
 from .specs import MAX_POOL, MAX_POOL_BACKWARD
 
@@ -36,11 +36,11 @@ def _pool_position(offs, C, H, W):
 @triton.jit
 def max_pool_kernel(
     x_ptr,  # input [N, C, H, W]
-    in_norm,  # (scale, shift) fp32 of x's pending norm (NORM): [C], or [N, C] with PER_SAMPLE
+    in_norm,  # (scale, shift, PReLU slopes [C]) fp32 of x's pending norm (NORM): [C], or [N, C] with PER_SAMPLE
     y_ptr,  # pooled output [N, C, H_OUT, W_OUT]
     argmax_ptr,  # uint8 argmax (dy * WINDOW + dx) of each window, y_strides
     TOTAL, C, H, W, H_OUT, W_OUT,  # output elements, the input's and the output's shape
-    NEG_SLOPE,  # ACT's leaky-ReLU slope
+    NEG_SLOPE,  # ACT's leaky-ReLU slope (PRELU: in_norm's slopes)
     x_strides, y_strides,  # (n, c, h, w) strides
     NORM: tl.constexpr,  # pool act(x * scale + shift): x is a conv's pre-norm output
     PER_SAMPLE: tl.constexpr,  # scale and shift per (image, channel): instance / group norm
@@ -54,7 +54,7 @@ def max_pool_kernel(
     holds the window until a strictly larger value or a NaN takes it."""
     sxn, sxc, sxh, sxw = x_strides
     syn, syc, syh, syw = y_strides
-    scale_ptr, shift_ptr = in_norm
+    scale_ptr, shift_ptr, slope_ptr = in_norm
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = offs < TOTAL
     img, c, oh, ow = _pool_position(offs, C, H_OUT, W_OUT)
@@ -66,6 +66,7 @@ def max_pool_kernel(
             at += img * C
         scale = tl.load(scale_ptr + at, mask=valid, other=0.0)
         shift = tl.load(shift_ptr + at, mask=valid, other=0.0)
+        slope = slope_of(slope_ptr, c, valid, NEG_SLOPE, ACT)
     best = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
     arg = (top < 0).to(tl.int32) * WINDOW + (left < 0).to(tl.int32)  # the window's first element inside x
     for q in tl.static_range(WINDOW * WINDOW):
@@ -76,7 +77,7 @@ def max_pool_kernel(
             inside = inside & (h >= 0) & (h < H) & (w >= 0) & (w < W)
         v = tl.load(x_ptr + img * sxn + c * sxc + h * sxh + w * sxw, mask=inside, other=0.0).to(tl.float32)
         if NORM:
-            v = apply_activation(v * scale + shift, NEG_SLOPE, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
+            v = apply_activation(v * scale + shift, slope, ACT).to(y_ptr.dtype.element_ty).to(tl.float32)
         best, arg = take_larger(best, arg, tl.where(inside, v, float("-inf")), q)
     y_off = img * syn + c * syc + oh * syh + ow * syw
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=valid)
@@ -135,21 +136,22 @@ def max_pool_output(x, window):
     return y, torch.empty_like(y, dtype=torch.uint8)
 
 
-def max_pool_forward(x, window, in_scale=None, in_shift=None, in_activation=None, in_negative_slope=0.0):
+def max_pool_forward(x, window, in_scale=None, in_shift=None, in_activation=None, in_negative_slope=0.0,
+                     in_slope=None):
     """(pooled, argmax uint8 = dy * window + dx) of a stride-2 max-pool with ``window`` x ``window`` windows (2, or 3
     with padding 1); output keeps x's memory format, floor mode (a 2x2 pool drops an odd last row/column).
     ``in_scale`` / ``in_shift``: x's pending norm ([C], or [N, C] for instance / group norm), applied with
-    ``in_activation`` before pooling."""
+    ``in_activation`` (a PReLU's slopes ``in_slope``) before pooling."""
     batch, c, h, w = x.shape
     y, argmax = max_pool_output(x, window)
     total = y.numel()
-    norm = (in_scale, in_shift) if in_scale is not None else None
+    norm = (in_scale, in_shift, in_slope) if in_scale is not None else None
     if total:
         MAX_POOL.launch(
             max_pool_kernel, lambda meta: (triton.cdiv(total, meta["BLOCK"]),), x_ptr=x,
-            in_norm=norm_table(norm, batch, per_sample(norm)) or (x, x), y_ptr=y, argmax_ptr=argmax, TOTAL=total, C=c,
-            H=h, W=w, H_OUT=y.shape[2], W_OUT=y.shape[3], NEG_SLOPE=float(in_negative_slope), x_strides=x.stride(),
-            y_strides=y.stride(), NORM=norm is not None, PER_SAMPLE=per_sample(norm),
+            in_norm=norm_table(norm, batch, per_sample(norm)) or (x, x, x), y_ptr=y, argmax_ptr=argmax,
+            TOTAL=total, C=c, H=h, W=w, H_OUT=y.shape[2], W_OUT=y.shape[3], NEG_SLOPE=float(in_negative_slope),
+            x_strides=x.stride(), y_strides=y.stride(), NORM=norm is not None, PER_SAMPLE=per_sample(norm),
             ACT=act_code(in_activation if norm is not None else None), WINDOW=window)
     return y, argmax
 

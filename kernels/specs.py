@@ -51,6 +51,11 @@ def tensor_pair(name, element=TENSOR):
     return Param(name, (element, element), (16, 16))
 
 
+def pending_norm_tables(name):
+    """A pending norm's fp32 (scale, shift, PReLU slopes) pointers (the slopes a placeholder unless PRELU)."""
+    return Param(name, ("*fp32",) * 3, (16, 16, 16))
+
+
 def integer(name, hint=None, tuned=False, specialise=True):
     return Param(name, "i32", hint, tuned=tuned, specialise=specialise)
 
@@ -230,7 +235,7 @@ _NO_ACT, _NO_UP = int(Act.NONE), int(UpMode.NONE)
 # A conv epilogue's activations (codes.EPILOGUE_ACTIVATIONS); a pending norm's may be any of the table.
 _ACT_CODES = [int(a) for a in (Act.LEAKY_RELU, Act.RELU, Act.NONE)]
 _ACTS = [dict(ACT=a) for a in _ACT_CODES]
-_PENDING_ACT_CODES = _ACT_CODES + [int(a) for a in (Act.GELU_TANH, Act.GELU, Act.SILU)]
+_PENDING_ACT_CODES = _ACT_CODES + [int(a) for a in (Act.GELU_TANH, Act.GELU, Act.SILU, Act.PRELU)]
 _UP_MODES = [dict(UP_MODE=int(m))
              for m in (UpMode.BILINEAR_ALIGN_CORNERS, UpMode.BILINEAR, UpMode.NEAREST, UpMode.NONE)]
 # A pending norm's activation and its leaky slope (a constexpr of the GEMM kernels: kernels.common.pending_activation).
@@ -273,7 +278,7 @@ _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block(
 CONV2D_IMPLICIT_GEMM = KernelSpec(
     "conv2d_implicit_gemm",
     (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
-     tensor("pool_argmax_ptr", "*u8"), tensor_pair("in_norm", "*fp32"), tensor_pair("in2_norm", "*fp32"),
+     tensor("pool_argmax_ptr", "*u8"), pending_norm_tables("in_norm"), pending_norm_tables("in2_norm"),
      tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"), tensor("res_ptr"),
      integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
      integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
@@ -316,7 +321,7 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
 
 CONV2D_WEIGHT_GRAD = KernelSpec(
     "conv2d_weight_grad",
-    (tensor("g_ptr"), tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("one_ptr", "*fp32"),
+    (tensor("g_ptr"), tensor("x_ptr"), pending_norm_tables("in_norm"), tensor("one_ptr", "*fp32"),
      tensor("dw_ptr", "*fp32"),
      integer("BATCH"), integer("H_A"), integer("W_A"), integer("H_B"), integer("W_B"),
      integer("C_A", 16, tuned=True), integer("C_B", 16, tuned=True),
@@ -360,7 +365,7 @@ UPSAMPLE2X_BACKWARD = KernelSpec(
 
 MAX_POOL = KernelSpec(
     "max_pool",
-    (tensor("x_ptr"), tensor_pair("in_norm", "*fp32"), tensor("y_ptr"), tensor("argmax_ptr", "*u8"),
+    (tensor("x_ptr"), pending_norm_tables("in_norm"), tensor("y_ptr"), tensor("argmax_ptr", "*u8"),
      integer("TOTAL"), integer("C", 16, tuned=True), integer("H"), integer("W"), integer("H_OUT", tuned=True),
      integer("W_OUT", tuned=True), real("NEG_SLOPE"), strides("x_strides"), strides("y_strides"), flag("NORM"),
      flag("PER_SAMPLE"), flag("ACT"), flag("WINDOW"), block("BLOCK")),
@@ -382,7 +387,7 @@ _NO_RESIDUAL_OUT_ACT = dict(RESIDUAL=False, OUT_ACT=_NO_ACT)
 
 PENDING_NORM = KernelSpec(
     "pending_norm",
-    (tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("res_ptr"), tensor("out_ptr"), integer("PIXELS"),
+    (tensor("y_ptr"), pending_norm_tables("norm"), tensor("res_ptr"), tensor("out_ptr"), integer("PIXELS"),
      integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"),
      strides("y_strides"), strides("res_strides"), strides("out_strides"), flag("ACT"), flag("OUT_ACT"),
      flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
@@ -391,7 +396,7 @@ PENDING_NORM = KernelSpec(
 
 BATCH_NORM_ACT_BACKWARD = KernelSpec(
     "batch_norm_act_backward",
-    (tensor("g_ptr"), tensor("y_ptr"), tensor_pair("norm", "*fp32"), tensor("out_ptr"), tensor("dy_ptr"),
+    (tensor("g_ptr"), tensor("y_ptr"), pending_norm_tables("norm"), tensor("out_ptr"), tensor("dy_ptr"),
      tensor("dres_ptr"), tensor("partial_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True),
      integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"), strides("g_strides"),
      strides("y_strides"), strides("out_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"),

@@ -21,6 +21,7 @@ def _cases():
     pooled3, argmax3 = ops.max_pool_forward(x, 3)
     scale, shift = make_tensor((3,)).abs() + 0.5, make_tensor((3,))  # a pending batch norm of x
     norm = dict(in_scale=scale, in_shift=shift, in_activation="leaky_relu", in_negative_slope=0.1)
+    prelu = dict(in_scale=scale, in_shift=shift, in_activation="prelu", in_slope=make_tensor((3,)))  # MONAI's ADN
     count = torch.full((2, 4, 1, 6), 8.0, device=DEVICE)  # per-tile (count, mean, M2) of 2 images x 4 tiles
     parts = torch.cat([count, make_tensor((2, 4, 1, 6)), torch.rand(2, 4, 1, 6, device=DEVICE) * count], 2)
     return [
@@ -48,6 +49,14 @@ def _cases():
          dict(norm, stride=2, padding=1)),
         (ops.max_pool_forward, (x, 2), norm), (ops.max_pool_forward, (x, 3), norm),
         (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
+        (ops.conv2d_forward, (x, w, b, None, 0.0), prelu), (ops.conv2d_weight_grad, (y, x, w), prelu),
+        (ops.concat_conv2d_forward, (up, skip, wc, b, None, 0.0, "nearest", False, True),
+         dict(up_scale=scale[:2], up_shift=shift[:2], skip_scale=scale[:1], skip_shift=shift[:1],
+              in_activation="prelu", up_slope=prelu["in_slope"][:2], skip_slope=prelu["in_slope"][:1])),
+        (ops.max_pool_forward, (x, 3), prelu),
+        (ops.batch_norm_act_input_grad, (x, x, scale, shift, "prelu", 0.0), dict(slope=prelu["in_slope"])),
+        (ops.residual_norm_act_input_grad, (x, x, scale, shift), dict(activation="prelu", slope=prelu["in_slope"])),
+        (ops.pending_norm, (x, scale, shift, "prelu"), dict(slope=prelu["in_slope"])),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "bilinear", True)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),
         (ops.pending_norm, (x, scale, shift), dict(residual=x)),  # a norm's backward term added to a gradient

@@ -314,7 +314,7 @@ def test_swap_fuses_silu_and_gelu_after_a_norm_only():
 
 
 def test_silu_and_gelu_need_a_norm():
-    with pytest.raises(ValueError, match="silu and gelu fuse after a norm"):
+    with pytest.raises(ValueError, match="silu, gelu and prelu fuse after a norm"):
         FF.conv2d(make_tensor((1, 3, 5, 5)), make_tensor((4, 3, 3, 3)), activation="silu")
     with pytest.raises(ValueError, match="fuses after a norm only"):
         fused_unet.UNet(3, 2, base_channels=8, depth=1, activation="gelu", norm="group", up_mode="transpose")

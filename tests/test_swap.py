@@ -38,7 +38,8 @@ def eager_ops(model, *inputs):
     return counts
 
 
-_ELEMENTWISE = ("add", "add_", "mul", "mul_", "relu", "relu_", "leaky_relu", "leaky_relu_", "silu", "gelu")
+_ELEMENTWISE = ("add", "add_", "mul", "mul_", "relu", "relu_", "leaky_relu", "leaky_relu_", "silu", "gelu", "prelu",
+                "_prelu_kernel")
 
 
 def eager_elementwise(model, x):

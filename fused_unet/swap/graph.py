@@ -25,6 +25,12 @@ UPSAMPLE_CALLS = {torch._C._nn.upsample_nearest2d: "nearest", torch._C._nn.upsam
 UPSAMPLE_MODULES = (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 
 
+class PReLUWeight(NamedTuple):
+    """The weight of the PReLU module at ``target``, as a fused call's negative_slope: ``SwapGraph.replace`` reads
+    it with a get_attr, so the fused call takes the parameter itself (trained, saved) on every call."""
+    target: str
+
+
 class UpBranch(NamedTuple):
     """One side of a concatenation: ``source`` [up-sampled x2 (``up_mode``, by F.interpolate with ``interpolate``
     kwargs or by the ``upsampler`` module node)] [then padded by ``pad`` in ``pad_mode``]; ``nodes`` replaced."""
@@ -171,8 +177,10 @@ class SwapGraph:
         return tuple(value.shape) if value is not None else ()
 
     def activation(self, node, after_norm=False):
-        """(name, negative slope) of a ReLU / LeakyReLU (slope >= 0) node, or ``after_norm`` a SiLU / GELU one, else
-        None."""
+        """(name, negative slope) of a ReLU / LeakyReLU (slope >= 0) node, or ``after_norm`` a SiLU / GELU / PReLU
+        module (its slope a PReLUWeight) one, else None."""
+        if after_norm and self.module(node, nn.PReLU) is not None:
+            return "prelu", PReLUWeight(node.target)
         m = self.module(node, nn.ReLU, nn.LeakyReLU, nn.SiLU, nn.GELU)
         if m is not None:
             return _module_activation(m, after_norm)
@@ -290,9 +298,11 @@ class SwapGraph:
             return self.graph.get_attr(node.target)
 
     def replace(self, nodes, target, args, kwargs):
-        """Insert target(*args, **kwargs) before the last node, route the uses of nodes[-1] to it (shape reads
-        of the others to stand-ins), erase nodes."""
+        """Insert target(*args, **kwargs) before the last node (a PReLUWeight read by a get_attr), route the uses of
+        nodes[-1] to it (shape reads of the others to stand-ins), erase nodes."""
         with self.graph.inserting_before(nodes[-1]):
+            kwargs = {k: self.graph.get_attr(f"{v.target}.weight") if isinstance(v, PReLUWeight) else v
+                      for k, v in kwargs.items()}
             new = self.graph.call_function(target, args, kwargs)
         if "example_value" in nodes[-1].meta:  # the value it stands for: later patterns read its shape
             new.meta["example_value"] = nodes[-1].meta["example_value"]

@@ -1,5 +1,5 @@
 """The chain every conv pattern starts from: conv (-> BatchNorm2d / InstanceNorm2d / GroupNorm) (-> ReLU /
-LeakyReLU, or after a norm SiLU / GELU), identities between."""
+LeakyReLU, or after a norm SiLU / GELU / PReLU), identities between."""
 from typing import NamedTuple, Optional
 
 import torch.fx
@@ -14,7 +14,7 @@ class Chain(NamedTuple):
     nodes: list
     bn: Optional[torch.fx.Node]
     activation: Optional[str]
-    negative_slope: float
+    negative_slope: object  # a float, or a PReLU's PReLUWeight
 
     @property
     def conv(self):
@@ -53,5 +53,6 @@ def find(g, conv_node):
             isinstance(g.root.get_submodule(nxt.target), _NORM_OR_ACT):
         g.report.add_left_alone((f"{g.name(nxt)} ({type(g.root.get_submodule(nxt.target)).__name__})",
                                  f"after {g.name(conv_node)}: not fused (fused: BatchNorm2d, InstanceNorm2d, "
-                                 "GroupNorm, then ReLU or LeakyReLU with slope >= 0, or after a norm SiLU or GELU)"))
+                                 "GroupNorm, then ReLU or LeakyReLU with slope >= 0, or after a norm SiLU, GELU or "
+                                 "PReLU)"))
     return Chain(nodes, bn, *act)
