@@ -16,6 +16,7 @@ import torch
 from fused_unet import eager
 from fused_unet.dispatch import backend
 from fused_unet.kernels import checks
+from fused_unet.kernels.codes import Statistics, image_statistics_fit
 
 
 class Normalized(NamedTuple):
@@ -119,14 +120,27 @@ def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride
     shape or broadcast to it, added in the kernel's epilogue (a ResNet or diffusion block's skip, a diffusion
     block's time embedding [N, C, 1, 1]: read with zero strides, its gradient summed by autograd); returns
     channels_last [N, C_out, H_out, W_out]."""
-    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=False, residual=residual)
+    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=None, residual=residual)
 
 
-def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same"):
+def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same", per_image=False):
     """``(y, stats)``: the conv of x (plain or Normalized) and, for the batch norm that follows it, y's
-    per-channel statistics (per row tile; see ``batch_norm``; None on the eager backend, which computes them
-    from y)."""
-    return _conv2d(x, weight, bias, None, 0.01, stride, padding, stats=True)
+    per-channel statistics (per group of rows; see ``batch_norm``), or with ``per_image`` per (image, channel) for
+    an instance / group norm (see ``group_norm``), written by the conv's epilogue. ``stats`` is None on the eager
+    backend, and per image where an output image has fewer than 64 pixels: the norm's reduction kernel reads y."""
+    return _conv2d(x, weight, bias, None, 0.01, stride, padding, stats=_statistics(per_image))
+
+
+def _statistics(per_image):
+    return Statistics.IMAGE if per_image else Statistics.CHANNEL
+
+
+def _epilogue_statistics(stats, pixels_per_image):
+    """The statistics a conv's epilogue writes when ``stats`` are asked for: per-image ones only of images it
+    covers."""
+    if stats == Statistics.IMAGE and not image_statistics_fit(pixels_per_image):
+        return Statistics.NONE
+    return stats
 
 
 def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats, residual=None):
@@ -139,10 +153,13 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats,
         plain = _autocast(materialize(x))[0]
         y = eager.conv2d(plain, weight, bias, activation, negative_slope, stride=stride, padding=padding,
                          residual=residual)
-        # The eager batch norm computes its statistics from y itself: no workspace.
+        # The eager norms compute their statistics from y itself: no workspace.
         return (y, None) if stats else y
-    return _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope),
-                                            in_act, in_slope, stats, stride, padding, residual, prelu)
+    out = checks.conv_output_shape(x_t.shape, weight.shape, stride, padding)
+    written = _epilogue_statistics(stats, out[2] * out[3]) if stats else Statistics.NONE
+    y = _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope), in_act,
+                                         in_slope, int(written), stride, padding, residual, prelu)
+    return (y, None) if stats and not written else y
 
 
 def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
@@ -166,12 +183,14 @@ def concat_conv2d(up, skip, weight, bias=None, activation="relu", negative_slope
     "nearest" or "bilinear" (x2, ``align_corners`` as in F.interpolate). An up-sampled ``up`` smaller than
     ``skip`` (odd sizes) is zero-padded centred, like ``F.pad(up, [dw // 2, dw - dw // 2, dh // 2, dh - dh // 2])``.
     ``skip=None``: the conv of the up-sampled ``up`` alone (a decoder step without a skip connection)."""
-    return _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, False)
+    return _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, None)
 
 
-def concat_conv2d_stats(up, skip, weight, bias=None, *, up_mode=None, align_corners=False, up_first=True):
-    """``(y, stats)`` of ``concat_conv2d`` without activation, for the batch norm that follows it."""
-    return _concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first, True)
+def concat_conv2d_stats(up, skip, weight, bias=None, *, up_mode=None, align_corners=False, up_first=True,
+                        per_image=False):
+    """``(y, stats)`` of ``concat_conv2d`` without activation, for the norm that follows it (see ``conv2d_stats``)."""
+    return _concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first,
+                          _statistics(per_image))
 
 
 def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, stats):
@@ -190,9 +209,13 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
         if stats:
             return eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first), None
         return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
-    return _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight,
-                                                  bias, activation, float(negative_slope), up_mode, align_corners,
-                                                  bool(up_first), in_act, in_slope, stats, up_prelu, skip_prelu)
+    factor = 1 if up_mode is None else 2
+    out = skip_t.shape[2:] if skip_t is not None else (factor * up_t.shape[2], factor * up_t.shape[3])
+    written = _epilogue_statistics(stats, out[0] * out[1]) if stats else Statistics.NONE
+    y = _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight, bias,
+                                               activation, float(negative_slope), up_mode, align_corners,
+                                               bool(up_first), in_act, in_slope, int(written), up_prelu, skip_prelu)
+    return (y, None) if stats and not written else y
 
 
 def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
@@ -215,26 +238,28 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, channels))
 
 
-def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None, negative_slope=0.01):
+def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None, negative_slope=0.01, stats=None):
     """Group norm of a conv's output ``y`` (plain tensor [N, C, H, W], C divisible by ``num_groups``) as the
     Normalized ``act((y - mean) / sqrt(var + eps) * weight + bias)``, mean and biased variance per (image, group):
-    its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``."""
-    y, scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope)
+    its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``.
+    ``stats``: the per-image statistics the conv's epilogue wrote (``conv2d_stats(..., per_image=True)``); None:
+    one reduction kernel reads y."""
+    y, scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope, stats)
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
 def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None, momentum=0.1, eps=1e-5,
-                  activation=None, negative_slope=0.01):
+                  activation=None, negative_slope=0.01, stats=None):
     """Instance norm (statistics per image and channel) of a conv's output ``y`` as a Normalized (see
-    ``group_norm``). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d`` with
-    ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
-    y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope)
+    ``group_norm``, ``stats`` too). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d``
+    with ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
+    y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope, stats)
     if running_mean is not None:
         _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
-def _group_norm(y, groups, weight, bias, eps, activation, negative_slope):
+def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats):
     """(y as its consumers read it, scale, shift [N, C], mean, biased var [N, groups]) of a group norm of y."""
     checks.check_group_norm(y, groups, weight, bias)
     checks.check_activation(activation, negative_slope, channels=y.shape[1])
@@ -243,7 +268,7 @@ def _group_norm(y, groups, weight, bias, eps, activation, negative_slope):
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
         return (y, *eager.group_norm_scale_shift(y, groups, weight, bias, eps))
-    return _functions().GroupNormScaleShift.apply(y, weight, bias, int(groups), float(eps))
+    return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps))
 
 
 def _update_running(running_mean, running_var, mean, var, count, momentum):

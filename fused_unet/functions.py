@@ -11,6 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from fused_unet import candidates, ops
 from fused_unet.kernels import conv, grad, norm, pool, specs, upsample
+from fused_unet.kernels.codes import Statistics
 
 
 def _traced(like):
@@ -76,8 +77,8 @@ def _with_workspace(ctx, y, workspace):
 
 class Conv2dBiasAct(torch.autograd.Function):
     """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
-    act(x * in_scale + in_shift) (a pending norm; ``in_slope``: its PReLU's slopes). ``stats``: no activation;
-    returns (y, per-tile batch statistics of y) for the batch norm that follows. The residual's gradient is the
+    act(x * in_scale + in_shift) (a pending norm; ``in_slope``: its PReLU's slopes). ``stats`` (codes.Statistics,
+    not NONE): no activation; returns (y, per-tile statistics of y) for the norm that follows. The residual's gradient is the
     prepared output gradient: nothing saved."""
 
     @staticmethod
@@ -86,8 +87,8 @@ class Conv2dBiasAct(torch.autograd.Function):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
         geometry = dict(stride=stride, padding=padding, in_slope=in_slope)
         if stats:
-            result = y, _ = _with_workspace(ctx, *_launch(conv.conv2d_stats_forward, x)(x, weight, bias, *pending,
-                                                                                        **geometry))
+            result = y, _ = _with_workspace(ctx, *_launch(conv.conv2d_stats_forward, x)(
+                x, weight, bias, *pending, **geometry, per_image=stats == Statistics.IMAGE))
         else:
             y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
                                                          **geometry, residual=residual)
@@ -209,7 +210,7 @@ class ConcatConv2dBiasAct(torch.autograd.Function):
         slopes = dict(up_slope=up_slope, skip_slope=skip_slope)
         if stats:
             result = y, _ = _with_workspace(ctx, *_launch(conv.concat_conv2d_stats_forward, up)(
-                up, skip, weight, bias, *layout, *pending, **slopes))
+                up, skip, weight, bias, *layout, *pending, **slopes, per_image=stats == Statistics.IMAGE))
         else:
             y = result = _launch(conv.concat_conv2d_forward, up)(up, skip, weight, bias, activation, negative_slope,
                                                                  *layout, *pending, **slopes)
@@ -362,14 +363,15 @@ class PendingNorm(torch.autograd.Function):
         return dy, dscale, dshift, dres, None, None, None, None, (dslope if slope is not None else None)
 
 
-def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0)):
-    """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (one launch
+def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0), images=None):
+    """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (or with
+    ``images`` a conv epilogue's per-image workspace, kernels.norm.norm_statistics) (one launch
     combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
     [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]; and updates its ``running`` (mean, var,
     momentum) if given); saves what _scale_shift_backward needs. y comes back as it went in (autograd makes it a
     view): its consumers' gradient reaches this backward, which adds the statistics' part in the same kernel instead
     of autograd summing two y-sized tensors."""
-    scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps, *running)
+    scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps, *running, images=images)
     mean, var = stats[:, 0], stats[:, 1]
     if per_channel:
         scale, shift, mean, var = (t.squeeze(0) for t in (scale, shift, mean, var))
@@ -417,17 +419,20 @@ class BatchNormScaleShift(torch.autograd.Function):
 
 class GroupNormScaleShift(torch.autograd.Function):
     """(y, per (image, channel) scale, shift [N, C]) of a group norm of y (instance norm: ``groups`` = C), from y's
-    statistics per (image, group) (one reduction kernel: fused_unet.kernels.norm.channel_statistics), plus
-    (mean, biased var) [N, groups] for running statistics. Backward as BatchNormScaleShift's, per (image, group);
-    saves y (already alive) and the statistics."""
+    statistics per (image, group): the ones its conv's epilogue wrote per image (``stats``), else one reduction
+    kernel's (fused_unet.kernels.norm.channel_statistics), plus (mean, biased var) [N, groups] for running
+    statistics. Backward as BatchNormScaleShift's, per (image, group); saves y (already alive) and the statistics."""
 
     @staticmethod
-    def forward(ctx, y, gamma, beta, groups, eps):
-        parts = _launch(norm.channel_statistics, y)(y)
-        return _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel=False)
+    def forward(ctx, y, stats, gamma, beta, groups, eps):
+        if stats is None:
+            return _scale_shift(ctx, y, gamma, beta, _launch(norm.channel_statistics, y)(y), groups, eps,
+                                per_channel=False)
+        return _scale_shift(ctx, y, gamma, beta, stats, groups, eps, per_channel=False,
+                            images=[y.shape[0], y.shape[2] * y.shape[3]])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
         grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
-        return grad_y, grad_gamma, grad_beta, None, None
+        return grad_y, None, grad_gamma, grad_beta, None, None

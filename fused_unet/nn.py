@@ -212,12 +212,12 @@ def _normalize(y, stats, bn, activation, negative_slope):
         return functional.Normalized(y, *_running_scale_shift(bn), activation,
                                      functional.pending_slope(activation, negative_slope, y.shape[1]))
     if norm_kind(bn) == "group":
-        return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope)
+        return functional.group_norm(y, bn.num_groups, bn.weight, bn.bias, bn.eps, activation, negative_slope, stats)
     update = bn.training and bn.track_running_stats
     if norm_kind(bn) == "instance":
         return functional.instance_norm(y, bn.weight, bn.bias, bn.running_mean if update else None,
                                         bn.running_var if update else None, bn.momentum, bn.eps,
-                                        activation=activation, negative_slope=negative_slope)
+                                        activation=activation, negative_slope=negative_slope, stats=stats)
     factor = 0.0 if bn.momentum is None else bn.momentum
     if update and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -232,10 +232,11 @@ def _finish(z, defer):
 
 
 def _pre_norm(bn, stats_op, plain_op, *inputs, **layout):
-    """(y, statistics) of the conv before the pending norm ``bn``: a batch norm's from the conv's epilogue
-    (``stats_op``), none for a per-image norm (its own reduction kernel reads y) or running statistics."""
-    if _pending(bn) and norm_kind(bn) == "batch":
-        return stats_op(*inputs, **layout)
+    """(y, statistics) of the conv before the norm ``bn``: a pending norm's from the conv's epilogue (``stats_op``;
+    per image for instance / group norm, None where its images are too small: its reduction kernel reads y), none
+    for running statistics."""
+    if _pending(bn):
+        return stats_op(*inputs, **layout, per_image=norm_kind(bn) != "batch")
     return plain_op(*inputs, activation=None, **layout), None
 
 

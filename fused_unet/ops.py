@@ -59,10 +59,10 @@ conv2d_forward = _op(conv.conv2d_forward,
                      f"Tensor? residual=None, {_SLOPE}) -> Tensor",
                      _output_of(conv.conv2d_forward, conv.conv2d_output, "x", "weight", "stride", "padding"))
 conv2d_stats_forward = _op(conv.conv2d_stats_forward,
-                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}, {_SLOPE}) -> "
-                           "(Tensor, Tensor)",
+                           f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}, {_SLOPE}, "
+                           "bool per_image=False) -> (Tensor, Tensor)",
                            _output_of(conv.conv2d_stats_forward, conv.conv2d_stats_output, "x", "weight", "stride",
-                                      "padding"))
+                                      "padding", "per_image"))
 conv2d_pool_forward = _op(conv.conv2d_pool_forward,
                           f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}) -> (Tensor, Tensor, Tensor)",
                           lambda x, weight, *rest: conv.conv2d_pool_output(x, weight))
@@ -73,8 +73,9 @@ concat_conv2d_forward = _op(
     conv.concat_conv2d_output(up, skip, weight, up_mode))
 concat_conv2d_stats_forward = _op(
     conv.concat_conv2d_stats_forward, f"(Tensor up, Tensor? skip, Tensor weight, Tensor? bias, {_CONCAT}, "
-    f"{_CONCAT_SLOPES}) -> (Tensor, Tensor)", lambda up, skip, weight, bias, up_mode, *rest:
-    conv.concat_conv2d_stats_output(up, skip, weight, up_mode))
+    f"{_CONCAT_SLOPES}, bool per_image=False) -> (Tensor, Tensor)",
+    _output_of(conv.concat_conv2d_stats_forward, conv.concat_conv2d_stats_output, "up", "skip", "weight", "up_mode",
+               "per_image"))
 conv_output_grad = _op(
     grad.conv_output_grad, f"(Tensor grad, Tensor? out, {_ACT}, Tensor? grad_pooled=None, Tensor? argmax=None, "
     "bool bias_grad=False) -> (Tensor, Tensor)", _output_grad_fake)
@@ -122,9 +123,9 @@ upsample2x_backward = _op(
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))
 channel_statistics = _op(norm.channel_statistics, "(Tensor y) -> Tensor", norm.channel_statistics_output)
 norm_statistics = _op(norm.norm_statistics, "(Tensor parts, int groups, Tensor gamma, Tensor beta, float eps, "
-                      "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, float momentum=0.0) -> "
-                      "(Tensor, Tensor, Tensor)",
-                      lambda parts, groups, *rest, **kwargs: norm.norm_statistics_output(parts, groups),
+                      "Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None, float momentum=0.0, "
+                      "int[]? images=None) -> (Tensor, Tensor, Tensor)",
+                      _output_of(norm.norm_statistics, norm.norm_statistics_output, "parts", "groups", "images"),
                       mutates=("running_mean", "running_var"))
 norm_statistics_backward = _op(
     norm.norm_statistics_backward, "(Tensor grad_scale, Tensor grad_shift, Tensor stats, Tensor gamma, int count) -> "

@@ -169,7 +169,8 @@ def _dtype_name(launch):
 
 
 def _flags(launch):
-    return {p.name: launch.args[p.name] for p in launch.spec.params if p.role == "flag"}
+    """The launch's constexprs: its flags and the numbers a model sets (a leaky slope)."""
+    return {p.name: launch.args[p.name] for p in launch.spec.params if p.role in ("flag", "value")}
 
 
 def _job(launch, cfg, arch):

@@ -29,6 +29,19 @@ class NormTable(enum.IntEnum):
     GATHER = 2  # [N, C] per (image, channel), any rows (small images, few-channel sources): [rows, K] tiles
 
 
+# The conv's statistics epilogue writes one workspace row per this many output pixels, whatever the tile (launches
+# with statistics take the configs whose BLOCK_M is a multiple: configs.fits): the rows, and so the statistics, do
+# not depend on the config. 12 bytes per channel per row: 64 keeps the workspace under 10% of a 16-bit activation.
+STATS_ROWS = 64
+
+
+class Statistics(enum.IntEnum):
+    """STATS: the norm statistics a conv's epilogue writes (count, mean, M2 per STATS_ROWS output pixels)."""
+    NONE = 0
+    CHANNEL = 1  # per channel (batch norm): one workspace row per group of rows
+    IMAGE = 2  # per (image, channel) (instance / group norm): a group's rows in its two images apart
+
+
 # The API's names (None: no activation / not up-sampled).
 ACTIVATIONS = {None: Act.NONE, "relu": Act.RELU, "leaky_relu": Act.LEAKY_RELU, "silu": Act.SILU, "gelu": Act.GELU,
                "gelu_tanh": Act.GELU_TANH, "prelu": Act.PRELU}
@@ -51,3 +64,9 @@ def up_mode_code(up_mode, align_corners=False):
     """The UP_MODE constexpr of an up-sampling name (bilinear's align_corners is a mode of its own)."""
     mode = UpMode.BILINEAR_ALIGN_CORNERS if up_mode == "bilinear" and align_corners else UP_MODES[up_mode]
     return int(mode)
+
+
+def image_statistics_fit(pixels_per_image):
+    """Whether a conv's epilogue writes per-image statistics (Statistics.IMAGE) of images this large: a group of
+    STATS_ROWS rows then spans at most two of them."""
+    return pixels_per_image >= STATS_ROWS

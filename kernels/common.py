@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .codes import Act, NormTable, UpMode, act_code, up_mode_code
+from .codes import Act, NormTable, Statistics, UpMode, act_code, up_mode_code
 from .configs import largest_pixel_block
 
 ACT_NONE = tl.constexpr(int(Act.NONE))
@@ -22,6 +22,8 @@ _INV_SQRT_TWO_PI = tl.constexpr(0.3989422804014327)
 NORM_CHANNEL = tl.constexpr(int(NormTable.CHANNEL))
 NORM_IMAGE_PAIR = tl.constexpr(int(NormTable.IMAGE_PAIR))
 NORM_GATHER = tl.constexpr(int(NormTable.GATHER))
+STATS_NONE = tl.constexpr(int(Statistics.NONE))
+STATS_IMAGE = tl.constexpr(int(Statistics.IMAGE))
 UP_NONE = tl.constexpr(int(UpMode.NONE))
 UP_NEAREST = tl.constexpr(int(UpMode.NEAREST))
 UP_BILINEAR_ALIGN_CORNERS = tl.constexpr(int(UpMode.BILINEAR_ALIGN_CORNERS))

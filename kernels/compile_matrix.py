@@ -3,7 +3,7 @@ the dtypes they launch with, and the main-loop targets `fused-unet doctor` holds
 configs.py; nothing here runs at launch time."""
 import functools
 
-from .codes import Act, NormTable, UpMode
+from .codes import Act, NormTable, Statistics, UpMode
 from .specs import KERNELS
 
 
@@ -38,8 +38,8 @@ SHAPE_FLAGS = ("KH", "KW", "PAD")
 # 128-bit cp.async or TMA and never divides. Prologue variants (a pending norm, up-sampling) have lower bars; a pending
 # norm's (``overlap``) counts a loop that waits for its own wgmma group at headroom / (1 + headroom) (sass).
 _PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
-              NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=False, FLAT_TAPS=False,
-              TAPS_ON_N=False, NORM_TABLE=int(NormTable.CHANNEL))
+              NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=int(Statistics.NONE),
+              FLAT_TAPS=False, TAPS_ON_N=False, NORM_TABLE=int(NormTable.CHANNEL))
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),

@@ -10,7 +10,7 @@ import os
 import triton
 
 from . import interpreter_problem, interpreter_requested
-from .codes import Act, NormTable, UpMode
+from .codes import STATS_ROWS, Act, NormTable, UpMode
 
 INTERPRETED = interpreter_requested()
 # FUSED_UNET_TUNE=K: each launch takes its K-th registered config that fits (the last if fewer) instead of timing
@@ -106,11 +106,6 @@ TILES_PER_SPLIT = 1024
 # An operand with fewer channels than this per tap (an RGB image, a few-class output) runs all its taps as one GEMM
 # dimension (FLAT_TAPS, TAPS_ON_N): 16 is the narrowest K tile of a 16-bit tensor-core MMA.
 FLAT_TAPS_CHANNELS = 16
-# The conv's batch-statistics epilogue writes one workspace row per this many output pixels, whatever the tile
-# (launches with statistics take the configs whose BLOCK_M is a multiple: configs.fits): the rows, and so the
-# statistics, do not depend on the config. 12 bytes per channel per row: 64 keeps the workspace under 10% of a
-# 16-bit activation.
-STATS_ROWS = 64
 
 
 def largest_pixel_block(kernel):

@@ -25,10 +25,10 @@ import triton
 import triton.language as tl
 
 from .checks import conv_output_shape
-from .codes import UpMode, act_code
-from .common import (NORM_GATHER, NORM_IMAGE_PAIR, UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST, UP_NONE, apply_activation,
-                     fast_div, float_one, linear_source, norm_table, norm_table_code, pending_activation, per_sample,
-                     slope_of, source_placement, strides_of, take_larger)
+from .codes import Statistics, UpMode, act_code, image_statistics_fit
+from .common import (NORM_GATHER, NORM_IMAGE_PAIR, STATS_IMAGE, STATS_NONE, UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST,
+                     UP_NONE, apply_activation, fast_div, float_one, linear_source, norm_table, norm_table_code,
+                     pending_activation, per_sample, slope_of, source_placement, strides_of, take_larger)
 from . import specs
 from .specs import CONV2D_IMPLICIT_GEMM, CONV2D_WEIGHT_GRAD
 from .configs import (FLAT_TAPS_CHANNELS, INTERPRETED, STATS_ROWS, WEIGHT_GRAD_PIXEL_CHUNK, configs, even_k,
@@ -262,24 +262,47 @@ def _accumulate_source(acc, x_ptr, strides, C, K_OFF, img, first_img, BATCH, ih0
 
 
 @triton.jit
-def _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, C_OUT,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
-    """Batch-norm statistics (count, mean, sum of squared deviations per channel) of each group of ROWS GEMM rows
-    into its own workspace row: the groups do not depend on the tile size, so every config (and the autotuner's
-    trial runs) writes the same rows; combined in a fixed order afterwards (no float atomics, same bits)."""
+def _statistics_part(v, part, count):
+    """(count, mean, sum of squared deviations) over axis 1 of v's elements where ``part``."""
+    mean = tl.sum(tl.where(part, v, 0.0), axis=1) * (1.0 / tl.maximum(count, 1.0))[:, None]
+    dev = tl.where(part, v - mean[:, None, :], 0.0)
+    return count, mean, tl.sum(dev * dev, axis=1)
+
+
+@triton.jit
+def _store_statistics(stats_ptr, row, offs_n, mask, C_OUT, count, mean, m2):
+    at = stats_ptr + row.to(tl.int64)[:, None] * 3 * C_OUT + offs_n[None, :]
+    tl.store(at, tl.zeros_like(mean) + count[:, None], mask=mask)
+    tl.store(at + C_OUT, mean, mask=mask)
+    tl.store(at + 2 * C_OUT, m2, mask=mask)
+
+
+@triton.jit
+def _norm_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, IMAGE_PIXELS, C_OUT,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr, STATS: tl.constexpr):
+    """Norm statistics (count, mean, sum of squared deviations per channel) of each group of ROWS GEMM rows into
+    its own workspace row (codes.Statistics STATS): the groups do not depend on the tile size, so every config (and
+    the autotuner's trial runs) writes the same rows; combined in a fixed order afterwards (no float atomics, same
+    bits). IMAGE (images of at least ROWS pixels: a group spans at most two): a group's rows in its first image go
+    to its row, those in the next image to that image's row after the groups' (kernels.norm.norm_statistics)."""
     groups: tl.constexpr = BLOCK_M // ROWS
     first = pid_m * BLOCK_M + tl.arange(0, groups) * ROWS
-    count = tl.minimum(tl.maximum(PIXELS - first, 0), ROWS).to(tl.float32)
-    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M) < PIXELS)[:, None]
-    v = tl.reshape(tl.where(rows, y.to(tl.float32), 0.0), (groups, ROWS, BLOCK_N))
-    mean = tl.sum(v, axis=1) * (1.0 / tl.maximum(count, 1.0))[:, None]
-    dev = tl.where(tl.reshape(rows, (groups, ROWS, 1)), v - mean[:, None, :], 0.0)
-    m2 = tl.sum(dev * dev, axis=1)
-    row = stats_ptr + (first // ROWS).to(tl.int64)[:, None] * 3 * C_OUT + offs_n[None, :]
+    end = tl.minimum(first + ROWS, PIXELS)
+    boundary = end
+    if STATS == STATS_IMAGE:
+        image = first // IMAGE_PIXELS
+        boundary = tl.minimum((image + 1) * IMAGE_PIXELS, end)
+    pixel = tl.reshape(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), (groups, ROWS, 1))
+    v = tl.reshape(y.to(tl.float32), (groups, ROWS, BLOCK_N))
     mask = (first < PIXELS)[:, None] & n_valid[None, :]
-    tl.store(row, tl.zeros((groups, BLOCK_N), dtype=tl.float32) + count[:, None], mask=mask)
-    tl.store(row + C_OUT, mean, mask=mask)
-    tl.store(row + 2 * C_OUT, m2, mask=mask)
+    count, mean, m2 = _statistics_part(v, pixel < boundary[:, None, None],
+                                       tl.maximum(boundary - first, 0).to(tl.float32))
+    _store_statistics(stats_ptr, first // ROWS, offs_n, mask, C_OUT, count, mean, m2)
+    if STATS == STATS_IMAGE:
+        tail = (pixel >= boundary[:, None, None]) & (pixel < end[:, None, None])
+        count, mean, m2 = _statistics_part(v, tail, tl.maximum(end - boundary, 0).to(tl.float32))
+        _store_statistics(stats_ptr, tl.cdiv(PIXELS, ROWS) + image + 1, offs_n, mask & (end > boundary)[:, None],
+                          C_OUT, count, mean, m2)
 
 
 # The autotune key (specs.CONV2D_IMPLICIT_GEMM) holds the shapes (pixels bucketed to powers of two) and every flag
@@ -300,7 +323,7 @@ def conv2d_implicit_gemm_kernel(
     in_norm,  # (scale, shift, PReLU slopes) fp32 of x's pending norm: [C_IN] or [N, C_IN] (NORM_TABLE), slopes [C_IN]
     in2_norm,  # (scale, shift, PReLU slopes) of x2's pending norm (NORM_INPUT2), as in_norm
     one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
-    stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels, 3 (count, mean, M2), C_OUT]
+    stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels (IMAGE: + N), 3 (count, mean, M2), C_OUT]
     res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added before the activation
     BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
     H_IN, W_IN,  # the conv's input grid (x2's size)
@@ -325,7 +348,7 @@ def conv2d_implicit_gemm_kernel(
     NORM_INPUT: tl.constexpr, NORM_INPUT2: tl.constexpr,  # apply x's / x2's pending norm as it is read
     NORM_TABLE: tl.constexpr,  # how the pending norms' scale and shift are read (codes.NormTable): [C] or [N, C]
     IN_ACT: tl.constexpr,  # the pending norms' activation (codes.Act)
-    STATS: tl.constexpr,  # write the output's batch statistics to stats_ptr
+    STATS: tl.constexpr,  # write the output's norm statistics to stats_ptr (codes.Statistics)
     EVEN_K: tl.constexpr,  # every source's channels are a multiple of BLOCK_K (no channel mask; heuristic)
     FLAT_TAPS: tl.constexpr,  # x (one source, UP_MODE 0) has few channels: K runs over (tap, channel) pairs at once
     DOT_DTYPE: tl.constexpr,  # the MMA's operand type
@@ -389,9 +412,9 @@ def conv2d_implicit_gemm_kernel(
     acc = apply_activation(acc, NEG_SLOPE, ACT)
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + row_off[:, None] + col_off[None, :], y, mask=m_valid[:, None] & n_valid[None, :])
-    if STATS:
-        _batch_statistics(y, stats_ptr, pid_m, offs_n, n_valid, BATCH * H_OUT * W_OUT, C_OUT, BLOCK_M, BLOCK_N,
-                          _STATS_ROWS)
+    if STATS != STATS_NONE:
+        _norm_statistics(y, stats_ptr, pid_m, offs_n, n_valid, BATCH * H_OUT * W_OUT, H_OUT * W_OUT, C_OUT, BLOCK_M,
+                         BLOCK_N, _STATS_ROWS, STATS)
     if FUSE_POOL:
         # Pool the values as stored, so ties are broken exactly as a separate max-pool of ``y`` would.
         spn, spc, sph, spw = pool_strides
@@ -558,14 +581,15 @@ def _gemm_weight(weight):
 
 def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, phases=False,
                    placement=None, skip=None, k_offsets=(0, 0), pool_out=None, norm=None, skip_norm=None,
-                   in_activation=None, in_negative_slope=0.0, stats=None, residual=None):
+                   in_activation=None, in_negative_slope=0.0, stats=None, stats_mode=Statistics.CHANNEL,
+                   residual=None):
     """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
     _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
     concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift, PReLU slopes or None)
     of a source's pending norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase,
     channel) of a 2x2 stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the
-    pooling epilogue on, ``stats`` (a workspace) the batch-statistics epilogue, ``residual`` (y's shape) the residual
-    add before the activation. Validation is the caller's job."""
+    pooling epilogue on, ``stats`` (a workspace) the statistics epilogue (``stats_mode``: codes.Statistics),
+    ``residual`` (y's shape) the residual add before the activation. Validation is the caller's job."""
     weight = _gemm_weight(weight)
     batch, c_in = x.shape[0], x.shape[1]
     per_image = per_sample(norm) or per_sample(skip_norm)
@@ -603,7 +627,8 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         NORM_INPUT2=skip_norm is not None,
         NORM_TABLE=norm_table_code(per_image, rows // batch, CONV2D_IMPLICIT_GEMM.name, gather=flat_taps),
         **pending_activation(in_activation, in_negative_slope, norm is not None or skip_norm is not None),
-        STATS=stats is not None, DOT_DTYPE=_dot_dtype(x.dtype), INPUT_PRECISION=_input_precision(x.dtype))
+        STATS=int(stats_mode if stats is not None else Statistics.NONE), DOT_DTYPE=_dot_dtype(x.dtype),
+        INPUT_PRECISION=_input_precision(x.dtype))
     return y
 
 
@@ -746,24 +771,36 @@ def stats_rows(pixels):
     return max(1, triton.cdiv(pixels, STATS_ROWS))
 
 
-def _stats_output(y):
-    return torch.empty((stats_rows(y.shape[0] * y.shape[2] * y.shape[3]), 3, y.shape[1]), device=y.device,
-                       dtype=torch.float32)
+def _stats_output(y, per_image):
+    """A statistics workspace: a row per STATS_ROWS pixels, then with ``per_image`` a row per image (the part of the
+    group that straddles into it)."""
+    rows = stats_rows(y.shape[0] * y.shape[2] * y.shape[3]) + (y.shape[0] if per_image else 0)
+    return torch.empty((rows, 3, y.shape[1]), device=y.device, dtype=torch.float32)
 
 
-def conv2d_stats_output(x, weight, stride=1, padding=None):
+def _statistics(y, per_image):
+    """(stats, Statistics code) of a launch writing its output's statistics."""
+    if per_image and not image_statistics_fit(y.shape[2] * y.shape[3]):
+        raise ValueError(f"per-image statistics need images of at least {STATS_ROWS} pixels, got "
+                         f"{tuple(y.shape[2:])}")
+    return _stats_output(y, per_image), Statistics.IMAGE if per_image else Statistics.CHANNEL
+
+
+def conv2d_stats_output(x, weight, stride=1, padding=None, per_image=False):
     y = conv2d_output(x, weight, stride, padding)
-    return y, _stats_output(y)
+    return y, _stats_output(y, per_image)
 
 
 def conv2d_stats_forward(x, weight, bias=None, in_scale=None, in_shift=None, in_activation=None,
-                         in_negative_slope=0.0, stride=1, padding=None, in_slope=None):
-    """(y, stats) of a conv followed by a batch norm: y = conv(x) + bias, the pre-norm output, and per group of
-    STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations), for
-    ``fused_unet.kernels.norm.norm_statistics``."""
-    y, stats = conv2d_stats_output(x, weight, stride, padding)
+                         in_negative_slope=0.0, stride=1, padding=None, in_slope=None, per_image=False):
+    """(y, stats) of a conv followed by a norm: y = conv(x) + bias, the pre-norm output, and per group of
+    STATS_ROWS pixels its per-channel (count, mean, sum of squared deviations) (``per_image``: per image and channel,
+    for an instance / group norm), for ``fused_unet.kernels.norm.norm_statistics``."""
+    y = conv2d_output(x, weight, stride, padding)
+    stats, mode = _statistics(y, per_image)
     _implicit_gemm(x, weight, y, bias=bias, stride=stride, pad=conv_padding(weight, padding),
-                   norm=_norm(in_scale, in_shift, in_slope), stats=stats, **_in_act(in_activation, in_negative_slope))
+                   norm=_norm(in_scale, in_shift, in_slope), stats=stats, stats_mode=mode,
+                   **_in_act(in_activation, in_negative_slope))
     return y, stats
 
 
@@ -814,9 +851,9 @@ def concat_conv2d_output(up, skip, weight, up_mode):
     return _empty_channels_last(batch, weight.shape[0], height, width, up)
 
 
-def concat_conv2d_stats_output(up, skip, weight, up_mode):
+def concat_conv2d_stats_output(up, skip, weight, up_mode, per_image=False):
     y = concat_conv2d_output(up, skip, weight, up_mode)
-    return y, _stats_output(y)
+    return y, _stats_output(y, per_image)
 
 
 def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative_slope=0.0, up_mode=None,
@@ -834,11 +871,12 @@ def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative
 
 def concat_conv2d_stats_forward(up, skip, weight, bias=None, up_mode=None, align_corners=False, up_first=True,
                                 up_scale=None, up_shift=None, skip_scale=None, skip_shift=None, in_activation=None,
-                                in_negative_slope=0.0, up_slope=None, skip_slope=None):
-    """(y, stats) of concat_conv2d_forward followed by a batch norm (see conv2d_stats_forward)."""
-    y, stats = concat_conv2d_stats_output(up, skip, weight, up_mode)
+                                in_negative_slope=0.0, up_slope=None, skip_slope=None, per_image=False):
+    """(y, stats) of concat_conv2d_forward followed by a norm (see conv2d_stats_forward)."""
+    y = concat_conv2d_output(up, skip, weight, up_mode)
+    stats, mode = _statistics(y, per_image)
     _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, _norm(up_scale, up_shift, up_slope),
-                 _norm(skip_scale, skip_shift, skip_slope), bias=bias, stats=stats,
+                 _norm(skip_scale, skip_shift, skip_slope), bias=bias, stats=stats, stats_mode=mode,
                  **_in_act(in_activation, in_negative_slope))
     return y, stats
 

@@ -15,9 +15,11 @@ import triton.language as tl
 from .codes import act_code
 from .common import (ACT_NONE, ACT_PRELU, activation_grad, activation_input_grad, apply_activation, norm_table,
                      per_sample, pixel_channel_grid, pixel_channel_tile, slope_of, strides_of)
-from .configs import TILES_PER_SPLIT, configs
+from .configs import STATS_ROWS, TILES_PER_SPLIT, configs
 from .specs import (BATCH_NORM_ACT_BACKWARD, CHANNEL_STATISTICS, NORM_STATISTICS, NORM_STATISTICS_BACKWARD,
                     PENDING_NORM)
+
+_STATS_ROWS = tl.constexpr(STATS_ROWS)
 
 
 @triton.jit
@@ -33,23 +35,27 @@ def _merged(n, mean, m2, part_n, part_mean, part_m2):
 @triton.autotune(configs=configs(NORM_STATISTICS.name), key=NORM_STATISTICS.autotune_key)
 @triton.jit
 def norm_statistics_kernel(
-    parts_ptr,  # fp32 [N, TILES, 3 (count, mean, M2), C]: per-tile parts (a conv epilogue's, channel_statistics')
+    parts_ptr,  # fp32 [N, TILES, 3 (count, mean, M2), C] of per-tile parts, or ROW_PARTS a conv epilogue's rows
     partial_ptr,  # fp64 [N, SPLITS, 3, G]: STAGE 1 writes each split's combine of its tiles, STAGE 2 reads them
     affine,  # (gamma, beta) [C]: the norm's weight and bias
     norm,  # (scale, shift) fp32 [N, C] out: scale = gamma / sqrt(var + eps), shift = beta - mean * scale
     stat_ptr,  # fp64 [N, 3 (mean, biased var, 1 / sqrt(var + eps)), G] out
     running,  # (running mean, running var) [G] of a batch norm (N = 1), updated in place with RUNNING
     TILES, C, G, WIDTH, TILES_PER_SPLIT,  # tiles per image, channels, statistics per image, channels per statistic
+    IMAGE_PIXELS, GROUP_ROWS,  # ROW_PARTS: pixels per image, the rows of STATS_ROWS pixels before the images'
     EPS,  # the norm's epsilon
     MOMENTUM,  # RUNNING: the weight of this batch's statistics
     STAGE: tl.constexpr,  # 0: parts -> outputs; 1: parts -> per-split partials; 2: partials -> outputs
     RUNNING: tl.constexpr,  # update running statistics as torch.nn's BatchNorm2d does (the variance unbiased)
+    ROW_PARTS: tl.constexpr,  # parts are a conv epilogue's per-image statistics (codes.Statistics.IMAGE)
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,  # tiles x statistics per step
 ):
     """Parameters: specs.NORM_STATISTICS. A norm's statistics finalised: each statistic's parts (its tiles x its
     WIDTH channels: one per channel for batch / instance norm, C / G for group norm) combined in a fixed order in
     float64, then scale and shift. Many tiles (a batch norm of a large batch) split over programs first (STAGE 1)
-    and their partials are combined by a second launch (STAGE 2): deterministic, no atomics."""
+    and their partials are combined by a second launch (STAGE 2): deterministic, no atomics. ROW_PARTS: image n's
+    tiles are its row after the groups' (the part of a group that began in image n - 1; none where n's first pixel
+    starts a group) then the groups of STATS_ROWS pixels that begin in it."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     s_ok = offs_s < G
     img = tl.program_id(2).to(tl.int64)
@@ -62,14 +68,21 @@ def norm_statistics_kernel(
         first = 0
     else:
         rows, width, row_width = TILES, WIDTH, C
-        base = parts_ptr + img * TILES * 3 * C
+        base = parts_ptr if ROW_PARTS else parts_ptr + img * TILES * 3 * C
         first = tl.program_id(1) * TILES_PER_SPLIT if STAGE == 1 else 0
     last = tl.minimum(first + TILES_PER_SPLIT, rows) if STAGE == 1 else rows
     for t0 in range(first, last, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
-        mask = (offs_t < last)[:, None] & s_ok[None, :]
+        row = offs_t.to(tl.int64)
+        ok = offs_t < last
+        if ROW_PARTS and STAGE != 2:
+            group = tl.cdiv(img * IMAGE_PIXELS, _STATS_ROWS) + offs_t - 1
+            row = tl.where(offs_t == 0, GROUP_ROWS + img, group)
+            ok &= tl.where(offs_t == 0, (img * IMAGE_PIXELS) % _STATS_ROWS != 0,
+                           group < tl.cdiv((img + 1) * IMAGE_PIXELS, _STATS_ROWS))
+        mask = ok[:, None] & s_ok[None, :]
         for w in range(0, width):
-            at = offs_t.to(tl.int64)[:, None] * 3 * row_width + (offs_s * width + w)[None, :]
+            at = row[:, None] * 3 * row_width + (offs_s * width + w)[None, :]
             part_n = tl.load(base + at, mask=mask, other=0.0).to(tl.float64)
             part_mean = tl.load(base + at + row_width, mask=mask, other=0.0).to(tl.float64)
             part_m2 = tl.load(base + at + 2 * row_width, mask=mask, other=0.0).to(tl.float64)
@@ -110,22 +123,29 @@ def norm_statistics_kernel(
             tl.store(shift_ptr + img * C + channel, (beta - mean * scale).to(tl.float32), mask=s_ok)
 
 
-def norm_statistics_output(parts, groups):
+def norm_statistics_output(parts, groups, images=None):
     """(scale, shift) fp32 [N, C] and the statistics fp64 [N, 3 (mean, biased var, 1 / std), groups]."""
-    batch, _, _, c = parts.shape
+    batch, c = (images[0], parts.shape[-1]) if images is not None else (parts.shape[0], parts.shape[-1])
     scale = torch.empty((batch, c), device=parts.device, dtype=torch.float32)
     return scale, torch.empty_like(scale), torch.empty((batch, 3, groups), device=parts.device, dtype=torch.float64)
 
 
-def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.0):
+def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.0, images=None):
     """A norm's (scale, shift) fp32 [N, C] and statistics fp64 [N, 3 (mean, biased variance, 1 / sqrt(var + eps)),
     groups] from per-tile ``parts`` [N, tiles, 3 (count, mean, M2), C] (a batch norm's: N = 1), each statistic
-    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. A batch norm's
-    ``running_mean`` / ``running_var`` ([C], contiguous) are updated in place in the same launch, ``momentum`` the
-    weight of this batch (the variance unbiased). Over TILES_PER_SPLIT tiles, two launches (split, then combine):
-    the result does not depend on the config."""
-    batch, tiles, _, c = parts.shape
-    scale, shift, stats = norm_statistics_output(parts, groups)
+    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. With ``images``
+    (N, pixels per image), ``parts`` is a conv epilogue's per-image workspace (kernels.conv.conv2d_stats_forward's
+    with ``per_image``). A batch norm's ``running_mean`` / ``running_var`` ([C], contiguous) are updated in place in
+    the same launch, ``momentum`` the weight of this batch (the variance unbiased). Over TILES_PER_SPLIT tiles, two
+    launches (split, then combine): the result does not depend on the config."""
+    c = parts.shape[-1]
+    if images is not None:
+        batch, image_pixels = images
+        tiles, group_rows = triton.cdiv(image_pixels, STATS_ROWS) + 1, parts.shape[0] - batch
+    else:
+        batch, tiles, _, _ = parts.shape
+        image_pixels = group_rows = 0
+    scale, shift, stats = norm_statistics_output(parts, groups, images)
     running = (running_mean, running_var) if running_mean is not None or running_var is not None else None
     if running is not None:
         _check_running(running, batch, groups)
@@ -136,7 +156,8 @@ def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_
         else stats
     common = dict(parts_ptr=parts.contiguous(), partial_ptr=partial, affine=(gamma, beta), norm=(scale, shift),
                   stat_ptr=stats, running=running or (gamma, beta), C=c, G=groups, WIDTH=c // groups,
-                  TILES_PER_SPLIT=TILES_PER_SPLIT, EPS=float(eps), MOMENTUM=float(momentum))
+                  TILES_PER_SPLIT=TILES_PER_SPLIT, IMAGE_PIXELS=image_pixels, GROUP_ROWS=group_rows,
+                  EPS=float(eps), MOMENTUM=float(momentum), ROW_PARTS=images is not None)
     if splits > 1:
         NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), splits,
                                                                      batch), TILES=tiles, STAGE=1, RUNNING=False,

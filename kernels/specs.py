@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import functools
 
-from .codes import Act, NormTable, UpMode
+from .codes import Act, NormTable, Statistics, UpMode
 
 # The compile type of a tensor of the launch's dtype (fp16 / bf16 / fp32); other tensors name theirs.
 TENSOR = "*"
@@ -265,7 +265,10 @@ _FORWARD = dict(PHASES=False, FUSE_POOL=False)
 _RESIDUAL = [dict(RESIDUAL=False), dict(RESIDUAL=True)]
 _NO_RESIDUAL = dict(RESIDUAL=False)
 _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
-_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=False,
+# The statistics a conv's epilogue writes for the norm after it (codes.Statistics), or none.
+_NO_STATS = int(Statistics.NONE)
+_STATS = [dict(STATS=int(Statistics.CHANNEL)), dict(STATS=int(Statistics.IMAGE))]
+_INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=_NO_STATS,
                    NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT, **_ONE_SOURCE)
 # A transposed conv's forward: the input-grad's GEMMs, with a bias, an activation and a pending norm.
 _TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items()
@@ -293,18 +296,18 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
-        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=False), _EVEN, _TAPS, _STRIDES, _BIAS, _RESIDUAL,
+        "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=_NO_STATS), _EVEN, _TAPS, _STRIDES, _BIAS, _RESIDUAL,
                            _ACTS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, STATS=True, ACT=_NO_ACT), _EVEN,
-                                 _TAPS, _STRIDES, _BIAS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, ACT=_NO_ACT), _STATS, _EVEN, _TAPS,
+                                 _STRIDES, _BIAS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
-                                       STATS=False, NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT), _EVEN,
+                                       STATS=_NO_STATS, NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT), _EVEN,
                                 _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
             _fixed(**_FORWARD, **_NO_RESIDUAL, STRIDE=1, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)],
             _EVEN, _UP_MODES, _BIAS,
-            [dict(STATS=False, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, STATS=True)],
+            [dict(STATS=_NO_STATS, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, **stats) for stats in _STATS],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
             _IN_ACTS, _NORM_TABLES,
             [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)]],
@@ -313,7 +316,7 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
         "conv_transpose2d_forward": [_fixed(STRIDE=1, **_TRANSPOSED_FORWARD), _EVEN, _GRAD_TAPS, _BIAS, _ACTS,
                                      _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
-                                             STATS=False, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
+                                             STATS=_NO_STATS, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
                                       _IN_NORM, _NORM_TABLES],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
@@ -416,12 +419,13 @@ NORM_STATISTICS = KernelSpec(
     "norm_statistics",
     (tensor("parts_ptr", "*fp32"), tensor("partial_ptr", "*fp64"), tensor_pair("affine"), tensor_pair("norm", "*fp32"),
      tensor("stat_ptr", "*fp64"), tensor_pair("running"), integer("TILES"), integer("C", 16, tuned=True),
-     integer("G"), integer("WIDTH"), integer("TILES_PER_SPLIT", 16), real("EPS"), real("MOMENTUM"), flag("STAGE"),
-     flag("RUNNING"), block("BLOCK_T"), block("BLOCK_S")),
+     integer("G"), integer("WIDTH"), integer("TILES_PER_SPLIT", 16), integer("IMAGE_PIXELS"), integer("GROUP_ROWS"),
+     real("EPS"), real("MOMENTUM"), flag("STAGE"), flag("RUNNING"), flag("ROW_PARTS"), block("BLOCK_T"),
+     block("BLOCK_S")),
     # A split's first launch (STAGE 1) never finalises, so never updates running statistics.
     sites={"norm_statistics": [[dict(STAGE=0, RUNNING=False), dict(STAGE=0, RUNNING=True),
                                 dict(STAGE=1, RUNNING=False), dict(STAGE=2, RUNNING=False),
-                                dict(STAGE=2, RUNNING=True)]]})
+                                dict(STAGE=2, RUNNING=True)], [dict(ROW_PARTS=False), dict(ROW_PARTS=True)]]})
 
 NORM_STATISTICS_BACKWARD = KernelSpec(
     "norm_statistics_backward",

@@ -16,6 +16,7 @@ def _cases():
     xt, wt = make_tensor((2, 4, 3, 2)), make_tensor((4, 3, 2, 2))
     yt = torch.relu(make_tensor((2, 3, 6, 4)))
     up, skip, wc = make_tensor((2, 2, 2, 3)), make_tensor((2, 1, 5, 6)), make_tensor((4, 3, 3, 3))
+    wide = make_tensor((2, 3, 8, 9))  # images of 72 pixels: per-image statistics straddle them
     pooled, argmax = ops.max_pool_forward(x, 2)
     y_pooled, y_argmax = ops.max_pool_forward(y, 2)
     pooled3, argmax3 = ops.max_pool_forward(x, 3)
@@ -41,6 +42,9 @@ def _cases():
         (ops.max_pool_forward, (x, 2)), (ops.max_pool_backward, (pooled, argmax, list(x.shape), 2)),
         (ops.max_pool_forward, (x, 3)), (ops.max_pool_backward, (pooled3, argmax3, list(x.shape), 3)),
         (ops.conv2d_stats_forward, (x, w, b), norm), (ops.conv2d_forward, (x, w, b, "relu", 0.0), norm),
+        (ops.conv2d_stats_forward, (wide, w, b), dict(per_image=True)),  # an instance norm's, from the epilogue
+        (ops.norm_statistics, (ops.conv2d_stats_forward(wide, w, b, per_image=True)[1], 4, make_tensor((4,)),
+                               make_tensor((4,)), 1e-5), dict(images=[2, 72])),
         (ops.concat_conv2d_stats_forward, (up, skip, wc, None, "nearest", False, True),
          dict(up_scale=scale[:2], up_shift=shift[:2], in_activation="relu")),
         (ops.conv2d_weight_grad, (y, x, w), norm),

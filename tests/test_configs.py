@@ -229,19 +229,26 @@ def test_results_do_not_depend_on_what_the_autotuner_tried(two_splits):
         assert torch.equal(a, c), f"{name} differs after the autotuner's trial runs"
 
 
+@pytest.mark.parametrize("per_image", [False, True], ids=["batch", "per-image"])
 @pytest.mark.parametrize("cfg", [c for c in configs.all_gpu_configs("conv2d_implicit_gemm")
                                  if configs.fits(c, dict(STATS=True))], ids=str)
-def test_batch_statistics_rows_do_not_depend_on_the_tile(cfg):
+def test_statistics_rows_do_not_depend_on_the_tile(cfg, per_image):
+    # 11x13 pixels at batch 3: the rows of 64 pixels straddle images, and a 128- or 256-row tile holds three images.
     x = make_tensor((3, 16, 11, 13))
     w = make_tensor((48, 16, 3, 3), scale=0.1)
     with forced(conv.conv2d_implicit_gemm_kernel, cfg):
-        y, stats = conv.conv2d_stats_forward(x, w)
-    assert stats.shape[0] == conv.stats_rows(3 * 11 * 13)
-    mean, var, _ = norm.norm_statistics(stats[None], 48, torch.ones(48), torch.ones(48), 1e-5)[2][0]
+        y, stats = conv.conv2d_stats_forward(x, w, per_image=per_image)
+    assert stats.shape[0] == conv.stats_rows(3 * 11 * 13) + (3 if per_image else 0)
+    images = dict(images=(3, 11 * 13)) if per_image else {}
+    parts = stats if per_image else stats[None]
+    mean, var, _ = norm.norm_statistics(parts, 48, torch.ones(48), torch.ones(48), 1e-5, **images)[2].transpose(0, 1)
     ref = eager.conv2d(x.double(), w.double())
-    torch.testing.assert_close(mean, ref.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(var, ref.var((0, 2, 3), unbiased=False), atol=1e-5, rtol=1e-5)
-    assert stats[:, 0].sum(0).eq(3 * 11 * 13).all()
+    dims = (2, 3) if per_image else (0, 2, 3)
+    torch.testing.assert_close(mean, ref.mean(dims).reshape(mean.shape), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(var, ref.var(dims, unbiased=False).reshape(var.shape), atol=1e-5, rtol=1e-5)
+    groups = conv.stats_rows(3 * 11 * 13)  # then per image the part of the group that straddles into it (not 0's)
+    written = [*range(groups)] + [groups + n for n in (1, 2)] if per_image else range(groups)
+    assert stats[written, 0].sum(0).eq(3 * 11 * 13).all()  # every pixel counted once
 
 
 def test_every_statistics_launch_has_configs():

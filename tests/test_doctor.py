@@ -230,7 +230,7 @@ def test_the_compile_signature_follows_the_hints():
     index = spec.names.index
     signature, constants, attrs = spec.compile_signature("*bf16", {"KH": 3})
     assert signature["x_strides"] == ("i32", "constexpr", "i32", "i32") and constants[(index("x_strides"), 1)] == 1
-    assert signature["in_norm"] == ("*fp32", "*fp32") and signature["g_ptr"] == "*bf16"
+    assert signature["in_norm"] == ("*fp32", "*fp32", "*fp32") and signature["g_ptr"] == "*bf16"
     assert (index("C_A"),) in attrs and (index("BATCH"),) not in attrs and signature["KH"] == "constexpr"
     signature, constants, _ = spec.compile_signature("*bf16", {"KH": 3}, ones=True)
     assert constants[(index("BATCH"),)] == 1 and signature["W_MAGIC"] == "i32"

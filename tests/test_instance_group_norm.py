@@ -55,6 +55,33 @@ def test_pending_group_norm_read_by_every_consumer_matches_float64(groups, activ
     check_against_float64(fused, reference, [x, w1, gamma, beta, w2, wt], dtype, baseline=dtype != torch.float32)
 
 
+# 11x13 = 143 pixels at batch 3: groups of 64 rows straddle images (their parts split, the straddling one of each
+# image in its own row); 8x8 at batch 2: groups fill images exactly; 7x7: too small, the reduction kernel reads y.
+@pytest.mark.parametrize("batch,size,groups,dtype", [(3, (11, 13), 6, torch.float32), (2, (8, 8), 2, torch.float16),
+                                                     (1, (13, 5), 3, torch.float32), (2, (7, 7), 6, torch.float32)])
+def test_per_image_statistics_from_the_conv_epilogue_match_float64(batch, size, groups, dtype, monkeypatch):
+    x = make_tensor((batch, 3, *size), dtype, requires_grad=True)
+    skip0 = make_tensor((batch, 2, *size), dtype, requires_grad=True)
+    w1, w2 = (make_tensor(s, dtype, requires_grad=True, scale=0.5) for s in ((6, 3, 3, 3), (4, 8, 3, 3)))
+    gamma, beta = _affine(6, dtype)
+    launches = record_launches(monkeypatch)
+
+    def fused(x, skip0, w1, w2, gamma, beta):
+        y, stats = FF.conv2d_stats(x, w1, per_image=True)
+        z = FF.group_norm(y, groups, gamma, beta, activation="leaky_relu", stats=stats)
+        y2, stats2 = FF.concat_conv2d_stats(z, skip0, w2, per_image=True)
+        return z.materialize(), FF.instance_norm(y2, activation="relu", stats=stats2).materialize()
+
+    def reference(x, skip0, w1, w2, gamma, beta):
+        z = F.leaky_relu(F.group_norm(F.conv2d(x, w1, padding=1), groups, gamma, beta), 0.01)
+        return z, F.relu(F.instance_norm(F.conv2d(torch.cat([z, skip0], 1), w2, padding=1)))
+
+    check_against_float64(fused, reference, [x, skip0, w1, w2, gamma, beta], dtype, baseline=dtype != torch.float32)
+    written = {kwargs["STATS"] for name, kwargs in launches if name == "conv2d_implicit_gemm"} - {0}
+    assert written == ({2} if size[0] * size[1] >= 64 else set())
+    assert any(name == "channel_statistics" for name, _ in launches) == (size[0] * size[1] < 64)
+
+
 @pytest.mark.parametrize("up_mode", [None, "bilinear"])
 @pytest.mark.parametrize("up_first", [True, False])
 def test_concatenation_of_a_per_sample_and_a_batch_norm_matches_float64(up_mode, up_first):
