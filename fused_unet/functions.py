@@ -78,8 +78,8 @@ def _with_workspace(ctx, y, workspace):
 class Conv2dBiasAct(torch.autograd.Function):
     """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
     act(x * in_scale + in_shift) (a pending norm; ``in_slope``: its PReLU's slopes). ``stats`` (codes.Statistics,
-    not NONE): no activation; returns (y, per-tile statistics of y) for the norm that follows. The residual's gradient is the
-    prepared output gradient: nothing saved."""
+    not NONE): no activation; returns (y, per-tile statistics of y) for the norm that follows. The residual's
+    gradient is the prepared output gradient: nothing saved."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,

@@ -174,10 +174,11 @@ def fits(cfg, flags, cc=90):
     beside a wide accumulator; sm_80: no 4-warp tile with a 64-wide accumulator) (Triton 3.6 and 3.8). Bilinear
     up-sampling keeps its four corner tiles in registers: two stages, no wide accumulator beside a pending norm;
     beside a SiLU / GELU no accumulator beyond 32, in three stages; in IEEE fp32 (FMA) beside a pending norm no
-    32-row tile 64 wide (Triton 3.6, sm_90). The pooling, depth-to-space and statistics epilogues do not fit beside
-    a wide accumulator; statistics need whole groups of STATS_ROWS rows. Gathered norm tables (_gathers_norm) are
-    pipelined beside the operand tiles, every stage: they must fit the shared memory (the 128x128x64 three-stage
-    tile needed 241 KiB on sm_90)."""
+    32-row tile 64 wide (Triton 3.6, sm_90). The pooling and depth-to-space epilogues do not fit beside a wide
+    accumulator, nor do the statistics on sm_80 (sm_90's per-image ones spill 80-192 bytes after the loop at
+    128x256, the price of the wide tile); statistics need whole groups of STATS_ROWS rows. Gathered norm tables
+    (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the shared memory (the
+    128x128x64 three-stage tile needed 241 KiB on sm_90)."""
     blocks, threads = cfg.kwargs, 32 * cfg.num_warps
     if flags.get("STATS") and blocks["BLOCK_M"] % STATS_ROWS:
         return False
@@ -202,7 +203,7 @@ def fits(cfg, flags, cc=90):
         if transcendental:
             return acc <= 32 and cfg.num_stages <= 3
         return cfg.num_stages <= 2 and not (acc > 64 and flags.get("NORM_INPUT"))
-    return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or flags.get("STATS")))
+    return not (acc > 64 and (flags.get("FUSE_POOL") or flags.get("PHASES") or (flags.get("STATS") and cc < 90)))
 
 
 @functools.lru_cache(maxsize=None)
