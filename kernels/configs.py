@@ -175,7 +175,7 @@ def fits(cfg, flags, cc=90):
     up-sampling keeps its four corner tiles in registers: two stages, no wide accumulator beside a pending norm;
     beside a SiLU / GELU no accumulator beyond 32, in three stages; in IEEE fp32 (FMA) beside a pending norm no
     32-row tile 64 wide (Triton 3.6, sm_90). The pooling and depth-to-space epilogues do not fit beside a wide
-    accumulator, nor do the statistics on sm_80 (sm_90's per-image ones spill 80-192 bytes after the loop at
+    accumulator, nor do the statistics on sm_80 (sm_90's per-image ones spill 80-160 bytes after the loop at
     128x256, the price of the wide tile); statistics need whole groups of STATS_ROWS rows. Gathered norm tables
     (_gathers_norm) are pipelined beside the operand tiles, every stage: they must fit the shared memory (the
     128x128x64 three-stage tile needed 241 KiB on sm_90)."""

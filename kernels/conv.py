@@ -299,10 +299,13 @@ def _norm_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, IMAGE_PIXELS,
                                        tl.maximum(boundary - first, 0).to(tl.float32))
     _store_statistics(stats_ptr, first // ROWS, offs_n, mask, C_OUT, count, mean, m2)
     if STATS == STATS_IMAGE:
+        # Every image's own row is written once: by the group that straddles into it, else (nothing does) zeros
+        # by the group that begins at its first pixel (whose part in a next image is empty).
         tail = (pixel >= boundary[:, None, None]) & (pixel < end[:, None, None])
         count, mean, m2 = _statistics_part(v, tail, tl.maximum(end - boundary, 0).to(tl.float32))
-        _store_statistics(stats_ptr, tl.cdiv(PIXELS, ROWS) + image + 1, offs_n, mask & (end > boundary)[:, None],
-                          C_OUT, count, mean, m2)
+        straddles = end > boundary
+        _store_statistics(stats_ptr, tl.cdiv(PIXELS, ROWS) + image + straddles.to(tl.int32), offs_n,
+                          mask & (straddles | (first % IMAGE_PIXELS == 0))[:, None], C_OUT, count, mean, m2)
 
 
 # The autotune key (specs.CONV2D_IMPLICIT_GEMM) holds the shapes (pixels bucketed to powers of two) and every flag

@@ -54,7 +54,7 @@ def norm_statistics_kernel(
     WIDTH channels: one per channel for batch / instance norm, C / G for group norm) combined in a fixed order in
     float64, then scale and shift. Many tiles (a batch norm of a large batch) split over programs first (STAGE 1)
     and their partials are combined by a second launch (STAGE 2): deterministic, no atomics. ROW_PARTS: image n's
-    tiles are its row after the groups' (the part of a group that began in image n - 1; none where n's first pixel
+    tiles are its row after the groups' (the part of a group that began in image n - 1; empty where n's first pixel
     starts a group) then the groups of STATS_ROWS pixels that begin in it."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     s_ok = offs_s < G
@@ -78,8 +78,7 @@ def norm_statistics_kernel(
         if ROW_PARTS and STAGE != 2:
             group = tl.cdiv(img * IMAGE_PIXELS, _STATS_ROWS) + offs_t - 1
             row = tl.where(offs_t == 0, GROUP_ROWS + img, group)
-            ok &= tl.where(offs_t == 0, (img * IMAGE_PIXELS) % _STATS_ROWS != 0,
-                           group < tl.cdiv((img + 1) * IMAGE_PIXELS, _STATS_ROWS))
+            ok &= (offs_t == 0) | (group < tl.cdiv((img + 1) * IMAGE_PIXELS, _STATS_ROWS))
         mask = ok[:, None] & s_ok[None, :]
         for w in range(0, width):
             at = row[:, None] * 3 * row_width + (offs_s * width + w)[None, :]

@@ -57,12 +57,15 @@ def test_monai_basic_unet(norm, modes, size, batch):
     assert _eager_left(model, x, report)[0] == {}
 
 
-def test_monai_unet_reports_what_it_cannot_fuse():
+# Its default instance norm (no affine, no running statistics: the same in eval) at 8x8 and 4x4: statistics from the
+# conv's epilogue, and from the reduction kernel below 64 pixels.
+@pytest.mark.parametrize("norm,modes", [("batch", ("train", "eval")), ("instance", ("train",))])
+def test_monai_unet_reports_what_it_cannot_fuse(norm, modes):
     torch.manual_seed(0)
     model = monai_nets.UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
-                            num_res_units=1, norm="batch").to(DEVICE)
+                            num_res_units=1, norm=norm).to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
-    report = check_swap(model, x, example_input=x)
+    report = check_swap(model, x, modes, example_input=x)
     # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue, and its 3x3 /
     # stride-2 / output_padding-1 transposed convs run in the kernels; every norm -> Dropout(0) -> PReLU (its
     # default ADN) is pending in the kernels that read it, the one after each transposed conv too ("bn+act").
