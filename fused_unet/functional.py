@@ -136,9 +136,9 @@ def _statistics(per_image):
 
 
 def _epilogue_statistics(stats, pixels_per_image):
-    """The statistics a conv's epilogue writes when ``stats`` are asked for: per-image ones only of images it
-    covers."""
-    if stats == Statistics.IMAGE and not image_statistics_fit(pixels_per_image):
+    """The statistics a conv's epilogue writes for the ``stats`` asked (None: none): per-image ones only of images
+    it covers."""
+    if not stats or (stats == Statistics.IMAGE and not image_statistics_fit(pixels_per_image)):
         return Statistics.NONE
     return stats
 
@@ -156,7 +156,7 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats,
         # The eager norms compute their statistics from y itself: no workspace.
         return (y, None) if stats else y
     out = checks.conv_output_shape(x_t.shape, weight.shape, stride, padding)
-    written = _epilogue_statistics(stats, out[2] * out[3]) if stats else Statistics.NONE
+    written = _epilogue_statistics(stats, out[2] * out[3])
     y = _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope), in_act,
                                          in_slope, int(written), stride, padding, residual, prelu)
     return (y, None) if stats and not written else y
@@ -209,9 +209,8 @@ def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, 
         if stats:
             return eager.concat_conv2d(up, skip, weight, bias, None, 0.01, up_mode, align_corners, up_first), None
         return eager.concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first)
-    factor = 1 if up_mode is None else 2
-    out = skip_t.shape[2:] if skip_t is not None else (factor * up_t.shape[2], factor * up_t.shape[3])
-    written = _epilogue_statistics(stats, out[0] * out[1]) if stats else Statistics.NONE
+    _, height, width = checks.concat_grid(up_t, skip_t, up_mode)
+    written = _epilogue_statistics(stats, height * width)
     y = _functions().ConcatConv2dBiasAct.apply(up_t, up_scale, up_shift, skip_t, skip_scale, skip_shift, weight, bias,
                                                activation, float(negative_slope), up_mode, align_corners,
                                                bool(up_first), in_act, in_slope, int(written), up_prelu, skip_prelu)

@@ -137,6 +137,15 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def concat_grid(up, skip, up_mode):
+    """The conv's input grid (N, H, W) of cat([pad(upsample(up)), skip]): the skip's, or without a skip the
+    up-sampled size of up."""
+    if skip is not None:
+        return skip.shape[0], skip.shape[2], skip.shape[3]
+    factor = 1 if up_mode is None else 2
+    return up.shape[0], factor * up.shape[2], factor * up.shape[3]
+
+
 def conv_output_shape(x_shape, weight_shape, stride, padding):
     """(N, C_out, H_out, W_out) of a conv of an input of ``x_shape`` with a [C_out, C_in, k, k] weight."""
     k = weight_shape[2]

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .checks import conv_output_shape
+from .checks import concat_grid, conv_output_shape
 from .codes import Statistics, UpMode, act_code, image_statistics_fit
 from .common import (NORM_GATHER, NORM_IMAGE_PAIR, STATS_IMAGE, STATS_NONE, UP_BILINEAR_ALIGN_CORNERS, UP_NEAREST,
                      UP_NONE, apply_activation, fast_div, float_one, linear_source, norm_table, norm_table_code,
@@ -822,19 +822,10 @@ def conv2d_pool_forward(x, weight, bias=None, activation=None, negative_slope=0.
     return y, pooled, argmax
 
 
-def _concat_grid(up, skip, up_mode):
-    """The conv's input grid (N, H, W) of cat([pad(upsample(up)), skip]): the skip's, or without a skip the
-    up-sampled size of up."""
-    if skip is not None:
-        return skip.shape[0], skip.shape[2], skip.shape[3]
-    factor = 1 if up_mode is None else 2
-    return up.shape[0], factor * up.shape[2], factor * up.shape[3]
-
-
 def _concat_sources(up, skip, up_mode, align_corners, up_first, up_norm=None, skip_norm=None):
     """(source, placement, weight channel offset, norm) of the two halves of cat([up, skip]) (or [skip, up]); of
     up alone (up-sampled) without a skip."""
-    _, height, width = _concat_grid(up, skip, up_mode)
+    _, height, width = concat_grid(up, skip, up_mode)
     up_source = (up, source_placement(up, height, width, up_mode, align_corners), 0 if up_first or skip is None else
                  skip.shape[1], up_norm)
     if skip is None:
@@ -850,7 +841,7 @@ def _concat_conv(up, skip, weight, y, up_mode, align_corners, up_first, up_norm,
 
 
 def concat_conv2d_output(up, skip, weight, up_mode):
-    batch, height, width = _concat_grid(up, skip, up_mode)
+    batch, height, width = concat_grid(up, skip, up_mode)
     return _empty_channels_last(batch, weight.shape[0], height, width, up)
 
 
@@ -867,8 +858,7 @@ def concat_conv2d_forward(up, skip, weight, bias=None, activation=None, negative
     and zero-padding it centred to the skip's size. Without a skip (None): the conv of upsample(up) alone."""
     return _concat_conv(up, skip, weight, concat_conv2d_output(up, skip, weight, up_mode), up_mode, align_corners,
                         up_first, _norm(up_scale, up_shift, up_slope), _norm(skip_scale, skip_shift, skip_slope),
-                        bias=bias,
-                        activation=activation, negative_slope=negative_slope,
+                        bias=bias, activation=activation, negative_slope=negative_slope,
                         **_in_act(in_activation, in_negative_slope))
 
 

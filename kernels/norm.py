@@ -124,8 +124,8 @@ def norm_statistics_kernel(
 
 def norm_statistics_output(parts, groups, images=None):
     """(scale, shift) fp32 [N, C] and the statistics fp64 [N, 3 (mean, biased var, 1 / std), groups]."""
-    batch, c = (images[0], parts.shape[-1]) if images is not None else (parts.shape[0], parts.shape[-1])
-    scale = torch.empty((batch, c), device=parts.device, dtype=torch.float32)
+    batch = images[0] if images is not None else parts.shape[0]
+    scale = torch.empty((batch, parts.shape[-1]), device=parts.device, dtype=torch.float32)
     return scale, torch.empty_like(scale), torch.empty((batch, 3, groups), device=parts.device, dtype=torch.float64)
 
 
