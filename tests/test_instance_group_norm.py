@@ -82,6 +82,14 @@ def test_per_image_statistics_from_the_conv_epilogue_match_float64(batch, size, 
     assert any(name == "channel_statistics" for name, _ in launches) == (size[0] * size[1] < 64)
 
 
+def test_per_image_statistics_of_images_too_small_for_the_epilogue_are_refused():
+    # functional falls back to the reduction kernel there; the launcher itself never writes a wrong workspace.
+    from fused_unet.kernels import conv
+
+    with pytest.raises(ValueError, match="per-image statistics need images of at least 64 pixels"):
+        conv.conv2d_stats_forward(make_tensor((2, 3, 7, 7)), make_tensor((4, 3, 3, 3)), per_image=True)
+
+
 @pytest.mark.parametrize("up_mode", [None, "bilinear"])
 @pytest.mark.parametrize("up_first", [True, False])
 def test_concatenation_of_a_per_sample_and_a_batch_norm_matches_float64(up_mode, up_first):
