@@ -243,7 +243,7 @@ def group_norm(y, num_groups, weight=None, bias=None, eps=1e-5, activation=None,
     its scale and shift are per (image, channel) [N, C], applied by the next fused op while it reads ``y``.
     ``stats``: the per-image statistics the conv's epilogue wrote (``conv2d_stats(..., per_image=True)``); None:
     one reduction kernel reads y."""
-    y, scale, shift, _, _ = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope, stats)
+    y, scale, shift = _group_norm(y, num_groups, weight, bias, eps, activation, negative_slope, stats)
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
@@ -252,22 +252,24 @@ def instance_norm(y, weight=None, bias=None, running_mean=None, running_var=None
     """Instance norm (statistics per image and channel) of a conv's output ``y`` as a Normalized (see
     ``group_norm``, ``stats`` too). Updates ``running_mean`` / ``running_var`` in place like ``nn.InstanceNorm2d``
     with ``track_running_stats`` (the batch's average of the per-image mean and unbiased variance)."""
-    y, scale, shift, mean, var = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope, stats)
-    if running_mean is not None:
-        _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
+    y, scale, shift = _group_norm(y, y.shape[1], weight, bias, eps, activation, negative_slope, stats,
+                                  (running_mean, running_var, momentum))
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, y.shape[1]))
 
 
-def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats):
-    """(y as its consumers read it, scale, shift [N, C], mean, biased var [N, groups]) of a group norm of y."""
+def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats, running=(None, None, 0.0)):
+    """(y as its consumers read it, scale, shift [N, C]) of a group norm of y; an instance norm's ``running``
+    (mean, var, momentum) statistics updated in place."""
     checks.check_group_norm(y, groups, weight, bias)
     checks.check_activation(activation, negative_slope, channels=y.shape[1])
     channels = y.shape[1]
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
-        return (y, *eager.group_norm_scale_shift(y, groups, weight, bias, eps))
-    return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps))
+        y, scale, shift, mean, var = y, *eager.group_norm_scale_shift(y, groups, weight, bias, eps)
+        _update_running(*running[:2], mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], running[2])
+        return y, scale, shift
+    return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps), *running)[:3]
 
 
 def _update_running(running_mean, running_var, mean, var, count, momentum):

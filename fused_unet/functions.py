@@ -420,19 +420,18 @@ class BatchNormScaleShift(torch.autograd.Function):
 class GroupNormScaleShift(torch.autograd.Function):
     """(y, per (image, channel) scale, shift [N, C]) of a group norm of y (instance norm: ``groups`` = C), from y's
     statistics per (image, group): the ones its conv's epilogue wrote per image (``stats``), else one reduction
-    kernel's (fused_unet.kernels.norm.channel_statistics), plus (mean, biased var) [N, groups] for running
-    statistics. Backward as BatchNormScaleShift's, per (image, group); saves y (already alive) and the statistics."""
+    kernel's (fused_unet.kernels.norm.channel_statistics), plus (mean, biased var) [N, groups]; an instance norm's
+    ``running_mean`` / ``running_var`` (optional) are updated in place by one more launch of the finalising kernel.
+    Backward as BatchNormScaleShift's, per (image, group); saves y (already alive) and the statistics."""
 
     @staticmethod
-    def forward(ctx, y, stats, gamma, beta, groups, eps):
-        if stats is None:
-            return _scale_shift(ctx, y, gamma, beta, _launch(norm.channel_statistics, y)(y), groups, eps,
-                                per_channel=False)
-        return _scale_shift(ctx, y, gamma, beta, stats, groups, eps, per_channel=False,
-                            images=[y.shape[0], y.shape[2] * y.shape[3]])
+    def forward(ctx, y, stats, gamma, beta, groups, eps, running_mean=None, running_var=None, momentum=0.0):
+        parts = _launch(norm.channel_statistics, y)(y) if stats is None else stats
+        return _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel=False,
+                            running=(running_mean, running_var, momentum), images=[y.shape[0], y.shape[2] * y.shape[3]])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
         grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
-        return grad_y, None, grad_gamma, grad_beta, None, None
+        return grad_y, None, grad_gamma, grad_beta, None, None, None, None, None

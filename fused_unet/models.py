@@ -150,9 +150,11 @@ class UNet(_UNetBase):
     (``up_mode`` "transpose": a 2x2 transposed conv + activation; "bilinear" / "nearest": up-sampled inside
     that conv). ``norm`` "batch", "instance" or "group" (``norm_groups`` groups, default min(32, base_channels)):
     conv -> norm -> activation in every 3x3 conv; a pending norm's normalised tensor is never stored, each
-    consumer kernel normalises its input as it reads it. ``block="residual"``: each encoder level and the
-    bottleneck are ResNet basic blocks (``ResidualBlock``), the skip added in the second conv's epilogue (with a
-    pending norm: in the one kernel that applies it), then the 2x2 max-pool. Conv weights are stored channels_last
+    consumer kernel normalises its input as it reads it. ``activation`` "silu", "gelu", "gelu_tanh" or "prelu" (a
+    learned slope per conv, its child ``prelu``) need a norm and ``up_mode`` "bilinear" or "nearest".
+    ``block="residual"``: each encoder level and the bottleneck are ResNet basic blocks (``ResidualBlock``), the
+    skip added in the second conv's epilogue (with a pending norm: in the one kernel that applies it), then the 2x2
+    max-pool. Conv weights are stored channels_last
     ([C_out, kh, kw, C_in] in memory), the layout the kernels read; values and state_dict keys are those of
     ReferenceUNet with the same options."""
 
@@ -189,13 +191,15 @@ class ReferenceConvAct(nn.Conv2d):
 
     def __init__(self, *args, activation, negative_slope, norm=None, norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
-        self.act = dict(activation=activation, negative_slope=negative_slope)
+        self.activation, self.negative_slope = activation, negative_slope
         self.bn = fnn.norm_layer(norm, self.out_channels, norm_groups=norm_groups)
+        self.prelu = fnn.prelu_layer(activation)
 
     def forward(self, x, residual=None):
         y = super().forward(x)
         y = self.bn(y) if self.bn is not None else y
-        return eager.activate(y + residual if residual is not None else y, **self.act)
+        return eager.activate(y + residual if residual is not None else y, self.activation,
+                              fnn.activation_slope(self))
 
 
 class ReferenceConvActPool(ReferenceConvAct):

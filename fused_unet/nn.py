@@ -1,7 +1,8 @@
 """Drop-in modules. Each subclasses the torch module it replaces (same state_dict, init and repr) and runs
 the fused op; a configuration the kernels do not cover falls back to the parent's forward with one warning.
 ``activation``: None, "relu" or "leaky_relu" (with ``negative_slope``), applied in the kernel's epilogue; with a
-``norm`` also "silu", "gelu" or "gelu_tanh" (applied by whoever reads the pending norm; without one they fall back).
+``norm`` also "silu", "gelu", "gelu_tanh" or "prelu" (a child ``prelu = nn.PReLU()``, one learned slope) applied by
+whoever reads the pending norm; without a norm they fall back.
 
 ``norm`` (the convs): "batch", "instance" or "group", a norm child ``bn`` (``nn.BatchNorm2d``, affine
 ``nn.InstanceNorm2d``, ``nn.GroupNorm`` of ``norm_groups`` groups) between the conv and its activation, so the
@@ -39,6 +40,18 @@ def norm_layer(norm, channels, eps=1e-5, momentum=0.1, norm_groups=32, **factory
     return None
 
 
+def prelu_layer(activation, **factory):
+    """The learned slope of ``activation`` "prelu": a child ``nn.PReLU()`` (one slope, torch's init 0.25: MONAI's
+    ADN default), its weight read by the kernels at every call; None for the other activations."""
+    return nn.PReLU(**factory) if activation == "prelu" else None
+
+
+def activation_slope(module):
+    """What a module with ``activation`` / ``negative_slope`` (and a ``prelu`` child) passes as ``negative_slope``:
+    the PReLU's weight, else the LeakyReLU's slope."""
+    return module.prelu.weight if module.activation == "prelu" else module.negative_slope
+
+
 def _tensor(x):
     return x.y if isinstance(x, Normalized) else x
 
@@ -63,18 +76,17 @@ class _FusedMixin:
     """Activation settings and the fallback bookkeeping shared by every module: why a call is unsupported,
     warned once per module."""
 
-    def _set_activation(self, activation, negative_slope):
+    def _set_activation(self, activation, negative_slope, **factory):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if activation == "prelu":  # its slope is a parameter of its own module, which these modules do not hold
-            raise ValueError("activation 'prelu' has a learned weight: put an nn.PReLU after the norm and swap the "
-                             "model, or pass the weight to the functional norms (negative_slope=prelu.weight)")
         self.activation, self.negative_slope = activation, float(negative_slope)
+        self.prelu = prelu_layer(activation, **factory)
 
     @staticmethod
     def _adopt(module):
         """Give a torch module whose class was just swapped for this one the fused module's own settings."""
         module.activation, module.negative_slope, module.bn, module.defer_norm = None, 0.01, None, False
+        module.prelu = None
 
     def _activation_unsupported(self):
         activation = getattr(self, "activation", None)
@@ -92,10 +104,10 @@ class _FusedMixin:
                           stacklevel=3)
 
     def _activate(self, y):
-        return eager.activate(y, self.activation, self.negative_slope)
+        return eager.activate(y, **self._act_args())
 
     def _act_args(self):
-        return dict(activation=self.activation, negative_slope=self.negative_slope)
+        return dict(activation=self.activation, negative_slope=activation_slope(self))
 
     def _extra(self, base):
         if self.activation is None:
@@ -312,9 +324,9 @@ class Conv2d(_FusedMixin, nn.Conv2d):
     def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1,
                  norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
         factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
         self.bn = norm_layer(norm, self.out_channels, eps, momentum, norm_groups, **factory)
+        self._set_activation(activation, negative_slope, **factory)
         self.defer_norm = False
 
     def _reference(self, x, residual=None):
@@ -427,7 +439,7 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
 
     def __init__(self, *args, activation=None, negative_slope=0.01, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
+        self._set_activation(activation, negative_slope, **{k: kwargs[k] for k in ("device", "dtype") if k in kwargs})
 
     def _config_unsupported(self):
         return conv_transpose2d_config_unsupported(self) or self._activation_unsupported()

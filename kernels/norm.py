@@ -32,6 +32,18 @@ def _merged(n, mean, m2, part_n, part_mean, part_m2):
     return total, mean + delta * weight, m2 + part_m2 + delta * delta * n * weight
 
 
+@triton.jit
+def _update_running(running, offs_s, s_ok, mean, unbiased, MOMENTUM):
+    """running = (1 - MOMENTUM) * running + MOMENTUM * this batch's, for the mean and the unbiased variance."""
+    mean_ptr, var_ptr = running
+    old_mean = tl.load(mean_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
+    old_var = tl.load(var_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
+    tl.store(mean_ptr + offs_s, (old_mean * (1.0 - MOMENTUM) + mean * MOMENTUM).to(mean_ptr.dtype.element_ty),
+             mask=s_ok)
+    tl.store(var_ptr + offs_s, (old_var * (1.0 - MOMENTUM) + unbiased * MOMENTUM).to(var_ptr.dtype.element_ty),
+             mask=s_ok)
+
+
 @triton.autotune(configs=configs(NORM_STATISTICS.name), key=NORM_STATISTICS.autotune_key)
 @triton.jit
 def norm_statistics_kernel(
@@ -40,12 +52,15 @@ def norm_statistics_kernel(
     affine,  # (gamma, beta) [C]: the norm's weight and bias
     norm,  # (scale, shift) fp32 [N, C] out: scale = gamma / sqrt(var + eps), shift = beta - mean * scale
     stat_ptr,  # fp64 [N, 3 (mean, biased var, 1 / sqrt(var + eps)), G] out
-    running,  # (running mean, running var) [G] of a batch norm (N = 1), updated in place with RUNNING
-    TILES, C, G, WIDTH, TILES_PER_SPLIT,  # tiles per image, channels, statistics per image, channels per statistic
-    IMAGE_PIXELS, GROUP_ROWS,  # ROW_PARTS: pixels per image, the rows of STATS_ROWS pixels before the images'
+    running,  # (running mean, running var) [G] of a batch or instance norm, updated in place with RUNNING
+    TILES, C, G, WIDTH, TILES_PER_SPLIT,  # tiles per image (STAGE 3: images), channels, statistics per image,
+    # channels per statistic, tiles per split
+    IMAGE_PIXELS,  # ROW_PARTS and STAGE 3: pixels per image
+    GROUP_ROWS,  # ROW_PARTS: the rows of STATS_ROWS pixels before the images'
     EPS,  # the norm's epsilon
     MOMENTUM,  # RUNNING: the weight of this batch's statistics
-    STAGE: tl.constexpr,  # 0: parts -> outputs; 1: parts -> per-split partials; 2: partials -> outputs
+    STAGE: tl.constexpr,  # 0: parts -> outputs; 1: parts -> per-split partials; 2: partials -> outputs; 3: outputs
+    # of TILES images -> running statistics (an instance norm's: the images' average mean and unbiased variance)
     RUNNING: tl.constexpr,  # update running statistics as torch.nn's BatchNorm2d does (the variance unbiased)
     ROW_PARTS: tl.constexpr,  # parts are a conv epilogue's per-image statistics (codes.Statistics.IMAGE)
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr,  # tiles x statistics per step
@@ -58,68 +73,72 @@ def norm_statistics_kernel(
     starts a group) then the groups of STATS_ROWS pixels that begin in it."""
     offs_s = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
     s_ok = offs_s < G
-    img = tl.program_id(2).to(tl.int64)
-    n = tl.zeros([BLOCK_S], dtype=tl.float64)
-    mean = tl.zeros([BLOCK_S], dtype=tl.float64)
-    m2 = tl.zeros([BLOCK_S], dtype=tl.float64)
-    if STAGE == 2:
-        rows, width, row_width = TILES, 1, G
-        base = partial_ptr + img * TILES * 3 * G
-        first = 0
+    if STAGE == 3:
+        mean = tl.zeros([BLOCK_S], dtype=tl.float64)
+        var = tl.zeros([BLOCK_S], dtype=tl.float64)
+        for i in range(0, TILES):  # in image order: deterministic
+            stats = stat_ptr + i * 3 * G + offs_s
+            mean += tl.load(stats, mask=s_ok, other=0.0)
+            var += tl.load(stats + G, mask=s_ok, other=0.0)
+        count = tl.zeros([BLOCK_S], dtype=tl.float64) + IMAGE_PIXELS * WIDTH  # elements per statistic
+        _update_running(running, offs_s, s_ok, mean / TILES, var / TILES * count / tl.maximum(count - 1.0, 1.0),
+                        MOMENTUM)
     else:
-        rows, width, row_width = TILES, WIDTH, C
-        base = parts_ptr if ROW_PARTS else parts_ptr + img * TILES * 3 * C
-        first = tl.program_id(1) * TILES_PER_SPLIT if STAGE == 1 else 0
-    last = tl.minimum(first + TILES_PER_SPLIT, rows) if STAGE == 1 else rows
-    for t0 in range(first, last, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
-        row = offs_t.to(tl.int64)
-        ok = offs_t < last
-        if ROW_PARTS and STAGE != 2:
-            group = tl.cdiv(img * IMAGE_PIXELS, _STATS_ROWS) + offs_t - 1
-            row = tl.where(offs_t == 0, GROUP_ROWS + img, group)
-            ok &= (offs_t == 0) | (group < tl.cdiv((img + 1) * IMAGE_PIXELS, _STATS_ROWS))
-        mask = ok[:, None] & s_ok[None, :]
-        for w in range(0, width):
-            at = row[:, None] * 3 * row_width + (offs_s * width + w)[None, :]
-            part_n = tl.load(base + at, mask=mask, other=0.0).to(tl.float64)
-            part_mean = tl.load(base + at + row_width, mask=mask, other=0.0).to(tl.float64)
-            part_m2 = tl.load(base + at + 2 * row_width, mask=mask, other=0.0).to(tl.float64)
-            block_n = tl.sum(part_n, axis=0)
-            block_mean = tl.sum(part_n * part_mean, axis=0) / tl.where(block_n > 0, block_n, 1.0)
-            deviation = tl.where(mask, part_mean - block_mean[None, :], 0.0)
-            block_m2 = tl.sum(part_m2 + part_n * deviation * deviation, axis=0)
-            n, mean, m2 = _merged(n, mean, m2, block_n, block_mean, block_m2)
-    if STAGE == 1:
-        out = partial_ptr + (img * tl.num_programs(1) + tl.program_id(1)) * 3 * G + offs_s
-        tl.store(out, n, mask=s_ok)
-        tl.store(out + G, mean, mask=s_ok)
-        tl.store(out + 2 * G, m2, mask=s_ok)
-    else:
-        var = m2 / tl.where(n > 0, n, 1.0)
-        invstd = 1.0 / tl.sqrt(var + EPS)
-        stats = stat_ptr + img * 3 * G + offs_s
-        tl.store(stats, mean, mask=s_ok)
-        tl.store(stats + G, var, mask=s_ok)
-        tl.store(stats + 2 * G, invstd, mask=s_ok)
-        if RUNNING:
-            mean_ptr, var_ptr = running
-            old_mean = tl.load(mean_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
-            old_var = tl.load(var_ptr + offs_s, mask=s_ok, other=0.0).to(tl.float64)
-            unbiased = m2 / tl.maximum(n - 1.0, 1.0)
-            tl.store(mean_ptr + offs_s, (old_mean * (1.0 - MOMENTUM) + mean * MOMENTUM).to(mean_ptr.dtype.element_ty),
-                     mask=s_ok)
-            tl.store(var_ptr + offs_s, (old_var * (1.0 - MOMENTUM) + unbiased * MOMENTUM).to(var_ptr.dtype.element_ty),
-                     mask=s_ok)
-        gamma_ptr, beta_ptr = affine
-        scale_ptr, shift_ptr = norm
-        for w in range(0, WIDTH):
-            channel = offs_s * WIDTH + w
-            gamma = tl.load(gamma_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
-            beta = tl.load(beta_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
-            scale = gamma * invstd
-            tl.store(scale_ptr + img * C + channel, scale.to(tl.float32), mask=s_ok)
-            tl.store(shift_ptr + img * C + channel, (beta - mean * scale).to(tl.float32), mask=s_ok)
+        img = tl.program_id(2).to(tl.int64)
+        n = tl.zeros([BLOCK_S], dtype=tl.float64)
+        mean = tl.zeros([BLOCK_S], dtype=tl.float64)
+        m2 = tl.zeros([BLOCK_S], dtype=tl.float64)
+        if STAGE == 2:
+            rows, width, row_width = TILES, 1, G
+            base = partial_ptr + img * TILES * 3 * G
+            first = 0
+        else:
+            rows, width, row_width = TILES, WIDTH, C
+            base = parts_ptr if ROW_PARTS else parts_ptr + img * TILES * 3 * C
+            first = tl.program_id(1) * TILES_PER_SPLIT if STAGE == 1 else 0
+        last = tl.minimum(first + TILES_PER_SPLIT, rows) if STAGE == 1 else rows
+        for t0 in range(first, last, BLOCK_T):
+            offs_t = t0 + tl.arange(0, BLOCK_T)
+            row = offs_t.to(tl.int64)
+            ok = offs_t < last
+            if ROW_PARTS and STAGE != 2:
+                group = tl.cdiv(img * IMAGE_PIXELS, _STATS_ROWS) + offs_t - 1
+                row = tl.where(offs_t == 0, GROUP_ROWS + img, group)
+                ok &= (offs_t == 0) | (group < tl.cdiv((img + 1) * IMAGE_PIXELS, _STATS_ROWS))
+            mask = ok[:, None] & s_ok[None, :]
+            for w in range(0, width):
+                at = row[:, None] * 3 * row_width + (offs_s * width + w)[None, :]
+                part_n = tl.load(base + at, mask=mask, other=0.0).to(tl.float64)
+                part_mean = tl.load(base + at + row_width, mask=mask, other=0.0).to(tl.float64)
+                part_m2 = tl.load(base + at + 2 * row_width, mask=mask, other=0.0).to(tl.float64)
+                block_n = tl.sum(part_n, axis=0)
+                block_mean = tl.sum(part_n * part_mean, axis=0) / tl.where(block_n > 0, block_n, 1.0)
+                deviation = tl.where(mask, part_mean - block_mean[None, :], 0.0)
+                block_m2 = tl.sum(part_m2 + part_n * deviation * deviation, axis=0)
+                n, mean, m2 = _merged(n, mean, m2, block_n, block_mean, block_m2)
+        if STAGE == 1:
+            out = partial_ptr + (img * tl.num_programs(1) + tl.program_id(1)) * 3 * G + offs_s
+            tl.store(out, n, mask=s_ok)
+            tl.store(out + G, mean, mask=s_ok)
+            tl.store(out + 2 * G, m2, mask=s_ok)
+        else:
+            var = m2 / tl.where(n > 0, n, 1.0)
+            invstd = 1.0 / tl.sqrt(var + EPS)
+            stats = stat_ptr + img * 3 * G + offs_s
+            tl.store(stats, mean, mask=s_ok)
+            tl.store(stats + G, var, mask=s_ok)
+            tl.store(stats + 2 * G, invstd, mask=s_ok)
+            if RUNNING:  # a batch norm's (one image row): in the same launch
+                _update_running(running, offs_s, s_ok, mean, m2 / tl.maximum(n - 1.0, 1.0), MOMENTUM)
+            gamma_ptr, beta_ptr = affine
+            scale_ptr, shift_ptr = norm
+            for w in range(0, WIDTH):
+                channel = offs_s * WIDTH + w
+                gamma = tl.load(gamma_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
+                beta = tl.load(beta_ptr + channel, mask=s_ok, other=0.0).to(tl.float64)
+                scale = gamma * invstd
+                tl.store(scale_ptr + img * C + channel, scale.to(tl.float32), mask=s_ok)
+                tl.store(shift_ptr + img * C + channel, (beta - mean * scale).to(tl.float32), mask=s_ok)
 
 
 def norm_statistics_output(parts, groups, images=None):
@@ -132,22 +151,25 @@ def norm_statistics_output(parts, groups, images=None):
 def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.0, images=None):
     """A norm's (scale, shift) fp32 [N, C] and statistics fp64 [N, 3 (mean, biased variance, 1 / sqrt(var + eps)),
     groups] from per-tile ``parts`` [N, tiles, 3 (count, mean, M2), C] (a batch norm's: N = 1), each statistic
-    over ``C / groups`` adjacent channels of every tile of its image; ``gamma``, ``beta`` [C]. With ``images``
-    (N, pixels per image), ``parts`` is a conv epilogue's per-image workspace (kernels.conv.conv2d_stats_forward's
-    with ``per_image``). A batch norm's ``running_mean`` / ``running_var`` ([C], contiguous) are updated in place in
-    the same launch, ``momentum`` the weight of this batch (the variance unbiased). Over TILES_PER_SPLIT tiles, two
-    launches (split, then combine): the result does not depend on the config."""
-    c = parts.shape[-1]
-    if images is not None:
-        batch, image_pixels = images
+    over ``C / groups`` adjacent channels of every tile of its image, or from a conv epilogue's per-image workspace
+    [rows, 3, C] (kernels.conv.conv2d_stats_forward's with ``per_image``); ``gamma``, ``beta`` [C]; ``images``
+    (N, pixels per image): the images of a per-image norm (the workspace needs them). ``running_mean`` /
+    ``running_var`` ([groups], contiguous) are updated in place, ``momentum`` the weight of this batch (the variance
+    unbiased): a batch norm's in the same launch, an instance norm's (``images`` given, groups = C) by one more
+    launch averaging its images' statistics. Over TILES_PER_SPLIT tiles, two launches (split, then combine): the
+    result does not depend on the config."""
+    c, row_parts = parts.shape[-1], parts.dim() == 3
+    if row_parts and images is None:
+        raise ValueError("a conv epilogue's per-image workspace [rows, 3, C] needs images=(N, pixels per image)")
+    batch, image_pixels = images if images is not None else (parts.shape[0], 0)
+    if row_parts:
         tiles, group_rows = triton.cdiv(image_pixels, STATS_ROWS) + 1, parts.shape[0] - batch
     else:
-        batch, tiles, _, _ = parts.shape
-        image_pixels = group_rows = 0
+        tiles, group_rows = parts.shape[1], 0
     scale, shift, stats = norm_statistics_output(parts, groups, images)
     running = (running_mean, running_var) if running_mean is not None or running_var is not None else None
     if running is not None:
-        _check_running(running, batch, groups)
+        _check_running(running, batch, groups, c, images)
     if not (batch and c):
         return scale, shift, stats
     splits = triton.cdiv(tiles, TILES_PER_SPLIT)
@@ -156,22 +178,30 @@ def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_
     common = dict(parts_ptr=parts.contiguous(), partial_ptr=partial, affine=(gamma, beta), norm=(scale, shift),
                   stat_ptr=stats, running=running or (gamma, beta), C=c, G=groups, WIDTH=c // groups,
                   TILES_PER_SPLIT=TILES_PER_SPLIT, IMAGE_PIXELS=image_pixels, GROUP_ROWS=group_rows,
-                  EPS=float(eps), MOMENTUM=float(momentum), ROW_PARTS=images is not None)
+                  EPS=float(eps), MOMENTUM=float(momentum), ROW_PARTS=row_parts)
+    def grid(split_programs, images):
+        return lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), split_programs, images)
+
     if splits > 1:
-        NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), splits,
-                                                                     batch), TILES=tiles, STAGE=1, RUNNING=False,
+        NORM_STATISTICS.launch(norm_statistics_kernel, grid(splits, batch), TILES=tiles, STAGE=1, RUNNING=False,
                                **common)
-    NORM_STATISTICS.launch(norm_statistics_kernel, lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), 1, batch),
-                           TILES=splits if splits > 1 else tiles, STAGE=2 if splits > 1 else 0,
-                           RUNNING=running is not None, **common)
+    per_image_running = running is not None and images is not None
+    NORM_STATISTICS.launch(norm_statistics_kernel, grid(1, batch), TILES=splits if splits > 1 else tiles,
+                           STAGE=2 if splits > 1 else 0, RUNNING=running is not None and not per_image_running,
+                           **common)
+    if per_image_running:  # after every image's statistics exist
+        NORM_STATISTICS.launch(norm_statistics_kernel, grid(1, 1), TILES=batch, STAGE=3, RUNNING=True, **common)
     return scale, shift, stats
 
 
-def _check_running(running, batch, groups):
-    """Running statistics the kernel may update in place: a batch norm's (one row of statistics), both given,
-    contiguous floating [groups] tensors on the parts' device."""
-    if batch != 1:
-        raise ValueError(f"running statistics are a batch norm's: parts must have one row of statistics, got {batch}")
+def _check_running(running, batch, groups, channels, images):
+    """Running statistics the kernel may update in place: a batch norm's (one row of statistics) or an instance
+    norm's (``images`` given, one statistic per channel), both given, contiguous floating [groups] tensors."""
+    if images is None and batch != 1:
+        raise ValueError(f"a batch norm's running statistics need one row of statistics, got {batch}")
+    if images is not None and groups != channels:
+        raise ValueError(f"running statistics of a per-image norm are an instance norm's: groups must be the "
+                         f"{channels} channels, got {groups}")
     for name, t in zip(("running_mean", "running_var"), running):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got "

@@ -422,10 +422,12 @@ NORM_STATISTICS = KernelSpec(
      integer("G"), integer("WIDTH"), integer("TILES_PER_SPLIT", 16), integer("IMAGE_PIXELS"), integer("GROUP_ROWS"),
      real("EPS"), real("MOMENTUM"), flag("STAGE"), flag("RUNNING"), flag("ROW_PARTS"), block("BLOCK_T"),
      block("BLOCK_S")),
-    # A split's first launch (STAGE 1) never finalises, so never updates running statistics.
+    # A split's first launch (STAGE 1) never finalises, so never updates running statistics; STAGE 3 (an instance
+    # norm's running statistics) does nothing else.
     sites={"norm_statistics": [[dict(STAGE=0, RUNNING=False), dict(STAGE=0, RUNNING=True),
                                 dict(STAGE=1, RUNNING=False), dict(STAGE=2, RUNNING=False),
-                                dict(STAGE=2, RUNNING=True)], [dict(ROW_PARTS=False), dict(ROW_PARTS=True)]]})
+                                dict(STAGE=2, RUNNING=True), dict(STAGE=3, RUNNING=True)],
+                               [dict(ROW_PARTS=False), dict(ROW_PARTS=True)]]})
 
 NORM_STATISTICS_BACKWARD = KernelSpec(
     "norm_statistics_backward",

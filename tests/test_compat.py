@@ -76,6 +76,22 @@ def test_monai_unet_reports_what_it_cannot_fuse(norm, modes):
     assert counts == expected and "prelu" not in eager_elementwise(model, x)
 
 
+def test_monai_attention_unet():
+    torch.manual_seed(0)
+    model = monai_nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16),
+                                     strides=(2, 2)).to(DEVICE)
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train", "eval"), example_input=x)
+    # ConvBlocks (conv -> BN -> Dropout(0) -> ReLU, twice; stride 2 first), UpConv (3x3 / stride-2 transposed conv, its
+    # BN + ReLU pending: "bn+act"), each attention gate's W_g and W_x (1x1 conv + BN, the add and ReLU in W_g's
+    # kernel), psi's 1x1 conv to one channel + BN, the merge's cat + conv. psi's Sigmoid and the gate's x * psi stay.
+    assert report.counts() == {"conv+bn+act": 6, "conv+bn+add+act": 2, "conv+bn": 4, "cat+conv+bn+act": 2,
+                               "bn+act": 2}
+    assert sorted(name.split(" ")[-1] for name, _ in report.left_alone) == ["(Sigmoid)", "(Sigmoid)"]
+    counts, expected = _eager_left(model, x, report)
+    assert counts == expected == {} and eager_elementwise(model.train(), x) == {"mul": 2}
+
+
 # vgg11_bn in eval only (its 64- and 128-channel convs are the slowest interpreted model here): its conv -> BN ->
 # ReLU -> max-pool in training is MONAI BasicUNet's pattern, tested in both modes above.
 @pytest.mark.parametrize("encoder,depth,decoder,size,modes", [

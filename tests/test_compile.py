@@ -67,6 +67,8 @@ def _cases():
         (ops.norm_statistics, (parts, 3, make_tensor((6,)), make_tensor((6,)), 1e-5)),  # group norm, 2 per group
         (ops.norm_statistics, (parts[:1], 6, make_tensor((6,)), make_tensor((6,)), 1e-5, make_tensor((6,)),
                                make_tensor((6,)).abs(), 0.1)),  # a batch norm's, its running statistics updated
+        (ops.norm_statistics, (parts, 6, make_tensor((6,)), make_tensor((6,)), 1e-5, make_tensor((6,)),
+                               make_tensor((6,)).abs(), 0.1), dict(images=[parts.shape[0], 30])),  # an instance norm's
     ]
 
 

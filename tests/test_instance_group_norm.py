@@ -198,9 +198,12 @@ def test_group_norm_statistics_are_deterministic():
     assert torch.equal(first.scale, second.scale) and torch.equal(first.shift, second.shift)
 
 
+# conv and pool at 8x10 (statistics from the conv's epilogue), concat at 6x8 (the reduction kernel's): the running
+# statistics updated by the finalising kernel's last launch (STAGE 3), averaging the images in order.
 @pytest.mark.parametrize("module", ["conv", "pool", "concat"])
-def test_module_instance_norm_running_statistics_follow_instancenorm2d(module):
+def test_module_instance_norm_running_statistics_follow_instancenorm2d(module, monkeypatch):
     torch.manual_seed(0)
+    launches = record_launches(monkeypatch)
     kwargs = dict(norm="instance", activation="leaky_relu", bias=False, device=DEVICE)
     fused = {"conv": fnn.Conv2d(3, 4, 3, padding=1, **kwargs), "pool": fnn.Conv2dReLUPool(3, 4, 3, padding=1, **kwargs),
              "concat": fnn.UpConcatConv2d(3, 4, up_mode="nearest", **kwargs)}[module]
@@ -212,12 +215,15 @@ def test_module_instance_norm_running_statistics_follow_instancenorm2d(module):
     conv.weight.data.copy_(fused.weight)
     for step in range(3):
         up, skip = make_tensor((2, 2, 3, 4)), make_tensor((2, 1, 6, 8))
-        x = torch.cat([F.interpolate(up, scale_factor=2), skip], 1) if module == "concat" else make_tensor((2, 3, 6, 8))
+        x = torch.cat([F.interpolate(up, scale_factor=2), skip], 1) if module == "concat" else \
+            make_tensor((2, 3, 8, 10))
         out = fused(up, skip) if module == "concat" else fused(x)
         torch.testing.assert_close(out[0] if module == "pool" else out, F.leaky_relu(norm(conv(x))), atol=1e-5,
                                    rtol=1e-5)
     for name in ("running_mean", "running_var"):
         torch.testing.assert_close(getattr(fused.bn, name), getattr(norm, name), atol=1e-6, rtol=1e-5)
+    running = [kw for name, kw in launches if name == "norm_statistics" and kw["RUNNING"]]
+    assert [kw["STAGE"] for kw in running] == [3] * 3
     fused.eval()
     norm.eval()
     if module != "concat":  # eval with running statistics: folded into the conv
@@ -253,10 +259,11 @@ def test_module_keeps_the_torch_state_dict_and_matches_it(norm, groups, training
 
 @pytest.mark.parametrize("norm,batch,activation,up_mode", [("instance", 1, "leaky_relu", "transpose"),
                                                            ("instance", 2, "leaky_relu", "transpose"),
-                                                           ("group", 2, "leaky_relu", "transpose"),
-                                                           ("group", 2, "silu", "nearest")])
+                                                           ("group", 2, "silu", "nearest"),
+                                                           ("instance", 2, "prelu", "bilinear")])
 def test_unet_with_a_per_sample_norm_matches_reference_over_training_steps(norm, batch, activation, up_mode):
-    # group + SiLU: a diffusion U-Net's norm and activation, every conv's activation applied by its reader.
+    # group + SiLU: a diffusion U-Net's norm and activation, every conv's activation applied by its reader;
+    # instance + PReLU: MONAI's defaults, each conv's slope a child nn.PReLU whose gradient is compared too.
     torch.manual_seed(0)
     kwargs = dict(in_channels=3, num_classes=2, base_channels=8, depth=2, norm=norm, norm_groups=4,
                   activation=activation, up_mode=up_mode)

@@ -136,3 +136,17 @@ def test_verify_holds_a_model_to_eager_fp32s_own_error():
     assert good["ok"] and good["worst"][1] <= verify.EAGER_ERROR_FACTOR
     bad = verify.check_model(_SlightlyOff(**kwargs).to(DEVICE), ReferenceUNet(**kwargs), x)
     assert not bad["ok"] and bad["errors"]["logits"][1] > 100
+
+
+def test_a_gradient_that_cancels_to_zero_is_floored_by_its_modules_scale():
+    # A conv bias before a batch-statistics norm: its float64 gradient is ~1e-15, and fp32 eager may round it to
+    # exactly 0; ours (~1e-6, fp32 rounding) is judged on the scale of its weight's gradient, a wrong one still fails.
+    from fused_unet import verify
+
+    names = ["logits", "grad x", "grad conv.weight", "grad conv.bias", "grad bn.bias"]
+    expected = [torch.ones(2), torch.ones(2), torch.full((2,), 5.0), torch.full((2,), 1e-15), torch.full((2,), 0.5)]
+    scales = verify.floor_scales(names, expected)
+    assert scales == [1.0, 1.0, 5.0, 5.0, 0.5]
+    exact = torch.zeros(2, dtype=torch.float64)
+    assert verify.eager_error_ratio(exact + 1e-6, expected[3], exact, scales[3])[1] <= verify.EAGER_ERROR_FACTOR
+    assert verify.eager_error_ratio(exact + 1e-3, expected[3], exact, scales[3])[1] > verify.EAGER_ERROR_FACTOR

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fused_unet import eager, functional as FF, nn as fnn
-from tests.conftest import DEVICE, check_against_float64, make_tensor
+from fused_unet.models import ReferenceConvAct
+from tests.conftest import DEVICE, check_against_float64, compare_step, make_tensor, model_triplet
 from tests.test_swap import check_swap, eager_elementwise, eager_ops
 
 
@@ -86,8 +87,6 @@ def test_prelu_errors_name_the_argument():
     with pytest.raises(ValueError, match="prelu fuse after a norm"):
         FF.conv2d(make_tensor((1, 3, 5, 5)), make_tensor((4, 3, 3, 3)), activation="prelu",
                   negative_slope=torch.ones(1, device=DEVICE))
-    with pytest.raises(ValueError, match="activation 'prelu' has a learned weight"):
-        fnn.Conv2d(3, 4, 3, padding=1, norm="instance", activation="prelu")
     bad = FF.Normalized(y, torch.ones(4, device=DEVICE), torch.zeros(4, device=DEVICE), "prelu",
                         torch.ones(4, device=DEVICE, dtype=torch.float64))
     with pytest.raises(ValueError, match="x.negative_slope of a prelu must be float32"):
@@ -125,3 +124,25 @@ def test_swap_fuses_a_norm_and_its_prelu(norm, act, modes):
     assert report.counts() == {"conv+bn+act": 2} and not report.left_alone
     model.eval()
     assert eager_ops(model, x) == {} and eager_elementwise(model, x) == {}
+
+
+
+@pytest.mark.parametrize("norm,modes", [("instance", ("train",)), ("batch", ("train", "eval"))])
+def test_module_with_a_prelu_child_matches_float64(norm, modes):
+    # fused_unet.nn.Conv2d(activation="prelu") holds its slope as a child nn.PReLU (the state_dict of conv + norm +
+    # PReLU); the slope's gradient comes from the norm's backward kernel; BatchNorm's running statistics stay pending
+    # in eval (the conv's epilogue cannot run a PReLU).
+    torch.manual_seed(0)
+    options = dict(padding=1, norm=norm, activation="prelu", negative_slope=0.01)
+    conv = fnn.Conv2d(3, 5, 3, **options).to(DEVICE)
+    assert "prelu.weight" in conv.state_dict() and "activation='prelu'" in repr(conv)
+    with torch.no_grad():
+        conv.prelu.weight.fill_(-0.3)
+        if norm == "batch":
+            conv.bn.running_mean.normal_()
+            conv.bn.running_var.uniform_(0.5, 2.0)
+    models = model_triplet(conv, ReferenceConvAct(3, 5, 3, **options).to(DEVICE))
+    for mode in modes:
+        for m in models:
+            m.train(mode == "train")
+        compare_step(models, torch.randn(2, 3, 9, 7, device=DEVICE), torch.randn(2, 5, 9, 7, device=DEVICE), mode)
