@@ -58,6 +58,27 @@ def _kernels_really_run():
 
 
 @pytest.fixture(autouse=True)
+def _interpreter_overflow_check(request):
+    """Tests marked ``whole_model`` run the Triton interpreter without its int32 overflow check of every add, sub
+    and mul, which doubles an interpreted kernel's cost; every kernel also runs with it in the op tests, at the same
+    small sizes (sizes near 2^31 are held by int64 index math, tests/test_errors.py)."""
+    if DEVICE != "cpu" or request.node.get_closest_marker("whole_model") is None:
+        yield
+        return
+    import dataclasses
+
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    checked = builder.options
+    builder.options = dataclasses.replace(checked, sanitize_overflow=False)
+    try:
+        yield
+    finally:
+        builder.options = checked
+
+
+@pytest.fixture(autouse=True)
 def _seeded():
     # Every test draws the same data whatever ran before it: a failure reproduces with the test alone.
     torch.manual_seed(0)

@@ -12,6 +12,8 @@ import fused_unet
 from tests.conftest import DEVICE, record_launches
 from tests.test_swap import check_swap, eager_elementwise, eager_ops, left_alone
 
+pytestmark = pytest.mark.whole_model  # Whole models: the interpreter without its overflow check (conftest)
+
 monai_nets = pytest.importorskip("monai.networks.nets", reason="the compat extra: pip install -e '.[compat]'")
 smp = pytest.importorskip("segmentation_models_pytorch", reason="the compat extra: pip install -e '.[compat]'")
 

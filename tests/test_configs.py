@@ -11,7 +11,9 @@ from tests.conftest import DEVICE, check_against_float64, make_tensor
 from fused_unet import eager, functional as FF
 from fused_unet.kernels import configs, conv, norm, pool
 
-pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="forces configs on the interpreter; a GPU autotunes them")
+# Every config of each kernel (the op tests run the kernels with the interpreter's overflow check: conftest).
+pytestmark = [pytest.mark.skipif(DEVICE != "cpu", reason="forces configs on the interpreter; a GPU autotunes them"),
+              pytest.mark.whole_model]
 
 
 @contextlib.contextmanager

@@ -257,6 +257,7 @@ def test_module_keeps_the_torch_state_dict_and_matches_it(norm, groups, training
     assert_close(fused.bn.weight.grad, reference[1].weight.grad, torch.float32, "grad bn.weight")
 
 
+@pytest.mark.whole_model
 @pytest.mark.parametrize("norm,batch,activation,up_mode", [("instance", 1, "leaky_relu", "transpose"),
                                                            ("instance", 2, "leaky_relu", "transpose"),
                                                            ("group", 2, "silu", "nearest"),

@@ -10,6 +10,8 @@ import fused_unet
 from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, ON_GPU, assert_close
 from tests.test_swap import ClassicUNet
 
+pytestmark = pytest.mark.whole_model  # Whole models: the interpreter without its overflow check (conftest)
+
 
 @pytest.mark.parametrize("options", [dict(up_mode="transpose"), dict(up_mode="bilinear", norm="batch")])
 def test_exported_unet_runs_our_custom_ops_and_matches_the_module(options):

@@ -6,6 +6,8 @@ from tests.conftest import DEVICE, compare_step, gpu_only, model_triplet
 from fused_unet import ReferenceUNet, UNet
 from fused_unet.utils import saved_activation_bytes
 
+pytestmark = pytest.mark.whole_model  # Whole models: the interpreter without its overflow check (conftest)
+
 
 def _pair(dtype=torch.float32, **kwargs):
     torch.manual_seed(0)

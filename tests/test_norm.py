@@ -310,6 +310,7 @@ def test_track_running_stats_false_always_uses_batch_statistics():
     torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.whole_model
 @pytest.mark.parametrize("up_mode,dtype", [("transpose", torch.float32), ("bilinear", torch.float32),
                                            ("bilinear", torch.float16)])
 def test_unet_with_batch_norm_matches_reference_over_training_steps(up_mode, dtype):

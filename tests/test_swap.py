@@ -14,6 +14,8 @@ from fused_unet import nn as fnn
 from fused_unet.swap import SHAPE_ONLY
 from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare_step
 
+pytestmark = pytest.mark.whole_model  # Whole models: the interpreter without its overflow check (conftest)
+
 _EAGER_OPS = {"convolution": "conv", "cat": "cat", "max_pool2d_with_indices": "maxpool", "max_pool2d": "maxpool",
               "upsample_nearest2d": "interpolate", "upsample_bilinear2d": "interpolate",
               "_upsample_nearest_exact2d": "interpolate", "batch_norm": "norm", "instance_norm": "norm",
