@@ -105,18 +105,21 @@ def _launch_configs(kernel, variant, dtype_name, arch):
     return configs.gpu_configs(kernel, dtype_name, launch_flags(kernel, variant, dtype_name), ARCHS[arch])
 
 
-def registry_jobs(archs):
+def registry_jobs(archs, variant_archs=None):
     """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the config registry (kernels/configs.py)
-    and the compile matrix (kernels/compile_matrix.py)."""
+    and the compile matrix (kernels/compile_matrix.py): each site's first variant at every config and dtype, every
+    other variant at the first config in fp16 (on ``variant_archs`` only, default all of ``archs``), and the
+    main-loop targets' configs."""
     from fused_unet.kernels import compile_matrix
 
     dtypes = [d[0] for d in compile_matrix.DTYPE_VARIANTS]
     jobs = []
     for arch in archs:
+        every_variant = variant_archs is None or arch in variant_archs
         for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items():
             kernel_dtypes = dtypes if kernel in compile_matrix.GEMM_KERNELS else [d for d in dtypes if d != "tf32"]
             for site, variants in sites.items():
-                jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants))]
+                jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants) if every_variant else 1)]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
                          for c in range(len(_launch_configs(kernel, variants[0], d, arch)))
                          if (d, c) != ("fp16", 0)]
@@ -327,11 +330,12 @@ def arch_supported(arch):
     return None
 
 
-def run_aot(archs, jobs=None, progress=None, every_main_loop=True):
+def run_aot(archs, jobs=None, progress=None, every_main_loop=True, variant_archs=None):
     """Compile the registry for ``archs`` in worker processes; returns (results, unsupported {arch: reason}).
-    ``every_main_loop`` False: main-loop reports of the jobs main_loop_verdicts reads only (compile_job)."""
+    ``every_main_loop`` False: main-loop reports of the jobs main_loop_verdicts reads only (compile_job);
+    ``variant_archs``: as registry_jobs takes it."""
     unsupported = {a: r for a in archs if (r := arch_supported(a))}
-    todo = registry_jobs([a for a in archs if a not in unsupported])
+    todo = registry_jobs([a for a in archs if a not in unsupported], variant_archs)
     workers = jobs or os.cpu_count() or 1
     results = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),

@@ -155,8 +155,13 @@ def test_norm_statistics_update_a_batch_norms_running_statistics(tiles):
 def test_norm_statistics_refuse_running_statistics_they_cannot_update():
     parts = torch.ones(2, 1, 3, 4, device=DEVICE)
     ones = torch.ones(4, device=DEVICE)
-    with pytest.raises(ValueError, match="running statistics are a batch norm's: parts must have one row"):
+    with pytest.raises(ValueError, match="a batch norm's running statistics need one row of statistics, got 2"):
         norm.norm_statistics(parts, 4, ones, ones, 1e-5, ones.clone(), ones.clone(), 0.1)
+    with pytest.raises(ValueError, match="running statistics of a per-image norm are an instance norm's: groups must "
+                                         "be the 4 channels, got 2"):
+        norm.norm_statistics(parts, 2, ones, ones, 1e-5, ones[:2].clone(), ones[:2].clone(), 0.1, images=[2, 30])
+    with pytest.raises(ValueError, match=r"per-image workspace \[rows, 3, C\] needs images=\(N, pixels per image\)"):
+        norm.norm_statistics(parts[0], 4, ones, ones, 1e-5)
     with pytest.raises(ValueError, match=r"running_var must be a contiguous tensor of shape \[4\].*got \(8,\)"):
         norm.norm_statistics(parts[:1], 4, ones, ones, 1e-5, ones.clone(), torch.ones(8, device=DEVICE), 0.1)
     with pytest.raises(TypeError, match="running_var must be a floating-point tensor, got NoneType"):
