@@ -155,6 +155,8 @@ SMP_ENCODERS = ["efficientnet-b0", "mobilenet_v2", "mit_b0"]
 # mit_b0 at seed 0 has a decoder pre-ReLU value of 1.5e-7 in float64: fp32 rounding (ours, or a CPU's other eager
 # kernels) flips its mask and moves a whole region of dL/dx. Seed 4 keeps every ReLU input >= 1.5e-4 from zero.
 SMP_SEEDS = {"mit_b0": 4}
+# The smallest input each encoder takes at depth 3 (mit_b0's 8x8-kernel attention reduction needs 32x32).
+SMP_SIZES = {"mit_b0": 32}
 
 
 @pytest.mark.parametrize("encoder", SMP_ENCODERS)
@@ -164,7 +166,7 @@ def test_smp_encoder_families_swap_or_say_why(encoder):
     torch.manual_seed(SMP_SEEDS.get(encoder, 0))
     model = smp.Unet(encoder, encoder_weights=None, classes=2, encoder_depth=3, decoder_channels=(16, 8, 8))
     model = model.to(DEVICE).eval()
-    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    x = torch.randn(1, 3, SMP_SIZES.get(encoder, 16), SMP_SIZES.get(encoder, 16), device=DEVICE)
     report = check_swap(model, x, modes=("eval",), example_input=x)
     assert report.counts().get("upsample+cat+conv+bn+act", 0) >= 1  # the decoder is fused whatever the encoder
     assert all(why for _, why in report.untraced + report.left_alone)
