@@ -124,6 +124,20 @@ def test_smp_unet(encoder, depth, decoder, size, modes, monkeypatch):
     assert counts == expected
 
 
+def test_smp_unet_plus_plus():
+    # UNet++'s nested decoder: each node up-samples x2 and concatenates the skips of its row, cat(up, cat(skips)):
+    # the outer cat + conv fuses (its second source the inner cat), the inner cat of several tensors stays. Eval
+    # only: its encoder is smp Unet's resnet18, tested in both modes above.
+    torch.manual_seed(0)
+    model = smp.UnetPlusPlus("resnet18", encoder_weights=None, classes=2, encoder_depth=3,
+                             decoder_channels=(16, 8, 8)).to(DEVICE).eval()
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("eval",), example_input=x)
+    assert report.counts()["upsample+cat+conv+bn+act"] == 3 and report.counts()["conv+bn+add+act"] == 4
+    assert [what for what, _ in report.left_alone] == ["cat (decoder)"]
+    assert eager_ops(model, x) == {"cat": 1}
+
+
 def test_smp_unet_with_bottleneck_blocks():
     # resnet50's Bottleneck: 1x1 -> 3x3 -> 1x1 + BN, the add and ReLU in the last conv's kernels; the first block's
     # 1x1 projection to 256 channels. Depth 2 (stem, layer1) keeps the interpreter's cost down.
