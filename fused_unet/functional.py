@@ -266,7 +266,7 @@ def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats,
     weight = weight if weight is not None else torch.ones(channels, device=y.device)
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
-        y, scale, shift, mean, var = y, *eager.group_norm_scale_shift(y, groups, weight, bias, eps)
+        scale, shift, mean, var = eager.group_norm_scale_shift(y, groups, weight, bias, eps)
         _update_running(*running[:2], mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], running[2])
         return y, scale, shift
     return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps), *running)[:3]
