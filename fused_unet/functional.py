@@ -267,7 +267,8 @@ def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats,
     bias = bias if bias is not None else torch.zeros(channels, device=y.device)
     if backend(y) == "eager":
         scale, shift, mean, var = eager.group_norm_scale_shift(y, groups, weight, bias, eps)
-        _update_running(*running[:2], mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], running[2])
+        running_mean, running_var, momentum = running
+        _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
         return y, scale, shift
     return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps), *running)[:3]
 

@@ -40,6 +40,11 @@ def norm_layer(norm, channels, eps=1e-5, momentum=0.1, norm_groups=32, **factory
     return None
 
 
+def _factory(kwargs):
+    """The ``device`` / ``dtype`` of a torch.nn constructor's keyword arguments, for the children it builds."""
+    return {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+
+
 def prelu_layer(activation, **factory):
     """The learned slope of ``activation`` "prelu": a child ``nn.PReLU()`` (one slope, torch's init 0.25: MONAI's
     ADN default), its weight read by the kernels at every call; None for the other activations."""
@@ -324,9 +329,8 @@ class Conv2d(_FusedMixin, nn.Conv2d):
     def __init__(self, *args, activation=None, negative_slope=0.01, norm=None, eps=1e-5, momentum=0.1,
                  norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
-        factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-        self.bn = norm_layer(norm, self.out_channels, eps, momentum, norm_groups, **factory)
-        self._set_activation(activation, negative_slope, **factory)
+        self.bn = norm_layer(norm, self.out_channels, eps, momentum, norm_groups, **_factory(kwargs))
+        self._set_activation(activation, negative_slope, **_factory(kwargs))
         self.defer_norm = False
 
     def _reference(self, x, residual=None):
@@ -439,7 +443,7 @@ class ConvTranspose2d(_FusedMixin, nn.ConvTranspose2d):
 
     def __init__(self, *args, activation=None, negative_slope=0.01, **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope, **{k: kwargs[k] for k in ("device", "dtype") if k in kwargs})
+        self._set_activation(activation, negative_slope, **_factory(kwargs))
 
     def _config_unsupported(self):
         return conv_transpose2d_config_unsupported(self) or self._activation_unsupported()

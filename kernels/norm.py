@@ -179,6 +179,7 @@ def norm_statistics(parts, groups, gamma, beta, eps, running_mean=None, running_
                   stat_ptr=stats, running=running or (gamma, beta), C=c, G=groups, WIDTH=c // groups,
                   TILES_PER_SPLIT=TILES_PER_SPLIT, IMAGE_PIXELS=image_pixels, GROUP_ROWS=group_rows,
                   EPS=float(eps), MOMENTUM=float(momentum), ROW_PARTS=row_parts)
+
     def grid(split_programs, images):
         return lambda meta: (triton.cdiv(groups, meta["BLOCK_S"]), split_programs, images)
 
