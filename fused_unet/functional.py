@@ -92,25 +92,38 @@ def materialize(x):
 def normalized_add(x, residual=None, activation=None, negative_slope=0.01):
     """``act(x + residual)`` as a tensor (x.y's dtype and dense layout: a fused conv's is channels_last) for a
     Normalized x: its norm and activation applied as y is read, the residual (optional: a tensor of x's shape and
-    dtype, or a Normalized, made a tensor first) added, then ``activation`` (a ResNet block's end:
+    dtype, or a Normalized: of x.y's shape and dtype it is normalised as it is read — a ResNet projection's output,
+    never stored —, else made a tensor first) added, then ``activation`` (a ResNet block's end:
     ``relu(bn2(conv2(h)) + identity)``; ``activation`` ReLU / LeakyReLU or None, and only with a residual), in one
-    kernel; backward is one kernel and saves nothing but y and, with an activation, the output."""
+    kernel; backward is one kernel and saves nothing but y (the residual's y) and, with an activation, the output."""
     if not isinstance(x, Normalized):
         raise TypeError(f"x must be a Normalized (a pending norm), got {type(x).__name__}")
     y, scale, shift, in_act, in_slope, prelu = _split(x)
     if residual is None and activation is not None:
         raise ValueError(f"activation {activation!r} needs a residual: without one, the Normalized's own activation "
                          "is the last")
+    checks.check_activation(activation, negative_slope, epilogue=True)
+    if backend(y) != "eager" and _reads_pending(residual, y):
+        res_y, res_scale, res_shift, res_act, res_slope, res_prelu = _split(residual, "residual")
+        return _functions().PendingNorm.apply(y, scale, shift, res_y, in_act, in_slope, activation,
+                                              float(negative_slope), prelu, res_scale, res_shift, res_act, res_slope,
+                                              res_prelu)
     residual = materialize(residual)
     if isinstance(residual, torch.Tensor) and autocast_enabled(y.device.type) and residual.is_floating_point():
         residual = residual.to(y.dtype)  # as the conv epilogue's residual: the autocast dtype
     residual = checks.check_added(residual, y, y.shape, "x.y")
-    checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(y) == "eager":
         z = eager.pending_norm(y, scale, shift, in_act, in_slope if prelu is None else prelu)
         return z if residual is None else eager.activate(z + residual, activation, negative_slope)
     return _functions().PendingNorm.apply(y, scale, shift, residual, in_act, in_slope, activation,
-                                          float(negative_slope), prelu)
+                                          float(negative_slope), prelu, None, None, None, 0.0, None)
+
+
+def _reads_pending(residual, y):
+    """Whether ``normalized_add``'s kernel reads ``residual`` as a pending norm: a Normalized of y's shape, dtype and
+    device (else it is made a tensor, which the add may broadcast or cast)."""
+    return isinstance(residual, Normalized) and isinstance(residual.y, torch.Tensor) and \
+        residual.y.shape == y.shape and residual.y.dtype == y.dtype and residual.y.device == y.device
 
 
 def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None):
@@ -175,6 +188,17 @@ def conv2d_pool(x, weight, bias=None, activation="relu", negative_slope=0.01):
     return _functions().Conv2dBiasActPool.apply(x, weight, bias, activation, float(negative_slope))
 
 
+def _shared_activation(*sources):
+    """(activation, leaky slope) the pending norms of a virtual concatenation's sources (name, scale or None,
+    activation, slope) apply: one for all (PReLUs may differ in their slopes: each source reads its own table)."""
+    pending = [(name, act, slope) for name, scale, act, slope in sources if scale is not None]
+    if len({(act, slope) for _, act, slope in pending}) > 1:
+        (a, a_act, a_slope), (b, b_act, b_slope) = pending[:2]
+        raise ValueError(f"{a} and {b} are Normalized with different activations ({a_act}, {a_slope}) and "
+                         f"({b_act}, {b_slope}); the fused concatenation applies one")
+    return pending[0][1:] if pending else (None, 0.0)
+
+
 def concat_conv2d(up, skip, weight, bias=None, activation="relu", negative_slope=0.01, *, up_mode=None,
                   align_corners=False, up_first=True):
     """``conv2d(cat([pad(upsample(up)), skip], 1), weight, bias, activation)`` (``[skip, up]`` with
@@ -196,11 +220,8 @@ def concat_conv2d_stats(up, skip, weight, bias=None, *, up_mode=None, align_corn
 def _concat_conv2d(up, skip, weight, bias, activation, negative_slope, up_mode, align_corners, up_first, stats):
     up_t, up_scale, up_shift, up_act, up_slope, up_prelu = _split(up, "up")
     skip_t, skip_scale, skip_shift, skip_act, skip_slope, skip_prelu = _split(skip, "skip")
-    # PReLUs may differ in their slopes: each source reads its own table.
-    if up_scale is not None and skip_scale is not None and (up_act, up_slope) != (skip_act, skip_slope):
-        raise ValueError(f"up and skip are Normalized with different activations ({up_act}, {up_slope}) and "
-                         f"({skip_act}, {skip_slope}); the fused concatenation applies one")
-    in_act, in_slope = (up_act, up_slope) if up_scale is not None else (skip_act, skip_slope)
+    in_act, in_slope = _shared_activation(("up", up_scale, up_act, up_slope), ("skip", skip_scale, skip_act,
+                                                                                skip_slope))
     up_t, skip_t, weight, bias = _autocast(up_t, skip_t, weight, bias)
     checks.check_concat_conv2d(up_t, skip_t, weight, bias, up_mode, align_corners)
     checks.check_activation(activation, negative_slope, epilogue=True)
@@ -301,24 +322,29 @@ def max_pool(x, window):
 
 
 def conv_transpose2d(x, weight, bias=None, stride=2, padding=0, output_padding=0, activation=None,
-                     negative_slope=0.01):
+                     negative_slope=0.01, *, skip=None):
     """``act(conv_transpose2d(x, weight, bias, stride, padding, output_padding))`` for a square weight [C_in, C_out,
     k, k] and a stride (1 or 2) up to k — MONAI's 3x3 / stride 2 / output_padding 1, Linknet's 4x4 / stride 2 /
     padding 1; x may be a Normalized (read as it is loaded). The 2x2 / stride-2 / unpadded case is
-    conv_transpose2x2 (one GEMM)."""
+    conv_transpose2x2 (one GEMM). With ``skip`` (a tensor or Normalized of x's batch, size and dtype): of
+    ``cat([x, skip], 1)`` without building it (MONAI UNet's up layers; the weight's first C_x rows read x)."""
     x_t, scale, shift, in_act, in_slope, prelu = _split(x)
-    x_t, weight, bias = _autocast(x_t, weight, bias)
+    skip_t, skip_scale, skip_shift, skip_act, skip_slope, skip_prelu = _split(skip, "skip")
+    in_act, in_slope = _shared_activation(("x", scale, in_act, in_slope), ("skip", skip_scale, skip_act, skip_slope))
+    x_t, weight, bias, skip_t = _autocast(x_t, weight, bias, skip_t)
     stride, padding, output_padding = checks.check_conv_transpose2d(x_t, weight, bias, stride, padding,
-                                                                    output_padding)
-    if weight.shape[2] == 2 and (stride, padding, output_padding) == (2, 0, 0):
+                                                                    output_padding, skip_t)
+    if skip is None and weight.shape[2] == 2 and (stride, padding, output_padding) == (2, 0, 0):
         return conv_transpose2x2(x, weight, bias, activation, negative_slope)
     checks.check_activation(activation, negative_slope, epilogue=True)
     if backend(x_t) == "eager":
-        return eager.conv_transpose2d(_autocast(materialize(x))[0], weight, bias, activation, negative_slope, stride,
-                                      padding, output_padding)
+        inputs = _autocast(*(materialize(t) for t in (x, skip) if t is not None))
+        return eager.conv_transpose2d(torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0], weight, bias,
+                                      activation, negative_slope, stride, padding, output_padding)
     return _functions().ConvTranspose2dBiasAct.apply(x_t, scale, shift, weight, bias, activation,
                                                      float(negative_slope), in_act, in_slope, stride, padding,
-                                                     output_padding, prelu)
+                                                     output_padding, prelu, skip_t, skip_scale, skip_shift,
+                                                     skip_prelu)
 
 
 def conv_transpose2x2(x, weight, bias=None, activation=None, negative_slope=0.01):

@@ -274,36 +274,52 @@ class ConvTranspose2x2BiasAct(torch.autograd.Function):
 
 class ConvTranspose2dBiasAct(torch.autograd.Function):
     """act(conv_transpose2d(x) + bias) of a square kernel and a stride up to its size, of x or of x's pending norm +
-    activation: the phases of the conv it transposes (kernels.conv.conv_transpose2d_forward). Saves x (pre-norm),
-    the norm's scale and shift, weight (and the output with an activation). Backward: dL/dx is that conv (its stride
-    and padding) of the prepared gradient, then the pending norm's backward; dL/dweight its weight-grad with the
-    input, normalised again by one kernel, in the place of the output gradient."""
+    activation: the phases of the conv it transposes (kernels.conv.conv_transpose2d_forward); with ``skip``, of
+    cat([x, skip], 1) without the concatenation (each source may carry its pending norm). Saves x and skip (pre-norm),
+    the norms' scale and shift, weight (and the output with an activation). Backward: dL/dx is that conv (its stride
+    and padding) of the prepared gradient, split along the channels, then each pending norm's backward; dL/dweight
+    its weight-grad with each source, normalised again by one kernel, in the place of the output gradient (each
+    source its rows of the weight)."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation, in_negative_slope,
-                stride, padding, output_padding, in_slope=None):
+                stride, padding, output_padding, in_slope=None, skip=None, skip_scale=None, skip_shift=None,
+                skip_slope=None):
         y = _launch(conv.conv_transpose2d_forward, x)(x, weight, bias, activation, negative_slope, in_scale, in_shift,
                                                      in_activation, in_negative_slope, stride, padding, output_padding,
-                                                     in_slope=in_slope)
-        _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
-              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,))
+                                                     in_slope=in_slope, skip=skip, skip_scale=skip_scale,
+                                                     skip_shift=skip_shift, skip_slope=skip_slope)
+        _save(ctx, x, in_scale, in_shift, skip, skip_scale, skip_shift, weight, y=y, activation=activation,
+              negative_slope=negative_slope, in_activation=in_activation, in_negative_slope=in_negative_slope,
+              in_slopes=(in_slope, skip_slope))
         ctx.geometry = dict(stride=stride, padding=padding)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        (x, in_scale, in_shift, weight, out), (in_slope,) = _slopes(ctx)
+        (x, in_scale, in_shift, skip, skip_scale, skip_shift, weight, out), slopes = _slopes(ctx)
         dz, grad_b = _prepared(ctx, grad_y, out, 4)
-        grad_z = grad_w = None
-        if _needs(ctx, 0, 1, 2, 12):
-            grad_z = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry)
-        if ctx.needs_input_grad[3]:
-            z = x if in_scale is None else _launch(norm.pending_norm, x)(x, in_scale, in_shift, *ctx.in_act,
-                                                                         slope=in_slope)
-            grad_w = _launch(conv.conv2d_weight_grad, dz)(z, dz, weight, **ctx.geometry)
-        *grad_x, dslope = _through_pending_norm(ctx, grad_z, x, in_scale, in_shift, in_slope, 0)
-        return (*grad_x, grad_w, grad_b) + (None,) * 7 + (dslope,)
+        grad_cat = _launch(conv.conv2d_forward, dz)(dz, weight, None, None, 0.0, **ctx.geometry) \
+            if _needs(ctx, 0, 1, 2, 12, 13, 14, 15, 16) else None
+        # Each source: its channels of dL/dcat through its pending norm, and its rows of dL/dweight.
+        grads, weight_grads, first = [], [], 0
+        for source, scale, shift, slope, index in ((x, in_scale, in_shift, slopes[0], 0),
+                                                   (skip, skip_scale, skip_shift, slopes[1], 13)):
+            if source is None:
+                grads.append((None,) * 4)
+                continue
+            rows = slice(first, first + source.shape[1])
+            first = rows.stop
+            if ctx.needs_input_grad[3]:
+                z = source if scale is None else _launch(norm.pending_norm, source)(source, scale, shift, *ctx.in_act,
+                                                                                    slope=slope)
+                weight_grads.append(_launch(conv.conv2d_weight_grad, dz)(z, dz, weight[rows], **ctx.geometry))
+            grads.append(_through_pending_norm(ctx, grad_cat[:, rows] if grad_cat is not None else None, source,
+                                               scale, shift, slope, index))
+        grad_w = torch.cat(weight_grads) if weight_grads else None
+        (*grad_x, dslope), (*grad_skip, skip_dslope) = grads
+        return (*grad_x, grad_w, grad_b) + (None,) * 7 + (dslope, *grad_skip, skip_dslope)
 
 
 class MaxPool(torch.autograd.Function):
@@ -335,32 +351,45 @@ class PendingNorm(torch.autograd.Function):
     kernel reads it (``residual`` optional: a ResNet block's end, then ``out_act`` ReLU / LeakyReLU or none). Saves y
     (alive: the norm's statistics' backward needs it) and, with an ``out_act``, the output (its sign is the mask; the
     next layer's input, alive anyway) — never the residual: a projection's normalised output is freed after the add.
-    ``slope``: a PReLU's slopes (``activation`` "prelu"). Backward is one kernel."""
+    ``slope``: a PReLU's slopes (``activation`` "prelu"). ``res_norm``: (scale, shift, activation, negative slope,
+    PReLU slopes) of a pending residual (``residual`` its pre-norm y, saved: its statistics' backward holds it),
+    normalised as it is read: the projection's normalised output is never stored. Backward is one kernel."""
 
     @staticmethod
     def forward(ctx, y, scale, shift, residual, activation, negative_slope, out_activation, out_negative_slope,
-                slope=None):
+                slope=None, res_scale=None, res_shift=None, res_activation=None, res_negative_slope=0.0,
+                res_slope=None):
         out = _launch(norm.pending_norm, y)(y, scale, shift, activation, negative_slope, residual, out_activation,
-                                            out_negative_slope, slope=slope)
-        ctx.save_for_backward(y, scale, shift, out if out_activation is not None else None, slope)
-        ctx.acts = (activation, negative_slope, out_activation, out_negative_slope)
+                                            out_negative_slope, slope=slope, res_scale=res_scale, res_shift=res_shift,
+                                            res_activation=res_activation, res_negative_slope=res_negative_slope,
+                                            res_slope=res_slope)
+        ctx.save_for_backward(y, scale, shift, out if out_activation is not None else None, slope,
+                              *((residual, res_scale, res_shift, res_slope) if res_scale is not None else ()))
+        ctx.acts = (activation, negative_slope, out_activation, out_negative_slope, res_activation,
+                    res_negative_slope)
         ctx.residual = residual is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        y, scale, shift, out, slope = ctx.saved_tensors
-        activation, negative_slope, out_activation, out_negative_slope = ctx.acts
+        y, scale, shift, out, slope, *res_norm = ctx.saved_tensors
+        activation, negative_slope, out_activation, out_negative_slope, res_activation, res_negative_slope = ctx.acts
+        dres = dres_scale = dres_shift = dres_slope = None
         if not ctx.residual:
             dy, dscale, dshift, dslope = _launch(norm.batch_norm_act_input_grad, grad_out)(
                 grad_out, y, scale, shift, activation, negative_slope, slope=slope)
-            dres = None
         else:
-            dy, dres, dscale, dshift, dslope = _launch(norm.residual_norm_act_input_grad, grad_out)(
+            residual, res_scale, res_shift, res_slope = res_norm or (None,) * 4
+            dy, dres, dscale, dshift, dslope, dres_scale, dres_shift, dres_slope = _launch(
+                norm.residual_norm_act_input_grad, grad_out)(
                 grad_out, y, scale, shift, out, activation, negative_slope, out_activation, out_negative_slope,
-                slope=slope)
-        return dy, dscale, dshift, dres, None, None, None, None, (dslope if slope is not None else None)
+                slope=slope, residual=residual, res_scale=res_scale, res_shift=res_shift,
+                res_activation=res_activation, res_negative_slope=res_negative_slope, res_slope=res_slope)
+            dres_scale, dres_shift = (dres_scale, dres_shift) if res_norm else (None, None)
+            dres_slope = dres_slope if res_norm and res_slope is not None else None
+        return (dy, dscale, dshift, dres, None, None, None, None, (dslope if slope is not None else None),
+                dres_scale, dres_shift, None, None, dres_slope)
 
 
 def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0), images=None):

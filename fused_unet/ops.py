@@ -96,7 +96,8 @@ conv_transpose2x2_weight_grad = _op(conv.conv_transpose2x2_weight_grad,
                                     _weight_grad_fake)
 conv_transpose2d_forward = _op(
     conv.conv_transpose2d_forward, f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, int stride=2, "
-    f"int padding=0, int output_padding=0, {_SLOPE}) -> Tensor",
+    f"int padding=0, int output_padding=0, {_SLOPE}, Tensor? skip=None, Tensor? skip_scale=None, "
+    "Tensor? skip_shift=None, Tensor? skip_slope=None) -> Tensor",
     _output_of(conv.conv_transpose2d_forward, conv.conv_transpose2d_output, "x", "weight", "stride", "padding",
                "output_padding"))
 max_pool_forward = _op(pool.max_pool_forward, f"(Tensor x, int window, {_PENDING}, {_SLOPE}) -> (Tensor, Tensor)",
@@ -108,16 +109,19 @@ batch_norm_act_input_grad = _op(
     norm.batch_norm_act_input_grad, f"(Tensor grad, Tensor y, Tensor scale, Tensor shift, {_ACT}, "
     "Tensor? slope=None) -> (Tensor, Tensor, Tensor, Tensor)",
     _output_of(norm.batch_norm_act_input_grad, norm.batch_norm_act_input_grad_output, "grad", "scale", "activation"))
+_RESIDUAL_NORM = ("Tensor? res_scale=None, Tensor? res_shift=None, str? res_activation=None, "
+                  "float res_negative_slope=0.0, Tensor? res_slope=None")  # a pending residual's norm
 pending_norm = _op(
     norm.pending_norm, "(Tensor y, Tensor scale, Tensor shift, str? activation=None, float negative_slope=0.0, "
-    "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0, Tensor? slope=None) -> Tensor",
-    lambda y, *rest: norm.pending_norm_output(y))
+    "Tensor? residual=None, str? out_activation=None, float out_negative_slope=0.0, Tensor? slope=None, "
+    f"{_RESIDUAL_NORM}) -> Tensor", lambda y, *rest, **kwargs: norm.pending_norm_output(y))
 residual_norm_act_input_grad = _op(
     norm.residual_norm_act_input_grad, "(Tensor grad, Tensor y, Tensor scale, Tensor shift, Tensor? out=None, "
     "str? activation=None, float negative_slope=0.0, str? out_activation=None, float out_negative_slope=0.0, "
-    "Tensor? slope=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    f"Tensor? slope=None, Tensor? residual=None, {_RESIDUAL_NORM}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, "
+    "Tensor, Tensor, Tensor)",
     _output_of(norm.residual_norm_act_input_grad, norm.residual_norm_act_input_grad_output, "grad", "scale",
-               "activation"))
+               "activation", "res_scale", "res_activation"))
 upsample2x_backward = _op(
     upsample.upsample2x_backward, "(Tensor grad, int[] input_shape, str up_mode, bool align_corners=False) -> Tensor",
     lambda grad, input_shape, up_mode, align_corners=False: upsample.upsample2x_backward_output(grad, input_shape))

@@ -104,15 +104,22 @@ def conv_geometry(k, stride=1, padding="same"):
     return stride, padding
 
 
-def _check_square_weight(x, weight, transposed):
-    """x and a square weight (1x1 up to MAX_KERNEL_SIZE) that reads x's channels: [C_out, C_in, k, k], or [C_in,
-    C_out, k, k] when ``transposed``. Returns (its output channels, k)."""
+def _check_square_weight(x, weight, transposed, skip=None):
+    """x (and ``skip``: then cat([x, skip], 1)) and a square weight (1x1 up to MAX_KERNEL_SIZE) that reads its
+    channels: [C_out, C_in, k, k], or [C_in, C_out, k, k] when ``transposed``. Returns (its output channels, k)."""
     check_tensor("x", x, 4)
     check_tensor("weight", weight, 4, dtype_like=x, device_like=x)
+    channels, source = x.shape[1], "x"
+    if skip is not None:
+        check_tensor("skip", skip, 4, dtype_like=x, device_like=x, like_name="x")
+        if skip.shape[0] != x.shape[0] or skip.shape[2:] != x.shape[2:]:
+            raise ValueError(f"skip {tuple(skip.shape)} must have x's batch and size {tuple(x.shape)} (they are "
+                             "concatenated along the channels)")
+        channels, source = x.shape[1] + skip.shape[1], "cat([x, skip], 1)"
     c_in, c_out = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
-    if c_in != x.shape[1]:
+    if c_in != channels:
         layout = "[C_in, C_out, k, k]" if transposed else "[C_out, C_in, k, k]"
-        raise ValueError(f"weight expects {c_in} input channels ({layout}) but x has {x.shape[1]}")
+        raise ValueError(f"weight expects {c_in} input channels ({layout}) but {source} has {channels}")
     kh, kw = weight.shape[2], weight.shape[3]
     if kh != kw or not 1 <= kh <= MAX_KERNEL_SIZE:
         raise ValueError(f"weight must have a square kernel of 1x1 up to {MAX_KERNEL_SIZE}x{MAX_KERNEL_SIZE}, "
@@ -184,11 +191,11 @@ def check_conv_transpose2x2(x, weight, bias):
     check_bias(bias, c_out, x)
 
 
-def check_conv_transpose2d(x, weight, bias, stride, padding, output_padding):
+def check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, skip=None):
     """Transposed convolution with a square [C_in, C_out, k, k] weight (k up to MAX_KERNEL_SIZE), stride 1 or 2 (at
-    most k), zero padding in [0, k), output_padding below the stride, groups 1; returns (stride, padding,
-    output_padding) as ints."""
-    c_out, k = _check_square_weight(x, weight, transposed=True)
+    most k), zero padding in [0, k), output_padding below the stride, groups 1, of x (or of cat([x, skip], 1));
+    returns (stride, padding, output_padding) as ints."""
+    c_out, k = _check_square_weight(x, weight, transposed=True, skip=skip)
     stride, padding = conv_geometry(k, stride, padding)
     if stride > k:
         raise ValueError(f"stride {stride} is larger than the {k}x{k} kernel: some outputs would see no input")

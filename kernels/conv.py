@@ -317,7 +317,7 @@ def _norm_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, IMAGE_PIXELS,
 @triton.jit(do_not_specialize=CONV2D_IMPLICIT_GEMM.do_not_specialize)
 def conv2d_implicit_gemm_kernel(
     x_ptr,  # first source (any strides): [N, C_IN, H_SRC, W_SRC], read through ``placement``
-    x2_ptr,  # second source (TWO_SOURCES): [N, C_IN2, H_IN, W_IN], read as is
+    x2_ptr,  # second source (TWO_SOURCES): [N, C_IN2, H_IN, W_IN], read as is, moved by x2_offsets
     w_ptr,  # weights, the GEMM's B: [C_OUT columns, KH, KW, C_IN + C_IN2], K contiguous
     bias_ptr,  # [C_OUT] (HAS_BIAS)
     y_ptr,  # output [N, C_OUT, H_OUT, W_OUT]; with PHASES [N, C_OUT / 4, 2 H_OUT, 2 W_OUT]
@@ -332,6 +332,7 @@ def conv2d_implicit_gemm_kernel(
     H_IN, W_IN,  # the conv's input grid (x2's size)
     C_IN, C_IN2, C_OUT,  # channels of x, of x2 (0 without), GEMM columns
     k_offsets,  # (x's, x2's) first weight channel along K
+    x2_offsets,  # (OFF_H, OFF_W) of x2 on the input grid: 0 for a skip, a transposed conv's phase offset
     PIXEL_BUCKET,  # the autotune key's pixel count: BATCH * H_OUT * W_OUT to the next power of two
     placement,  # x on the input grid: (H_SRC, W_SRC, OFF_H, OFF_W, H_UP, W_UP, SCALE_H, SCALE_W), source_placement
     NEG_SLOPE,  # ACT's leaky-ReLU slope
@@ -362,6 +363,7 @@ def conv2d_implicit_gemm_kernel(
     (the launcher lays them out once)."""
     swn, swt = w_strides
     K_OFF, K_OFF2 = k_offsets
+    OFF_H2, OFF_W2 = x2_offsets
     syn, syc, syh, syw = y_strides
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -389,7 +391,8 @@ def conv2d_implicit_gemm_kernel(
         # The second half of a virtual concatenation: a plain tensor on the input grid (the skip connection).
         acc = _accumulate_source(
             acc, x_ptr=x2_ptr, strides=x2_strides, C=C_IN2, K_OFF=K_OFF2, img=img, first_img=first_img, BATCH=BATCH,
-            ih0=ih0, iw0=iw0, m_valid=m_valid, placement=(H_IN, W_IN, 0, 0, H_IN, W_IN, 1.0, 1.0), norm=in2_norm,
+            ih0=ih0, iw0=iw0, m_valid=m_valid, placement=(H_IN, W_IN, OFF_H2, OFF_W2, H_IN, W_IN, 1.0, 1.0),
+            norm=in2_norm,
             one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH,
             KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K,
             FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
@@ -585,10 +588,11 @@ def _gemm_weight(weight):
 def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, phases=False,
                    placement=None, skip=None, k_offsets=(0, 0), pool_out=None, norm=None, skip_norm=None,
                    in_activation=None, in_negative_slope=0.0, stats=None, stats_mode=Statistics.CHANNEL,
-                   residual=None):
+                   residual=None, skip_offsets=(0, 0)):
     """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
     _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
-    concatenation (weight channels ``k_offsets``). ``norm`` / ``skip_norm``: (scale, shift, PReLU slopes or None)
+    concatenation (weight channels ``k_offsets``), read as is moved by ``skip_offsets`` (a transposed conv's phase
+    offset, as x's placement). ``norm`` / ``skip_norm``: (scale, shift, PReLU slopes or None)
     of a source's pending norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase,
     channel) of a 2x2 stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the
     pooling epilogue on, ``stats`` (a workspace) the statistics epilogue (``stats_mode``: codes.Statistics),
@@ -619,6 +623,7 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         stats_ptr=stats if stats is not None else x, res_ptr=residual if residual is not None else x, BATCH=batch,
         H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
         C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
+        x2_offsets=skip_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
         x_strides=x.stride(), x2_strides=strides_of(skip),
         w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
@@ -891,13 +896,14 @@ def _input_grad_phase(phase, kernel, stride, padding):
 
 
 def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, negative_slope=0.0, norm=None,
-                       in_activation=None, in_negative_slope=0.0):
+                       in_activation=None, in_negative_slope=0.0, skip=None, skip_norm=None):
     """out = act(bias + the transposed conv of x with ``weight`` [C_x, C_out, k, k], ``stride`` and ``pad``) (of x's
     pending ``norm`` + ``in_activation`` applied as it is read, zero outside x as the transposed conv sees it): per
     phase of ``out`` (stride x stride of them: each output pixel takes the taps of its phase only, so no zero is
     multiplied and nothing is scattered) a stride-1 conv with the phase's taps flipped and the weights transposed,
     its offset carried by the placement, its output a strided view of ``out``. A phase without taps (a kernel
-    smaller than the stride) is zero (only the input-grad has such phases: it has no bias)."""
+    smaller than the stride) is zero (only the input-grad has such phases: it has no bias). With ``skip`` (and its
+    ``skip_norm``) the input is cat([x, skip], 1), read from both (weight rows C_x... are the skip's)."""
     k = weight.shape[2]
     transposed = weight.transpose(0, 1)
     for phase_h in range(stride):
@@ -911,7 +917,8 @@ def _transposed_phases(x, weight, out, stride, pad, bias=None, activation=None, 
             placement = (x.shape[2], x.shape[3], off_h, off_w, x.shape[2], x.shape[3], 1.0, 1.0)
             _implicit_gemm(x, transposed[:, :, first_h::stride, first_w::stride].flip(2, 3), view, bias=bias,
                            activation=activation, negative_slope=negative_slope, placement=(UpMode.NONE, placement),
-                           norm=norm, **_in_act(in_activation, in_negative_slope))
+                           norm=norm, skip=skip, k_offsets=(0, x.shape[1]), skip_norm=skip_norm,
+                           skip_offsets=(off_h, off_w), **_in_act(in_activation, in_negative_slope))
     return out
 
 
@@ -933,13 +940,16 @@ def conv_transpose2d_output(x, weight, stride, padding, output_padding):
 
 def conv_transpose2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
                              in_activation=None, in_negative_slope=0.0, stride=2, padding=0, output_padding=0,
-                             in_slope=None):
+                             in_slope=None, skip=None, skip_scale=None, skip_shift=None, skip_slope=None):
     """act(conv_transpose2d(x, weight, bias, stride, padding, output_padding)) for a square [C_in, C_out, k, k]
     weight with k >= stride: the input-grad of the conv it transposes (whose input is this output), with the bias
-    and activation in each phase's epilogue; of x's pending norm (``in_*``) applied as x is read."""
+    and activation in each phase's epilogue; of x's pending norm (``in_*``) applied as x is read. With ``skip`` (of
+    x's batch and size): of cat([x, skip], 1) without the concatenation (MONAI UNet's up layers), the skip's pending
+    norm ``skip_*`` (its activation ``in_activation``)."""
     y = conv_transpose2d_output(x, weight, stride, padding, output_padding)
     return _transposed_phases(x, weight, y, stride, padding, bias, activation, negative_slope,
-                              _norm(in_scale, in_shift, in_slope), in_activation, in_negative_slope)
+                              _norm(in_scale, in_shift, in_slope), in_activation, in_negative_slope, skip=skip,
+                              skip_norm=_norm(skip_scale, skip_shift, skip_slope))
 
 
 def weight_grad_output(weight):

@@ -354,15 +354,18 @@ def _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE: tl.const
 def pending_norm_kernel(
     y_ptr,  # the pre-norm y [N, C, H, W], any strides
     norm,  # (scale, shift, PReLU slopes [C]) fp32: per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
-    res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added after the norm's activation
+    res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added after the norm's activation (RES_NORM: pre-norm)
+    res_norm,  # RES_NORM: the residual's pending norm, as ``norm`` (a projection's: read, never stored)
     out_ptr,  # out_act(act(y * scale + shift) + residual) in y's dtype
     PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
-    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's are norm's)
+    NEG_SLOPE, RES_NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's, RES_ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's: tables)
     y_strides, res_strides, out_strides,  # (n, c, h, w) strides
     ACT: tl.constexpr,  # the norm's activation (codes.Act)
     OUT_ACT: tl.constexpr,  # the activation after the residual add (codes.Act)
     PER_SAMPLE: tl.constexpr,  # instance / group norm: scale and shift per (image, channel)
     RESIDUAL: tl.constexpr,  # add res_ptr (a ResNet block's skip) before OUT_ACT
+    RES_NORM: tl.constexpr,  # the residual is a pending norm's y: res_norm and RES_ACT applied as it is read
+    RES_ACT: tl.constexpr,  # RES_NORM: the residual norm's activation (codes.Act)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
     """Parameters: specs.PENDING_NORM. A pending norm made a tensor (for a consumer that is not a fused kernel, or a
@@ -374,7 +377,12 @@ def pending_norm_kernel(
     y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0)
     v = apply_activation(y.to(tl.float32) * scale + shift, slope, ACT)
     if RESIDUAL:
-        v += tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+        if RES_NORM:
+            r_scale, r_shift, r_slope = _norm_tile(res_norm, img, offs_c, c_ok, mask, C, RES_NEG_SLOPE, PER_SAMPLE,
+                                                   RES_ACT)
+            r = apply_activation(r * r_scale + r_shift, r_slope, RES_ACT)
+        v += r
     v = apply_activation(v, OUT_NEG_SLOPE, OUT_ACT)
     tl.store(out_ptr + _at(out_strides, img, h, w, offs_c), v.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -392,26 +400,57 @@ def _pixels(y, per_image):
     return (batch, h * w) if per_image else (1, batch * h * w)
 
 
+def _residual_norm(residual, res_scale, res_shift, res_activation, res_negative_slope, res_slope):
+    """The residual's pending norm (scale, shift, activation, negative slope, PReLU slopes), or None for a residual
+    tensor (or none)."""
+    if res_scale is None:
+        return None
+    if residual is None:
+        raise ValueError("res_scale needs a residual: it is the residual's pending norm")
+    return res_scale, res_shift, res_activation, res_negative_slope, res_slope
+
+
 def pending_norm(y, scale, shift, activation=None, negative_slope=0.0, residual=None, out_activation=None,
-                 out_negative_slope=0.0, slope=None):
+                 out_negative_slope=0.0, slope=None, res_scale=None, res_shift=None, res_activation=None,
+                 res_negative_slope=0.0, res_slope=None):
     """``out_act(act(y * scale + shift) + residual)`` (y's dtype and dense layout) of a pre-norm y (any strides) and its
     norm's fp32 (scale, shift) ([C], or [N, C] for instance / group norm); ``residual`` (optional, y's shape and
-    dtype, any strides); ``slope`` [C]: a PReLU's (``activation`` "prelu")."""
+    dtype, any strides); ``slope`` [C]: a PReLU's (``activation`` "prelu"). With ``res_scale``, ``res_shift`` (and
+    ``res_activation``, ``res_negative_slope``, ``res_slope`` as the norm's) the residual is a pending norm's
+    pre-norm y (a ResNet projection's), normalised as it is read."""
     if out_activation is not None and residual is None:
         raise ValueError(f"out_activation {out_activation!r} needs a residual: it applies after the add")
+    res_norm = _residual_norm(residual, res_scale, res_shift, res_activation, res_negative_slope, res_slope)
+    res_scale, res_shift, res_activation, res_negative_slope, res_slope = res_norm or (scale, shift, None, 0.0, None)
     batch, c, h, w = y.shape
     out = pending_norm_output(y)
-    per_image = per_sample((scale, shift))
+    per_image = per_sample((scale,)) or per_sample((res_scale,))
     images, pixels = _pixels(y, per_image)
     if pixels and batch:
         PENDING_NORM.launch(
             pending_norm_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), y_ptr=y,
             norm=norm_table((scale, shift, slope), batch, per_image), res_ptr=residual if residual is not None else y,
-            out_ptr=out, PIXELS=pixels, C=c, H=h, W=w, NEG_SLOPE=float(negative_slope),
+            res_norm=norm_table((res_scale, res_shift, res_slope), batch, per_image), out_ptr=out, PIXELS=pixels,
+            C=c, H=h, W=w, NEG_SLOPE=float(negative_slope), RES_NEG_SLOPE=float(res_negative_slope),
             OUT_NEG_SLOPE=float(out_negative_slope), y_strides=y.stride(), res_strides=strides_of(residual),
             out_strides=out.stride(), ACT=act_code(activation), OUT_ACT=act_code(out_activation),
-            PER_SAMPLE=per_image, RESIDUAL=residual is not None)
+            PER_SAMPLE=per_image, RESIDUAL=residual is not None, RES_NORM=res_norm is not None,
+            RES_ACT=act_code(res_activation))
     return out
+
+
+@triton.jit
+def _norm_act_grad(g, y, scale, shift, slope, mask, c_ok, row, C, ACT: tl.constexpr):
+    """dL/dy of z = act(y * scale + shift) from dL/dz ``g`` (fp32 tiles), writing the tile's partial sums of
+    act'(u) g y (-> dL/dscale) and act'(u) g (-> dL/dshift) at ``row`` and ``row + C``, and for a PReLU of g u where
+    u < 0 (-> dL/dslope, torch's rule) at ``row + 2 * C``."""
+    u = y * scale + shift
+    if ACT == ACT_PRELU:
+        tl.store(row + 2 * C, tl.sum(tl.where(mask & (u < 0.0), g * u, 0.0), axis=0), mask=c_ok)
+    g = tl.where(mask, activation_input_grad(g, u, slope, ACT), 0.0)
+    tl.store(row, tl.sum(g * y, axis=0), mask=c_ok)
+    tl.store(row + C, tl.sum(g, axis=0), mask=c_ok)
+    return g * scale
 
 
 @triton.autotune(configs=configs(BATCH_NORM_ACT_BACKWARD.name), key=BATCH_NORM_ACT_BACKWARD.autotune_key)
@@ -420,44 +459,51 @@ def batch_norm_act_backward_kernel(
     g_ptr,  # dL/dout of out = out_act(act(y * scale + shift) (+ residual)) [N, C, H, W]
     y_ptr,  # the pre-norm y
     norm,  # (scale, shift, PReLU slopes [C]) fp32: per channel [C], or per (image, channel) [N, C] (PER_SAMPLE)
+    res_ptr,  # RES_NORM: the residual's pre-norm y (its gradient goes through its norm)
+    res_norm,  # RES_NORM: the residual's pending norm, as ``norm``
     out_ptr,  # RESIDUAL and an OUT_ACT: the forward's output (its sign gives the ReLU's / LeakyReLU's gradient)
     dy_ptr,  # dL/dy
-    dres_ptr,  # RESIDUAL: dL/dresidual
+    dres_ptr,  # RESIDUAL: dL/dresidual (RES_NORM: dL/d of the residual's pre-norm y)
     partial_ptr,  # fp32 [programs along pixels (per image: PER_SAMPLE), 3, C]: dL/dscale, dL/dshift, dL/dslope sums
+    res_partial_ptr,  # RES_NORM: the residual norm's, as partial_ptr
     PIXELS, C, H, W,  # N * H * W (H * W with PER_SAMPLE: the grid's third axis walks the images), and y's shape
-    NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's are norm's)
-    g_strides, y_strides, out_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
+    NEG_SLOPE, RES_NEG_SLOPE, OUT_NEG_SLOPE,  # ACT's, RES_ACT's and OUT_ACT's leaky-ReLU slopes (a PRELU's: tables)
+    g_strides, y_strides, res_strides, out_strides, dy_strides, dres_strides,  # (n, c, h, w) strides
     ACT: tl.constexpr,  # the norm's activation (codes.Act)
     OUT_ACT: tl.constexpr,  # RESIDUAL: the activation after the add (codes.EPILOGUE_ACTIVATIONS), else NONE
     PER_SAMPLE: tl.constexpr,  # instance / group norm: scale, shift and the partial sums per (image, channel)
     RESIDUAL: tl.constexpr,  # a residual was added before OUT_ACT
+    RES_NORM: tl.constexpr,  # the residual was a pending norm's y, normalised as it was read
+    RES_ACT: tl.constexpr,  # RES_NORM: the residual norm's activation (codes.Act)
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,  # pixels x channels per program
 ):
     """Parameters: specs.BATCH_NORM_ACT_BACKWARD. With u = y * scale + shift, out = out_act(act(u) + residual) and
     g = dL/dout: dresidual = out_act'(out) g (the sign of out: a ReLU / LeakyReLU), dy = act'(u) dresidual scale,
     and per program the partial sums of act'(u) dresidual y (-> dL/dscale), act'(u) dresidual (-> dL/dshift) and
-    for a PReLU dresidual u where u < 0 (-> dL/dslope) into its own workspace row (no atomics). Nothing of the
-    forward is saved but y and its output: not the residual, not the sum."""
+    for a PReLU dresidual u where u < 0 (-> dL/dslope) into its own workspace row (no atomics); a pending residual's
+    the same through its own norm. Nothing of the forward is saved but y (the residual's y) and its output: not the
+    residual, not the sum."""
     pid_p, offs_p, offs_c, c_ok, mask, img, h, w = pixel_channel_tile(PIXELS, C, H, W, BLOCK_P, BLOCK_C)
     if PER_SAMPLE:
         img += tl.program_id(2)
         pid_p += tl.program_id(2) * tl.num_programs(0)
-    scale, shift, slope = _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE, ACT)
+    row = pid_p.to(tl.int64) * 3 * C + offs_c
     g = tl.load(g_ptr + _at(g_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
-    u = y * scale + shift
     if RESIDUAL:
         if OUT_ACT != ACT_NONE:
             out = tl.load(out_ptr + _at(out_strides, img, h, w, offs_c), mask=mask, other=0.0)
             g = activation_grad(g, out.to(tl.float32), OUT_NEG_SLOPE, OUT_ACT)
-        tl.store(dres_ptr + _at(dres_strides, img, h, w, offs_c), g.to(dres_ptr.dtype.element_ty), mask=mask)
-    row = partial_ptr + pid_p.to(tl.int64) * 3 * C + offs_c
-    if ACT == ACT_PRELU:  # torch's prelu backward: u * g where u <= 0
-        tl.store(row + 2 * C, tl.sum(tl.where(mask & (u < 0.0), g * u, 0.0), axis=0), mask=c_ok)
-    g = tl.where(mask, activation_input_grad(g, u, slope, ACT), 0.0)
-    tl.store(dy_ptr + _at(dy_strides, img, h, w, offs_c), (g * scale).to(dy_ptr.dtype.element_ty), mask=mask)
-    tl.store(row, tl.sum(g * y, axis=0), mask=c_ok)
-    tl.store(row + C, tl.sum(g, axis=0), mask=c_ok)
+        dres = g
+        if RES_NORM:
+            r_scale, r_shift, r_slope = _norm_tile(res_norm, img, offs_c, c_ok, mask, C, RES_NEG_SLOPE, PER_SAMPLE,
+                                                   RES_ACT)
+            y_res = tl.load(res_ptr + _at(res_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+            dres = _norm_act_grad(g, y_res, r_scale, r_shift, r_slope, mask, c_ok, res_partial_ptr + row, C, RES_ACT)
+        tl.store(dres_ptr + _at(dres_strides, img, h, w, offs_c), dres.to(dres_ptr.dtype.element_ty), mask=mask)
+    scale, shift, slope = _norm_tile(norm, img, offs_c, c_ok, mask, C, NEG_SLOPE, PER_SAMPLE, ACT)
+    y = tl.load(y_ptr + _at(y_strides, img, h, w, offs_c), mask=mask, other=0.0).to(tl.float32)
+    dy = _norm_act_grad(g, y, scale, shift, slope, mask, c_ok, partial_ptr + row, C, ACT)
+    tl.store(dy_ptr + _at(dy_strides, img, h, w, offs_c), dy.to(dy_ptr.dtype.element_ty), mask=mask)
 
 
 def batch_norm_act_input_grad_output(grad, scale, activation=None):
@@ -467,9 +513,18 @@ def batch_norm_act_input_grad_output(grad, scale, activation=None):
     return dy, torch.empty_like(scale), torch.empty_like(scale), scale.new_empty(slopes)
 
 
-def residual_norm_act_input_grad_output(grad, scale, activation=None):
+def _no_grads(scale):
+    """The residual norm's three gradients where there is none: empty, distinct (a custom op's outputs never alias)."""
+    return tuple(scale.new_empty(0) for _ in range(3))
+
+
+def residual_norm_act_input_grad_output(grad, scale, activation=None, res_scale=None, res_activation=None):
+    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift, dL/dslope, and the residual norm's dL/dscale, dL/dshift,
+    dL/dslope: empty without ``res_scale``)."""
     dy, grad_scale, grad_shift, grad_slope = batch_norm_act_input_grad_output(grad, scale, activation)
-    return dy, torch.empty_like(dy), grad_scale, grad_shift, grad_slope
+    res_grads = batch_norm_act_input_grad_output(grad, res_scale, res_activation)[1:] if res_scale is not None else \
+        _no_grads(scale)
+    return dy, torch.empty_like(dy), grad_scale, grad_shift, grad_slope, *res_grads
 
 
 def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_slope=0.0, slope=None):
@@ -478,42 +533,65 @@ def batch_norm_act_input_grad(grad, y, scale, shift, activation=None, negative_s
     group norm), summed over per-tile partials in a fixed order; dL/dslope fp32 [C] of a PReLU's ``slope`` [C]
     (empty for other activations)."""
     dy = batch_norm_act_input_grad_output(grad, scale)[0]
-    return (dy, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy))
+    return (dy, *_norm_act_backward(grad, y, (scale, shift, activation, negative_slope, slope), dy)[0])
 
 
 def residual_norm_act_input_grad(grad, y, scale, shift, out=None, activation=None, negative_slope=0.0,
-                                 out_activation=None, out_negative_slope=0.0, slope=None):
-    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift, dL/dslope) of ``pending_norm``'s out = out_act(act(y * scale +
-    shift) + residual) from dL/dout ``grad`` (any strides); ``out`` (needed with an ``out_activation``: ReLU /
-    LeakyReLU) gives that activation's gradient by its sign. The residual's gradient has y's dtype."""
+                                 out_activation=None, out_negative_slope=0.0, slope=None, residual=None,
+                                 res_scale=None, res_shift=None, res_activation=None, res_negative_slope=0.0,
+                                 res_slope=None):
+    """(dL/dy, dL/dresidual, dL/dscale, dL/dshift, dL/dslope, then the residual norm's dL/dscale, dL/dshift,
+    dL/dslope) of ``pending_norm``'s out = out_act(act(y * scale + shift) + residual) from dL/dout ``grad`` (any
+    strides); ``out`` (needed with an ``out_activation``: ReLU / LeakyReLU) gives that activation's gradient by its
+    sign. With ``res_scale`` the residual was a pending norm's pre-norm y (``residual``, read again), its gradient
+    dL/d that y and its norm's sums as the main norm's (empty without one). The residual's gradient has y's dtype."""
     dy, dres = residual_norm_act_input_grad_output(grad, scale)[:2]
-    return (dy, dres, *_norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy, out=out,
-                                          dres=dres, out_activation=out_activation,
-                                          out_negative_slope=out_negative_slope))
+    main, res = _norm_act_backward(
+        grad, y, (scale, shift, activation, negative_slope, slope), dy, out=out, dres=dres,
+        out_activation=out_activation, out_negative_slope=out_negative_slope, residual=residual,
+        res_norm=_residual_norm(residual, res_scale, res_shift, res_activation, res_negative_slope, res_slope))
+    return (dy, dres, *main, *(res or _no_grads(scale)))
 
 
-def _norm_act_backward(grad, y, scale, shift, activation, negative_slope, slope, dy, out=None, dres=None,
-                       out_activation=None, out_negative_slope=0.0):
-    """(dL/dscale, dL/dshift, dL/dslope), writing dy and, given ``dres``, the residual's gradient (``out``: the
-    forward's output, read for ``out_activation``'s gradient)."""
+def _norm_grad_sums(partial, scale, activation):
+    """(dL/dscale, dL/dshift, dL/dslope) of a norm from its backward's partial sums [images, tiles, 3, C] (the
+    images of a per-image grid, else one): summed over the tiles of each image for a per-sample ``scale``, else over
+    every tile; a PReLU's slopes over every tile (empty for other activations)."""
+    dims = 1 if per_sample((scale,)) else (0, 1)
+    grad_slope = partial[..., 2, :].sum((0, 1)) if activation == "prelu" else scale.new_empty(0)
+    return partial[..., 0, :].sum(dims), partial[..., 1, :].sum(dims), grad_slope
+
+
+def _norm_act_backward(grad, y, norm, dy, out=None, dres=None, out_activation=None, out_negative_slope=0.0,
+                       residual=None, res_norm=None):
+    """((dL/dscale, dL/dshift, dL/dslope) of ``norm`` = (scale, shift, activation, negative_slope, slopes), the same
+    of ``res_norm`` or None), writing dy and, given ``dres``, the residual's gradient (``out``: the forward's output,
+    read for ``out_activation``'s gradient; with ``res_norm``, ``residual`` is its pre-norm y)."""
     batch, c, h, w = y.shape
-    per_image = per_sample((scale, shift))
+    scale, shift, activation, negative_slope, slope = norm
+    res_scale, res_shift, res_activation, res_negative_slope, res_slope = res_norm or (scale, shift, None, 0.0, None)
     # Per sample, the tiles walk one image each (the grid's third axis): their sums are per (image, channel).
+    per_image = per_sample((scale,)) or per_sample((res_scale,))
     images, pixels = _pixels(y, per_image)
     block_p = configs(BATCH_NORM_ACT_BACKWARD.name)[0].kwargs["BLOCK_P"]
     tiles = max(1, triton.cdiv(pixels, block_p))
-    # Every program writes its row (no zero fill), unless there is nothing to launch: then the sums are zeros.
-    partial = (torch.empty if pixels and batch else torch.zeros)((images, tiles, 3, c), device=y.device,
-                                                                 dtype=torch.float32)
+    # Every program writes its rows (no zero fill), unless there is nothing to launch: then the sums are zeros.
+    partials = [(torch.empty if pixels and batch else torch.zeros)((images, tiles, 3, c), device=y.device,
+                                                                   dtype=torch.float32)
+                for _ in range(2 if res_norm is not None else 1)]
     if pixels and batch:
         BATCH_NORM_ACT_BACKWARD.launch(
             batch_norm_act_backward_kernel, lambda meta: (*pixel_channel_grid(pixels, c)(meta), images), g_ptr=grad,
-            y_ptr=y, norm=norm_table((scale, shift, slope), batch, per_image), out_ptr=out if out is not None else y,
-            dy_ptr=dy, dres_ptr=dres if dres is not None else dy, partial_ptr=partial, PIXELS=pixels, C=c, H=h, W=w,
-            NEG_SLOPE=float(negative_slope), OUT_NEG_SLOPE=float(out_negative_slope), g_strides=grad.stride(),
-            y_strides=y.stride(), out_strides=strides_of(out), dy_strides=dy.stride(), dres_strides=strides_of(dres),
-            ACT=act_code(activation), OUT_ACT=act_code(out_activation), PER_SAMPLE=per_image,
-            RESIDUAL=dres is not None)
-    parts = partial if per_image else partial[0]  # summed over the tiles of each image, or of the batch
-    grad_slope = partial[..., 2, :].sum((0, 1)) if activation == "prelu" else scale.new_empty(0)
-    return parts[..., 0, :].sum(-2), parts[..., 1, :].sum(-2), grad_slope
+            y_ptr=y, norm=norm_table((scale, shift, slope), batch, per_image),
+            res_ptr=residual if res_norm is not None else y,
+            res_norm=norm_table((res_scale, res_shift, res_slope), batch, per_image),
+            out_ptr=out if out is not None else y, dy_ptr=dy, dres_ptr=dres if dres is not None else dy,
+            partial_ptr=partials[0], res_partial_ptr=partials[-1], PIXELS=pixels, C=c, H=h, W=w,
+            NEG_SLOPE=float(negative_slope), RES_NEG_SLOPE=float(res_negative_slope),
+            OUT_NEG_SLOPE=float(out_negative_slope), g_strides=grad.stride(), y_strides=y.stride(),
+            res_strides=strides_of(residual if res_norm is not None else None), out_strides=strides_of(out),
+            dy_strides=dy.stride(), dres_strides=strides_of(dres), ACT=act_code(activation),
+            OUT_ACT=act_code(out_activation), PER_SAMPLE=per_image, RESIDUAL=dres is not None,
+            RES_NORM=res_norm is not None, RES_ACT=act_code(res_activation))
+    main = _norm_grad_sums(partials[0], scale, activation)
+    return main, (_norm_grad_sums(partials[1], res_scale, res_activation) if res_norm is not None else None)

@@ -272,7 +272,11 @@ _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FU
                    NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT, **_ONE_SOURCE)
 # A transposed conv's forward: the input-grad's GEMMs, with a bias, an activation and a pending norm.
 _TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items()
-                       if k not in ("HAS_BIAS", "ACT", "NORM_INPUT", "NORM_TABLE", "IN_ACT", "IN_NEG_SLOPE")}
+                       if k not in ("HAS_BIAS", "ACT", "NORM_INPUT", "NORM_TABLE", "IN_ACT", "IN_NEG_SLOPE",
+                                    "TWO_SOURCES", "NORM_INPUT2")}
+# A transposed conv of a concatenation (MONAI UNet's up layers): the skip a second source, pending or not.
+_TRANSPOSED_SOURCES = [dict(TWO_SOURCES=True, NORM_INPUT2=True), dict(TWO_SOURCES=True, NORM_INPUT2=False),
+                       dict(TWO_SOURCES=False, NORM_INPUT2=False)]
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
@@ -285,7 +289,8 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
      tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"), tensor("res_ptr"),
      integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
      integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
-     integers("k_offsets", 16, 16), integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
+     integers("k_offsets", 16, 16), integers("x2_offsets", None, None),
+     integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
      real("NEG_SLOPE"), value_flag("IN_NEG_SLOPE"),
      strides("x_strides"), strides("x2_strides"), integers("w_strides", 16, 16), strides("y_strides"),
      strides("pool_strides"), strides("res_strides"),
@@ -314,7 +319,9 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
         "conv2d_input_grad": [_fixed(STRIDE=1, **_INPUT_GRAD), _EVEN, _GRAD_TAPS, _FLAT_TAPS],
         # A transposed conv of any stride: the input-grad's phases with a bias and an activation in the epilogue.
         "conv_transpose2d_forward": [_fixed(STRIDE=1, **_TRANSPOSED_FORWARD), _EVEN, _GRAD_TAPS, _BIAS, _ACTS,
-                                     _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
+                                     _IN_NORM, _NORM_TABLES, _TRANSPOSED_SOURCES,
+                                     [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False,
+                                                                  NORM_INPUT2=False)]],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
                                              STATS=_NO_STATS, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
                                       _IN_NORM, _NORM_TABLES],
@@ -387,27 +394,33 @@ MAX_POOL_BACKWARD = KernelSpec(
 # gradient), or neither.
 _RESIDUAL_OUT_ACTS = [dict(RESIDUAL=True, OUT_ACT=a) for a in _ACT_CODES]
 _NO_RESIDUAL_OUT_ACT = dict(RESIDUAL=False, OUT_ACT=_NO_ACT)
+# The residual: a tensor, or a pending norm's y (a ResNet projection's: no activation; a PReLU's is the heaviest).
+_TENSOR_RESIDUAL = dict(RES_NORM=False, RES_ACT=_NO_ACT)
+_RESIDUAL_NORMS = [dict(RES_NORM=True, RES_ACT=int(Act.PRELU)), dict(RES_NORM=True, RES_ACT=_NO_ACT), _TENSOR_RESIDUAL]
 
 PENDING_NORM = KernelSpec(
     "pending_norm",
-    (tensor("y_ptr"), pending_norm_tables("norm"), tensor("res_ptr"), tensor("out_ptr"), integer("PIXELS"),
-     integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"),
-     strides("y_strides"), strides("res_strides"), strides("out_strides"), flag("ACT"), flag("OUT_ACT"),
-     flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
+    (tensor("y_ptr"), pending_norm_tables("norm"), tensor("res_ptr"), pending_norm_tables("res_norm"),
+     tensor("out_ptr"), integer("PIXELS"), integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"),
+     real("RES_NEG_SLOPE"), real("OUT_NEG_SLOPE"), strides("y_strides"), strides("res_strides"),
+     strides("out_strides"), flag("ACT"), flag("OUT_ACT"), flag("PER_SAMPLE"), flag("RESIDUAL"), flag("RES_NORM"),
+     flag("RES_ACT"), block("BLOCK_P"), block("BLOCK_C")),
     sites={"pending_norm": [[dict(ACT=a) for a in _PENDING_ACT_CODES],
-                            _RESIDUAL_OUT_ACTS + [_NO_RESIDUAL_OUT_ACT], _PER_SAMPLE_ELEMENTWISE]})
+                            _RESIDUAL_OUT_ACTS + [_NO_RESIDUAL_OUT_ACT], _PER_SAMPLE_ELEMENTWISE, _RESIDUAL_NORMS]})
 
 BATCH_NORM_ACT_BACKWARD = KernelSpec(
     "batch_norm_act_backward",
-    (tensor("g_ptr"), tensor("y_ptr"), pending_norm_tables("norm"), tensor("out_ptr"), tensor("dy_ptr"),
-     tensor("dres_ptr"), tensor("partial_ptr", "*fp32"), integer("PIXELS"), integer("C", 16, tuned=True),
-     integer("H"), integer("W"), real("NEG_SLOPE"), real("OUT_NEG_SLOPE"), strides("g_strides"),
-     strides("y_strides"), strides("out_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"),
-     flag("OUT_ACT"), flag("PER_SAMPLE"), flag("RESIDUAL"), block("BLOCK_P"), block("BLOCK_C")),
+    (tensor("g_ptr"), tensor("y_ptr"), pending_norm_tables("norm"), tensor("res_ptr"),
+     pending_norm_tables("res_norm"), tensor("out_ptr"), tensor("dy_ptr"), tensor("dres_ptr"),
+     tensor("partial_ptr", "*fp32"), tensor("res_partial_ptr", "*fp32"), integer("PIXELS"),
+     integer("C", 16, tuned=True), integer("H"), integer("W"), real("NEG_SLOPE"), real("RES_NEG_SLOPE"),
+     real("OUT_NEG_SLOPE"), strides("g_strides"), strides("y_strides"), strides("res_strides"),
+     strides("out_strides"), strides("dy_strides"), strides("dres_strides"), flag("ACT"), flag("OUT_ACT"),
+     flag("PER_SAMPLE"), flag("RESIDUAL"), flag("RES_NORM"), flag("RES_ACT"), block("BLOCK_P"), block("BLOCK_C")),
     sites={"batch_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _PER_SAMPLE_ELEMENTWISE,
-                                         _fixed(**_NO_RESIDUAL_OUT_ACT)],
+                                         _fixed(**_NO_RESIDUAL_OUT_ACT, **_TENSOR_RESIDUAL)],
            "residual_norm_act_input_grad": [[dict(ACT=a) for a in _PENDING_ACT_CODES], _RESIDUAL_OUT_ACTS,
-                                            _PER_SAMPLE_ELEMENTWISE]})
+                                            _PER_SAMPLE_ELEMENTWISE, _RESIDUAL_NORMS]})
 
 CHANNEL_STATISTICS = KernelSpec(
     "channel_statistics",

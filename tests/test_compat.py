@@ -62,20 +62,22 @@ def test_monai_basic_unet(norm, modes, size, batch):
 # Its default instance norm (no affine, no running statistics: the same in eval) at 8x8 and 4x4: statistics from the
 # conv's epilogue, and from the reduction kernel below 64 pixels.
 @pytest.mark.parametrize("norm,modes", [("batch", ("train", "eval")), ("instance", ("train",))])
-def test_monai_unet_reports_what_it_cannot_fuse(norm, modes):
+def test_monai_unet_fuses_its_skip_concatenations(norm, modes):
     torch.manual_seed(0)
     model = monai_nets.UNet(spatial_dims=2, in_channels=3, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
                             num_res_units=1, norm=norm).to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)
     report = check_swap(model, x, modes, example_input=x)
     # Its stride-2 convs fuse, each residual unit's projection with the unit's add in its epilogue, and its 3x3 /
-    # stride-2 / output_padding-1 transposed convs run in the kernels; every norm -> Dropout(0) -> PReLU (its
-    # default ADN) is pending in the kernels that read it, the one after each transposed conv too ("bn+act").
-    assert report.traced == [""] and report.counts() == {"conv+bn+act": 4, "conv+add": 4, "bn+act": 2}
+    # stride-2 / output_padding-1 transposed convs run in the kernels, each reading its skip connection's
+    # cat([x, submodule(x)]) as two sources ("cat+convtranspose"); every norm -> Dropout(0) -> PReLU (its default
+    # ADN) is pending in the kernels that read it, the one after each transposed conv too ("bn+act").
+    assert report.traced == [""] and report.counts() == {"conv+bn+act": 4, "conv+add": 4, "bn+act": 2,
+                                                         "cat+convtranspose": 2}
     assert report.swapped["ConvTranspose2d"] == 2 and left_alone(report, "ConvTranspose2d") == 0
-    assert "PReLU" not in str(report)
+    assert "PReLU" not in str(report) and not report.left_alone
     counts, expected = _eager_left(model, x, report)
-    assert counts == expected and "prelu" not in eager_elementwise(model, x)
+    assert counts == expected == {} and "prelu" not in eager_elementwise(model, x)
 
 
 def test_monai_attention_unet():
@@ -153,7 +155,7 @@ def test_smp_unet_with_bottleneck_blocks():
 def test_smp_linknet():
     # Linknet's decoder up-samples with 4x4 / stride-2 / padding-1 transposed convs (+ BN + ReLU), each block's
     # output added to the skip: all of it in the kernels (eval; the transposed conv's backward is held by
-    # test_monai_unet_reports_what_it_cannot_fuse and tests/test_conv_transpose.py).
+    # test_monai_unet_fuses_its_skip_concatenations and tests/test_conv_transpose.py).
     torch.manual_seed(0)
     model = smp.Linknet("resnet18", encoder_weights=None, classes=2, encoder_depth=3).to(DEVICE)
     x = torch.randn(2, 3, 16, 16, device=DEVICE)

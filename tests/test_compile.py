@@ -51,6 +51,9 @@ def _cases():
         (ops.conv_transpose2x2_forward, (make_tensor((2, 3, 3, 2)), wt[:3], None, None, 0.0), norm),
         (ops.conv_transpose2d_forward, (make_tensor((2, 3, 3, 2)), make_tensor((3, 2, 4, 4)), None, None, 0.0),
          dict(norm, stride=2, padding=1)),
+        (ops.conv_transpose2d_forward, (make_tensor((2, 3, 3, 2)), make_tensor((5, 2, 3, 3)), None, None, 0.0),
+         dict(norm, stride=2, padding=1, output_padding=1, skip=make_tensor((2, 2, 3, 2)), skip_scale=scale[:2],
+              skip_shift=shift[:2])),  # of a concatenation (MONAI UNet's up layers)
         (ops.max_pool_forward, (x, 2), norm), (ops.max_pool_forward, (x, 3), norm),
         (ops.batch_norm_act_input_grad, (x, x, scale, shift, "leaky_relu", 0.1)),
         (ops.conv2d_forward, (x, w, b, None, 0.0), prelu), (ops.conv2d_weight_grad, (y, x, w), prelu),
@@ -64,6 +67,11 @@ def _cases():
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "bilinear", True)),
         (ops.upsample2x_backward, (make_tensor((2, 3, 6, 4)), [2, 3, 3, 2], "nearest")),
         (ops.pending_norm, (x, scale, shift), dict(residual=x)),  # a norm's backward term added to a gradient
+        # A ResNet block's end with its projection's norm pending (per image: mixed tables), and its backward.
+        (ops.pending_norm, (x, scale, shift, "relu", 0.0, x, "relu"),
+         dict(res_scale=scale.expand(2, -1).contiguous(), res_shift=shift.expand(2, -1).contiguous())),
+        (ops.residual_norm_act_input_grad, (x, x, scale, shift, x, "relu", 0.0, "relu"),
+         dict(residual=x, res_scale=scale, res_shift=shift, res_activation="prelu", res_slope=prelu["in_slope"])),
         (ops.norm_statistics, (parts, 3, make_tensor((6,)), make_tensor((6,)), 1e-5)),  # group norm, 2 per group
         (ops.norm_statistics, (parts[:1], 6, make_tensor((6,)), make_tensor((6,)), 1e-5, make_tensor((6,)),
                                make_tensor((6,)).abs(), 0.1)),  # a batch norm's, its running statistics updated

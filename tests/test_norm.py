@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import (DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, check_against_float64, compare_step,
-                            make_tensor, model_triplet)
+                            make_tensor, model_triplet, record_launches)
 import fused_unet
 from fused_unet import eager, functional as FF, nn as fnn
 from fused_unet.kernels import configs, norm
@@ -348,47 +348,63 @@ def test_batch_norm_unet_saves_at_most_half_of_eager(dtype):
     assert fused <= 0.5 * reference, f"fused U-Net saves {fused / reference:.3f}x the eager model's activations"
 
 
+# A pending residual: (its norm, its activation); the others are a tensor's layout, or no residual.
+_PENDING_RESIDUALS = [("batch", None), ("group", None), ("batch", "prelu"), ("group", "silu")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("norm,activation,out_activation,residual", [
     ("batch", None, "relu", "channels_last"), ("batch", None, "leaky_relu", "strided"),
-    ("group", "silu", None, "contiguous"), ("batch", "relu", "relu", "normalized"), ("group", None, None, None)])
-def test_normalized_add_matches_float64(norm, activation, out_activation, residual, dtype):
+    ("group", "silu", None, "contiguous"), ("batch", "relu", "relu", ("batch", None)),
+    ("group", None, "leaky_relu", ("group", None)), ("group", "silu", "relu", ("batch", "prelu")),
+    ("batch", "prelu", None, ("group", "silu")), ("group", None, None, None)])
+def test_normalized_add_matches_float64(monkeypatch, norm, activation, out_activation, residual, dtype):
     # A ResNet block's end in training, relu(bn2(conv2(h)) + identity), in one kernel after the fused conv: the
-    # residual any strides or itself a pending norm (the downsample branch's bn(conv1x1(x))); batch 1, odd sizes.
+    # residual any strides or itself a pending norm (the downsample branch's bn(conv1x1(x)), of either kind of
+    # table, with or without an activation), normalised as the kernel reads it; batch 1, odd sizes.
     x = make_tensor((1, 3, 7, 5), dtype, requires_grad=True)
     w, w_res = _params((6, 3, 3, 3), (6, 3, 1, 1), dtype=dtype)
-    w_res.requires_grad_(residual == "normalized")
+    pending_residual = isinstance(residual, tuple)
+    w_res.requires_grad_(pending_residual)
     gamma = (torch.rand(6, device=DEVICE) + 0.5).to(dtype).requires_grad_()
     beta = make_tensor((6,), dtype, requires_grad=True)
-    tensor_residual = residual not in ("normalized", None)
+    slopes = (torch.rand(6, device=DEVICE) * 0.5).to(dtype)  # the PReLUs'
+    slopes.requires_grad_("prelu" in (activation, pending_residual and residual[1]))
+    tensor_residual = residual is not None and not pending_residual
     skip = make_tensor((1, 6, 7, 5), dtype, residual if tensor_residual else "contiguous",
                        requires_grad=tensor_residual)
 
-    def pending(y, gamma, beta, act):
-        if norm == "batch":
-            return FF.batch_norm(*y, gamma, beta, activation=act, negative_slope=0.1)
-        return FF.group_norm(y[0], 2, gamma, beta, activation=act, negative_slope=0.1)
+    def pending(y, kind, gamma, beta, act, slopes):
+        slope = slopes if act == "prelu" else 0.1
+        if kind == "batch":
+            return FF.batch_norm(*y, gamma, beta, activation=act, negative_slope=slope)
+        return FF.group_norm(y[0], 2, gamma, beta, activation=act, negative_slope=slope)
 
-    def fused(x, w, w_res, gamma, beta, skip):
-        z = pending(FF.conv2d_stats(x, w), gamma, beta, activation)
-        res = pending(FF.conv2d_stats(x, w_res, padding=0), None, None, None) if residual == "normalized" else \
-            skip if residual else None
+    def fused(x, w, w_res, gamma, beta, slopes, skip):
+        z = pending(FF.conv2d_stats(x, w), norm, gamma, beta, activation, slopes)
+        res = pending(FF.conv2d_stats(x, w_res, padding=0), *residual[:1], None, beta, residual[1], slopes) \
+            if pending_residual else skip if residual else None
         return FF.normalized_add(z, res, out_activation, 0.2)
 
-    def normed(y, gamma, beta, act):
-        if norm == "batch":
-            return _bn_act(y, gamma, beta, act, 0.1)
-        return eager.activate(F.group_norm(y, 2, gamma, beta), act, 0.1)
+    def normed(y, kind, gamma, beta, act, slopes):
+        y = F.batch_norm(y, None, None, gamma, beta, training=True) if kind == "batch" else \
+            F.group_norm(y, 2, gamma, beta)
+        return F.prelu(y, slopes) if act == "prelu" else eager.activate(y, act, 0.1)
 
-    def reference(x, w, w_res, gamma, beta, skip):
-        z = normed(F.conv2d(x, w, padding=1), gamma, beta, activation)
-        res = normed(F.conv2d(x, w_res), None, None, None) if residual == "normalized" else \
+    def reference(x, w, w_res, gamma, beta, slopes, skip):
+        z = normed(F.conv2d(x, w, padding=1), norm, gamma, beta, activation, slopes)
+        res = normed(F.conv2d(x, w_res), *residual[:1], None, beta, residual[1], slopes) if pending_residual else \
             skip if residual else None
         return z if res is None else eager.activate(z + res, out_activation, 0.2)
 
-    out = check_against_float64(fused, reference, [x, w, w_res, gamma, beta, skip], dtype,
+    seen = record_launches(monkeypatch)
+    out = check_against_float64(fused, reference, [x, w, w_res, gamma, beta, slopes, skip], dtype,
                                 baseline=dtype != torch.float32)
     assert out.is_contiguous(memory_format=torch.channels_last)
+    if pending_residual:  # the residual's norm read by the add's kernel, forward and backward: never made a tensor
+        assert sorted(name for name, flags in seen if flags.get("RES_NORM")) == ["batch_norm_act_backward",
+                                                                                   "pending_norm"]
+        assert not any(name == "pending_norm" and not flags["RESIDUAL"] for name, flags in seen)
 
 
 @pytest.mark.parametrize("norm,layout", [("batch", "strided"), ("group", "channels_last"), ("instance", "contiguous")])

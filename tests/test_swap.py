@@ -12,7 +12,7 @@ from torch import nn
 import fused_unet
 from fused_unet import nn as fnn
 from fused_unet.swap import SHAPE_ONLY
-from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare_step
+from tests.conftest import DEVICE, MODEL_TOLERANCE_FACTOR, assert_close, compare_step, record_launches
 
 pytestmark = pytest.mark.whole_model  # Whole models: the interpreter without its overflow check (conftest)
 
@@ -377,7 +377,7 @@ class BasicBlock(nn.Module):
         return self.relu(out)
 
 
-def test_resnet_blocks_fuse_strided_convs_and_the_residual_add():
+def test_resnet_blocks_fuse_strided_convs_and_the_residual_add(monkeypatch):
     # The stem (7x7/s2), a block with a 1x1/s2 projection, an identity block: every conv fused; the add and ReLU
     # in the second conv's epilogue in eval mode (its norm folds into the conv), after the fused conv + BN in training.
     torch.manual_seed(0)
@@ -390,6 +390,12 @@ def test_resnet_blocks_fuse_strided_convs_and_the_residual_add():
     # In training the projection's pending BN, the block's BN, the add and the ReLU are one kernel
     # (functional.normalized_add): no element-wise op on a whole activation is left to PyTorch, in either mode.
     assert eager_elementwise(model.train(), x) == {}
+    # ... and the projection's BN stays pending into that kernel: no pending norm is made a tensor in training.
+    seen = record_launches(monkeypatch)
+    model(x).sum().backward()
+    assert sorted(name for name, flags in seen if flags.get("RES_NORM")) == ["batch_norm_act_backward",
+                                                                               "pending_norm"]
+    assert not any(name == "pending_norm" and not flags["RESIDUAL"] for name, flags in seen)
     assert eager_ops(model.eval(), x).get("conv", 0) == 0
     assert eager_elementwise(model, x) == {}
 
@@ -421,3 +427,30 @@ def test_a_diffusion_block_fuses_its_skip_add_and_downsampling():
     assert report.counts() == {"conv+add": 2, "bn+act": 2} and not left_alone(report, "Conv2d")
     model.train()
     assert eager_ops(model, x) == {} and eager_elementwise(model, x) == {}
+
+
+class TwoBranches(nn.Module):
+    """Two conv + BN branches with different activations, concatenated twice: into a conv and into a transposed
+    conv (MONAI UNet's up layer reads its skip connection's cat so)."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu_branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.leaky_branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1))
+        self.relu_again = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.leaky_again = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1))
+        self.merge = nn.Conv2d(8, 2, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 3, 3, 2, 1, 1)
+
+    def forward(self, x):
+        merged = self.merge(torch.cat([self.relu_branch(x), self.leaky_branch(x)], 1))
+        return self.up(torch.cat([self.relu_again(x), self.leaky_again(x)], 1))[:, :2, ::2, ::2] + merged
+
+
+def test_concatenated_pending_norms_with_different_activations():
+    # Each branch's BN stays pending into the concatenation's reader, which applies one activation to both: the
+    # second source is made a tensor there (this crashed with a ValueError in training before).
+    torch.manual_seed(0)
+    model = TwoBranches().to(DEVICE)
+    report = check_swap(model, torch.randn(2, 3, 7, 6, device=DEVICE))
+    assert report.counts() == {"conv+bn+act": 4, "cat+conv": 1, "cat+convtranspose": 1} and not report.left_alone

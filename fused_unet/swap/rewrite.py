@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from fused_unet import nn as fnn
 from fused_unet.swap.graph import UPSAMPLE_CALLS, UPSAMPLE_MODULES, SwapGraph
 from fused_unet.swap.module_level import _SWAPS
-from fused_unet.swap.patterns import CHAIN_PATTERNS, conv_chain, norm_act, single_layers
+from fused_unet.swap.patterns import CHAIN_PATTERNS, concat_conv_transpose, conv_chain, norm_act, single_layers
 from fused_unet.swap.runtime import _CAT_FUNCTIONS, _DATA_INPUTS, _NORM_ARGUMENT, _fused_conv_pool
 
 
@@ -23,6 +23,7 @@ def rewrite(root, graph, prefix, report, functional=False):
                 pattern.rewrite(g, chain, found)
                 changed = True
                 break
+    changed = concat_conv_transpose.swap(g) or changed
     if functional:
         changed = single_layers.swap(g) or changed
     changed = norm_act.swap(g) or changed
@@ -38,8 +39,8 @@ def _reads_normalized(g, user, value):
     if user.op == "call_function" and user.target is getattr and user.args[1:] == ("shape",):
         return True
     if user.op == "call_function" and user.target in _DATA_INPUTS:
-        data = _DATA_INPUTS[user.target]
-        return value in user.args[:data] and value not in user.args[data:]
+        positions = [i for i, a in enumerate(user.args) if a is value]
+        return bool(positions) and all(i in _DATA_INPUTS[user.target] for i in positions)
     if user.args != (value,) or user.kwargs:
         return False
     if g.module(user, fnn.Conv2d, fnn.MaxPool2d, fnn.ConvTranspose2d) is not None:

@@ -129,11 +129,26 @@ def _fused_norm_act(x, bn, activation, negative_slope, defer):
     return fnn.norm_act(t, bn, activation, negative_slope, defer)
 
 
-def _fused_conv_transpose(x, weight, bias, stride, padding, output_padding):
-    if fnn.input_unsupported(x):
-        return F.conv_transpose2d(functional.materialize(x), weight, bias, stride=stride, padding=padding,
-                                  output_padding=output_padding)
-    return functional.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
+def _one_activation(a, b):
+    """(a, b), b made a tensor where both are pending norms with different activations (a fused concatenation
+    applies one)."""
+    if isinstance(a, functional.Normalized) and isinstance(b, functional.Normalized) and \
+            (a.activation, a.negative_slope if a.activation != "prelu" else None) != \
+            (b.activation, b.negative_slope if b.activation != "prelu" else None):
+        return a, b.materialize()
+    return a, b
+
+
+def _fused_conv_transpose(x, weight, bias, stride, padding, output_padding, skip=None):
+    """conv_transpose2d(x) (with ``skip``: of cat([x, skip], 1), without the concatenation where both are image
+    batches of one size), else the original ops."""
+    if fnn.input_unsupported(x) or skip is not None and (
+            fnn.input_unsupported(skip, "skip") or skip.shape[0] != x.shape[0] or skip.shape[2:] != x.shape[2:]):
+        x = functional.materialize(x)
+        return F.conv_transpose2d(torch.cat([x, functional.materialize(skip)], 1) if skip is not None else x, weight,
+                                  bias, stride=stride, padding=padding, output_padding=output_padding)
+    x, skip = _one_activation(x, skip)
+    return functional.conv_transpose2d(x, weight, bias, stride, padding, output_padding, skip=skip)
 
 
 def _fused_max_pool(x, window):
@@ -191,6 +206,7 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
             fits = min(skip_size[0] - up_size[0], skip_size[1] - up_size[1]) >= 0 and \
                 amounts == _centred_pad(up_size, skip_size) and (pad_mode == "constant" or not any(amounts))
     if fits:
+        up, skip = _one_activation(up, skip)
         return fnn.concat_conv_bn_act(up, skip, conv, bn, activation, negative_slope, defer, up_mode=up_mode,
                                       align_corners=align_corners, up_first=up_first)
     up, skip = functional.materialize(up), functional.materialize(skip)
@@ -209,6 +225,8 @@ def _fused_concat_conv(up, skip, conv, bn, activation, negative_slope, defer, up
 _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
 # Fused op -> the position of its norm argument (a norm left pending where only fused ops read the result).
 _NORM_ARGUMENT = {**{op: data + 1 for op, data in _FUSED_OPS.items()}, _fused_norm_act: 1}
-# Every fused call and its leading data arguments (a pending batch norm may reach them); the conv transpose and the
-# pool have no batch norm of their own, the residual conv's is never left pending (the add reads it).
-_DATA_INPUTS = {**_FUSED_OPS, _fused_conv_transpose: 1, _fused_max_pool: 1, _fused_conv_add: 1}
+# Every fused call and the positions of its data arguments (a pending batch norm may reach them: the residual conv's
+# residual too, normalised by the add's kernel); the conv transpose and the pool have no batch norm of their own, the
+# residual conv's is never left pending (the add reads it).
+_DATA_INPUTS = {**{op: tuple(range(data)) for op, data in _FUSED_OPS.items()}, _fused_conv_transpose: (0, 6),
+                _fused_max_pool: (0,), _fused_conv_add: (0, 3)}
