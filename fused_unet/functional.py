@@ -126,14 +126,27 @@ def _reads_pending(residual, y):
         residual.y.shape == y.shape and residual.y.dtype == y.dtype and residual.y.device == y.device
 
 
-def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None):
+class Projection(NamedTuple):
+    """A 1x1 conv ``conv2d(x, weight, bias, stride)`` (weight [C_out, C_p, 1, 1], stride 1 or 2) that ``conv2d``
+    sums into its own accumulator: a ResNet downsample block's projection of the block input."""
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: Optional[torch.Tensor] = None
+    stride: int = 1
+
+
+def conv2d(x, weight, bias=None, activation=None, negative_slope=0.01, *, stride=1, padding="same", residual=None,
+           projection=None):
     """``act(conv2d(x, weight, bias, stride, padding) + residual)`` for a square kernel k (1x1 ... 31x31), stride 1
     or 2, zero padding (an int in [0, k), "valid" or "same" for an odd k at stride 1), groups 1. x: [N, C_in, H, W]
     (any strides) or a Normalized, weight: [C_out, C_in, k, k], ``residual`` (optional, any strides) of the output's
     shape or broadcast to it, added in the kernel's epilogue (a ResNet or diffusion block's skip, a diffusion
-    block's time embedding [N, C, 1, 1]: read with zero strides, its gradient summed by autograd); returns
-    channels_last [N, C_out, H_out, W_out]."""
-    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=None, residual=residual)
+    block's time embedding [N, C, 1, 1]: read with zero strides, its gradient summed by autograd); ``projection``
+    (a ``Projection``, optional): its 1x1 conv computed in the same kernel, a second GEMM into the same accumulator
+    (a ResNet downsample block's ``conv2(h) + downsample(x)`` with both norms folded: the projection's output is
+    never stored); returns channels_last [N, C_out, H_out, W_out]."""
+    return _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats=None, residual=residual,
+                   projection=projection)
 
 
 def conv2d_stats(x, weight, bias=None, *, stride=1, padding="same", per_image=False):
@@ -156,13 +169,22 @@ def _epilogue_statistics(stats, pixels_per_image):
     return stats
 
 
-def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats, residual=None):
+def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats, residual=None, projection=None):
     x_t, scale, shift, in_act, in_slope, prelu = _split(x)
     x_t, weight, bias, residual = _autocast(x_t, weight, bias, residual)
     stride, padding = checks.check_conv2d(x_t, weight, bias, stride, padding)
     residual = checks.check_residual(residual, x_t, weight, stride, padding)
     checks.check_activation(activation, negative_slope, epilogue=True)
+    if projection is not None:
+        if not isinstance(projection, Projection):
+            raise TypeError(f"projection must be a fused_unet.functional.Projection, got {type(projection).__name__}")
+        projection = Projection(*_autocast(*projection[:3]), projection.stride)
+        checks.check_projection(*projection, x_t, weight, stride, padding)
+        bias = projection.bias if bias is None else bias if projection.bias is None else bias + projection.bias
     if backend(x_t) == "eager":
+        if projection is not None:
+            added = eager.conv2d(projection.x, projection.weight, stride=projection.stride, padding=0)
+            residual = added if residual is None else residual + added
         plain = _autocast(materialize(x))[0]
         y = eager.conv2d(plain, weight, bias, activation, negative_slope, stride=stride, padding=padding,
                          residual=residual)
@@ -170,8 +192,10 @@ def _conv2d(x, weight, bias, activation, negative_slope, stride, padding, stats,
         return (y, None) if stats else y
     out = checks.conv_output_shape(x_t.shape, weight.shape, stride, padding)
     written = _epilogue_statistics(stats, out[2] * out[3])
+    proj_x, proj_weight, _, proj_stride = projection or (None, None, None, 1)
     y = _functions().Conv2dBiasAct.apply(x_t, scale, shift, weight, bias, activation, float(negative_slope), in_act,
-                                         in_slope, int(written), stride, padding, residual, prelu)
+                                         in_slope, int(written), stride, padding, residual, proj_x, proj_weight,
+                                         proj_stride, prelu)
     return (y, None) if stats and not written else y
 
 
@@ -253,8 +277,8 @@ def batch_norm(y, stats, weight=None, bias=None, running_mean=None, running_var=
         scale, shift, mean, var = eager.batch_norm_scale_shift(y, weight, bias, eps)
         _update_running(running_mean, running_var, mean, var, y.numel() // channels, momentum)
     else:  # the kernel that finalises the statistics updates the running ones
-        y, scale, shift, _, _ = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps),
-                                                                       running_mean, running_var, float(momentum))
+        y, scale, shift = _functions().BatchNormScaleShift.apply(y, stats, weight, bias, float(eps), running_mean,
+                                                                 running_var, float(momentum))
     return Normalized(y, scale, shift, activation, pending_slope(activation, negative_slope, channels))
 
 
@@ -291,7 +315,7 @@ def _group_norm(y, groups, weight, bias, eps, activation, negative_slope, stats,
         running_mean, running_var, momentum = running
         _update_running(running_mean, running_var, mean.mean(0), var.mean(0), y.shape[2] * y.shape[3], momentum)
         return y, scale, shift
-    return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps), *running)[:3]
+    return _functions().GroupNormScaleShift.apply(y, stats, weight, bias, int(groups), float(eps), *running)
 
 
 def _update_running(running_mean, running_var, mean, var, count, momentum):

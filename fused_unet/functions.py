@@ -52,19 +52,25 @@ def _through_pending_norm(ctx, grad_z, x, scale, shift, slope, index):
     return dx if ctx.needs_input_grad[index] else None, dscale, dshift, (dslope if slope is not None else None)
 
 
-def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_negative_slope=0.0, in_slopes=()):
+def _save(ctx, *tensors, y, activation, negative_slope, in_activation=None, in_negative_slope=0.0, in_slopes=(),
+          extra=()):
     """Save ``tensors``, then, with an activation, its output ``y`` (the mask of the activation's backward), then
-    ``in_slopes`` (the sources' PReLU slopes or None, read back by ``_slopes``)."""
-    ctx.save_for_backward(*tensors, y if activation else None, *in_slopes)
-    ctx.slopes = len(in_slopes)
+    ``in_slopes`` (the sources' PReLU slopes or None, read back by ``_slopes``), then ``extra`` (``_extra``)."""
+    ctx.save_for_backward(*tensors, y if activation else None, *in_slopes, *extra)
+    ctx.slopes, ctx.extra = len(in_slopes), len(extra)
     ctx.act = (activation, negative_slope)
     ctx.in_act = (in_activation, in_negative_slope)
 
 
 def _slopes(ctx):
-    """(saved tensors but the slopes, the slopes) (see ``_save``)."""
-    saved = ctx.saved_tensors
+    """(saved tensors but the slopes and extras, the slopes) (see ``_save``)."""
+    saved = ctx.saved_tensors[:len(ctx.saved_tensors) - ctx.extra]
     return saved[:len(saved) - ctx.slopes], saved[len(saved) - ctx.slopes:]
+
+
+def _extra(ctx):
+    """The ``extra`` tensors ``_save`` saved last."""
+    return ctx.saved_tensors[len(ctx.saved_tensors) - ctx.extra:]
 
 
 def _with_workspace(ctx, y, workspace):
@@ -79,11 +85,15 @@ class Conv2dBiasAct(torch.autograd.Function):
     """Conv (``stride`` 1 or 2, zero ``padding``) + bias (+ ``residual``) (+ activation) of x, or of
     act(x * in_scale + in_shift) (a pending norm; ``in_slope``: its PReLU's slopes). ``stats`` (codes.Statistics,
     not NONE): no activation; returns (y, per-tile statistics of y) for the norm that follows. The residual's
-    gradient is the prepared output gradient: nothing saved."""
+    gradient is the prepared output gradient: nothing saved. ``proj_x``, ``proj_weight`` [C_out, C_p, 1, 1],
+    ``proj_stride``: a 1x1 conv of another input summed into the same accumulator (a ResNet downsample block's end:
+    its output never stored); saves proj_x (the block input, alive anyway) and proj_weight; its gradients are the
+    input-grad and weight-grad of that conv from the same prepared gradient."""
 
     @staticmethod
     def forward(ctx, x, in_scale, in_shift, weight, bias, activation, negative_slope, in_activation,
-                in_negative_slope, stats, stride, padding, residual=None, in_slope=None):
+                in_negative_slope, stats, stride, padding, residual=None, proj_x=None, proj_weight=None,
+                proj_stride=1, in_slope=None):
         pending = (in_scale, in_shift, in_activation, in_negative_slope)
         geometry = dict(stride=stride, padding=padding, in_slope=in_slope)
         if stats:
@@ -91,10 +101,13 @@ class Conv2dBiasAct(torch.autograd.Function):
                 x, weight, bias, *pending, **geometry, per_image=stats == Statistics.IMAGE))
         else:
             y = result = _launch(conv.conv2d_forward, x)(x, weight, bias, activation, negative_slope, *pending,
-                                                         **geometry, residual=residual)
+                                                         **geometry, residual=residual, proj_x=proj_x,
+                                                         proj_weight=proj_weight, proj_stride=proj_stride)
         _save(ctx, x, in_scale, in_shift, weight, y=y, activation=activation, negative_slope=negative_slope,
-              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,))
+              in_activation=in_activation, in_negative_slope=in_negative_slope, in_slopes=(in_slope,),
+              extra=(proj_x, proj_weight) if proj_x is not None else ())
         ctx.geometry = dict(stride=stride, padding=padding)
+        ctx.proj_geometry = dict(stride=proj_stride, padding=0)
         return result
 
     @staticmethod
@@ -104,7 +117,15 @@ class Conv2dBiasAct(torch.autograd.Function):
             return (None,) * len(ctx.needs_input_grad)
         # The residual's gradient is the prepared one (the activation's backward applied): it entered before it.
         *grads, dslope, dz = _one_source_backward(ctx, grad_y, _CONV, prepared=True)
-        return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None, dslope)
+        grad_proj_x = grad_proj_w = None
+        if ctx.extra:
+            proj_x, proj_weight = _extra(ctx)
+            if ctx.needs_input_grad[13]:
+                grad_proj_x = _input_grad(_CONV, dz, proj_x, proj_weight, **ctx.proj_geometry)
+            if ctx.needs_input_grad[14]:
+                grad_proj_w = _weight_grad(_CONV, dz, proj_x, proj_weight, ctx.proj_geometry)
+        return (*grads, *[None] * 7, dz if ctx.needs_input_grad[12] else None, grad_proj_x, grad_proj_w, None,
+                dslope)
 
 
 def _prepared(ctx, grad_y, out, bias_index, grad_pooled=None, argmax=None):
@@ -393,7 +414,7 @@ class PendingNorm(torch.autograd.Function):
 
 
 def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(None, None, 0.0), images=None):
-    """(y, scale, shift, mean, biased var) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (or with
+    """(y, scale, shift) of a norm of y from its per-tile ``parts`` [N, tiles, 3, C] (or with
     ``images`` a conv epilogue's per-image workspace, kernels.norm.norm_statistics) (one launch
     combines them in float64 and finalises scale = gamma / sqrt(var + eps), shift = beta - mean * scale, fp32
     [N, C]; ``per_channel``: a batch norm's, N = 1, returned as [C]; and updates its ``running`` (mean, var,
@@ -401,14 +422,12 @@ def _scale_shift(ctx, y, gamma, beta, parts, groups, eps, per_channel, running=(
     view): its consumers' gradient reaches this backward, which adds the statistics' part in the same kernel instead
     of autograd summing two y-sized tensors."""
     scale, shift, stats = _launch(norm.norm_statistics, y)(parts, groups, gamma, beta, eps, *running, images=images)
-    mean, var = stats[:, 0], stats[:, 1]
     if per_channel:
-        scale, shift, mean, var = (t.squeeze(0) for t in (scale, shift, mean, var))
+        scale, shift = scale.squeeze(0), shift.squeeze(0)
     ctx.save_for_backward(y, gamma, stats)
     images = 1 if per_channel else y.shape[0]  # a batch norm's statistic spans the batch
     ctx.count, ctx.per_channel = y.numel() // images // groups, per_channel
-    ctx.mark_non_differentiable(mean, var)
-    return y, scale, shift, mean, var
+    return y, scale, shift
 
 
 def _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift):
@@ -427,7 +446,7 @@ def _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift):
 class BatchNormScaleShift(torch.autograd.Function):
     """(y, per-channel scale, shift) of a training-mode batch norm of y, from the statistics its conv's epilogue
     wrote (None: the reduction kernel's per-image ones): scale = gamma / sqrt(var + eps), shift = beta - mean *
-    scale (fp32), plus (mean, biased var); ``running_mean`` / ``running_var`` (optional) are updated in place by the
+    scale (fp32); ``running_mean`` / ``running_var`` (optional) are updated in place by the
     same launch, ``momentum`` the weight of this batch; the consumers read the y returned. Backward
     turns dL/dscale, dL/dshift into dL/dgamma, dL/dbeta and adds the part of dL/dy that flows through the batch
     mean and variance (a per-channel a * y + b) to the consumers' dL/dy; saves y (already alive) and the statistics."""
@@ -441,7 +460,7 @@ class BatchNormScaleShift(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
+    def backward(ctx, grad_y, grad_scale, grad_shift):
         grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
         return grad_y, None, grad_gamma, grad_beta, None, None, None, None
 
@@ -449,7 +468,7 @@ class BatchNormScaleShift(torch.autograd.Function):
 class GroupNormScaleShift(torch.autograd.Function):
     """(y, per (image, channel) scale, shift [N, C]) of a group norm of y (instance norm: ``groups`` = C), from y's
     statistics per (image, group): the ones its conv's epilogue wrote per image (``stats``), else one reduction
-    kernel's (fused_unet.kernels.norm.channel_statistics), plus (mean, biased var) [N, groups]; an instance norm's
+    kernel's (fused_unet.kernels.norm.channel_statistics); an instance norm's
     ``running_mean`` / ``running_var`` (optional) are updated in place by one more launch of the finalising kernel.
     Backward as BatchNormScaleShift's, per (image, group); saves y (already alive) and the statistics."""
 
@@ -461,6 +480,6 @@ class GroupNormScaleShift(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, grad_scale, grad_shift, grad_mean, grad_var):
+    def backward(ctx, grad_y, grad_scale, grad_shift):
         grad_y, grad_gamma, grad_beta = _scale_shift_backward(ctx, grad_y, grad_scale, grad_shift)
         return grad_y, None, grad_gamma, grad_beta, None, None, None, None, None

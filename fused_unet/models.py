@@ -34,7 +34,8 @@ class ResidualBlock(nn.Module):
         self.conv1, self.conv2, self.proj, self.pool = conv1, conv2, proj, pool
 
     def forward(self, x):
-        y = self.conv2(self.conv1(x), residual=self.proj(x) if self.proj is not None else x)
+        h = self.conv1(x)
+        y = self.conv2(h, projection=(x, self.proj)) if self.proj is not None else self.conv2(h, residual=x)
         return (y, self.pool(y)) if self.pool is not None else y
 
 
@@ -187,7 +188,8 @@ class UNet(_UNetBase):
 
 
 class ReferenceConvAct(nn.Conv2d):
-    """conv (-> the norm as ``bn``) (+ ``residual``) -> activation."""
+    """conv (-> the norm as ``bn``) (+ ``residual``, or + ``module(input)`` of a ``projection`` (input, module)) ->
+    activation."""
 
     def __init__(self, *args, activation, negative_slope, norm=None, norm_groups=32, **kwargs):
         super().__init__(*args, **kwargs)
@@ -195,7 +197,10 @@ class ReferenceConvAct(nn.Conv2d):
         self.bn = fnn.norm_layer(norm, self.out_channels, norm_groups=norm_groups)
         self.prelu = fnn.prelu_layer(activation)
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, projection=None):
+        if projection is not None:
+            proj_x, proj = projection
+            residual = proj(proj_x)
         y = super().forward(x)
         y = self.bn(y) if self.bn is not None else y
         return eager.activate(y + residual if residual is not None else y, self.activation,

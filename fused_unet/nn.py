@@ -284,16 +284,42 @@ def residual_fits(x, conv, residual):
     if not isinstance(residual, torch.Tensor) or residual.dtype != x.dtype or residual.device != x.device or \
             residual.dim() != 4:
         return False
-    stride, padding = conv_geometry(conv.weight.shape[2], conv.stride, conv.padding)
-    shape = conv_output_shape(x.shape, conv.weight.shape, stride, padding)
-    return all(r == s or (r == 1 and not pending) for r, s in zip(residual.shape, shape))
+    return all(r == s or (r == 1 and not pending) for r, s in zip(residual.shape, _conv_output_shape(x, conv)))
 
 
-def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01):
+def _conv_output_shape(x, conv):
+    return conv_output_shape(x.shape, conv.weight.shape, *conv_geometry(conv.weight.shape[2], conv.stride,
+                                                                         conv.padding))
+
+
+def projection_fits(x, conv, bn, proj_x, proj_conv, proj_bn):
+    """Whether a projection (the 1x1 ``proj_conv`` + ``proj_bn`` of ``proj_x``) runs inside the kernel of ``conv``
+    on ``x`` (``conv_bn_add_act``'s ``projection``): both norms fold (none, or running statistics), proj_conv is a
+    supported 1x1 of stride 1 or 2 without padding, proj_x an image batch of x's dtype and device whose projection
+    has the conv's output shape."""
+    x = _tensor(x)
+    if _pending(bn) or _pending(proj_bn) or not isinstance(proj_x, torch.Tensor) or \
+            input_unsupported(proj_x, "projection input") or tuple(proj_conv.weight.shape[2:]) != (1, 1) or \
+            isinstance(proj_conv, nn.Conv2d) and conv2d_config_unsupported(proj_conv):
+        return False
+    stride, padding = conv_geometry(1, proj_conv.stride, proj_conv.padding)
+    return padding == 0 and proj_x.dtype == x.dtype and proj_x.device == x.device and \
+        _conv_output_shape(proj_x, proj_conv) == _conv_output_shape(x, conv)
+
+
+def conv_bn_add_act(x, residual, conv, bn=None, activation=None, negative_slope=0.01, projection=None):
     """``act(bn(conv(x)) + residual)`` (a ResNet block's end; ``residual`` a tensor or a Normalized): the residual
     added in the conv's epilogue when the norm folds into the conv (none, or running statistics in eval mode); a
     pending norm (training) needs the whole conv's statistics before the add, so there the norm, the add and the
-    activation are one more kernel after the fused conv (``functional.normalized_add``)."""
+    activation are one more kernel after the fused conv (``functional.normalized_add``). ``projection`` (proj_x,
+    proj_conv, proj_bn; the caller checked ``projection_fits``) in the place of a residual: the ResNet downsample
+    ``proj_bn(proj_conv(proj_x))`` inside the conv's kernel, a second GEMM into its accumulator."""
+    if projection is not None:
+        proj_x, proj_conv, proj_bn = projection
+        weight, bias = _folded(proj_conv, proj_bn)
+        stride = conv_geometry(1, proj_conv.stride, proj_conv.padding)[0]
+        return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, stride=conv.stride,
+                                 padding=conv.padding, projection=functional.Projection(proj_x, weight, bias, stride))
     if _pending(bn):
         return functional.normalized_add(conv_bn_act(x, conv, bn, defer=True), residual, activation, negative_slope)
     return functional.conv2d(x, *_folded(conv, bn), activation, negative_slope, stride=conv.stride,
@@ -349,9 +375,18 @@ class Conv2d(_FusedMixin, nn.Conv2d):
     def _fused(self, op, *inputs, **layout):
         return op(*inputs, self, self.bn, **self._act_args(), defer=self.defer_norm, **layout)
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, projection=None):
         """``act(norm(conv(x)))``, or with ``residual`` (a tensor or a Normalized of the output's shape: a residual
-        block's skip) ``act(norm(conv(x)) + residual)``."""
+        block's skip) ``act(norm(conv(x)) + residual)``; ``projection`` (input, a fused ``Conv2d`` without an
+        activation) in the place of the residual: ``module(input)`` added (a ResNet downsample), computed in this
+        conv's kernel where both norms fold (``projection_fits``)."""
+        if projection is not None:
+            proj_x, proj = projection
+            if not (self._config_unsupported() or input_unsupported(x) or proj._config_unsupported()) and \
+                    proj.activation is None and projection_fits(x, self, self.bn, proj_x, proj, proj.bn):
+                return conv_bn_add_act(x, None, self, self.bn, **self._act_args(),
+                                       projection=(proj_x, proj, proj.bn))
+            residual = proj(proj_x)
         reason = self._config_unsupported() or input_unsupported(x)
         if residual is not None and not reason and not residual_fits(x, self, residual):
             reason = "the residual is not a tensor of the output's shape (or broadcast to it) and dtype"

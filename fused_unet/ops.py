@@ -56,7 +56,8 @@ def _output_of(launcher, output, *names):
 
 conv2d_forward = _op(conv.conv2d_forward,
                      f"(Tensor x, Tensor weight, Tensor? bias, {_ACT}, {_PENDING}, {_GEOMETRY}, "
-                     f"Tensor? residual=None, {_SLOPE}) -> Tensor",
+                     f"Tensor? residual=None, {_SLOPE}, Tensor? proj_x=None, Tensor? proj_weight=None, "
+                     "int proj_stride=1) -> Tensor",
                      _output_of(conv.conv2d_forward, conv.conv2d_output, "x", "weight", "stride", "padding"))
 conv2d_stats_forward = _op(conv.conv2d_stats_forward,
                            f"(Tensor x, Tensor weight, Tensor? bias, {_PENDING}, {_GEOMETRY}, {_SLOPE}, "

@@ -191,6 +191,24 @@ def check_conv_transpose2x2(x, weight, bias):
     check_bias(bias, c_out, x)
 
 
+def check_projection(proj_x, proj_weight, proj_bias, proj_stride, x, weight, stride, padding):
+    """A ``functional.Projection`` summed into a conv of x: a 1x1 conv (weight [C_out, C_p, 1, 1], stride 1 or 2) of
+    an input of x's batch, dtype and device whose output has the conv's shape."""
+    check_tensor("projection.x", proj_x, 4, dtype_like=x, device_like=x)
+    check_tensor("projection.weight", proj_weight, 4, dtype_like=x, device_like=x)
+    if tuple(proj_weight.shape) != (weight.shape[0], proj_x.shape[1], 1, 1):
+        raise ValueError(f"projection.weight must be [{weight.shape[0]}, {proj_x.shape[1]}, 1, 1] (the conv's output "
+                         f"channels, projection.x's channels, 1x1), got {tuple(proj_weight.shape)}")
+    if isinstance(proj_stride, bool) or proj_stride not in (1, 2):
+        raise ValueError(f"projection.stride must be 1 or 2, got {proj_stride!r}")
+    check_bias(proj_bias, weight.shape[0], x)
+    out = conv_output_shape(x.shape, weight.shape, stride, padding)
+    proj_out = conv_output_shape(proj_x.shape, proj_weight.shape, proj_stride, 0)
+    if proj_out != out:
+        raise ValueError(f"projection of {tuple(proj_x.shape)} at stride {proj_stride} gives {tuple(proj_out)}, not "
+                         f"the conv's output {tuple(out)}")
+
+
 def check_conv_transpose2d(x, weight, bias, stride, padding, output_padding, skip=None):
     """Transposed convolution with a square [C_in, C_out, k, k] weight (k up to MAX_KERNEL_SIZE), stride 1 or 2 (at
     most k), zero padding in [0, k), output_padding below the stride, groups 1, of x (or of cat([x, skip], 1));

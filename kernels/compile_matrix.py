@@ -39,7 +39,7 @@ SHAPE_FLAGS = ("KH", "KW", "PAD")
 # norm's (``overlap``) counts a loop that waits for its own wgmma group at headroom / (1 + headroom) (sass).
 _PLAIN = dict(EVEN_K=True, FLAT_INPUT=True, KH=3, KW=3, PAD=1, HAS_BIAS=True, ACT=int(Act.RELU), NORM_INPUT=False,
               NORM_INPUT2=False, IN_ACT=int(Act.NONE), UP_MODE=int(UpMode.NONE), STATS=int(Statistics.NONE),
-              FLAT_TAPS=False, TAPS_ON_N=False, NORM_TABLE=int(NormTable.CHANNEL))
+              FLAT_TAPS=False, TAPS_ON_N=False, NORM_TABLE=int(NormTable.CHANNEL), PROJ=False)
 MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags={}, ceiling=0.95, fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_pool_forward", flags={}, ceiling=0.95, fast_loads=True),
@@ -58,6 +58,10 @@ MAIN_LOOP_TARGETS = [
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(KH=1, KW=1, PAD=0), ceiling=0.95,
          fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(RESIDUAL=True), ceiling=0.95,
+         fast_loads=True),
+    # A ResNet downsample block's end: the second conv and the block input's 1x1 / stride-2 projection, two GEMMs
+    # into one accumulator.
+    dict(kernel="conv2d_implicit_gemm", site="conv2d_forward", flags=dict(PROJ=True, PROJ_STRIDE=2), ceiling=0.95,
          fast_loads=True),
     dict(kernel="conv2d_implicit_gemm", site="conv2d_input_grad", flags=dict(KH=2, KW=2), ceiling=0.95,
          fast_loads=True),

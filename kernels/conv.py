@@ -313,7 +313,7 @@ def _norm_statistics(y, stats_ptr, pid_m, offs_n, n_valid, PIXELS, IMAGE_PIXELS,
 @triton.autotune(configs=configs(CONV2D_IMPLICIT_GEMM.name),
                  prune_configs_by={"early_config_prune": prune_by_precision(CONV2D_IMPLICIT_GEMM.name)},
                  key=CONV2D_IMPLICIT_GEMM.autotune_key)
-@triton.heuristics({"EVEN_K": lambda meta: even_k(meta["BLOCK_K"], meta["C_IN"], meta["C_IN2"])})
+@triton.heuristics({"EVEN_K": lambda meta: even_k(meta["BLOCK_K"], meta["C_IN"], meta["C_IN2"], meta["C_PROJ"])})
 @triton.jit(do_not_specialize=CONV2D_IMPLICIT_GEMM.do_not_specialize)
 def conv2d_implicit_gemm_kernel(
     x_ptr,  # first source (any strides): [N, C_IN, H_SRC, W_SRC], read through ``placement``
@@ -328,9 +328,12 @@ def conv2d_implicit_gemm_kernel(
     one_ptr,  # a float32 1.0: loaded under each row's tap mask, it gates a per-channel pending norm's shift
     stats_ptr,  # STATS: fp32 workspace [rows of STATS_ROWS pixels (IMAGE: + N), 3 (count, mean, M2), C_OUT]
     res_ptr,  # RESIDUAL: a tensor of y's shape (any strides) added before the activation
+    proj_ptr,  # PROJ: a ResNet block's input [N, C_PROJ, H_PROJ, W_PROJ] (any strides), its 1x1 conv summed in
+    proj_w_ptr,  # PROJ: that conv's weights [C_OUT, C_PROJ], K contiguous, column stride proj_w_stride
     BATCH, H_OUT, W_OUT,  # the output grid the GEMM rows walk
     H_IN, W_IN,  # the conv's input grid (x2's size)
     C_IN, C_IN2, C_OUT,  # channels of x, of x2 (0 without), GEMM columns
+    C_PROJ, H_PROJ, W_PROJ,  # PROJ: the block input's channels (0 without) and size
     k_offsets,  # (x's, x2's) first weight channel along K
     x2_offsets,  # (OFF_H, OFF_W) of x2 on the input grid: 0 for a skip, a transposed conv's phase offset
     PIXEL_BUCKET,  # the autotune key's pixel count: BATCH * H_OUT * W_OUT to the next power of two
@@ -341,10 +344,14 @@ def conv2d_implicit_gemm_kernel(
     w_strides,  # (column, tap) strides of w_ptr
     y_strides, pool_strides,  # (n, c, h, w) strides of the outputs
     res_strides,  # (n, c, h, w) strides of res_ptr
+    proj_strides,  # (n, c, h, w) strides of proj_ptr
+    proj_w_stride,  # column stride of proj_w_ptr
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,  # the conv's taps
     PHASES: tl.constexpr,  # columns are (phase, channel) of a 2x2/s2 transposed conv, stored depth-to-space
     HAS_BIAS: tl.constexpr,  # add bias_ptr
     RESIDUAL: tl.constexpr,  # add res_ptr (a residual connection) before the activation
+    PROJ: tl.constexpr,  # also accumulate the 1x1 conv of proj_ptr (a ResNet downsample: two GEMMs, one accumulator)
+    PROJ_STRIDE: tl.constexpr,  # PROJ: that conv's stride (output pixel (h, w) reads proj_ptr at stride * (h, w))
     ACT: tl.constexpr,  # the epilogue's activation (codes.Act)
     TWO_SOURCES: tl.constexpr,  # K runs over x then x2: a virtual channel concatenation
     UP_MODE: tl.constexpr,  # how x is up-sampled onto the input grid (codes.UpMode)
@@ -396,6 +403,15 @@ def conv2d_implicit_gemm_kernel(
             one_ptr=one_ptr, IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=w_ptr, w_cols=w_cols, n_valid=n_valid, swt=swt, KH=KH,
             KW=KW, UP_MODE=UP_NONE, NORM=NORM_INPUT2, TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K,
             FLAT_TAPS=False, DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
+    if PROJ:
+        # The block's projection into the same accumulator: its output is never stored, nor read back.
+        acc = _accumulate_source(
+            acc, x_ptr=proj_ptr, strides=proj_strides, C=C_PROJ, K_OFF=0, img=img, first_img=first_img, BATCH=BATCH,
+            ih0=oh * PROJ_STRIDE, iw0=ow * PROJ_STRIDE, m_valid=m_valid,
+            placement=(H_PROJ, W_PROJ, 0, 0, H_PROJ, W_PROJ, 1.0, 1.0), norm=in_norm, one_ptr=one_ptr,
+            IN_NEG_SLOPE=IN_NEG_SLOPE, w_ptr=proj_w_ptr, w_cols=offs_n * proj_w_stride, n_valid=n_valid, swt=0, KH=1,
+            KW=1, UP_MODE=UP_NONE, NORM=False, TABLE=NORM_TABLE, IN_ACT=IN_ACT, EVEN_K=EVEN_K, FLAT_TAPS=False,
+            DOT_DTYPE=DOT_DTYPE, INPUT_PRECISION=INPUT_PRECISION, BLOCK_K=BLOCK_K)
 
     if PHASES:
         # Columns are (phase, channel) of a 2x2 stride-2 transposed conv: pixel (2 oh + dy, 2 ow + dx).
@@ -588,7 +604,7 @@ def _gemm_weight(weight):
 def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0.0, stride=1, pad=0, phases=False,
                    placement=None, skip=None, k_offsets=(0, 0), pool_out=None, norm=None, skip_norm=None,
                    in_activation=None, in_negative_slope=0.0, stats=None, stats_mode=Statistics.CHANNEL,
-                   residual=None, skip_offsets=(0, 0)):
+                   residual=None, skip_offsets=(0, 0), projection=None):
     """y over the pixel grid of the GEMM rows; ``weight`` is [columns, C_in, KH, KW] in logical order (laid out by
     _gemm_weight). ``x`` is read through ``placement`` (default: as is), ``skip`` is the second source of a virtual
     concatenation (weight channels ``k_offsets``), read as is moved by ``skip_offsets`` (a transposed conv's phase
@@ -596,8 +612,11 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
     of a source's pending norm, applied with ``in_activation`` as it is read. ``phases``: the columns are (phase,
     channel) of a 2x2 stride-2 transposed conv and y is twice the rows' size. ``pool_out`` (pooled, argmax) turns the
     pooling epilogue on, ``stats`` (a workspace) the statistics epilogue (``stats_mode``: codes.Statistics),
-    ``residual`` (y's shape) the residual add before the activation. Validation is the caller's job."""
+    ``residual`` (y's shape) the residual add before the activation, ``projection`` (block input, [C_out, C_p, 1, 1]
+    weight, stride) a 1x1 conv summed into the same accumulator. Validation is the caller's job."""
     weight = _gemm_weight(weight)
+    proj_x, proj_weight, proj_stride = projection or (None, None, 1)
+    proj_weight = proj_weight.reshape(proj_weight.shape[0], -1).contiguous() if proj_weight is not None else None
     batch, c_in = x.shape[0], x.shape[1]
     per_image = per_sample(norm) or per_sample(skip_norm)
     norm, skip_norm = norm_table(norm, batch, per_image), norm_table(skip_norm, batch, per_image)
@@ -620,16 +639,21 @@ def _implicit_gemm(x, weight, y, *, bias=None, activation=None, negative_slope=0
         conv2d_implicit_gemm_kernel, grid, x_ptr=x, x2_ptr=skip if skip is not None else x, w_ptr=weight,
         bias_ptr=bias if bias is not None else x, y_ptr=y, pool_ptr=pooled, pool_argmax_ptr=pool_argmax,
         in_norm=norm or (x, x, x), in2_norm=skip_norm or (x, x, x), one_ptr=float_one(x.device),
-        stats_ptr=stats if stats is not None else x, res_ptr=residual if residual is not None else x, BATCH=batch,
-        H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
-        C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns, k_offsets=k_offsets,
+        stats_ptr=stats if stats is not None else x, res_ptr=residual if residual is not None else x,
+        proj_ptr=proj_x if proj_x is not None else x, proj_w_ptr=proj_weight if proj_weight is not None else weight,
+        BATCH=batch, H_OUT=h_out, W_OUT=w_out, H_IN=h_in, W_IN=w_in,
+        C_IN=c_in, C_IN2=skip.shape[1] if skip is not None else 0, C_OUT=columns,
+        C_PROJ=proj_x.shape[1] if proj_x is not None else 0, H_PROJ=proj_x.shape[2] if proj_x is not None else 0,
+        W_PROJ=proj_x.shape[3] if proj_x is not None else 0, k_offsets=k_offsets,
         x2_offsets=skip_offsets,
         PIXEL_BUCKET=pixel_bucket(pixels), placement=placement, NEG_SLOPE=float(negative_slope),
         x_strides=x.stride(), x2_strides=strides_of(skip),
         w_strides=(weight.stride(0), weight.stride(3)), y_strides=y.stride(),
         pool_strides=strides_of(pool_out[0] if pool_out is not None else None), res_strides=strides_of(residual),
+        proj_strides=strides_of(proj_x), proj_w_stride=proj_weight.stride(0) if proj_weight is not None else 0,
         KH=kh, KW=kw, STRIDE=stride, PAD=pad, PHASES=phases, HAS_BIAS=bias is not None,
-        RESIDUAL=residual is not None, ACT=act_code(activation), TWO_SOURCES=skip is not None,
+        RESIDUAL=residual is not None, PROJ=proj_x is not None, PROJ_STRIDE=proj_stride, ACT=act_code(activation),
+        TWO_SOURCES=skip is not None,
         UP_MODE=up_mode, FUSE_POOL=pool_out is not None, NORM_INPUT=norm is not None,
         FLAT_TAPS=flat_taps,
         NORM_INPUT2=skip_norm is not None,
@@ -765,12 +789,16 @@ def conv2d_output(x, weight, stride=1, padding=None):
 
 
 def conv2d_forward(x, weight, bias=None, activation=None, negative_slope=0.0, in_scale=None, in_shift=None,
-                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None, residual=None, in_slope=None):
+                   in_activation=None, in_negative_slope=0.0, stride=1, padding=None, residual=None, in_slope=None,
+                   proj_x=None, proj_weight=None, proj_stride=1):
     """Conv of a square kernel, ``stride`` and zero ``padding`` (None: 'same', k // 2) (+bias, + ``residual``, a
-    tensor of the output's shape, +activation); output in channels_last memory format."""
+    tensor of the output's shape, + the 1x1 conv of ``proj_x`` with ``proj_weight`` [C_out, C_p, 1, 1] and
+    ``proj_stride`` in the same accumulator: a ResNet downsample block's end, +activation); output in channels_last
+    memory format."""
     return _implicit_gemm(x, weight, conv2d_output(x, weight, stride, padding), bias=bias, activation=activation,
                           negative_slope=negative_slope, stride=stride, pad=conv_padding(weight, padding),
                           norm=_norm(in_scale, in_shift, in_slope), residual=residual,
+                          projection=(proj_x, proj_weight, proj_stride) if proj_x is not None else None,
                           **_in_act(in_activation, in_negative_slope))
 
 

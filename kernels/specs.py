@@ -260,6 +260,9 @@ _FLAT_TAPS = [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True)]
 # The weight-grad's few-channel input: every (tap, channel) on the columns of one tile, read through its strides.
 _TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM_INPUT=False, **_CHANNEL_TABLE,
                                           UP_MODE=_NO_UP, **_NO_IN_ACT)]
+# A ResNet downsample's 1x1 projection summed into the second conv's accumulator (conv2d_forward only), or none.
+_NO_PROJECTION = dict(PROJ=False, PROJ_STRIDE=1)
+_PROJECTIONS = [dict(PROJ=True, PROJ_STRIDE=2), dict(PROJ=True, PROJ_STRIDE=1), _NO_PROJECTION]
 _FORWARD = dict(PHASES=False, FUSE_POOL=False)
 # A residual tensor added in the epilogue (ResNet / diffusion blocks: conv2d_forward only), or none.
 _RESIDUAL = [dict(RESIDUAL=False), dict(RESIDUAL=True)]
@@ -269,6 +272,7 @@ _ONE_SOURCE = dict(TWO_SOURCES=False, UP_MODE=_NO_UP, NORM_INPUT2=False)
 _NO_STATS = int(Statistics.NONE)
 _STATS = [dict(STATS=int(Statistics.CHANNEL)), dict(STATS=int(Statistics.IMAGE))]
 _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FUSE_POOL=False, STATS=_NO_STATS,
+                   **_NO_PROJECTION,
                    NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT, **_ONE_SOURCE)
 # A transposed conv's forward: the input-grad's GEMMs, with a bias, an activation and a pending norm.
 _TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items()
@@ -286,31 +290,34 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
     "conv2d_implicit_gemm",
     (tensor("x_ptr"), tensor("x2_ptr"), tensor("w_ptr"), tensor("bias_ptr"), tensor("y_ptr"), tensor("pool_ptr"),
      tensor("pool_argmax_ptr", "*u8"), pending_norm_tables("in_norm"), pending_norm_tables("in2_norm"),
-     tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"), tensor("res_ptr"),
-     integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
+     tensor("one_ptr", "*fp32"), tensor("stats_ptr", "*fp32"), tensor("res_ptr"), tensor("proj_ptr"),
+     tensor("proj_w_ptr"), integer("BATCH"), integer("H_OUT"), integer("W_OUT"), integer("H_IN"), integer("W_IN"),
      integer("C_IN", 16, tuned=True), integer("C_IN2", 16, tuned=True), integer("C_OUT", 16, tuned=True),
+     integer("C_PROJ", 16, tuned=True), integer("H_PROJ"), integer("W_PROJ"),
      integers("k_offsets", 16, 16), integers("x2_offsets", None, None),
      integer("PIXEL_BUCKET", tuned=True, specialise=False), PLACEMENT,
      real("NEG_SLOPE"), value_flag("IN_NEG_SLOPE"),
      strides("x_strides"), strides("x2_strides"), integers("w_strides", 16, 16), strides("y_strides"),
-     strides("pool_strides"), strides("res_strides"),
+     strides("pool_strides"), strides("res_strides"), strides("proj_strides"), integer("proj_w_stride", 16),
      flag("KH", tuned=True), flag("KW"), flag("STRIDE", tuned=True), flag("PAD"), flag("PHASES", tuned=True),
-     flag("HAS_BIAS"), flag("RESIDUAL"), flag("ACT"), flag("TWO_SOURCES"), flag("UP_MODE", tuned=True),
+     flag("HAS_BIAS"), flag("RESIDUAL"), flag("PROJ", tuned=True), flag("PROJ_STRIDE"), flag("ACT"),
+     flag("TWO_SOURCES"), flag("UP_MODE", tuned=True),
      flag("FUSE_POOL", tuned=True),
      flag("NORM_INPUT", tuned=True), flag("NORM_INPUT2", tuned=True), flag("NORM_TABLE", tuned=True),
      flag("IN_ACT", tuned=True),
      flag("STATS", tuned=True), derived("EVEN_K"), flag("FLAT_TAPS", tuned=True), *_GEMM_SETTINGS),
     sites={
         "conv2d_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, STATS=_NO_STATS), _EVEN, _TAPS, _STRIDES, _BIAS, _RESIDUAL,
-                           _ACTS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
-        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, ACT=_NO_ACT), _STATS, _EVEN, _TAPS,
-                                 _STRIDES, _BIAS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
+                           _ACTS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS, _PROJECTIONS],
+        "conv2d_stats_forward": [_fixed(**_FORWARD, **_ONE_SOURCE, **_NO_RESIDUAL, **_NO_PROJECTION, ACT=_NO_ACT),
+                                 _STATS, _EVEN, _TAPS, _STRIDES, _BIAS, _IN_NORM, _NORM_TABLES, _FLAT_TAPS],
         "conv2d_pool_forward": [_fixed(**dict(_FORWARD, FUSE_POOL=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
-                                       STATS=_NO_STATS, NORM_INPUT=False, **_CHANNEL_TABLE, **_NO_IN_ACT), _EVEN,
-                                _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
+                                       **_NO_PROJECTION, STATS=_NO_STATS, NORM_INPUT=False, **_CHANNEL_TABLE,
+                                       **_NO_IN_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, **_NO_RESIDUAL, STRIDE=1, **_TAPS[0]), [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)],
+            _fixed(**_FORWARD, **_NO_RESIDUAL, **_NO_PROJECTION, STRIDE=1, **_TAPS[0]),
+            [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)],
             _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=_NO_STATS, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, **stats) for stats in _STATS],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],
@@ -323,8 +330,8 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
                                      [dict(FLAT_TAPS=False), dict(FLAT_TAPS=True, TWO_SOURCES=False,
                                                                   NORM_INPUT2=False)]],
         "conv_transpose2x2_forward": [_fixed(**dict(_FORWARD, PHASES=True, STRIDE=1), **_ONE_SOURCE, **_NO_RESIDUAL,
-                                             STATS=_NO_STATS, KH=1, KW=1, PAD=0, FLAT_TAPS=False), _EVEN, _BIAS, _ACTS,
-                                      _IN_NORM, _NORM_TABLES],
+                                             **_NO_PROJECTION, STATS=_NO_STATS, KH=1, KW=1, PAD=0, FLAT_TAPS=False),
+                                      _EVEN, _BIAS, _ACTS, _IN_NORM, _NORM_TABLES],
         "conv_transpose2x2_input_grad": [_fixed(KH=2, KW=2, PAD=0, STRIDE=2, **_INPUT_GRAD), _EVEN, _FLAT_TAPS],
     },
     gemm=True)

@@ -192,3 +192,42 @@ def test_conv2d_residual_must_have_the_output_shape():
         FF.conv2d(x, weight, b, stride=2, padding=1, residual=torch.randn(2, 3, 1, 1))
     with pytest.raises(TypeError, match="residual has dtype torch.float16"):
         FF.conv2d(x, weight, b, residual=torch.randn(1, 3, 6, 6, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,block_size,proj_stride,layout,bias", [
+    ((2, 8, 5, 7, 16, 3), (10, 14), 2, "channels_last", (True, True)),  # ResNet: conv2(h) + downsample(x)
+    ((1, 3, 9, 6, 8, 3), (17, 11), 2, "strided", (False, True)),  # odd: floor((17 - 1) / 2) + 1 = 9 rows
+    ((2, 4, 6, 5, 6, 3), (6, 5), 1, "contiguous", (True, False))])  # diffusers' conv_shortcut: stride 1
+def test_conv2d_with_a_projection_matches_float64(shape, block_size, proj_stride, layout, bias, dtype):
+    # Two GEMMs into one accumulator: the block input's 1x1 (/2) projection computed in the second conv's kernel.
+    n, c_in, h, w, c_out, _ = shape
+    x, weight, b = _inputs(shape, dtype, bias=bias[0])
+    block_input = make_tensor((n, c_in + 1, *block_size), dtype, layout, requires_grad=True)
+    proj_weight = make_tensor((c_out, c_in + 1, 1, 1), dtype, requires_grad=True, scale=0.5)
+    proj_bias = make_tensor((c_out,), dtype, requires_grad=True) if bias[1] else None
+
+    def fused(x, w, b, px, pw, pb):
+        return FF.conv2d(x, w, b, "relu", projection=FF.Projection(px, pw, pb, proj_stride))
+
+    def reference(x, w, b, px, pw, pb):
+        projected = torch.nn.functional.conv2d(px, pw, pb, stride=proj_stride)
+        return eager.conv2d(x, w, b, "relu", residual=projected)
+
+    out = check_against_float64(fused, reference, [x, weight, b, block_input, proj_weight, proj_bias], dtype)
+    assert out.shape == (n, c_out, h, w)
+
+
+def test_bad_projection_is_rejected():
+    x, weight, b = _inputs((1, 2, 4, 4, 3, 3), torch.float32)
+    block_input = make_tensor((1, 5, 8, 8))
+    with pytest.raises(TypeError, match="projection must be a fused_unet.functional.Projection"):
+        FF.conv2d(x, weight, b, projection=(block_input, make_tensor((3, 5, 1, 1))))
+    with pytest.raises(ValueError, match=r"projection.weight must be \[3, 5, 1, 1\]"):
+        FF.conv2d(x, weight, b, projection=FF.Projection(block_input, make_tensor((3, 5, 3, 3)), stride=2))
+    with pytest.raises(ValueError, match="projection.stride must be 1 or 2, got 4"):
+        FF.conv2d(x, weight, b, projection=FF.Projection(block_input, make_tensor((3, 5, 1, 1)), stride=4))
+    with pytest.raises(ValueError, match=r"gives \(1, 3, 8, 8\), not the conv's output \(1, 3, 4, 4\)"):
+        FF.conv2d(x, weight, b, projection=FF.Projection(block_input, make_tensor((3, 5, 1, 1))))
+    with pytest.raises(TypeError, match="projection.x has dtype torch.float16"):
+        FF.conv2d(x, weight, b, projection=FF.Projection(block_input.half(), make_tensor((3, 5, 1, 1)), stride=2))

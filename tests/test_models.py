@@ -87,8 +87,9 @@ def test_state_dict_keys_match_for_every_up_mode(up_mode):
 @pytest.mark.parametrize("norm,batch,dtype", [("batch", 2, torch.float32), ("instance", 1, torch.float32),
                                               (None, 1, torch.float16)])
 def test_residual_unet_matches_reference_in_both_modes(norm, batch, dtype):
-    # ResNet basic blocks in the encoder: the skip (a 1x1 conv + norm where the widths change) added in the second
-    # conv's epilogue (eval, no norm) or in the kernel that applies its pending norm (training); odd sizes, batch 1.
+    # ResNet basic blocks in the encoder: the skip added in the second conv's epilogue, where the widths change a
+    # 1x1 conv + norm computed in that conv's kernel (eval, no norm: two GEMMs, one accumulator), or in the kernel
+    # that applies its pending norm (training: the projection's norm read pending); odd sizes, batch 1.
     kwargs = dict(in_channels=3, num_classes=2, base_channels=4, depth=2, norm=norm, block="residual")
     models = _pair(dtype, **kwargs)
     x = torch.randn(batch, 3, 13, 10, device=DEVICE)

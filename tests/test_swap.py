@@ -396,6 +396,12 @@ def test_resnet_blocks_fuse_strided_convs_and_the_residual_add(monkeypatch):
     assert sorted(name for name, flags in seen if flags.get("RES_NORM")) == ["batch_norm_act_backward",
                                                                                "pending_norm"]
     assert not any(name == "pending_norm" and not flags["RESIDUAL"] for name, flags in seen)
+    # In eval both BNs fold: the projection (1x1/s2 conv + BN) is a second GEMM in the block's last conv, never
+    # stored: 5 conv launches for 6 convs.
+    seen.clear()
+    model.eval()(x)
+    convs = [flags for name, flags in seen if name == "conv2d_implicit_gemm"]
+    assert len(convs) == 5 and [(f["PROJ"], f["PROJ_STRIDE"]) for f in convs if f["PROJ"]] == [(True, 2)]
     assert eager_ops(model.eval(), x).get("conv", 0) == 0
     assert eager_elementwise(model, x) == {}
 

@@ -1,12 +1,14 @@
 """Rewrite one captured graph: every conv chain by the first pattern that matches it (``patterns``), the single
 layers of a torch.compile graph, then which batch norms may stay pending and what was left alone."""
+import torch.fx
 import torch.nn.functional as F
 
 from fused_unet import nn as fnn
 from fused_unet.swap.graph import UPSAMPLE_CALLS, UPSAMPLE_MODULES, SwapGraph
 from fused_unet.swap.module_level import _SWAPS
 from fused_unet.swap.patterns import CHAIN_PATTERNS, concat_conv_transpose, conv_chain, norm_act, single_layers
-from fused_unet.swap.runtime import _CAT_FUNCTIONS, _DATA_INPUTS, _NORM_ARGUMENT, _fused_conv_pool
+from fused_unet.swap.runtime import (_CAT_FUNCTIONS, _DATA_INPUTS, _NORM_ARGUMENT, _fused_conv, _fused_conv_add,
+                                     _fused_conv_pool)
 
 
 def rewrite(root, graph, prefix, report, functional=False):
@@ -27,6 +29,7 @@ def rewrite(root, graph, prefix, report, functional=False):
     if functional:
         changed = single_layers.swap(g) or changed
     changed = norm_act.swap(g) or changed
+    _merge_projections(g)
     _defer_norms(g)
     _report_leftovers(g)
     graph.lint()
@@ -40,13 +43,31 @@ def _reads_normalized(g, user, value):
         return True
     if user.op == "call_function" and user.target in _DATA_INPUTS:
         positions = [i for i, a in enumerate(user.args) if a is value]
-        return bool(positions) and all(i in _DATA_INPUTS[user.target] for i in positions)
+        projection = user.kwargs.get("projection") or (None,)  # its input is read as the fused conv reads it
+        return (bool(positions) or projection[0] is value) and value not in projection[1:] and \
+            all(i in _DATA_INPUTS[user.target] for i in positions)
     if user.args != (value,) or user.kwargs:
         return False
     if g.module(user, fnn.Conv2d, fnn.MaxPool2d, fnn.ConvTranspose2d) is not None:
         return True
     m = g.module(user, *_SWAPS)  # swapped for its fused class below when supported
     return m is not None and _SWAPS[type(m)][1](m) is None
+
+
+def _merge_projections(g):
+    """A fused conv + add whose residual is a fused conv (+ norm) without an activation that nothing else reads (a
+    ResNet downsample's 1x1 conv + BN) takes it as its ``projection``: run in its kernel where both norms fold (the
+    fused call checks at run time)."""
+    for node in list(g.graph.nodes):
+        if node.op != "call_function" or node.target is not _fused_conv_add:
+            continue
+        residual = node.args[3]
+        if not isinstance(residual, torch.fx.Node) or residual.target is not _fused_conv or \
+                residual.kwargs.get("activation") is not None or len(residual.users) != 1:
+            continue
+        node.args = (*node.args[:3], None, *node.args[4:])
+        node.kwargs = dict(node.kwargs, projection=tuple(residual.args[:3]))
+        g.graph.erase_node(residual)
 
 
 def _defer_norms(g):

@@ -163,9 +163,17 @@ def _fused_conv(x, conv, bn, activation, negative_slope, defer):
     return fnn.conv_bn_act(x, conv, bn, activation, negative_slope, defer)
 
 
-def _fused_conv_add(x, conv, bn, residual, activation, negative_slope):
+def _fused_conv_add(x, conv, bn, residual, activation, negative_slope, projection=None):
     """act(bn(conv(x)) + residual): the residual in the conv's epilogue where it is a tensor of the conv's output
-    shape (or broadcast to it) and dtype (fused_unet.nn.conv_bn_add_act), else the fused conv and PyTorch's add."""
+    shape (or broadcast to it) and dtype (fused_unet.nn.conv_bn_add_act), else the fused conv and PyTorch's add.
+    ``projection`` (proj_x, proj_conv, proj_bn) in the place of the residual (a ResNet downsample): in the conv's
+    kernel where fnn.projection_fits — either conv may be the 1x1 one (a forward that computes the downsample first
+    makes it the add's first operand) —, else computed first as the residual (its norm left pending)."""
+    if projection is not None:
+        for main, other in (((x, conv, bn), projection), (projection, (x, conv, bn))):
+            if not fnn.input_unsupported(main[0]) and fnn.projection_fits(*main, *other):
+                return fnn.conv_bn_add_act(main[0], None, *main[1:], activation, negative_slope, projection=other)
+        residual = _fused_conv(*projection, None, 0.01, defer=True)
     if fnn.input_unsupported(x):
         y = _eager_chain(x, conv, bn, None, 0.01)
     elif not fnn.residual_fits(x, conv, residual):
