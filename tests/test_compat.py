@@ -303,7 +303,7 @@ class _Denoiser(torch.nn.Module):
         return self.net(x, 10).sample
 
 
-def test_diffusers_unet2d_model():
+def test_diffusers_unet2d_model(monkeypatch):
     # ResnetBlock2D (GroupNorm -> SiLU -> conv, + the time embedding, conv, (x + h) / scale), Downsample2D (3x3/s2
     # conv), Upsample2D (nearest x2 + conv), the skip cats: captured whole by torch.compile.
     diffusers = pytest.importorskip("diffusers", reason="the compat extra: pip install -e '.[compat]'")
@@ -321,5 +321,8 @@ def test_diffusers_unet2d_model():
     # (of a block's input, of a sum, of a skip cat) is pending into the conv that reads it; the cats a GroupNorm
     # reads stay PyTorch's, and so does the mid-block attention's GroupNorm (of a [N, C, H*W] sequence).
     assert report.counts() == {"conv+add": 16, "upsample+conv": 1, "conv": 8, "bn+act": 17}
+    launches = record_launches(monkeypatch)
     counts, _ = _eager_left(model, x, report)
     assert counts == {"cat": 6, "norm": 1}
+    # The 5 blocks whose width changes add a 1x1 conv_shortcut of their input: a second GEMM in conv2's kernel.
+    assert sum(bool(kwargs.get("PROJ")) for _, kwargs in launches) == 5
