@@ -262,7 +262,9 @@ _TAPS_ON_N = [dict(TAPS_ON_N=False), dict(TAPS_ON_N=True, FLAT_INPUT=False, NORM
                                           UP_MODE=_NO_UP, **_NO_IN_ACT)]
 # A ResNet downsample's 1x1 projection summed into the second conv's accumulator (conv2d_forward only), or none.
 _NO_PROJECTION = dict(PROJ=False, PROJ_STRIDE=1)
-_PROJECTIONS = [dict(PROJ=True, PROJ_STRIDE=2), dict(PROJ=True, PROJ_STRIDE=1), _NO_PROJECTION]
+# (Not first: the heaviest variant, compiled at every config and dtype, stays the U-Net's; the doctor's target
+# compiles the projection at every fp16 config.)
+_PROJECTIONS = [_NO_PROJECTION, dict(PROJ=True, PROJ_STRIDE=2), dict(PROJ=True, PROJ_STRIDE=1)]
 _FORWARD = dict(PHASES=False, FUSE_POOL=False)
 # A residual tensor added in the epilogue (ResNet / diffusion blocks: conv2d_forward only), or none.
 _RESIDUAL = [dict(RESIDUAL=False), dict(RESIDUAL=True)]
@@ -278,9 +280,10 @@ _INPUT_GRAD = dict(PHASES=False, HAS_BIAS=False, RESIDUAL=False, ACT=_NO_ACT, FU
 _TRANSPOSED_FORWARD = {k: v for k, v in _INPUT_GRAD.items()
                        if k not in ("HAS_BIAS", "ACT", "NORM_INPUT", "NORM_TABLE", "IN_ACT", "IN_NEG_SLOPE",
                                     "TWO_SOURCES", "NORM_INPUT2")}
-# A transposed conv of a concatenation (MONAI UNet's up layers): the skip a second source, pending or not.
-_TRANSPOSED_SOURCES = [dict(TWO_SOURCES=True, NORM_INPUT2=True), dict(TWO_SOURCES=True, NORM_INPUT2=False),
-                       dict(TWO_SOURCES=False, NORM_INPUT2=False)]
+# A transposed conv of a concatenation (MONAI UNet's up layers): the skip a second source, pending or not (not
+# first, as _PROJECTIONS: the doctor's every-config sweep stays on the one-source variant).
+_TRANSPOSED_SOURCES = [dict(TWO_SOURCES=False, NORM_INPUT2=False), dict(TWO_SOURCES=True, NORM_INPUT2=True),
+                       dict(TWO_SOURCES=True, NORM_INPUT2=False)]
 _GEMM_SETTINGS = (flag("DOT_DTYPE"), flag("INPUT_PRECISION", tuned=True), block("BLOCK_M"), block("BLOCK_N"),
                   block("BLOCK_K"))
 
