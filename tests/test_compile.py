@@ -27,6 +27,8 @@ def _cases():
     parts = torch.cat([count, make_tensor((2, 4, 1, 6)), torch.rand(2, 4, 1, 6, device=DEVICE) * count], 2)
     return [
         (ops.conv2d_forward, (x, w, b, "relu", 0.0)), (ops.conv2d_forward, (x, w, None, None, 0.0)),
+        (ops.conv2d_forward, (x, w, b, "relu", 0.0), dict(proj_x=make_tensor((2, 5, 10, 11)),
+                                                          proj_weight=make_tensor((4, 5, 1, 1)), proj_stride=2)),
         (ops.conv2d_pool_forward, (x, w, b, "leaky_relu", 0.1)),
         (ops.concat_conv2d_forward, (up, skip, wc, b, "relu", 0.0, "bilinear", False, False)),
         (ops.conv_output_grad, (y, y, "relu", 0.0, None, None, True)),
