@@ -108,8 +108,9 @@ def _launch_configs(kernel, variant, dtype_name, arch):
 def registry_jobs(archs, variant_archs=None):
     """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the config registry (kernels/configs.py)
     and the compile matrix (kernels/compile_matrix.py): each site's first variant at every config and dtype, every
-    other variant at the first config in fp16 (on ``variant_archs`` only, default all of ``archs``), and the
-    main-loop targets' configs."""
+    other variant at the first config in fp16 (on ``variant_archs`` only, default all of ``archs``; on the others
+    the first variant in fp16 and fp32 only: bf16 and tf32 compile the same loops with another operand type), and
+    the main-loop targets' configs."""
     from fused_unet.kernels import compile_matrix
 
     dtypes = [d[0] for d in compile_matrix.DTYPE_VARIANTS]
@@ -117,7 +118,8 @@ def registry_jobs(archs, variant_archs=None):
     for arch in archs:
         every_variant = variant_archs is None or arch in variant_archs
         for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items():
-            kernel_dtypes = dtypes if kernel in compile_matrix.GEMM_KERNELS else [d for d in dtypes if d != "tf32"]
+            kernel_dtypes = [d for d in dtypes if (kernel in compile_matrix.GEMM_KERNELS or d != "tf32") and
+                             (every_variant or d in ("fp16", "fp32"))]
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants) if every_variant else 1)]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
