@@ -234,7 +234,7 @@ _FUSED_OPS = {_fused_conv: 1, _fused_conv_pool: 1, _fused_concat_conv: 2}
 # Fused op -> the position of its norm argument (a norm left pending where only fused ops read the result).
 _NORM_ARGUMENT = {**{op: data + 1 for op, data in _FUSED_OPS.items()}, _fused_norm_act: 1}
 # Every fused call and the positions of its data arguments (a pending batch norm may reach them: the residual conv's
-# residual too, normalised by the add's kernel); the conv transpose and the pool have no batch norm of their own, the
-# residual conv's is never left pending (the add reads it).
+# residual too, normalised by the add's kernel, and a projection's input); the conv transpose and the pool have no
+# batch norm of their own, and the residual conv's own norm is never left pending (the add reads it).
 _DATA_INPUTS = {**{op: tuple(range(data)) for op, data in _FUSED_OPS.items()}, _fused_conv_transpose: (0, 6),
                 _fused_max_pool: (0,), _fused_conv_add: (0, 3)}
