@@ -105,25 +105,26 @@ def _launch_configs(kernel, variant, dtype_name, arch):
     return configs.gpu_configs(kernel, dtype_name, launch_flags(kernel, variant, dtype_name), ARCHS[arch])
 
 
-def registry_jobs(archs, variant_archs=None):
+def registry_jobs(archs, variant_archs=None, swept_dtypes=None):
     """The compile jobs for ``archs`` (e.g. ["sm_90", "sm_80"]), from the config registry (kernels/configs.py)
-    and the compile matrix (kernels/compile_matrix.py): each site's first variant at every config and dtype, every
-    other variant at the first config in fp16 (on ``variant_archs`` only, default all of ``archs``; on the others
-    the first variant in fp16 and fp32 only: bf16 and tf32 compile the same loops with another operand type), and
-    the main-loop targets' configs."""
+    and the compile matrix (kernels/compile_matrix.py): each site's first variant at every config of each dtype in
+    ``swept_dtypes`` (default all) and at its first config in the others, every other variant at the first config in
+    fp16 (on ``variant_archs`` only, default all of ``archs``; on the others the first variant swept in fp16 and fp32
+    only: bf16 and tf32 compile the same loops with another operand type), and the main-loop targets' configs."""
     from fused_unet.kernels import compile_matrix
 
     dtypes = [d[0] for d in compile_matrix.DTYPE_VARIANTS]
     jobs = []
     for arch in archs:
         every_variant = variant_archs is None or arch in variant_archs
+        swept = [d for d in swept_dtypes or dtypes if every_variant or d in ("fp16", "fp32")]
         for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items():
             kernel_dtypes = [d for d in dtypes if (kernel in compile_matrix.GEMM_KERNELS or d != "tf32") and
-                             (every_variant or d in ("fp16", "fp32"))]
+                             (every_variant or d in swept)]
             for site, variants in sites.items():
                 jobs += [Job(kernel, site, v, "fp16", 0, arch) for v in range(len(variants) if every_variant else 1)]
                 jobs += [Job(kernel, site, 0, d, c, arch) for d in kernel_dtypes
-                         for c in range(len(_launch_configs(kernel, variants[0], d, arch)))
+                         for c in range(len(_launch_configs(kernel, variants[0], d, arch)) if d in swept else 1)
                          if (d, c) != ("fp16", 0)]
         for target in compile_matrix.MAIN_LOOP_TARGETS:
             flags = compile_matrix.target_flags(target)
@@ -332,12 +333,12 @@ def arch_supported(arch):
     return None
 
 
-def run_aot(archs, jobs=None, progress=None, every_main_loop=True, variant_archs=None):
+def run_aot(archs, jobs=None, progress=None, every_main_loop=True, variant_archs=None, swept_dtypes=None):
     """Compile the registry for ``archs`` in worker processes; returns (results, unsupported {arch: reason}).
     ``every_main_loop`` False: main-loop reports of the jobs main_loop_verdicts reads only (compile_job);
-    ``variant_archs``: as registry_jobs takes it."""
+    ``variant_archs``, ``swept_dtypes``: as registry_jobs takes them."""
     unsupported = {a: r for a in archs if (r := arch_supported(a))}
-    todo = registry_jobs([a for a in archs if a not in unsupported], variant_archs)
+    todo = registry_jobs([a for a in archs if a not in unsupported], variant_archs, swept_dtypes)
     workers = jobs or os.cpu_count() or 1
     results = []
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),

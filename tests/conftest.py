@@ -17,6 +17,7 @@ def _patch_the_language_once_per_launch():
     where the launch around it has patched the same modules already. Inside a launch a helper's patch runs only
     for a language module not patched yet (tl.zeros' own tl.core); a Triton without this structure (the private
     ``_patch_lang``) runs as it is."""
+    import functools
     import inspect
 
     import triton.language as tl
@@ -25,27 +26,31 @@ def _patch_the_language_once_per_launch():
     patch_lang = getattr(interpreter, "_patch_lang", None)
     if patch_lang is None or getattr(patch_lang, "once_per_launch", False):
         return
-    patched = []  # the language modules the running launch has patched; empty between launches
+    patched = None  # the language modules the running launch has patched; None between launches
 
+    @functools.lru_cache(maxsize=None)
     def languages(fn):
-        return {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core)}
+        return frozenset(id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
 
     class _LaunchScope:
         def __init__(self, scope):
             self.scope = scope
 
         def restore(self):
-            patched.clear()
+            nonlocal patched
+            patched = None
             self.scope.restore()
 
     def patch_once(fn):
-        if not patched:  # a launch
-            patched.extend(languages(fn))
-            return _LaunchScope(patch_lang(fn))
-        if languages(fn) - set(patched):  # a helper reading a module the launch did not patch (kept as Triton does)
-            patched.extend(languages(fn))
+        nonlocal patched
+        if patched is None:  # a launch
+            scope = _LaunchScope(patch_lang(fn))
+            patched = set(languages(fn))
+            return scope
+        if languages(fn) - patched:  # a helper reading a module the launch did not patch (kept, as Triton does)
+            patched |= languages(fn)
             return patch_lang(fn)
-        return None  # the helper call ignores what it gets
+        return None  # the helper's call ignores what it gets
 
     patch_once.once_per_launch = True
     interpreter._patch_lang = patch_once

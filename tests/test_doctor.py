@@ -1,8 +1,9 @@
 """The ahead-of-time compile check (fused-unet doctor): every registered kernel configuration compiles for
 sm_90 and sm_80 without a GPU, without spills, within shared memory and with tensor-core MMA; and the
 registry covers every launch the library really makes. CI compiles every constexpr variant on sm_90 and each
-site's first variant at every config on sm_80 (half a doctor's sm_80 jobs: CI time); ``fused-unet doctor``
-compiles every variant on both."""
+site's first variant at every config on sm_80 (half a doctor's sm_80 jobs: CI time), bf16 at each site's first
+config only (its config lists are fp16's: the same loops with another operand type); ``fused-unet doctor``
+compiles every variant at every config and dtype on both."""
 import json
 
 import pytest
@@ -15,16 +16,18 @@ from fused_unet.kernels import compile_matrix, specs
 
 pytest.importorskip("triton.backends.nvidia")
 
+CI_JOBS = dict(variant_archs=["sm_90"], swept_dtypes=("fp16", "fp32", "tf32"))
+
 
 @pytest.fixture(scope="module")
 def aot_results():
-    results, unsupported = doctor.run_aot(["sm_90", "sm_80"], every_main_loop=False, variant_archs=["sm_90"])
+    results, unsupported = doctor.run_aot(["sm_90", "sm_80"], every_main_loop=False, **CI_JOBS)
     assert not unsupported
     return results
 
 
 def test_every_registered_kernel_compiles_clean_for_sm90_and_sm80(aot_results):
-    assert len(aot_results) == len(doctor.registry_jobs(["sm_90", "sm_80"], variant_archs=["sm_90"]))
+    assert len(aot_results) == len(doctor.registry_jobs(["sm_90", "sm_80"], **CI_JOBS))
     every_variant = {(kernel, site, v) for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items()
                      for site, variants in sites.items() for v in range(len(variants))}
     assert {(r["kernel"], r["site"], r["variant"]) for r in aot_results if r["arch"] == "sm_90"} == every_variant
@@ -33,6 +36,17 @@ def test_every_registered_kernel_compiles_clean_for_sm90_and_sm80(aot_results):
     by_arch = {(r["kernel"], r["arch"], r["dtype"]): r["mma"] for r in aot_results if r.get("gemm")}
     assert by_arch[("conv2d_implicit_gemm", "sm_90", "bf16")] == "wgmma"
     assert by_arch[("conv2d_implicit_gemm", "sm_80", "fp16")] == "mma.sync"
+
+
+def test_bf16_launches_the_configs_of_fp16():
+    # Why CI compiles bf16 at each site's first config only (CI_JOBS): its tiles are fp16's, so its other configs
+    # are fp16's loops with another 16-bit operand type, compiled there.
+    for kernel, sites in compile_matrix.LAUNCH_VARIANTS.items():
+        for site, variants in sites.items():
+            for arch in ("sm_90", "sm_80"):
+                bf16, fp16 = (list(map(doctor._config_text, doctor._launch_configs(kernel, variants[0], d, arch)))
+                              for d in ("bf16", "fp16"))
+                assert bf16 == fp16, (kernel, site, arch)
 
 
 def test_every_launch_site_compiles_with_its_integers_equal_to_one():
