@@ -319,8 +319,9 @@ CONV2D_IMPLICIT_GEMM = KernelSpec(
                                        **_NO_IN_ACT), _EVEN, _TAPS, _BIAS, _ACTS, _FLAT_TAPS],
         # Without a skip (TWO_SOURCES False): the conv of the up-sampled source alone.
         "concat_conv2d_forward": [
-            _fixed(**_FORWARD, **_NO_RESIDUAL, **_NO_PROJECTION, STRIDE=1, **_TAPS[0]),
+            _fixed(**_FORWARD, **_NO_RESIDUAL, **_NO_PROJECTION, STRIDE=1),
             [dict(TWO_SOURCES=True), dict(TWO_SOURCES=False)],
+            _TAPS[:2],  # a 3x3, or a 1x1 projection of a concatenation (MONAI's UnetResBlock after a cat)
             _EVEN, _UP_MODES, _BIAS,
             [dict(STATS=_NO_STATS, **act) for act in _ACTS] + [dict(ACT=_NO_ACT, **stats) for stats in _STATS],
             [dict(NORM_INPUT=True), dict(NORM_INPUT=False)], [dict(NORM_INPUT2=True), dict(NORM_INPUT2=False)],

@@ -164,6 +164,24 @@ def test_smp_linknet():
     assert _eager_left(model, x, report)[0] == {}
 
 
+def test_smp_fpn():
+    # FPN on smp Unet's ResNet encoder: the top-down pathway's 1x1 lateral convs add the coarser level's nearest x2
+    # in their epilogue, each segmentation block's conv -> GroupNorm -> ReLU fuses, with the x2 bilinear before it.
+    # Left to PyTorch, and named: the up-samplings read by an add (the top-down ones, each segmentation block's last)
+    # and the head's x4. Eval: the encoder is tested in both modes above.
+    torch.manual_seed(0)
+    model = smp.FPN("resnet18", encoder_weights=None, classes=2, encoder_depth=3, decoder_pyramid_channels=16,
+                    decoder_segmentation_channels=32).to(DEVICE).eval()
+    x = torch.randn(2, 3, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("eval",), example_input=x)
+    assert report.counts() == {"conv+bn+act": 9, "conv+bn+add+act": 4, "conv+bn": 1, "conv+add": 3,
+                               "upsample+conv+bn+act": 3, "maxpool": 1, "conv": 2}
+    assert left_alone(report, "Conv2d") == 0 and left_alone(report, "interpolate") == 6
+    counts, expected = _eager_left(model, x, report)
+    # PyTorch's too: the head's x4 UpsamplingBilinear2d, the merge's torch.stack(levels).sum(0) (a cat inside).
+    assert counts == {"interpolate": 7, "cat": 1} and expected == {"interpolate": 6}
+
+
 # One encoder per smp family that builds offline (encoder_weights=None), small enough for the interpreter: swap either
 # fuses with the unswapped model's outputs and gradients, or leaves a part alone and says why — never an exception.
 # Eval mode: efficientnet's drop-connect and the mix transformer's drop-path draw random numbers in training.
@@ -290,6 +308,23 @@ def test_monai_dyn_unet_with_residual_blocks():
     # UnetResBlock: conv-norm-LeakyReLU, conv-norm + the (1x1 conv-norm projected) skip, LeakyReLU.
     assert report.counts() == {"conv+bn+act": 5, "conv+bn+add+act": 3, "conv+bn": 3, "cat+conv+bn+act": 2}
     assert not report.left_alone and _eager_left(model, x, report) == ({}, {})
+
+
+def test_monai_unetr():
+    # UNETR: a ViT encoder (eager: linear layers and attention), UnetrPrUpBlock's 2x2 / stride-2 transposed convs
+    # from its hidden states, UnetrUpBlock's transposed conv + cat([up, skip]) + UnetResBlock, whose first conv and
+    # 1x1 projection each read the concatenation's two tensors (no cat is built). Its 16x16 / stride-16 patch
+    # embedding conv is left to PyTorch, and the report says so.
+    torch.manual_seed(0)
+    model = monai_nets.UNETR(in_channels=1, out_channels=2, img_size=(16, 16), spatial_dims=2, feature_size=4,
+                             hidden_size=16, mlp_dim=32, num_heads=2).to(DEVICE)
+    x = torch.randn(2, 1, 16, 16, device=DEVICE)
+    report = check_swap(model, x, ("train",), example_input=x)
+    assert report.counts() == {"conv+bn+act": 4, "conv+bn+add+act": 8, "conv+bn": 1, "cat+conv+bn+act": 4,
+                               "cat+conv+bn": 4, "convtranspose": 10, "conv": 1}
+    assert report.left_alone == [("vit.patch_embedding.patch_embeddings (Conv2d)", "stride must be 1 or 2, got 16")]
+    counts, expected = _eager_left(model, x, report)
+    assert counts == expected == {"conv": 1}
 
 
 class _Denoiser(torch.nn.Module):

@@ -460,3 +460,36 @@ def test_concatenated_pending_norms_with_different_activations():
     model = TwoBranches().to(DEVICE)
     report = check_swap(model, torch.randn(2, 3, 7, 6, device=DEVICE))
     assert report.counts() == {"conv+bn+act": 4, "cat+conv": 1, "cat+convtranspose": 1} and not report.left_alone
+
+
+class ConcatenationReadTwice(nn.Module):
+    """MONAI's UnetrUpBlock: a concatenation read by a residual block's first conv and by its 1x1 projection (+ BN),
+    added to the second conv's output; ``strided_reader``: also by a stride-2 conv, which the concatenating kernels
+    do not cover."""
+
+    def __init__(self, strided_reader):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1)
+        self.conv1 = nn.Sequential(nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.01))
+        self.conv2 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+        self.projection = nn.Sequential(nn.Conv2d(6, 4, 1), nn.BatchNorm2d(4))
+        self.down = nn.Conv2d(6, 4, 3, stride=2, padding=1) if strided_reader else None
+
+    def forward(self, x):
+        cat = torch.cat([self.a(x), self.b(x)], 1)
+        out = F.leaky_relu(self.conv2(self.conv1(cat)) + self.projection(cat), 0.01)
+        return out if self.down is None else out + self.down(cat).mean((2, 3), keepdim=True)
+
+
+@pytest.mark.parametrize("strided_reader", [False, True])
+def test_a_concatenation_read_by_two_convs_is_read_by_both_kernels(strided_reader):
+    torch.manual_seed(0)
+    model = ConcatenationReadTwice(strided_reader).to(DEVICE)
+    x = torch.randn(2, 3, 7, 6, device=DEVICE)
+    report = check_swap(model, x)
+    assert report.counts() == {"cat+conv+bn+act": 1, "cat+conv+bn": 1, "conv+bn+add+act": 1}
+    # The stride-2 conv reads the concatenation PyTorch builds; without it nothing builds it.
+    assert [what for what, _ in report.left_alone] == ["cat (model.cat)"] * strided_reader
+    assert all(why.startswith("also read by a layer the concatenating kernels do not cover")
+               for _, why in report.left_alone)
+    assert eager_ops(model.eval(), x) == ({"cat": 1} if strided_reader else {})

@@ -14,7 +14,7 @@ from torch import nn
 
 from fused_unet import nn as fnn
 from fused_unet.swap.module_level import _module_activation
-from fused_unet.swap.runtime import NORM_CALLS, _ConvArgs, _on_meta
+from fused_unet.swap.runtime import _CAT_FUNCTIONS, NORM_CALLS, _ConvArgs, _on_meta
 
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
 # Module types whose calls a torch.compile graph names by the module's path.
@@ -215,6 +215,16 @@ class SwapGraph:
         return [u for u in node.users if not (
             (u.op == "call_method" and u.target in ("size", "dim")) or
             (u.op == "call_function" and u.target is getattr and u.args[1] in ("shape", "ndim", "dtype", "device")))]
+
+    @staticmethod
+    def is_cat(node):
+        return node.op == "call_function" and node.target in _CAT_FUNCTIONS
+
+    @staticmethod
+    def channel_cat(node):
+        """(a, b) of a torch.cat([a, b], 1) node, else None."""
+        tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
+        return tuple(tensors) if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and dim in (1, -3) else None
 
     @staticmethod
     def only_user(node):

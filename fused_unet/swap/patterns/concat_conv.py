@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from fused_unet.swap.graph import UpBranch, arg
-from fused_unet.swap.runtime import _CAT_FUNCTIONS, _fused_concat_conv
+from fused_unet.swap.runtime import _fused_concat_conv
 
 
 def _up_branch(g, node):
@@ -18,10 +18,16 @@ def _up_branch(g, node):
     return up._replace(pad=pad, pad_mode=pad_mode, nodes=(*up.nodes, *nodes))
 
 
+def _read_by_convs_alone(g, cat):
+    """Whether every data reader of ``cat`` is a conv taking it as its input (a MONAI UnetResBlock reads its
+    concatenated input with its first conv and its 1x1 projection): each reads the two tensors itself."""
+    return all(g.conv(u) is not None and u.args[:1] == (cat,) for u in g.data_users(cat))
+
+
 def match(g, chain):
-    """(up branch, skip node, up_first, nodes replaced) of the concatenation feeding the chain's conv (through
-    identities); an x2 up-sampling feeding it with no concatenation (a decoder step without a skip) has skip
-    None. None when neither feeds it, or the conv is not stride 1 with 'same' padding."""
+    """(up branch, skip node, up_first, cat node, passthrough nodes) of the concatenation feeding the chain's conv
+    (through identities); an x2 up-sampling feeding it with no concatenation (a decoder step without a skip) has
+    skip and cat None. None when neither feeds it, or the conv is not stride 1 with 'same' padding."""
     if g.conv(chain.conv, strided=False)[1]:
         return None
     node, between = chain.conv.args[0], []
@@ -29,11 +35,10 @@ def match(g, chain):
         between.append(node)
         node = node.args[0]
     if (up := g.upsampling(node)) is not None:
-        return up, None, True, [*up.nodes, *between[::-1]]
-    if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or len(g.data_users(node)) != 1:
+        return up, None, True, None, between
+    if not g.is_cat(node) or not (len(g.data_users(node)) == 1 or not between and _read_by_convs_alone(g, node)):
         return None
-    tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
-    if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
+    if (tensors := g.channel_cat(node)) is None:
         g.report.add_left_alone((f"cat before {g.name(chain.conv)}",
                                  "not two tensors along the channels (fused: cat([a, b], 1))"))
         return None
@@ -41,17 +46,22 @@ def match(g, chain):
     # The up-sampled (or padded) side is "up"; with neither, the first tensor.
     index = next((i for i, b in enumerate(branches) if b.up_mode is not None), None)
     index = next((i for i, b in enumerate(branches) if b.pad is not None), 0) if index is None else index
-    up = branches[index]
-    return up, tensors[1 - index], index == 0, [*up.nodes, node, *between[::-1]]
+    return branches[index], tensors[1 - index], index == 0, node, between
 
 
 def rewrite(g, chain, found):
-    up, skip, up_first, extra = found
+    up, skip, up_first, cat, between = found
+    read = [*up.nodes, *([cat] if cat is not None else [])]  # what the fused conv reads in place of its input
+    # A concatenation another conv reads too stays until the last of them is replaced.
+    shared = cat is not None and len(g.data_users(cat)) > 1
+    if shared:
+        cat.meta["read_by_a_fused_conv"] = True  # for the report, should a reader left over need it built
     conv, bn = chain.fused_args(g)
-    g.replace(extra + chain.nodes, _fused_concat_conv, (up.source, skip, conv, bn), dict(
-        chain.epilogue(), up_first=up_first, up_mode=up.up_mode, align_corners=up.align_corners, size=up.size,
-        pad=up.pad, pad_mode=up.pad_mode, interpolate=up.interpolate, upsampler=g.attr(up.upsampler, chain.conv)))
+    g.replace(([] if shared else read) + between[::-1] + chain.nodes, _fused_concat_conv, (up.source, skip, conv, bn),
+              dict(chain.epilogue(), up_first=up_first, up_mode=up.up_mode, align_corners=up.align_corners,
+                   size=up.size, pad=up.pad, pad_mode=up.pad_mode, interpolate=up.interpolate,
+                   upsampler=g.attr(up.upsampler, chain.conv)))
     pattern = "+".join(["upsample"] * (up.up_mode is not None) + ["pad"] * (up.pad is not None) +
                        ["cat"] * (skip is not None))
     g.report.add_fusion(pattern + "+conv" + chain.suffix(), "concat_conv2d",
-                        tuple(g.name(n) for n in extra) + tuple(g.name(n) for n in chain.nodes))
+                        tuple(g.name(n) for n in read + between[::-1] + chain.nodes))

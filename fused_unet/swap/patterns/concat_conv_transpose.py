@@ -4,17 +4,7 @@ from torch import nn
 
 from fused_unet import nn as fnn
 from fused_unet.swap.graph import arg
-from fused_unet.swap.runtime import _CAT_FUNCTIONS, _fused_conv_transpose
-
-
-def _two_tensors(g, node):
-    """(a, b) of a torch.cat([a, b], 1) node whose only data reader is the transposed conv, else None."""
-    if node.op != "call_function" or node.target not in _CAT_FUNCTIONS or len(g.data_users(node)) != 1:
-        return None
-    tensors, dim = arg(node, 0, "tensors"), arg(node, 1, "dim", 0)
-    if not isinstance(tensors, (list, tuple)) or len(tensors) != 2 or dim not in (1, -3):
-        return None
-    return tuple(tensors)
+from fused_unet.swap.runtime import _fused_conv_transpose
 
 
 def _parameters(g, node):
@@ -38,8 +28,9 @@ def swap(g):
     for node in list(g.graph.nodes):
         if not node.args or (g.module(node, nn.ConvTranspose2d) is None and g.conv_transpose(node) is None):
             continue
-        cat = node.args[0]
-        if not hasattr(cat, "op") or (tensors := _two_tensors(g, cat)) is None:
+        cat = node.args[0]  # read by the transposed conv alone
+        if not hasattr(cat, "op") or not g.is_cat(cat) or len(g.data_users(cat)) != 1 or \
+                (tensors := g.channel_cat(cat)) is None:
             continue
         if (parameters := _parameters(g, node)) is None:
             continue
