@@ -38,6 +38,12 @@ class Normalized(NamedTuple):
     def shape(self):
         return self.y.shape
 
+    @property
+    def applied_activation(self):
+        """(activation, leaky slope) as a fused reader applies it: equal for two sources a fused concatenation
+        reads with one activation (a PReLU's slopes are a table of each source's own: 0.0 here)."""
+        return self.activation, 0.0 if self.activation == "prelu" else float(self.negative_slope)
+
 
 def _functions():
     # Imported on first fused call: Triton reads TRITON_INTERPRET when the kernels are decorated, and the
@@ -71,9 +77,7 @@ def _split(x, name="x"):
     if not isinstance(x, Normalized):
         return x, None, None, None, 0.0, None
     checks.check_pending(name, *x)
-    if x.activation == "prelu":
-        return x.y, x.scale, x.shift, x.activation, 0.0, x.negative_slope
-    return x.y, x.scale, x.shift, x.activation, float(x.negative_slope), None
+    return (x.y, x.scale, x.shift, *x.applied_activation, x.negative_slope if x.activation == "prelu" else None)
 
 
 def pending_slope(activation, negative_slope, channels):

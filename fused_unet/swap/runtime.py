@@ -133,8 +133,7 @@ def _one_activation(a, b):
     """(a, b), b made a tensor where both are pending norms with different activations (a fused concatenation
     applies one)."""
     if isinstance(a, functional.Normalized) and isinstance(b, functional.Normalized) and \
-            (a.activation, a.negative_slope if a.activation != "prelu" else None) != \
-            (b.activation, b.negative_slope if b.activation != "prelu" else None):
+            a.applied_activation != b.applied_activation:
         return a, b.materialize()
     return a, b
 
