@@ -295,8 +295,10 @@ def _conv_output_shape(x, conv):
 def projection_fits(x, conv, bn, proj_x, proj_conv, proj_bn):
     """Whether a projection (the 1x1 ``proj_conv`` + ``proj_bn`` of ``proj_x``) runs inside the kernel of ``conv``
     on ``x`` (``conv_bn_add_act``'s ``projection``): both norms fold (none, or running statistics), proj_conv is a
-    supported 1x1 of stride 1 or 2 without padding, proj_x an image batch of x's dtype and device whose projection
-    has the conv's output shape."""
+    supported 1x1 of stride 1 or 2 without padding, x and proj_x image batches the kernels take, of one dtype and
+    device, whose projection has the conv's output shape."""
+    if input_unsupported(x):
+        return False
     x = _tensor(x)
     if _pending(bn) or _pending(proj_bn) or not isinstance(proj_x, torch.Tensor) or \
             input_unsupported(proj_x, "projection input") or tuple(proj_conv.weight.shape[2:]) != (1, 1) or \
@@ -382,8 +384,8 @@ class Conv2d(_FusedMixin, nn.Conv2d):
         conv's kernel where both norms fold (``projection_fits``)."""
         if projection is not None:
             proj_x, proj = projection
-            if not (self._config_unsupported() or input_unsupported(x) or proj._config_unsupported()) and \
-                    proj.activation is None and projection_fits(x, self, self.bn, proj_x, proj, proj.bn):
+            if not (self._config_unsupported() or proj._config_unsupported()) and proj.activation is None and \
+                    projection_fits(x, self, self.bn, proj_x, proj, proj.bn):
                 return conv_bn_add_act(x, None, self, self.bn, **self._act_args(),
                                        projection=(proj_x, proj, proj.bn))
             residual = proj(proj_x)

@@ -490,6 +490,6 @@ def test_a_concatenation_read_by_two_convs_is_read_by_both_kernels(strided_reade
     assert report.counts() == {"cat+conv+bn+act": 1, "cat+conv+bn": 1, "conv+bn+add+act": 1}
     # The stride-2 conv reads the concatenation PyTorch builds; without it nothing builds it.
     assert [what for what, _ in report.left_alone] == ["cat (model.cat)"] * strided_reader
-    assert all(why.startswith("also read by a layer the concatenating kernels do not cover")
+    assert all(why.startswith("also read by a conv the concatenating kernels do not cover")
                for _, why in report.left_alone)
     assert eager_ops(model.eval(), x) == ({"cat": 1} if strided_reader else {})

@@ -91,8 +91,8 @@ def _report_leftovers(g):
                 why = ("its result leaves this torch.compile graph: the code that reads it runs past a graph break, "
                        "in another graph")
             elif node.meta.get("read_by_a_fused_conv"):
-                why = ("also read by a layer the concatenating kernels do not cover (a strided conv, not a conv): "
-                       "built for that reader; the fused convs read its two tensors")
+                why = ("also read by a conv the concatenating kernels do not cover (strided, not 'same' padding, "
+                       "or unsupported): built for that conv; the fused convs read its two tensors")
             else:
                 why = "not followed by a supported conv (fused: [upsample x2] [+ pad] + cat([a, b], 1) + conv)"
             g.report.add_left_alone((where, why))

@@ -170,7 +170,7 @@ def _fused_conv_add(x, conv, bn, residual, activation, negative_slope, projectio
     makes it the add's first operand) —, else computed first as the residual (its norm left pending)."""
     if projection is not None:
         for main, other in (((x, conv, bn), projection), (projection, (x, conv, bn))):
-            if not fnn.input_unsupported(main[0]) and fnn.projection_fits(*main, *other):
+            if fnn.projection_fits(*main, *other):
                 return fnn.conv_bn_add_act(main[0], None, *main[1:], activation, negative_slope, projection=other)
         residual = _fused_conv(*projection, None, 0.01, defer=True)
     if fnn.input_unsupported(x):
